@@ -1,0 +1,106 @@
+/* policy.h -- Lua policies: loading, compiling, deciding, linting.
+ *
+ * A policy file returns a table that says which scopes each MCP message
+ * needs (see docs/policy.md). Loading runs it once in a sandbox (sandbox.h),
+ * validates its shape with file:line:key errors, interns its scopes into an
+ * sg_universe and compiles every static requirement into an sg_req tree;
+ * rules written as functions stay in the Lua state and run per request
+ * under the sandbox budgets.
+ *
+ * One sg_policy belongs to one worker thread (it owns a Lua state): load one
+ * per worker, never one per request. The universe and static requirements
+ * are read-only after load. */
+#ifndef SG_POLICY_H
+#define SG_POLICY_H
+
+#include <stddef.h>
+
+#include <cjson/cJSON.h>
+
+#include "sandbox.h"
+#include "scope.h"
+#include "sg.h"
+#include "token.h"
+
+/* Budgets for policy code; zero fields take the defaults (sandbox.h). */
+typedef struct sg_sandbox_limits sg_policy_limits;
+
+typedef struct sg_policy sg_policy;
+
+typedef enum sg_policy_phase {
+    SG_PHASE_LIST, /* deciding whether to show an item in a .../list result */
+    SG_PHASE_CALL  /* deciding a request */
+} sg_policy_phase;
+
+typedef struct sg_policy_header {
+    const char *name; /* lower-case */
+    const char *value;
+} sg_policy_header;
+
+/* What the policy sees of one message. Everything is borrowed for the
+ * duration of sg_policy_decide. */
+typedef struct sg_policy_input {
+    sg_policy_phase phase;
+    const char *method;     /* JSON-RPC method, e.g. "tools/call" */
+    const char *name;       /* tool or prompt name, resource URI, or NULL */
+    const cJSON *arguments; /* call phase: params.arguments, or NULL */
+    const sg_token *token;  /* NULL for an anonymous caller */
+    const sg_policy_header *headers;
+    size_t nheaders;
+    const char *protocol_version; /* NULL when unknown */
+} sg_policy_input;
+
+typedef struct sg_policy_decision {
+    const sg_req *req; /* never NULL; in the policy or in the request arena */
+    const char *rule;  /* "tools.delete_entry", "default", "builtin.initialize" */
+    const char *file;  /* the policy file */
+    int line;          /* where the rule is written; 0 for built-ins */
+    const char *error; /* NULL, or "file:line: rule: message" (request arena) */
+} sg_policy_decision;
+
+/* Loads and compiles the policy at path. limits may be NULL (defaults).
+ * Returns NULL on any error, with *err (if err is not NULL) set to a
+ * malloc'd message holding one "file:line: key: problem" line per error
+ * (free() it). */
+sg_policy *sg_policy_load(const char *path, const sg_policy_limits *limits, char **err);
+/* Frees the policy and its Lua state. Accepts NULL. */
+void sg_policy_free(sg_policy *p);
+
+/* Decides which requirement a message must meet. Function rules run in the
+ * policy's Lua state and build their requirement in arena a; everything in
+ * *out lives until a is reset or the policy is freed. Returns 0; or -1 when
+ * the policy failed (Lua error, budget or memory overrun, bad return value),
+ * in which case out->req is &sg_req_deny (fail closed), out->error says
+ * what happened and one line has been logged with sg_log. */
+int sg_policy_decide(sg_policy *p, const sg_policy_input *in, sg_arena *a, sg_policy_decision *out);
+
+/* ---- introspection ----------------------------------------------------------
+ * Everything returned is owned by the policy and valid until it is freed.
+ * None of these can fail. */
+const char *sg_policy_path(const sg_policy *p);
+const char *sg_policy_realm(const sg_policy *p);    /* NULL when absent */
+const char *sg_policy_resource(const sg_policy *p); /* NULL when absent */
+/* Sets *out to the list and returns its length (0 when absent). */
+int sg_policy_authorization_servers(const sg_policy *p, const char *const **out);
+/* The sealed universe of every scope the policy names. */
+const sg_universe *sg_policy_universe(const sg_policy *p);
+/* RFC 9728 scopes_supported: `advertise` in its order, else every scope in
+ * `scopes` in bytewise order. Sets *out and returns the count. */
+int sg_policy_scopes_supported(const sg_policy *p, const char *const **out);
+/* The static requirement of a tool; NULL when the tool is not named or its
+ * rule is a function (then *dynamic is set to 1). dynamic may be NULL. */
+const sg_req *sg_policy_tool_requirement(const sg_policy *p, const char *name, int *dynamic);
+/* 1 when some static rule is "public" (then protocol plumbing is public
+ * too, so anonymous callers can reach the public tools). */
+int sg_policy_has_public_rule(const sg_policy *p);
+/* The sandbox, for memory statistics. */
+sg_sandbox *sg_policy_sandbox(sg_policy *p);
+
+/* Loads the policy, lints it and calls every function rule once with a
+ * synthetic token (tools, prompts and resources in the list phase; methods
+ * and default in the call phase with empty arguments). Appends one line per
+ * finding to report: "file:line: error: ..." or "file:line: warning: ...".
+ * Returns the number of errors (0 = the policy is usable). */
+int sg_policy_check(const char *path, const sg_policy_limits *limits, sg_buf *report);
+
+#endif

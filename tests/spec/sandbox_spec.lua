@@ -1,0 +1,277 @@
+-- tests/spec/sandbox_spec.lua -- the confined Lua state policies run in.
+-- Each hostile rule in tests/fixtures/policies/hostile.lua must be denied
+-- (fail closed, error text with file:line), stay within the per-call budgets
+-- (50 ms, 8 MiB) and leave the same state deciding the next request normally.
+local pt = require "policytest"
+local core = pt.core
+
+local HOSTILE = "tests/fixtures/policies/hostile.lua"
+local MiB = 1024 * 1024
+-- Budget-stopped calls also pay for the collection after the failure; on a
+-- shared 2-core machine under ASan we allow that much on top of 50 ms.
+local CLEANUP_SLACK = 0.05
+
+describe("policy sandbox", function()
+  local p
+
+  setup(function()
+    p = assert(core.policy_load(HOSTILE))
+  end)
+  teardown(function()
+    p:close()
+  end)
+
+  local function decide(name)
+    return pt.timed(function()
+      return p:decide { method = "tools/call", name = name }
+    end)
+  end
+
+  local function next_request_is_normal()
+    local ok = p:decide { method = "tools/call", name = "ok" }
+    assert.equal("tools.ok", ok.rule)
+    assert.equal('"demo:read"', ok.requirement)
+    assert.is_nil(ok.error)
+  end
+
+  -- Runs tools.<name>, checks it failed closed with message `pattern` located
+  -- at the line of `at`, within time_limit seconds and the memory cap.
+  local function contained(name, at, pattern, time_limit)
+    local d, dt = decide(name)
+    assert.equal("false", d.requirement)
+    assert.equal("tools." .. name, d.rule)
+    assert.equal(pt.line_of(HOSTILE, name .. " = function"), d.line)
+    local prefix = HOSTILE .. ":" .. pt.line_of(HOSTILE, at) .. ": tools." .. name .. ": "
+    assert.equal(prefix, d.error:sub(1, #prefix))
+    assert.matches(pattern, d.error:sub(#prefix + 1))
+    assert.is_true(dt < (time_limit or 0.05), name .. " took " .. dt .. " s")
+    local st = p:stats()
+    assert.is_true(st.peak - st.baseline <= 8 * MiB, name .. " grew the state by " .. (st.peak - st.baseline))
+    next_request_is_normal()
+    return d
+  end
+
+  it("has no os.execute", function()
+    contained("os_execute", 'os.execute("touch', "attempt to call a nil value %(field 'execute'%)")
+  end)
+
+  it("has no io", function()
+    contained("io_open", "io.open(", "attempt to index a nil value %(global 'io'%)")
+  end)
+
+  it("refuses bytecode in load", function()
+    contained("load_bytecode", "assert(load(", "^load: binary chunks are not allowed in policies")
+  end)
+
+  it("has no debug library", function()
+    contained("debug_lib", "debug.sethook", "attempt to index a nil value %(global 'debug'%)")
+  end)
+
+  it("has no string.dump", function()
+    contained("string_dump", "string.dump(", "attempt to call a nil value %(field 'dump'%)")
+  end)
+
+  it("stops while true do end with the instruction budget", function()
+    contained("spin", "while true do end", "^instruction budget exceeded %(1000000 instructions%)$")
+  end)
+
+  it("stops a loop around pcall", function()
+    contained("spin_pcall", "pcall(function() while true do end end)",
+      "^instruction budget exceeded %(1000000 instructions%)$")
+  end)
+
+  it("does not let pcall swallow a budget overrun", function()
+    contained("swallow_budget", "local caught = pcall(",
+      "^instruction budget exceeded")
+  end)
+
+  it("stops a memory bomb at the 8 MiB cap", function()
+    contained("memory_bomb", "memory_bomb = function", "^memory limit exceeded %(8192 KiB per call%)$")
+  end)
+
+  it("does not let pcall swallow a memory overrun", function()
+    contained("swallow_memory", "swallow_memory = function", "^memory limit exceeded")
+  end)
+
+  it("stops a bomb of small tables (slower to build and to collect)", function()
+    contained("table_bomb", "table_bomb = function", "^memory limit exceeded %(8192 KiB per call%)$",
+      0.05 + CLEANUP_SLACK)
+  end)
+
+  it("refuses a pathological pattern before running it", function()
+    contained("evil_pattern", '("a"):rep(30):find', "^string%.find: pattern too expensive for a policy")
+    contained("evil_gmatch", ':gmatch("a-a-a-a', "^string%.gmatch: pattern too expensive")
+  end)
+
+  it("keeps the string library read-only", function()
+    contained("mutate_string", "string.upper = function",
+      "^attempt to modify read%-only table 'string' %(key 'upper'%)$")
+    contained("mutate_string_meta", 'getmetatable("").__index', "attempt to index a boolean value")
+    -- and string methods still work in the next rule
+    local d = p:decide { method = "tools/call", name = "upper_works" }
+    assert.equal('"demo:read"', d.requirement)
+  end)
+
+  it("refuses to let a rule set a global", function()
+    for _ = 1, 2 do
+      contained("set_global", "counter = (counter or 0) + 1",
+        "^policy rules may not set globals %(counter%)$")
+    end
+    contained("rawset_global", "rawset(_G", "attempt to call a nil value %(global 'rawset'%)")
+  end)
+
+  it("bounds C loops that hooks cannot interrupt", function()
+    local d, dt = decide("empty_rep")
+    assert.equal('"demo:read"', d.requirement)
+    assert.is_true(dt < 0.05)
+    contained("table_move", "table.move(", "^table%.move: too many elements")
+    contained("gc_finalizer", "setmetatable({}, { __gc", "^setmetatable: __gc finalizers are not allowed")
+  end)
+
+  it("collects the garbage of failed calls", function()
+    for _ = 1, 3 do decide("memory_bomb") end
+    local st = p:stats()
+    assert.is_true(st.memory - st.baseline < 256 * 1024, "state kept " .. (st.memory - st.baseline))
+    next_request_is_normal()
+  end)
+
+  it("stops a loop with the wall clock when the instruction budget is huge", function()
+    local q = assert(core.policy_load(HOSTILE, { instructions = 1e15 }))
+    local d, dt = pt.timed(function()
+      return q:decide { method = "tools/call", name = "spin" }
+    end)
+    assert.equal("false", d.requirement)
+    assert.matches(": tools%.spin: time budget exceeded %(50 ms%)$", d.error)
+    assert.is_true(dt >= 0.045 and dt < 0.05 + CLEANUP_SLACK, "took " .. dt)
+    local ok = q:decide { method = "tools/call", name = "ok" }
+    assert.equal('"demo:read"', ok.requirement)
+    q:close()
+  end)
+
+  it("honours configured limits", function()
+    local q = assert(core.policy_load(HOSTILE, { instructions = 10000, memory = 1024 * 1024 }))
+    assert.same({ instructions = 10000, memory = 1024 * 1024, time_ms = 50,
+                  load_memory = 64 * MiB, pattern_steps = 10000000 }, q:info().limits)
+    assert.matches("instruction budget exceeded %(10000 instructions%)$",
+      q:decide { method = "tools/call", name = "spin" }.error)
+    assert.matches("memory limit exceeded %(1024 KiB per call%)$",
+      q:decide { method = "tools/call", name = "memory_bomb" }.error)
+    local st = q:stats()
+    assert.is_true(st.peak - st.baseline <= 1024 * 1024)
+    q:close()
+  end)
+end)
+
+describe("policy print", function()
+  it("writes to the gateway log, prefixed with the policy file", function()
+    local dir = pt.tmpdir()
+    local script = pt.write(dir, "run.lua", ([[
+      local core = require "scopegate.core"
+      local p = assert(core.policy_load(%q))
+      io.write(p:decide { method = "tools/call", name = "chatty" }.requirement, "\n")
+      p:close()
+    ]]):format(HOSTILE))
+    local f = assert(io.popen("lua5.4 '" .. script .. "' 2>&1"))
+    local out = f:read("a")
+    f:close()
+    pt.rmdir(dir)
+    assert.matches('"demo:read"\n', out, 1, true)
+    assert.matches(" info " .. HOSTILE .. ": deciding\tchatty\t42\n", out, 1, true)
+  end)
+end)
+
+describe("policy sandbox at load time", function()
+  local dir
+  before_each(function() dir = pt.tmpdir() end)
+  after_each(function() pt.rmdir(dir) end)
+
+  it("stops a policy file that never returns", function()
+    local path = pt.write(dir, "loop.lua", "local x = 0\nwhile true do x = x + 1 end\nreturn {}\n")
+    local p, err = core.policy_load(path, { load_instructions = 100000 })
+    assert.is_nil(p)
+    assert.equal(path .. ":2: instruction budget exceeded (100000 instructions)", err)
+  end)
+
+  it("refuses a policy file that mutates string", function()
+    local path = pt.write(dir, "mut.lua", "string.lower = string.upper\nreturn {}\n")
+    local p, err = core.policy_load(path)
+    assert.is_nil(p)
+    assert.equal(path .. ":1: attempt to modify read-only table 'string' (key 'lower')", err)
+  end)
+
+  it("refuses a memory bomb at load with the load cap", function()
+    local path = pt.write(dir, "big.lua", "local s = 'x'\nwhile true do s = s .. s end\n")
+    local p, err = core.policy_load(path, { load_memory = 16 * MiB })
+    assert.is_nil(p)
+    assert.equal(path .. ": memory limit exceeded (16384 KiB while loading)", err)
+  end)
+
+  it("lets the policy file set globals, which rules then read", function()
+    local path = pt.write(dir, "g.lua", [[
+PREFIX = "demo"
+function scope_for(verb) return PREFIX .. ":" .. verb end
+return {
+  scopes = { ["demo:read"] = "r", ["demo:write"] = "w" },
+  tools = {
+    read = function(req) return scope_for("read") end,
+    write = function(req) return scope_for(req.name == "write" and "write" or "read") end,
+  },
+}
+]])
+    local p = assert(core.policy_load(path))
+    assert.equal('"demo:read"', p:decide { method = "tools/call", name = "read" }.requirement)
+    assert.equal('"demo:write"', p:decide { method = "tools/call", name = "write" }.requirement)
+    p:close()
+  end)
+
+  it("offers safe libraries and text load", function()
+    local path = pt.write(dir, "libs.lua", [[
+local checks = {
+  os_time = type(os.time()) == "number",
+  os_date = type(os.date("!%Y")) == "string",
+  no_os_getenv = os.getenv == nil,
+  no_os_remove = os.remove == nil,
+  no_io = io == nil,
+  no_package = package == nil,
+  no_collectgarbage = collectgarbage == nil,
+  no_dofile = dofile == nil and loadfile == nil,
+  no_coroutine = coroutine == nil,
+  text_load = load("return 1 + 1")() == 2,
+  load_env = load("return x", "=chunk", "t", { x = 7 })() == 7,
+  binary_mode_refused = select(2, load("return 1", "=c", "b")) ~= nil,
+  string_meta_hidden = getmetatable("") == false,
+  utf8 = utf8.len("héllo") == 5,
+  math = math.max(1, 2) == 2,
+  table_sort = (function() local t = { 3, 1, 2 } table.sort(t) return t[1] == 1 end)(),
+  patterns = ("read_entry"):match("^(%w+)_entry$") == "read",
+  plain_find = ("x"):rep(100000):find("needle", 1, true) == nil,
+  pairs_string = (function() for k in pairs(string) do if k == "format" then return true end end end)(),
+}
+local failed = {}
+for k, v in pairs(checks) do if v ~= true then failed[#failed + 1] = k end end
+table.sort(failed)
+FAILED = table.concat(failed, ",")
+return { tools = { t = function(req) return FAILED == "" and "public" or { deny = FAILED } end } }
+]])
+    local p = assert(core.policy_load(path))
+    local d = p:decide { method = "tools/call", name = "t" }
+    assert.same({ requirement = '"public"' }, { requirement = d.requirement, why = d.why })
+    p:close()
+  end)
+end)
+
+describe("pattern cost model", function()
+  it("rates catastrophic backtracking far above the budget", function()
+    assert.is_true(core.policy_pattern_cost(("a*"):rep(9) .. "b", 30) > 1e12)
+    assert.is_true(core.policy_pattern_cost("a*a*b", 1000) > 1e8)
+  end)
+  it("rates everyday patterns as cheap", function()
+    assert.is_true(core.policy_pattern_cost("^(%w+):(.*)$", 10000) < 1e5)
+    assert.is_true(core.policy_pattern_cost("[%w_]+", 10000) < 1e5)
+    assert.is_true(core.policy_pattern_cost("^%s*(.-)%s*$", 1000) < 1e7)
+    assert.is_true(core.policy_pattern_cost("^repo:([%w_-]+):(%a+)$", 1000) < 1e5)
+  end)
+  it("treats ^ as a literal when anchoring is not possible (gmatch)", function()
+    assert.is_true(core.policy_pattern_cost("^ab", 100, false) > core.policy_pattern_cost("^ab", 100, true))
+  end)
+end)

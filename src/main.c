@@ -1,18 +1,127 @@
 /* main.c -- the scopegate command line: serve, check, explain, token, version.
  *
- * Each subcommand is a thin shell over the core; parsing and reporting
- * errors in flags is this file's whole job. */
+ * Each subcommand is a thin shell over the core; parsing flags and
+ * reporting their errors (one line, naming the flag) is this file's job.
+ * `serve` lives in serve.c because it owns the gateway's whole lifetime. */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
+#include "cli.h"
+#include "policy.h"
 #include "sg.h"
+#include "token.h"
+
+int sg_cmd_serve(int argc, char **argv);
+int sg_cmd_explain(int argc, char **argv);
 
 static int usage(FILE *f)
 {
-    fputs("usage: scopegate <serve|check|explain|token|version> [options]\n"
-          "       scopegate <command> --help for the options of a command\n",
+    fputs("usage: scopegate <command> [options]\n"
+          "  serve    run the gateway in front of an MCP server\n"
+          "  check    load and lint a policy: scopegate check POLICY\n"
+          "  explain  show the decision for one message: scopegate explain POLICY --message JSON\n"
+          "  token    mint a development token: scopegate token --key FILE --scope \"a b\"\n"
+          "  version  print the version\n"
+          "Run scopegate <command> --help for the options of a command.\n",
           f);
     return f == stderr ? 2 : 0;
+}
+
+/* ---- check ----------------------------------------------------------------- */
+
+static int cmd_check(int argc, char **argv)
+{
+    const char *pos[1];
+    int npos;
+    int rc = sg_flags_parse("check", argc, argv, 2, NULL, 0, pos, 1, &npos);
+    if (rc == 1 || (rc == 0 && npos != 1)) {
+        fputs("usage: scopegate check POLICY\n"
+              "Loads the policy, lints it and runs every function rule once in the list\n"
+              "phase. Prints one 'file:line: error|warning: ...' line per finding; exits 1\n"
+              "when there is any error.\n",
+              rc == 1 ? stdout : stderr);
+        return rc == 1 ? 0 : 2;
+    }
+    if (rc < 0) return 2;
+    sg_buf report = SG_BUF_INIT;
+    int errors = sg_policy_check(pos[0], NULL, &report);
+    if (report.len) fputs(report.data, stdout);
+    if (errors == 0) printf("%s: ok\n", pos[0]);
+    sg_buf_free(&report);
+    return errors ? 1 : 0;
+}
+
+/* ---- token ----------------------------------------------------------------- */
+
+static int cmd_token(int argc, char **argv)
+{
+    const char *key = NULL, *scope = NULL, *sub = "dev-user", *aud = NULL, *iss = NULL;
+    const char *alg = NULL, *kid = NULL, *client_id = "scopegate-dev";
+    unsigned long ttl = 3600;
+    const sg_flag flags[] = {
+        {"--key", SG_FLAG_STRING, &key, 0, 0},
+        {"--scope", SG_FLAG_STRING, &scope, 0, 0},
+        {"--sub", SG_FLAG_STRING, &sub, 0, 0},
+        {"--aud", SG_FLAG_STRING, &aud, 0, 0},
+        {"--iss", SG_FLAG_STRING, &iss, 0, 0},
+        {"--alg", SG_FLAG_STRING, &alg, 0, 0},
+        {"--kid", SG_FLAG_STRING, &kid, 0, 0},
+        {"--client-id", SG_FLAG_STRING, &client_id, 0, 0},
+        {"--ttl", SG_FLAG_ULONG, &ttl, 1, 366ul * 86400},
+    };
+    const char *pos[1];
+    int npos;
+    int rc = sg_flags_parse("token", argc, argv, 2, flags, SG_ARRAY_LEN(flags), pos, 0, &npos);
+    if (rc == 1 || (rc == 0 && !key)) {
+        fputs("usage: scopegate token --key PRIVATE_KEY.pem [--scope \"a b\"] [--sub S]\n"
+              "                       [--aud AUDIENCE] [--iss ISSUER] [--ttl SECONDS]\n"
+              "                       [--alg ALG] [--kid KID] [--client-id ID]\n"
+              "Prints a signed development token. --alg defaults to the key's kind\n"
+              "(RS256, ES256/384/512, EdDSA); --ttl to 3600.\n",
+              rc == 1 ? stdout : stderr);
+        return rc == 1 ? 0 : 2;
+    }
+    if (rc < 0) return 2;
+    size_t keylen;
+    char *pem = sg_read_file(key, 1 << 20, &keylen);
+    if (!pem) {
+        fprintf(stderr, "scopegate token: cannot read key %s: %s\n", key, strerror(errno));
+        return 1;
+    }
+    if (!alg && !(alg = sg_token_alg_for_key(pem, keylen))) {
+        fprintf(stderr, "scopegate token: %s is not an RSA, EC or Ed25519/Ed448 private key\n",
+                key);
+        free(pem);
+        return 1;
+    }
+    int64_t now = sg_now_unix();
+    cJSON *claims = cJSON_CreateObject();
+    if (iss) cJSON_AddStringToObject(claims, "iss", iss);
+    cJSON_AddStringToObject(claims, "sub", sub);
+    if (aud) cJSON_AddStringToObject(claims, "aud", aud);
+    cJSON_AddStringToObject(claims, "client_id", client_id);
+    if (scope) cJSON_AddStringToObject(claims, "scope", scope);
+    cJSON_AddNumberToObject(claims, "iat", (double)now);
+    cJSON_AddNumberToObject(claims, "exp", (double)(now + (int64_t)ttl));
+    char *json = cJSON_PrintUnformatted(claims);
+    cJSON_Delete(claims);
+    sg_buf out = SG_BUF_INIT;
+    char err[256] = "out of memory";
+    rc = json ? sg_token_mint(alg, pem, keylen, kid, NULL, json, &out, err, sizeof err) : -1;
+    free(json);
+    free(pem);
+    if (rc != 0 || !sg_buf_ok(&out)) {
+        fprintf(stderr, "scopegate token: %s\n", err);
+        sg_buf_free(&out);
+        return 1;
+    }
+    printf("%s\n", out.data);
+    sg_buf_free(&out);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -23,6 +132,10 @@ int main(int argc, char **argv)
         printf("scopegate %s\n", SG_VERSION);
         return 0;
     }
+    if (strcmp(cmd, "serve") == 0) return sg_cmd_serve(argc, argv);
+    if (strcmp(cmd, "check") == 0) return cmd_check(argc, argv);
+    if (strcmp(cmd, "explain") == 0) return sg_cmd_explain(argc, argv);
+    if (strcmp(cmd, "token") == 0) return cmd_token(argc, argv);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0) return usage(stdout);
     fprintf(stderr, "scopegate: unknown command '%s'\n", cmd);
     return usage(stderr);

@@ -96,6 +96,13 @@ sg_token_err sg_token_verify(const sg_verifier *v, const char *token, size_t len
 /* Frees a token from sg_token_verify. NULL is fine. */
 void sg_token_free(sg_token *t);
 
+/* Builds a token from a claims object WITHOUT any signature, issuer,
+ * audience or time check: for `scopegate explain` and tools, never for a
+ * request. Scope claims are still validated. On SG_TOKEN_OK *out is freed
+ * with sg_token_free; otherwise it is NULL (SG_TOKEN_MALFORMED for JSON
+ * that is not one object). */
+sg_token_err sg_token_from_claims(const char *json, size_t len, sg_token **out);
+
 /* ---- verified-token cache ---------------------------------------------------
  * Keyed by a keyed hash of the whole token plus a full byte comparison, so a
  * hit is always the same bytes. Bounded (CLOCK eviction); an entry is never
@@ -128,6 +135,10 @@ void sg_tcache_get_stats(const sg_tcache *c, sg_tcache_stats *out);
  * The header is header_json verbatim when given, else
  * {"alg":ALG,"typ":"JWT"} plus "kid" when kid is not NULL. Appends the
  * compact token to out. Returns 0, or -1 with a message in err. */
+/* The JWS alg a PEM private key signs with by default: RS256 for RSA, ES256/
+ * ES384/ES512 by EC curve, EdDSA for Ed25519/Ed448. Returns a static string,
+ * or NULL when the PEM is not a private key of those kinds. */
+const char *sg_token_alg_for_key(const void *pem, size_t len);
 int sg_token_mint(const char *alg, const void *key, size_t keylen, const char *kid,
                   const char *header_json, const char *claims_json, sg_buf *out, char *err,
                   size_t errlen);

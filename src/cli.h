@@ -1,0 +1,40 @@
+/* cli.h -- one flag parser for every subcommand.
+ *
+ * Flags are `--name VALUE` (or `--name=VALUE`); a table says where each
+ * value goes and what it may be, so every subcommand reports a bad flag the
+ * same way: one line on stderr naming the command, the flag and the rule. */
+#ifndef SG_CLI_H
+#define SG_CLI_H
+
+#include <stddef.h>
+
+typedef enum sg_flag_kind {
+    SG_FLAG_STRING, /* const char **dst */
+    SG_FLAG_ULONG,  /* unsigned long *dst, within [min, max] */
+    SG_FLAG_LIST,   /* sg_flag_list *dst: repeatable */
+    SG_FLAG_BOOL    /* int *dst set to 1; takes no value */
+} sg_flag_kind;
+
+#define SG_FLAG_LIST_MAX 32
+typedef struct sg_flag_list {
+    const char *items[SG_FLAG_LIST_MAX];
+    int n;
+} sg_flag_list;
+
+typedef struct sg_flag {
+    const char *name; /* with the dashes: "--listen" */
+    sg_flag_kind kind;
+    void *dst;
+    unsigned long min, max; /* SG_FLAG_ULONG only */
+} sg_flag;
+
+/* Parses argv[first..argc) against flags. Arguments that are not flags are
+ * positional: up to max_pos of them are stored in pos (NULL-free), their
+ * count in *npos. Returns 0; 1 when --help/-h was given (nothing else is
+ * parsed); -1 after printing "scopegate CMD: ..." to stderr for an unknown
+ * flag, a missing value, a bad number, a full list or too many positional
+ * arguments. Strings point into argv. */
+int sg_flags_parse(const char *cmd, int argc, char **argv, int first, const sg_flag *flags,
+                   size_t nflags, const char **pos, int max_pos, int *npos);
+
+#endif

@@ -206,6 +206,34 @@ describe("policy sandbox at load time", function()
     assert.equal(path .. ": memory limit exceeded (16384 KiB while loading)", err)
   end)
 
+  it("does not count earlier calls' garbage against a large policy's per-call cap", function()
+    -- 12 MiB of policy data, then rules that each leave ~200 KiB of garbage:
+    -- 300 calls make far more garbage than one call's 8 MiB allowance. The
+    -- cap counts from the post-load size, so this relies on Lua collecting
+    -- (and retrying) when the capping allocator refuses.
+    local path = pt.write(dir, "large.lua", [[
+local blob = {}
+for i = 1, 12 * 1024 do blob[i] = ("x"):rep(1000) .. i end
+return {
+  scopes = { ["big:read"] = "r" },
+  tools = {
+    churn = function(req)
+      local t = {}
+      for i = 1, 2000 do t[i] = { i, i * 2 } end
+      return #blob > 0 and "big:read" or false
+    end,
+  },
+}
+]])
+    local p = assert(core.policy_load(path))
+    for i = 1, 300 do
+      local d = p:decide { method = "tools/call", name = "churn" }
+      assert.is_nil(d.error, "call " .. i .. ": " .. tostring(d.error))
+      assert.equal('"big:read"', d.requirement)
+    end
+    p:close()
+  end)
+
   it("lets the policy file set globals, which rules then read", function()
     local path = pt.write(dir, "g.lua", [[
 PREFIX = "demo"

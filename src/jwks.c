@@ -72,17 +72,6 @@ struct sg_keys {
     unsigned long fetches, fetch_failures;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static void jwk_clear(sg_jwk *j)
 {
     free(j->kid);
@@ -239,38 +228,38 @@ int sg_keys_add_pem(sg_keys *k, const char *pem, size_t len, const char *alg, co
 {
     int a = alg ? sg_jws_alg_from_name(alg, strlen(alg)) : -1;
     if (a <= SG_ALG_NONE) {
-        set_err(err, errlen, "unknown or missing alg for PEM key");
+        sg_errf(err, errlen, "unknown or missing alg for PEM key");
         return -1;
     }
     if (SG_ALG_BIT(a) & HMAC_ALGS) {
-        set_err(err, errlen, "%s needs a configured secret, not a PEM key", alg_names[a]);
+        sg_errf(err, errlen, "%s needs a configured secret, not a PEM key", alg_names[a]);
         return -1;
     }
     if (!kid_ok(kid) || len > MAX_PEM_BYTES) {
-        set_err(err, errlen, "kid or PEM too long");
+        sg_errf(err, errlen, "kid or PEM too long");
         return -1;
     }
     BIO *bio = BIO_new_mem_buf(pem, (int)len);
     EVP_PKEY *p = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
     BIO_free(bio);
     if (!p) {
-        set_err(err, errlen, "not a PEM public key (BEGIN PUBLIC KEY)");
+        sg_errf(err, errlen, "not a PEM public key (BEGIN PUBLIC KEY)");
         return -1;
     }
     if (!(algs_for_pkey(p) & SG_ALG_BIT(a))) {
         EVP_PKEY_free(p);
-        set_err(err, errlen, "the key does not fit alg %s (or RSA under %d bits)", alg_names[a],
+        sg_errf(err, errlen, "the key does not fit alg %s (or RSA under %d bits)", alg_names[a],
                 MIN_RSA_BITS);
         return -1;
     }
     sg_jwk j = {.algs = SG_ALG_BIT(a), .pkey = p};
     if (kid && !(j.kid = strdup(kid))) {
         jwk_clear(&j);
-        set_err(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         return -1;
     }
     if (push_key(&k->static_keys, &k->nstatic, &j) != 0 || publish(k) != 0) {
-        set_err(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         return -1;
     }
     return 0;
@@ -282,7 +271,7 @@ int sg_keys_add_pem_file(sg_keys *k, const char *path, const char *alg, const ch
     size_t len;
     char *pem = sg_read_file(path, MAX_PEM_BYTES, &len);
     if (!pem) {
-        set_err(err, errlen, "cannot read key file %s: %s", path, strerror(errno));
+        sg_errf(err, errlen, "cannot read key file %s: %s", path, strerror(errno));
         return -1;
     }
     int rc = sg_keys_add_pem(k, pem, len, alg, kid, err, errlen);
@@ -295,29 +284,29 @@ int sg_keys_add_secret(sg_keys *k, const void *secret, size_t len, const char *a
 {
     int a = alg ? sg_jws_alg_from_name(alg, strlen(alg)) : -1;
     if (a < 0 || !(SG_ALG_BIT(a) & HMAC_ALGS)) {
-        set_err(err, errlen, "a secret needs alg HS256, HS384 or HS512");
+        sg_errf(err, errlen, "a secret needs alg HS256, HS384 or HS512");
         return -1;
     }
     size_t min = a == SG_ALG_HS256 ? 32 : a == SG_ALG_HS384 ? 48 : 64;
     if (len < min || len > 4096) {
-        set_err(err, errlen, "%s secrets must be %zu to 4096 bytes (RFC 7518 3.2)", alg_names[a],
+        sg_errf(err, errlen, "%s secrets must be %zu to 4096 bytes (RFC 7518 3.2)", alg_names[a],
                 min);
         return -1;
     }
     if (!kid_ok(kid)) {
-        set_err(err, errlen, "kid too long");
+        sg_errf(err, errlen, "kid too long");
         return -1;
     }
     sg_jwk j = {.algs = SG_ALG_BIT(a), .secret_len = len};
     j.secret = malloc(len);
     if (!j.secret || (kid && !(j.kid = strdup(kid)))) {
         jwk_clear(&j);
-        set_err(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         return -1;
     }
     memcpy(j.secret, secret, len);
     if (push_key(&k->static_keys, &k->nstatic, &j) != 0 || publish(k) != 0) {
-        set_err(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         return -1;
     }
     return 0;
@@ -500,19 +489,19 @@ static int jwks_parse(const char *json, size_t len, sg_jwk **out, char *err, siz
 {
     *out = NULL;
     if (len > SG_JWKS_MAX_BYTES) {
-        set_err(err, errlen, "JWKS larger than %d bytes", SG_JWKS_MAX_BYTES);
+        sg_errf(err, errlen, "JWKS larger than %d bytes", SG_JWKS_MAX_BYTES);
         return -1;
     }
     cJSON *root = cJSON_ParseWithLength(json, len);
     const cJSON *keys = cJSON_GetObjectItemCaseSensitive(root, "keys");
     if (!cJSON_IsObject(root) || !cJSON_IsArray(keys)) {
         cJSON_Delete(root);
-        set_err(err, errlen, "not a JWKS document (a JSON object with a keys array)");
+        sg_errf(err, errlen, "not a JWKS document (a JSON object with a keys array)");
         return -1;
     }
     if (cJSON_GetArraySize(keys) > SG_JWKS_MAX_KEYS) {
         cJSON_Delete(root);
-        set_err(err, errlen, "JWKS holds more than %d keys", SG_JWKS_MAX_KEYS);
+        sg_errf(err, errlen, "JWKS holds more than %d keys", SG_JWKS_MAX_KEYS);
         return -1;
     }
     sg_jwk *arr = NULL;
@@ -526,7 +515,7 @@ static int jwks_parse(const char *json, size_t len, sg_jwk **out, char *err, siz
         if (rc < 0 || (rc == 1 && push_key(&arr, &n, &j) != 0)) {
             jwks_free_array(arr, n);
             cJSON_Delete(root);
-            set_err(err, errlen, "out of memory");
+            sg_errf(err, errlen, "out of memory");
             return -1;
         }
         if (rc == 0) sg_log(SG_LOG_WARN, "jwks: skipping key #%d: %s", index, why);
@@ -535,7 +524,7 @@ static int jwks_parse(const char *json, size_t len, sg_jwk **out, char *err, siz
     cJSON_Delete(root);
     if (n == 0) {
         free(arr);
-        set_err(err, errlen, "JWKS holds no usable signature key");
+        sg_errf(err, errlen, "JWKS holds no usable signature key");
         return -1;
     }
     *out = arr;
@@ -550,13 +539,13 @@ int sg_keys_add_jwks(sg_keys *k, const char *json, size_t len, char *err, size_t
     for (int i = 0; i < n; i++) {
         if (push_key(&k->static_keys, &k->nstatic, &arr[i]) != 0) {
             jwks_free_array(arr, n);
-            set_err(err, errlen, "out of memory");
+            sg_errf(err, errlen, "out of memory");
             return -1;
         }
     }
     free(arr);
     if (publish(k) != 0) {
-        set_err(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         return -1;
     }
     return 0;
@@ -567,7 +556,7 @@ int sg_keys_add_jwks_file(sg_keys *k, const char *path, char *err, size_t errlen
     size_t len;
     char *json = sg_read_file(path, SG_JWKS_MAX_BYTES, &len);
     if (!json) {
-        set_err(err, errlen, "cannot read JWKS file %s: %s", path, strerror(errno));
+        sg_errf(err, errlen, "cannot read JWKS file %s: %s", path, strerror(errno));
         return -1;
     }
     int rc = sg_keys_add_jwks(k, json, len, err, errlen);
@@ -592,7 +581,7 @@ static int fetch_jwks(const char *url, sg_jwk **out, char *err, size_t errlen)
     sg_buf body = SG_BUF_INIT;
     CURL *c = curl_easy_init();
     if (!c) {
-        set_err(err, errlen, "curl init failed");
+        sg_errf(err, errlen, "curl init failed");
         return -1;
     }
     curl_easy_setopt(c, CURLOPT_URL, url);
@@ -609,9 +598,9 @@ static int fetch_jwks(const char *url, sg_jwk **out, char *err, size_t errlen)
     curl_easy_cleanup(c);
     int n = -1;
     if (rc != CURLE_OK)
-        set_err(err, errlen, "fetching JWKS failed: %s", curl_easy_strerror(rc));
+        sg_errf(err, errlen, "fetching JWKS failed: %s", curl_easy_strerror(rc));
     else if (status != 200)
-        set_err(err, errlen, "fetching JWKS failed: HTTP status %ld", status);
+        sg_errf(err, errlen, "fetching JWKS failed: HTTP status %ld", status);
     else
         n = jwks_parse(body.data ? body.data : "", body.len, out, err, errlen);
     sg_buf_free(&body);
@@ -640,7 +629,7 @@ static int fetch_locked(sg_keys *k, char *err, size_t errlen)
         k->nurl = nold;
         jwks_free_array(arr, n);
         k->fetch_failures++;
-        set_err(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         return -1;
     }
     jwks_free_array(old, nold);
@@ -653,15 +642,15 @@ int sg_keys_set_jwks_url(sg_keys *k, const char *url, uint64_t ttl_ms, uint64_t 
                          char *err, size_t errlen)
 {
     if (k->url) {
-        set_err(err, errlen, "only one JWKS URL is supported");
+        sg_errf(err, errlen, "only one JWKS URL is supported");
         return -1;
     }
     if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) {
-        set_err(err, errlen, "the JWKS URL must be http:// or https://");
+        sg_errf(err, errlen, "the JWKS URL must be http:// or https://");
         return -1;
     }
     if (!(k->url = strdup(url))) {
-        set_err(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         return -1;
     }
     k->ttl_ns = (ttl_ms ? ttl_ms : DEFAULT_TTL_MS) * 1000000ull;
@@ -731,7 +720,7 @@ const sg_keyset *sg_keys_refetch_for_kid(sg_keys *k, const sg_keyset *seen)
 int sg_keys_refresh(sg_keys *k, char *err, size_t errlen)
 {
     if (!k->url) {
-        set_err(err, errlen, "no JWKS URL configured");
+        sg_errf(err, errlen, "no JWKS URL configured");
         return -1;
     }
     pthread_mutex_lock(&k->fetch_mu);

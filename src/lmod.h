@@ -10,6 +10,15 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+/* Sets t[key] = value on the table at the top of the stack, unless value is
+ * NULL (the field stays absent). */
+static inline void sg_lua_setstring(lua_State *L, const char *key, const char *value)
+{
+    if (!value) return;
+    lua_pushstring(L, value);
+    lua_setfield(L, -2, key);
+}
+
 /* Each adds its functions to the table on top of the stack. */
 void sg_lmod_scope(lua_State *L);
 void sg_lmod_token(lua_State *L);

@@ -12,6 +12,7 @@
  *   core.mcp_versions(), core.mcp_codes, core.mcp_null (JSON null in
  *   arguments tables). */
 #include "lmod.h"
+#include "luajson.h"
 
 #include "json.h"
 #include "mcp.h"
@@ -37,47 +38,6 @@ static sg_mcp_body *new_body(lua_State *L)
     return b;
 }
 
-/* Depth is bounded by the pre-scan (at most SG_JSON_MAX_DEPTH_CAP). */
-static void push_json(lua_State *L, const cJSON *v)
-{
-    luaL_checkstack(L, 4, "JSON too deep");
-    if (cJSON_IsNull(v)) {
-        lua_pushlightuserdata(L, NULL);
-    } else if (cJSON_IsBool(v)) {
-        lua_pushboolean(L, cJSON_IsTrue(v));
-    } else if (cJSON_IsNumber(v)) {
-        double d = v->valuedouble;
-        if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == (double)(lua_Integer)d)
-            lua_pushinteger(L, (lua_Integer)d);
-        else
-            lua_pushnumber(L, d);
-    } else if (cJSON_IsString(v)) {
-        lua_pushstring(L, v->valuestring);
-    } else if (cJSON_IsArray(v)) {
-        lua_newtable(L);
-        lua_Integer i = 1;
-        for (const cJSON *c = v->child; c; c = c->next) {
-            push_json(L, c);
-            lua_rawseti(L, -2, i++);
-        }
-    } else if (cJSON_IsObject(v)) {
-        lua_newtable(L);
-        for (const cJSON *c = v->child; c; c = c->next) {
-            push_json(L, c);
-            lua_setfield(L, -2, c->string);
-        }
-    } else {
-        lua_pushnil(L);
-    }
-}
-
-static void set_string(lua_State *L, const char *key, const char *value)
-{
-    if (!value) return;
-    lua_pushstring(L, value);
-    lua_setfield(L, -2, key);
-}
-
 static const char *kind_name(sg_mcp_kind kind)
 {
     switch (kind) {
@@ -95,18 +55,18 @@ static const char *kind_name(sg_mcp_kind kind)
 static void push_message(lua_State *L, const sg_mcp_msg *m)
 {
     lua_newtable(L);
-    set_string(L, "kind", kind_name(m->kind));
-    set_string(L, "method", m->method);
+    sg_lua_setstring(L, "kind", kind_name(m->kind));
+    sg_lua_setstring(L, "method", m->method);
     if (m->id_raw) {
         lua_pushlstring(L, m->id_raw, m->id_len);
         lua_setfield(L, -2, "id_raw");
     }
-    set_string(L, "name", m->name);
+    sg_lua_setstring(L, "name", m->name);
     if (m->arguments) {
-        push_json(L, m->arguments);
+        sg_lua_push_json(L, m->arguments, 1);
         lua_setfield(L, -2, "arguments");
     }
-    set_string(L, "protocol_version", m->protocol_version);
+    sg_lua_setstring(L, "protocol_version", m->protocol_version);
     if (m->kind == SG_MCP_RESPONSE) {
         lua_pushboolean(L, m->is_error_response);
         lua_setfield(L, -2, "error");
@@ -114,7 +74,7 @@ static void push_message(lua_State *L, const sg_mcp_msg *m)
     if (m->kind == SG_MCP_INVALID) {
         lua_pushinteger(L, m->error_code);
         lua_setfield(L, -2, "code");
-        set_string(L, "message", m->error_message);
+        sg_lua_setstring(L, "message", m->error_message);
     }
 }
 

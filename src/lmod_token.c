@@ -19,6 +19,7 @@
  * libjwt appears only here: it is the independent minter the specs check
  * our verifier against, never part of the gateway. */
 #include "lmod.h"
+#include "luajson.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -163,51 +164,6 @@ fail:
     return 2; /* the half-built userdata is collected by __gc */
 }
 
-/* Converts verified JSON to Lua: objects -> tables, arrays -> sequences,
- * null -> absent, integral numbers -> integers. Depth is bounded by cJSON
- * (1000) and the token size. */
-static void push_json(lua_State *L, const cJSON *v)
-{
-    luaL_checkstack(L, 4, "JSON too deep");
-    if (cJSON_IsBool(v)) {
-        lua_pushboolean(L, cJSON_IsTrue(v));
-    } else if (cJSON_IsNumber(v)) {
-        double d = v->valuedouble;
-        if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == floor(d))
-            lua_pushinteger(L, (lua_Integer)d);
-        else
-            lua_pushnumber(L, d);
-    } else if (cJSON_IsString(v)) {
-        lua_pushstring(L, v->valuestring);
-    } else if (cJSON_IsArray(v)) {
-        lua_newtable(L);
-        lua_Integer i = 1;
-        const cJSON *item;
-        cJSON_ArrayForEach(item, v)
-        {
-            push_json(L, item);
-            lua_rawseti(L, -2, i++);
-        }
-    } else if (cJSON_IsObject(v)) {
-        lua_newtable(L);
-        const cJSON *item;
-        cJSON_ArrayForEach(item, v)
-        {
-            push_json(L, item);
-            lua_setfield(L, -2, item->string);
-        }
-    } else {
-        lua_pushnil(L);
-    }
-}
-
-static void set_string(lua_State *L, const char *name, const char *value)
-{
-    if (!value) return;
-    lua_pushstring(L, value);
-    lua_setfield(L, -2, name);
-}
-
 static int push_result(lua_State *L, sg_token_err e, const sg_token *t)
 {
     if (e != SG_TOKEN_OK) {
@@ -217,9 +173,9 @@ static int push_result(lua_State *L, sg_token_err e, const sg_token *t)
         return 3;
     }
     lua_createtable(L, 0, 6);
-    set_string(L, "sub", t->sub);
-    set_string(L, "client_id", t->client_id);
-    set_string(L, "iss", t->iss);
+    sg_lua_setstring(L, "sub", t->sub);
+    sg_lua_setstring(L, "client_id", t->client_id);
+    sg_lua_setstring(L, "iss", t->iss);
     lua_pushinteger(L, t->exp);
     lua_setfield(L, -2, "exp");
     lua_createtable(L, t->nscopes, 0);
@@ -228,7 +184,7 @@ static int push_result(lua_State *L, sg_token_err e, const sg_token *t)
         lua_rawseti(L, -2, i + 1);
     }
     lua_setfield(L, -2, "scopes");
-    push_json(L, t->claims);
+    sg_lua_push_json(L, t->claims, 0);
     lua_setfield(L, -2, "claims");
     return 1;
 }

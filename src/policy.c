@@ -14,6 +14,8 @@
  * and far better than no line at all. */
 #include "policy.h"
 
+#include "luajson.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -29,7 +31,6 @@
 #define MAX_RUNTIME_NODES 4096
 #define MAX_NAME_LEN      1024
 #define MAX_WHY_LEN       512
-#define MAX_JSON_DEPTH    64
 #define NO_OFFSET         ((size_t)-1)
 
 /* ---- source index: where keys and strings appear ----------------------------- */
@@ -1281,46 +1282,6 @@ typedef struct call_ctx {
     const sg_req *result;
 } call_ctx;
 
-static void push_json(lua_State *L, const cJSON *j, int depth)
-{
-    if (depth > MAX_JSON_DEPTH) luaL_error(L, "JSON nested deeper than %d", MAX_JSON_DEPTH);
-    luaL_checkstack(L, 4, "JSON too deep");
-    if (cJSON_IsString(j)) {
-        lua_pushstring(L, j->valuestring ? j->valuestring : "");
-    } else if (cJSON_IsNumber(j)) {
-        double d = j->valuedouble;
-        if (d >= -9007199254740992.0 && d <= 9007199254740992.0 && d == (double)(lua_Integer)d)
-            lua_pushinteger(L, (lua_Integer)d);
-        else
-            lua_pushnumber(L, d);
-    } else if (cJSON_IsBool(j)) {
-        lua_pushboolean(L, cJSON_IsTrue(j));
-    } else if (cJSON_IsArray(j)) {
-        lua_createtable(L, cJSON_GetArraySize(j), 0);
-        lua_Integer i = 1;
-        for (const cJSON *c = j->child; c; c = c->next) {
-            push_json(L, c, depth + 1);
-            lua_rawseti(L, -2, i++);
-        }
-    } else if (cJSON_IsObject(j)) {
-        lua_newtable(L);
-        for (const cJSON *c = j->child; c; c = c->next) {
-            if (!c->string) continue;
-            /* cJSON keeps duplicate keys and finds the first: so do we. */
-            lua_pushstring(L, c->string);
-            if (lua_rawget(L, -2) != LUA_TNIL) {
-                lua_pop(L, 1);
-                continue;
-            }
-            lua_pop(L, 1);
-            push_json(L, c, depth + 1);
-            lua_setfield(L, -2, c->string);
-        }
-    } else {
-        lua_pushnil(L); /* null */
-    }
-}
-
 static void push_req(lua_State *L, const sg_policy_input *in)
 {
     lua_createtable(L, 0, 8);
@@ -1366,7 +1327,7 @@ static void push_req(lua_State *L, const sg_policy_input *in)
         }
         lua_setfield(L, -2, "scopes");
         if (t->claims)
-            push_json(L, t->claims, 0);
+            sg_lua_push_json(L, t->claims, 0);
         else
             lua_newtable(L);
         lua_setfield(L, -2, "claims");
@@ -1378,7 +1339,7 @@ static void push_req(lua_State *L, const sg_policy_input *in)
     }
     if (in->phase == SG_PHASE_CALL) {
         if (in->arguments)
-            push_json(L, in->arguments, 0);
+            sg_lua_push_json(L, in->arguments, 0);
         else
             lua_newtable(L);
         lua_setfield(L, -2, "arguments");

@@ -74,6 +74,11 @@ void sg_log_set_level(int level);
 void sg_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- misc ----------------------------------------------------------------- */
+/* Formats an error message into err[0..errlen) for the APIs that report
+ * errors through a caller's buffer. err may be NULL or errlen 0 (nothing is
+ * written). Can't fail; long messages are cut. */
+void sg_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Reads a whole file into a NUL-terminated malloc'd buffer (free() it).
  * Returns NULL and sets errno on failure; files over max_bytes fail with
  * EFBIG. */

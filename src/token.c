@@ -73,17 +73,6 @@ const char *sg_token_error_message(sg_token_err e)
     return (unsigned)e < SG_TOKEN_ERR_COUNT ? errors[e].message : errors[SG_TOKEN_INTERNAL].message;
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- digests, fetched once --------------------------------------------------
  * EVP_sha256() and friends make OpenSSL 3 look the algorithm up on every
  * init; explicitly fetched ones do not. */
@@ -363,15 +352,15 @@ void sg_verifier_config_init(sg_verifier_config *c)
 sg_verifier *sg_verifier_new(const sg_verifier_config *c, sg_keys *keys, char *err, size_t errlen)
 {
     if (!keys) {
-        set_err(err, errlen, "no key set");
+        sg_errf(err, errlen, "no key set");
         return NULL;
     }
     if (c->leeway_s < 0 || c->leeway_s > 3600) {
-        set_err(err, errlen, "leeway must be 0 to 3600 seconds");
+        sg_errf(err, errlen, "leeway must be 0 to 3600 seconds");
         return NULL;
     }
     if (c->max_token_bytes < 64 || c->max_token_bytes > 1024 * 1024) {
-        set_err(err, errlen, "max token size must be 64 bytes to 1 MiB");
+        sg_errf(err, errlen, "max token size must be 64 bytes to 1 MiB");
         return NULL;
     }
     sg_verifier *v = calloc(1, sizeof *v);
@@ -385,7 +374,7 @@ sg_verifier *sg_verifier_new(const sg_verifier_config *c, sg_keys *keys, char *e
         char canon[MAX_AUD_LEN];
         if (!*c->audience ||
             canonical_resource(c->audience, strlen(c->audience), canon, sizeof canon) < 0) {
-            set_err(err, errlen, "the audience must be a resource URI without a fragment");
+            sg_errf(err, errlen, "the audience must be a resource URI without a fragment");
             sg_verifier_free(v);
             return NULL;
         }
@@ -394,7 +383,7 @@ sg_verifier *sg_verifier_new(const sg_verifier_config *c, sg_keys *keys, char *e
     return v;
 oom:
     sg_verifier_free(v);
-    set_err(err, errlen, "out of memory");
+    sg_errf(err, errlen, "out of memory");
     return NULL;
 }
 
@@ -927,7 +916,7 @@ static int sign_with_pem(int alg, const void *pem, size_t pemlen, const unsigned
     EVP_PKEY *pkey = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
     BIO_free(bio);
     if (!pkey) {
-        set_err(err, errlen, "not a PEM private key");
+        sg_errf(err, errlen, "not a PEM private key");
         return -1;
     }
     int fits = alg == SG_ALG_EDDSA ? EVP_PKEY_is_a(pkey, "ED25519") || EVP_PKEY_is_a(pkey, "ED448")
@@ -940,7 +929,7 @@ static int sign_with_pem(int alg, const void *pem, size_t pemlen, const unsigned
     size_t rawlen = 0;
     int rc = -1;
     if (!fits) {
-        set_err(err, errlen, "the private key does not fit alg %s", sg_jws_alg_name(alg));
+        sg_errf(err, errlen, "the private key does not fit alg %s", sg_jws_alg_name(alg));
         goto done;
     }
     if (!ctx || EVP_DigestSignInit(ctx, &pctx, md, NULL, pkey) <= 0 ||
@@ -949,7 +938,7 @@ static int sign_with_pem(int alg, const void *pem, size_t pemlen, const unsigned
           EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) <= 0)) ||
         EVP_DigestSign(ctx, NULL, &rawlen, data, len) <= 0 || !(raw = malloc(rawlen)) ||
         EVP_DigestSign(ctx, raw, &rawlen, data, len) <= 0) {
-        set_err(err, errlen, "signing failed");
+        sg_errf(err, errlen, "signing failed");
         goto done;
     }
     size_t clen = alg_ec_size(alg);
@@ -959,14 +948,14 @@ static int sign_with_pem(int alg, const void *pem, size_t pemlen, const unsigned
         const BIGNUM *r, *s;
         unsigned char rs[2 * 66];
         if (!es) {
-            set_err(err, errlen, "signing failed");
+            sg_errf(err, errlen, "signing failed");
             goto done;
         }
         ECDSA_SIG_get0(es, &r, &s);
         int ok = BN_bn2binpad(r, rs, (int)clen) > 0 && BN_bn2binpad(s, rs + clen, (int)clen) > 0;
         ECDSA_SIG_free(es);
         if (!ok) {
-            set_err(err, errlen, "signing failed");
+            sg_errf(err, errlen, "signing failed");
             goto done;
         }
         sg_buf_append(sig, rs, 2 * clen);
@@ -1007,11 +996,11 @@ int sg_token_mint(const char *alg, const void *key, size_t keylen, const char *k
 {
     int a = alg ? sg_jws_alg_from_name(alg, strlen(alg)) : -1;
     if (a <= SG_ALG_NONE) {
-        set_err(err, errlen, "unknown alg");
+        sg_errf(err, errlen, "unknown alg");
         return -1;
     }
     if (!key || !keylen || keylen > INT32_MAX || !claims_json) {
-        set_err(err, errlen, "a key and claims are required");
+        sg_errf(err, errlen, "a key and claims are required");
         return -1;
     }
     char *made_header = NULL;
@@ -1023,7 +1012,7 @@ int sg_token_mint(const char *alg, const void *key, size_t keylen, const char *k
             made_header = cJSON_PrintUnformatted(h);
         cJSON_Delete(h);
         if (!made_header) {
-            set_err(err, errlen, "out of memory");
+            sg_errf(err, errlen, "out of memory");
             return -1;
         }
         header_json = made_header;
@@ -1035,7 +1024,7 @@ int sg_token_mint(const char *alg, const void *key, size_t keylen, const char *k
     free(made_header);
     int rc = -1;
     if (!sg_buf_ok(&tok)) {
-        set_err(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
     } else if (alg_is_hmac(a)) {
         unsigned char mac[EVP_MAX_MD_SIZE];
         unsigned int maclen = 0;
@@ -1044,7 +1033,7 @@ int sg_token_mint(const char *alg, const void *key, size_t keylen, const char *k
             sg_buf_append(&sig, mac, maclen);
             rc = 0;
         } else {
-            set_err(err, errlen, "signing failed");
+            sg_errf(err, errlen, "signing failed");
         }
     } else {
         rc = sign_with_pem(a, key, keylen, (const unsigned char *)tok.data, tok.len, &sig, err,
@@ -1056,7 +1045,7 @@ int sg_token_mint(const char *alg, const void *key, size_t keylen, const char *k
         if (sg_buf_ok(&tok)) {
             sg_buf_append(out, tok.data, tok.len);
         } else {
-            set_err(err, errlen, "out of memory");
+            sg_errf(err, errlen, "out of memory");
             rc = -1;
         }
     }

@@ -221,6 +221,15 @@ void sg_log(int level, const char *fmt, ...)
     (void)ignored;
 }
 
+void sg_errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
 /* ---- files ----------------------------------------------------------------- */
 
 char *sg_read_file(const char *path, size_t max_bytes, size_t *len_out)

@@ -26,6 +26,7 @@
 #include <openssl/rsa.h>
 
 #include "base64url.h"
+#include "json.h"
 #include "scope.h"
 
 #define MAX_AUD_LEN 2048
@@ -182,114 +183,28 @@ static int verify_signature(const sg_jwk *key, int alg, const unsigned char *dat
     return rc;
 }
 
-/* ---- JSON hygiene -------------------------------------------------------------- */
-
-/* 1 when s is valid UTF-8 JSON text without a raw NUL or a \u0000 escape
- * (cJSON would silently truncate the string there). */
-static int json_text_ok(const unsigned char *s, size_t n)
-{
-    int in_string = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = s[i];
-        if (c == 0) return 0;
-        if (c < 0x80) {
-            if (!in_string) {
-                in_string = c == '"';
-            } else if (c == '"') {
-                in_string = 0;
-            } else if (c == '\\') {
-                if (i + 1 >= n) return 0;
-                if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0) return 0;
-                i++; /* the escaped character cannot end the string */
-            }
-            continue;
-        }
-        size_t extra;
-        uint32_t cp;
-        if (c >= 0xc2 && c <= 0xdf) {
-            extra = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            extra = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            extra = 3;
-            cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (i + extra >= n) return 0;
-        for (size_t k = 1; k <= extra; k++) {
-            if ((s[i + k] & 0xc0) != 0x80) return 0;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        if ((extra == 2 && cp < 0x800) || (extra == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
-            (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += extra;
-    }
-    return 1;
-}
-
-static int name_cmp(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* 1 when any object in the tree repeats a member name, 0 when none does,
- * -1 when out of memory. */
-static int has_duplicate_keys(const cJSON *node)
-{
-    if (!cJSON_IsObject(node) && !cJSON_IsArray(node)) return 0;
-    int n = 0;
-    const cJSON *child;
-    cJSON_ArrayForEach(child, node)
-    {
-        int rc = has_duplicate_keys(child);
-        if (rc) return rc;
-        n++;
-    }
-    if (!cJSON_IsObject(node) || n < 2) return 0;
-    if (n <= 16) {
-        for (const cJSON *a = node->child; a; a = a->next)
-            for (const cJSON *b = a->next; b; b = b->next)
-                if (strcmp(a->string, b->string) == 0) return 1;
-        return 0;
-    }
-    const char **names = malloc((size_t)n * sizeof *names);
-    if (!names) return -1;
-    int i = 0;
-    cJSON_ArrayForEach(child, node) names[i++] = child->string;
-    qsort(names, (size_t)n, sizeof *names, name_cmp);
-    int dup = 0;
-    for (i = 1; i < n && !dup; i++)
-        dup = strcmp(names[i - 1], names[i]) == 0;
-    free(names);
-    return dup;
-}
-
 /* Decodes and parses one segment into a JSON object with distinct member
  * names. Returns SG_TOKEN_OK with *out set, or the refusal. */
 static sg_token_err parse_segment(const char *seg, size_t len, unsigned char *scratch, cJSON **out)
 {
     *out = NULL;
     long n = sg_b64url_decode(seg, len, scratch);
-    if (n <= 0 || !json_text_ok(scratch, (size_t)n)) return SG_TOKEN_MALFORMED;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts((const char *)scratch, (size_t)n, &end, 0);
-    if (!root) return SG_TOKEN_MALFORMED;
-    const char *stop = (const char *)scratch + n;
-    while (end && end < stop && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
-        end++;
-    if (end != stop || !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return SG_TOKEN_MALFORMED;
-    }
-    int dup = has_duplicate_keys(root);
-    if (dup) {
-        cJSON_Delete(root);
-        return dup < 0 ? SG_TOKEN_INTERNAL : SG_TOKEN_DUPLICATE_KEY;
-    }
+    if (n <= 0) return SG_TOKEN_MALFORMED;
+    /* The same strict scan as request bodies: UTF-8, no \u0000, no trailing
+     * junk and no duplicate member names (cJSON keeps the first of two
+     * "scope" claims, other parsers the last: claim confusion). */
+    sg_json_scan scan;
+    sg_json_error jerr;
+    int rc = sg_json_prescan((const char *)scratch, (size_t)n, NULL, &scan, &jerr);
+    int is_object = rc == 0 && scan.top_is_object;
+    sg_json_scan_free(&scan);
+    if (rc != 0)
+        return jerr.kind == SG_JSON_ERR_DUPLICATE_KEY ? SG_TOKEN_DUPLICATE_KEY
+               : jerr.kind == SG_JSON_ERR_NOMEM       ? SG_TOKEN_INTERNAL
+                                                      : SG_TOKEN_MALFORMED;
+    if (!is_object) return SG_TOKEN_MALFORMED;
+    cJSON *root = cJSON_ParseWithLength((const char *)scratch, (size_t)n);
+    if (!root) return SG_TOKEN_INTERNAL; /* the scan accepted it: only memory can fail */
     *out = root;
     return SG_TOKEN_OK;
 }

@@ -1,0 +1,613 @@
+/* gateway.c -- the decision path of one MCP request (see gateway.h).
+ *
+ * Why this file exists: http.c knows sockets and limits, mcp.c messages,
+ * token.c tokens, policy.c requirements and challenge.c answers; this is the
+ * one place that strings them together in the order the specs demand
+ * (transport checks, then authentication and authorization of every message,
+ * then forwarding), so the order cannot drift between code paths. Each
+ * worker context is touched by one thread only, so nothing here locks. */
+#include "gateway.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "bridge.h"
+#include "challenge.h"
+#include "json.h"
+#include "metadata.h"
+#include "policy.h"
+
+/* JSON-RPC error codes in 401/403 bodies (implementation-defined range). */
+#define GW_ERR_UNAUTHORIZED (-32001)
+#define GW_ERR_FORBIDDEN    (-32003)
+
+#define ARENA_BLOCK (16 * 1024)
+
+typedef struct worker {
+    sg_policy *policy;
+    sg_tcache *tcache;
+    sg_arena arena;
+    sg_decision decision;
+    sg_site site;
+} worker;
+
+struct sg_gateway {
+    unsigned nworkers;
+    worker *workers;
+    sg_mcp_limits mcp_limits;
+    char *resource_metadata_url;
+    char *metadata_json;
+};
+
+static const char *header_get(const sg_gateway_request *req, const char *name)
+{
+    for (size_t i = 0; i < req->nheaders; i++)
+        if (strcasecmp(req->headers[i].name, name) == 0) return req->headers[i].value;
+    return NULL;
+}
+
+void sg_gateway_reply_init(sg_gateway_reply *r)
+{
+    memset(r, 0, sizeof *r);
+}
+
+void sg_gateway_reply_free(sg_gateway_reply *r)
+{
+    free(r->authorization);
+    free(r->protocol_version);
+    sg_buf_free(&r->body);
+    sg_buf_free(&r->www_authenticate);
+    sg_gateway_reply_init(r);
+}
+
+void sg_gateway_error_body(sg_buf *body, int code, const char *message)
+{
+    sg_mcp_error_render(body, NULL, 0, code, message, NULL);
+}
+
+/* A JSON-RPC error answer. id may be NULL (null id). */
+static int answer(sg_gateway_reply *out, int status, const char *id, size_t id_len, int code,
+                  const char *message)
+{
+    out->status = status;
+    out->content_type = "application/json";
+    sg_buf_reset(&out->body);
+    sg_mcp_error_render(&out->body, id, id_len, code, message, NULL);
+    if (!sg_buf_ok(&out->body)) out->status = 500;
+    return 1;
+}
+
+/* ---- construction ------------------------------------------------------------- */
+
+sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->workers == 0 || !cfg->policy_path || !cfg->verifier) {
+        snprintf(err, errlen, "gateway: a policy, a verifier and at least one worker are needed");
+        return NULL;
+    }
+    sg_gateway *gw = calloc(1, sizeof *gw);
+    if (!gw || !(gw->workers = calloc(cfg->workers, sizeof *gw->workers))) {
+        free(gw);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    gw->nworkers = cfg->workers;
+    sg_mcp_limits defaults = SG_MCP_LIMITS_DEFAULT;
+    gw->mcp_limits = cfg->mcp_limits.max_body ? cfg->mcp_limits : defaults;
+    for (unsigned i = 0; i < cfg->workers; i++) {
+        worker *w = &gw->workers[i];
+        sg_arena_init(&w->arena, ARENA_BLOCK);
+        sg_decision_init(&w->decision);
+    }
+    for (unsigned i = 0; i < cfg->workers; i++) {
+        worker *w = &gw->workers[i];
+        char *perr = NULL;
+        w->policy = sg_policy_load(cfg->policy_path, NULL, &perr);
+        if (!w->policy) {
+            snprintf(err, errlen, "%s", perr ? perr : "policy failed to load");
+            size_t n = strlen(err);
+            while (n > 0 && err[n - 1] == '\n')
+                err[--n] = 0;
+            free(perr);
+            goto fail;
+        }
+        free(perr);
+        if (!(w->tcache = sg_tcache_new(cfg->verifier, cfg->token_cache_entries))) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
+    const sg_policy *p0 = gw->workers[0].policy;
+    const char *resource = sg_policy_resource(p0);
+    if (!resource) resource = cfg->public_url;
+    if (!resource) {
+        snprintf(err, errlen,
+                 "%s: the policy has no `resource` and no --public-url was given: the protected "
+                 "resource metadata needs one",
+                 cfg->policy_path);
+        goto fail;
+    }
+    /* Challenges point at the metadata of the endpoint clients use. */
+    const char *endpoint = cfg->public_url ? cfg->public_url : resource;
+    sg_buf u = SG_BUF_INIT;
+    if (sg_metadata_url(endpoint, &u) != 0) {
+        sg_buf_free(&u);
+        snprintf(err, errlen, "'%s' is not an absolute http(s) URL", endpoint);
+        goto fail;
+    }
+    gw->resource_metadata_url = sg_buf_steal(&u);
+    sg_buf_free(&u);
+    sg_buf m = SG_BUF_INIT;
+    sg_metadata_document(p0, resource, &m);
+    gw->metadata_json = sg_buf_steal(&m);
+    sg_buf_free(&m);
+    if (!gw->resource_metadata_url || !gw->metadata_json) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (unsigned i = 0; i < cfg->workers; i++) {
+        worker *w = &gw->workers[i];
+        w->site.universe = sg_policy_universe(w->policy);
+        w->site.realm = sg_policy_realm(w->policy);
+        w->site.resource_metadata = gw->resource_metadata_url;
+    }
+    return gw;
+fail:
+    sg_gateway_free(gw);
+    return NULL;
+}
+
+void sg_gateway_free(sg_gateway *gw)
+{
+    if (!gw) return;
+    for (unsigned i = 0; i < gw->nworkers; i++) {
+        worker *w = &gw->workers[i];
+        sg_policy_free(w->policy);
+        sg_tcache_free(w->tcache);
+        sg_arena_free(&w->arena);
+        sg_decision_free(&w->decision);
+    }
+    free(gw->workers);
+    free(gw->resource_metadata_url);
+    free(gw->metadata_json);
+    free(gw);
+}
+
+int sg_gateway_metadata(sg_gateway *gw, sg_buf *out)
+{
+    sg_buf_puts(out, gw->metadata_json);
+    return sg_buf_ok(out) ? 0 : -1;
+}
+
+void sg_gateway_upstream_error(const sg_gateway_reply *plan, sg_proxy_error e, int *status,
+                               sg_buf *body)
+{
+    switch (e) {
+    case SG_PROXY_ETIMEOUT:
+        *status = 504;
+        break;
+    case SG_PROXY_ESHUTDOWN:
+    case SG_PROXY_ENOMEM:
+        *status = 503;
+        break;
+    default:
+        *status = 502;
+        break;
+    }
+    const char *id = plan->id_raw[0] ? plan->id_raw : NULL;
+    sg_mcp_error_render(body, id, id ? strlen(id) : 0, SG_JSONRPC_INTERNAL_ERROR,
+                        sg_proxy_error_text(e), NULL);
+}
+
+/* ---- authentication --------------------------------------------------------------- */
+
+/* RFC 6750 section 2.1: "Bearer" 1*SP token68. Sets *token_error (a fixed
+ * phrase) when a credential is present but unusable. */
+static void authenticate(worker *w, const char *authz, const sg_token **token,
+                         const char **token_error)
+{
+    *token = NULL;
+    *token_error = NULL;
+    if (!authz) return;
+    if (strncasecmp(authz, "Bearer ", 7) != 0) {
+        *token_error = "The Authorization header must use the Bearer scheme";
+        return;
+    }
+    const char *t = authz + 7;
+    while (*t == ' ')
+        t++;
+    size_t len = strlen(t);
+    while (len > 0 && t[len - 1] == ' ')
+        len--;
+    if (len == 0) {
+        *token_error = "The bearer token is empty";
+        return;
+    }
+    sg_token_err e = sg_tcache_verify(w->tcache, t, len, sg_now_unix(), token);
+    if (e != SG_TOKEN_OK) {
+        *token = NULL;
+        *token_error = sg_token_error_message(e);
+    }
+}
+
+/* ---- authorization ------------------------------------------------------------------ */
+
+/* Lower-cased header copies for the policy's req.headers, minus credentials. */
+static int policy_headers(const sg_gateway_request *req, sg_arena *a, sg_policy_header **out,
+                          size_t *n)
+{
+    *n = 0;
+    *out = sg_arena_alloc(a, (req->nheaders ? req->nheaders : 1) * sizeof **out);
+    if (!*out) return -1;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const char *name = req->headers[i].name;
+        if (strcasecmp(name, "Authorization") == 0 || strcasecmp(name, "Cookie") == 0) continue;
+        size_t len = strlen(name);
+        char *lower = sg_arena_strndup(a, name, len);
+        if (!lower) return -1;
+        for (size_t k = 0; k < len; k++)
+            if (lower[k] >= 'A' && lower[k] <= 'Z') lower[k] = (char)(lower[k] - 'A' + 'a');
+        (*out)[*n].name = lower;
+        (*out)[*n].value = req->headers[i].value;
+        (*n)++;
+    }
+    return 0;
+}
+
+/* A single tools/prompts/resources list request gets its answer filtered. */
+static int list_filter(const sg_mcp_body *body)
+{
+    if (body->is_batch || body->nmsgs != 1 || body->msgs[0].kind != SG_MCP_REQUEST) return 0;
+    const char *m = body->msgs[0].method;
+    if (strcmp(m, "tools/list") == 0) return SG_FILTER_TOOLS;
+    if (strcmp(m, "prompts/list") == 0) return SG_FILTER_PROMPTS;
+    if (strcmp(m, "resources/list") == 0) return SG_FILTER_RESOURCES;
+    return SG_FILTER_NONE;
+}
+
+static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request *req,
+                       sg_gateway_reply *out)
+{
+    const char *ctype = header_get(req, "Content-Type");
+    if (!ctype || strncasecmp(ctype, "application/json", 16) != 0 ||
+        (ctype[16] != 0 && ctype[16] != ';' && ctype[16] != ' '))
+        return answer(out, 415, NULL, 0, SG_JSONRPC_INVALID_REQUEST,
+                      "Invalid Request: Content-Type must be application/json");
+    const char *vh = header_get(req, "MCP-Protocol-Version");
+    const char *version = sg_mcp_effective_version(vh);
+    if (vh && !sg_mcp_version_supported(vh))
+        return answer(out, 400, NULL, 0, SG_JSONRPC_INVALID_REQUEST,
+                      "Invalid Request: unsupported MCP-Protocol-Version");
+
+    sg_mcp_body body;
+    int rc = sg_mcp_parse(req->body, req->body_len, &gw->mcp_limits, &body);
+    int done = 0;
+    if (rc != 0) {
+        const sg_mcp_msg *m = body.nmsgs == 1 && !body.is_batch ? &body.msgs[0] : NULL;
+        answer(out, 400, m ? m->id_raw : NULL, m ? m->id_len : 0, rc, body.error_message);
+        done = 1;
+    }
+    for (size_t i = 0; !done && i < body.nmsgs; i++) {
+        const sg_mcp_msg *m = &body.msgs[i];
+        if (m->kind == SG_MCP_INVALID) {
+            answer(out, 400, m->id_raw, m->id_len, m->error_code, m->error_message);
+            done = 1;
+        }
+    }
+    if (!done) {
+        char msg[SG_MCP_MESSAGE_LEN];
+        int hc = sg_mcp_check_headers(&body, version, header_get(req, "Mcp-Method"),
+                                      header_get(req, "Mcp-Name"), msg, sizeof msg);
+        if (hc != 0) {
+            const sg_mcp_msg *m = body.nmsgs == 1 ? &body.msgs[0] : NULL;
+            answer(out, 400, m ? m->id_raw : NULL, m ? m->id_len : 0, hc, msg);
+            done = 1;
+        }
+    }
+    if (done) {
+        sg_mcp_body_free(&body);
+        return 1;
+    }
+
+    const sg_token *token;
+    const char *token_error;
+    authenticate(w, header_get(req, "Authorization"), &token, &token_error);
+    sg_policy_header *hdrs;
+    size_t nhdrs;
+    const sg_req *r = &sg_req_deny;
+    if (policy_headers(req, &w->arena, &hdrs, &nhdrs) == 0)
+        r = sg_bridge_requirement(w->policy, &body, token, hdrs, nhdrs, version, &w->arena, NULL);
+    sg_decide(&w->site, r, token, token_error, &w->decision);
+
+    /* The id answered with: a single request's; null for a batch. */
+    const sg_mcp_msg *single = body.is_batch ? NULL : &body.msgs[0];
+    const char *id = single ? single->id_raw : NULL;
+    size_t id_len = id ? single->id_len : 0;
+    int accepted_only = 1;
+    for (size_t i = 0; i < body.nmsgs; i++)
+        if (body.msgs[i].kind == SG_MCP_REQUEST) accepted_only = 0;
+
+    sg_decision *d = &w->decision;
+    int result;
+    if (!sg_buf_ok(&d->challenge) || !sg_buf_ok(&d->message)) {
+        result = answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
+    } else if (d->outcome == SG_ALLOW) {
+        if (id && id_len < sizeof out->id_raw) {
+            memcpy(out->id_raw, id, id_len);
+            out->id_raw[id_len] = 0;
+        }
+        out->accepted_only = accepted_only;
+        out->status = 0;
+        result = 0;
+        out->filter = list_filter(&body);
+        if (out->filter != SG_FILTER_NONE) {
+            const char *authz = header_get(req, "Authorization");
+            out->authorization = authz ? strdup(authz) : NULL;
+            out->protocol_version = strdup(version);
+            if ((authz && !out->authorization) || !out->protocol_version)
+                result = answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
+        }
+    } else {
+        answer(out, d->status, id, id_len,
+               d->outcome == SG_UNAUTHORIZED ? GW_ERR_UNAUTHORIZED : GW_ERR_FORBIDDEN,
+               d->message.data ? d->message.data : "Forbidden");
+        if (d->challenge.len)
+            sg_buf_append(&out->www_authenticate, d->challenge.data, d->challenge.len);
+        if (!sg_buf_ok(&out->www_authenticate))
+            answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
+        result = 1;
+    }
+    sg_mcp_body_free(&body);
+    return result;
+}
+
+/* GET opens the server's stream and DELETE ends a session: neither carries a
+ * message to decide on, so any valid token will do (a session id is never
+ * proof of identity); a policy with public rules lets anonymous callers in. */
+static int handle_stream_or_delete(worker *w, const sg_gateway_request *req, sg_gateway_reply *out)
+{
+    const char *vh = header_get(req, "MCP-Protocol-Version");
+    if (vh && !sg_mcp_version_supported(vh))
+        return answer(out, 400, NULL, 0, SG_JSONRPC_INVALID_REQUEST,
+                      "Invalid Request: unsupported MCP-Protocol-Version");
+    if (vh && strcmp(vh, SG_MCP_HEADERS_VERSION) == 0) {
+        /* That version is stateless: no GET stream, no sessions. */
+        answer(out, 405, NULL, 0, SG_JSONRPC_INVALID_REQUEST, "Method not allowed");
+        out->allow = "POST";
+        return 1;
+    }
+    const sg_token *token;
+    const char *token_error;
+    authenticate(w, header_get(req, "Authorization"), &token, &token_error);
+    const sg_req *r = sg_policy_has_public_rule(w->policy) ? &sg_req_public : &sg_req_authenticated;
+    sg_decide(&w->site, r, token, token_error, &w->decision);
+    sg_decision *d = &w->decision;
+    if (d->outcome == SG_ALLOW) return 0;
+    answer(out, d->status, NULL, 0,
+           d->outcome == SG_UNAUTHORIZED ? GW_ERR_UNAUTHORIZED : GW_ERR_FORBIDDEN,
+           d->message.data ? d->message.data : "Forbidden");
+    if (d->challenge.len)
+        sg_buf_append(&out->www_authenticate, d->challenge.data, d->challenge.len);
+    return 1;
+}
+
+int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_reply *out)
+{
+    sg_gateway_reply_free(out);
+    if (req->worker >= gw->nworkers)
+        return answer(out, 503, NULL, 0, SG_JSONRPC_INTERNAL_ERROR, "No worker available");
+    worker *w = &gw->workers[req->worker];
+    sg_arena_reset(&w->arena);
+    if (strcmp(req->method, "POST") == 0) return handle_post(w, gw, req, out);
+    if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "DELETE") == 0)
+        return handle_stream_or_delete(w, req, out);
+    answer(out, 405, NULL, 0, SG_JSONRPC_INVALID_REQUEST, "Method not allowed");
+    out->allow = "GET, POST, DELETE";
+    return 1;
+}
+
+/* ---- filtering list answers ------------------------------------------------------- */
+
+typedef struct list_ctx {
+    worker *w;
+    const sg_gateway_reply *plan;
+    const sg_token *token;
+    sg_scopeset effective;
+} list_ctx;
+
+/* A requirement as the annotation value; NULL when it names no scope
+ * (public, authenticated, deny). */
+static cJSON *req_to_json(const sg_universe *u, const sg_req *r)
+{
+    if (r->kind == SG_REQ_SCOPE) return cJSON_CreateString(sg_universe_name(u, r->scope));
+    if (r->kind != SG_REQ_ALL && r->kind != SG_REQ_ANY) return NULL;
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = 0; arr && i < r->nkids; i++) {
+        cJSON *k = req_to_json(u, r->kids[i]);
+        if (k) cJSON_AddItemToArray(arr, k);
+    }
+    cJSON *o = arr ? cJSON_CreateObject() : NULL;
+    if (!o) {
+        cJSON_Delete(arr);
+        return NULL;
+    }
+    cJSON_AddItemToObject(o, r->kind == SG_REQ_ALL ? "allOf" : "anyOf", arr);
+    return o;
+}
+
+static void annotate(const sg_universe *u, cJSON *tool, const sg_req *r)
+{
+    cJSON *ann = cJSON_GetObjectItemCaseSensitive(tool, "annotations");
+    if (!cJSON_IsObject(ann)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(tool, "annotations");
+        ann = cJSON_AddObjectToObject(tool, "annotations");
+        if (!ann) return;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(ann, "oauthScope");
+    cJSON *v = req_to_json(u, r);
+    if (v) cJSON_AddItemToObject(ann, "oauthScope", v);
+}
+
+/* Drops the items of result.<list> the caller cannot use. -1 when the
+ * result has no such list. */
+static int filter_result(list_ctx *c, cJSON *result)
+{
+    int kind = c->plan->filter;
+    const char *key = kind == SG_FILTER_TOOLS     ? "tools"
+                      : kind == SG_FILTER_PROMPTS ? "prompts"
+                                                  : "resources";
+    const char *method = kind == SG_FILTER_TOOLS     ? "tools/call"
+                         : kind == SG_FILTER_PROMPTS ? "prompts/get"
+                                                     : "resources/read";
+    const char *name_key = kind == SG_FILTER_RESOURCES ? "uri" : "name";
+    cJSON *list = cJSON_GetObjectItemCaseSensitive(result, key);
+    if (!cJSON_IsArray(list)) return -1;
+    const sg_universe *u = sg_policy_universe(c->w->policy);
+    cJSON *item = list->child;
+    while (item) {
+        cJSON *next = item->next;
+        cJSON *name = cJSON_GetObjectItemCaseSensitive(item, name_key);
+        int keep = 0;
+        if (cJSON_IsString(name) && name->valuestring) {
+            sg_policy_input in = {SG_PHASE_LIST, method, name->valuestring,        NULL, c->token,
+                                  NULL,          0,      c->plan->protocol_version};
+            sg_policy_decision d;
+            sg_policy_decide(c->w->policy, &in, &c->w->arena, &d);
+            const sg_req *r = d.req ? d.req : &sg_req_deny;
+            keep = sg_req_satisfied(r, c->token != NULL, &c->effective);
+            if (keep && kind == SG_FILTER_TOOLS) annotate(u, item, r);
+        }
+        if (!keep) cJSON_Delete(cJSON_DetachItemViaPointer(list, item));
+        item = next;
+    }
+    return 0;
+}
+
+/* One JSON-RPC message of the answer. Appends it (filtered when it is the
+ * list result, else unchanged) to out. -1 when it is not JSON. */
+static int filter_message(list_ctx *c, const char *json, size_t len, sg_buf *out)
+{
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+    if (!root) return -1;
+    while (end && end < json + len && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
+        end++;
+    if (end != json + len) {
+        cJSON_Delete(root);
+        return -1;
+    }
+    cJSON *result = cJSON_GetObjectItemCaseSensitive(root, "result");
+    int rc = 0;
+    if (cJSON_IsObject(root) && cJSON_IsObject(result) &&
+        !cJSON_GetObjectItemCaseSensitive(root, "method")) {
+        rc = filter_result(c, result);
+        char *printed = rc == 0 ? cJSON_PrintUnformatted(result) : NULL;
+        if (printed) {
+            /* The id is the request's raw text: cJSON would round big ids. */
+            const char *id = c->plan->id_raw[0] ? c->plan->id_raw : "null";
+            sg_buf_printf(out, "{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":%s}", id, printed);
+            cJSON_free(printed);
+        } else {
+            rc = -1;
+        }
+    } else {
+        sg_buf_append(out, json, len);
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+static void put_data_lines(sg_buf *out, const char *text, size_t len)
+{
+    size_t start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || text[i] == '\n') {
+            sg_buf_puts(out, "data: ");
+            sg_buf_append(out, text + start, i - start);
+            sg_buf_putc(out, '\n');
+            start = i + 1;
+        }
+    }
+}
+
+/* Rewrites an SSE stream event by event: fields other than data keep their
+ * order; an event's data lines are emitted together where the first one
+ * was. An unterminated last event is dropped (clients never dispatch it). */
+static int filter_sse(list_ctx *c, const char *body, size_t len, sg_buf *out)
+{
+    sg_buf lines = SG_BUF_INIT, data = SG_BUF_INIT, msg = SG_BUF_INIT;
+    size_t data_at = 0;
+    int has_data = 0, rc = 0;
+    size_t i = 0;
+    while (i < len && rc == 0) {
+        size_t start = i;
+        while (i < len && body[i] != '\n' && body[i] != '\r')
+            i++;
+        if (i == len) break; /* unterminated line: the stream was cut */
+        size_t n = i - start;
+        if (body[i] == '\r' && i + 1 < len && body[i + 1] == '\n') i++;
+        i++;
+        const char *line = body + start;
+        if (n == 0) {
+            sg_buf_append(out, lines.data ? lines.data : "", data_at);
+            if (has_data) {
+                sg_buf_reset(&msg);
+                if (filter_message(c, data.data, data.len, &msg) != 0) rc = -1;
+                put_data_lines(out, msg.data ? msg.data : "", msg.len);
+            }
+            sg_buf_append(out, lines.data ? lines.data + data_at : "", lines.len - data_at);
+            sg_buf_putc(out, '\n');
+            sg_buf_reset(&lines);
+            sg_buf_reset(&data);
+            has_data = 0;
+            data_at = 0;
+        } else if (n >= 5 && memcmp(line, "data:", 5) == 0) {
+            const char *v = line + 5;
+            size_t vn = n - 5;
+            if (vn > 0 && *v == ' ') v++, vn--;
+            if (has_data)
+                sg_buf_putc(&data, '\n');
+            else
+                data_at = lines.len;
+            sg_buf_append(&data, v, vn);
+            has_data = 1;
+        } else {
+            sg_buf_append(&lines, line, n);
+            sg_buf_putc(&lines, '\n');
+            if (!has_data) data_at = lines.len;
+        }
+    }
+    if (!sg_buf_ok(&lines) || !sg_buf_ok(&data) || !sg_buf_ok(&msg)) rc = -1;
+    sg_buf_free(&lines);
+    sg_buf_free(&data);
+    sg_buf_free(&msg);
+    return rc;
+}
+
+int sg_gateway_filter(sg_gateway *gw, unsigned worker_index, const sg_gateway_reply *plan,
+                      const char *content_type, const char *body, size_t len, sg_buf *out)
+{
+    if (worker_index >= gw->nworkers || !content_type) return -1;
+    list_ctx c;
+    c.w = &gw->workers[worker_index];
+    c.plan = plan;
+    sg_arena_reset(&c.w->arena);
+    const char *token_error;
+    /* The token is checked again (a cache hit): the one seen at request
+     * time belonged to the cache, which other requests have used since. */
+    authenticate(c.w, plan->authorization, &c.token, &token_error);
+    sg_scopeset granted;
+    const sg_universe *u = sg_policy_universe(c.w->policy);
+    sg_token_granted(u, c.token, &granted);
+    sg_universe_effective(u, &granted, &c.effective);
+    int rc;
+    if (strncasecmp(content_type, "application/json", 16) == 0)
+        rc = filter_message(&c, body, len, out);
+    else if (strncasecmp(content_type, "text/event-stream", 17) == 0)
+        rc = filter_sse(&c, body, len, out);
+    else
+        rc = -1;
+    return rc == 0 && sg_buf_ok(out) ? 0 : -1;
+}

@@ -1,0 +1,114 @@
+/* gateway.h -- one MCP request, from HTTP to a decision.
+ *
+ * The glue between the HTTP front (http.h) and the core: for a POST it parses
+ * the body once (mcp.h), verifies the bearer token (token.h, through the
+ * calling worker's cache), asks the worker's policy state for each message's
+ * requirement, decides (challenge.h) and either answers (401/403 with a
+ * challenge, 400 for a malformed message) or tells the HTTP layer to forward.
+ * It also renders the RFC 9728 metadata and the JSON-RPC bodies for upstream
+ * failures. It knows nothing of sockets.
+ *
+ * Workers: the gateway holds `workers` independent contexts (a policy Lua
+ * state, a token cache, scratch memory); a context is used by one thread
+ * only, chosen by the worker index the caller passes. */
+#ifndef SG_GATEWAY_H
+#define SG_GATEWAY_H
+
+#include <stddef.h>
+
+#include "mcp.h"
+#include "proxy.h"
+#include "sg.h"
+#include "token.h"
+
+typedef struct sg_gateway_config {
+    const char *policy_path;     /* loaded once per worker */
+    const sg_verifier *verifier; /* borrowed; shared by all workers */
+    size_t token_cache_entries;  /* per worker; 0: the default */
+    unsigned workers;            /* >= 1 */
+    const char *mcp_path;        /* e.g. "/mcp" */
+    /* The public URL of the MCP endpoint (e.g. https://mcp.example.com/mcp):
+     * its origin and the MCP path make the resource_metadata URL. NULL: the
+     * policy's resource. */
+    const char *public_url;
+    sg_mcp_limits mcp_limits;
+} sg_gateway_config;
+
+typedef struct sg_gateway sg_gateway;
+
+/* Loads the policy once per worker. Returns NULL with a message (naming the
+ * file and line for a policy error) in err. */
+sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errlen);
+/* NULL is fine. */
+void sg_gateway_free(sg_gateway *gw);
+
+/* One HTTP request on the MCP endpoint, as the HTTP layer saw it. Header
+ * names are as received (matched case-insensitively); a header that occurs
+ * more than once is listed more than once. */
+typedef struct sg_gateway_request {
+    unsigned worker; /* < cfg.workers; selects the context */
+    const char *method;
+    const sg_header *headers;
+    size_t nheaders;
+    const char *body;
+    size_t body_len;
+} sg_gateway_request;
+
+/* The answer: either a complete response (status != 0) or "forward". */
+typedef struct sg_gateway_reply {
+    int status;               /* 0: forward upstream */
+    const char *content_type; /* static string, or NULL for no body */
+    sg_buf body;
+    sg_buf www_authenticate; /* empty when none */
+    const char *allow;       /* Allow header for 405, else NULL */
+    /* When forwarding: */
+    char id_raw[SG_MCP_MAX_ID_LEN + 1]; /* request id for error bodies; "" = null */
+    int accepted_only;                  /* only notifications/responses: answer 202 with no body */
+    int filter;                         /* SG_FILTER_*: the answer must pass sg_gateway_filter */
+    char *authorization;                /* copy of the credential, to re-check at filter time */
+    char *protocol_version;
+} sg_gateway_reply;
+
+/* Which list result a forwarded request's answer carries. */
+enum { SG_FILTER_NONE, SG_FILTER_TOOLS, SG_FILTER_PROMPTS, SG_FILTER_RESOURCES };
+
+/* Largest list answer buffered for filtering; beyond it the answer is 502. */
+#define SG_GATEWAY_MAX_LIST_BYTES (8u * 1024 * 1024)
+
+/* Empties a reply before first use. Can't fail. */
+void sg_gateway_reply_init(sg_gateway_reply *r);
+/* Releases the buffers and re-initialises. Can't fail. */
+void sg_gateway_reply_free(sg_gateway_reply *r);
+
+/* Decides one request. Always fills *out (status 500 with a JSON-RPC error
+ * when out of memory: fail closed). Returns 0 to forward, 1 when *out is the
+ * answer. Must be called on the thread that owns req->worker. */
+int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_reply *out);
+
+/* Filters a complete tools/prompts/resources list answer (application/json,
+ * or text/event-stream whose events are kept in order with their id:,
+ * event: and retry: lines) down to the items the caller's token satisfies in
+ * the policy's list phase, annotating each kept tool with its requirement
+ * (annotations.oauthScope: a scope, {"anyOf":[...]} or {"allOf":[...]}).
+ * The response id is re-emitted from the request's raw id text. Must run on
+ * the thread that owns `worker`. Appends the new body to out and returns 0;
+ * returns -1 (the caller answers 502) when the answer cannot be read: a list
+ * that cannot be filtered is never passed through. */
+int sg_gateway_filter(sg_gateway *gw, unsigned worker, const sg_gateway_reply *plan,
+                      const char *content_type, const char *body, size_t len, sg_buf *out);
+
+/* Appends the RFC 9728 protected resource metadata JSON. Returns 0, or -1
+ * when out of memory. Thread-safe (the data is immutable after load). */
+int sg_gateway_metadata(sg_gateway *gw, sg_buf *out);
+
+/* Renders the answer for a forwarded request whose upstream failed before a
+ * response: status (502 or 504, 503 on shutdown) and a JSON-RPC error body
+ * with the request's id. Can't fail (allocation failure recorded in body). */
+void sg_gateway_upstream_error(const sg_gateway_reply *plan, sg_proxy_error e, int *status,
+                               sg_buf *body);
+
+/* Renders a JSON-RPC error body with a null id (for answers the HTTP layer
+ * gives by itself: 403 Origin, 413, 503...). Can't fail. */
+void sg_gateway_error_body(sg_buf *body, int code, const char *message);
+
+#endif

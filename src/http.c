@@ -1,0 +1,646 @@
+/* http.c -- the libmicrohttpd front: limits, routes, streaming.
+ *
+ * Why it is shaped this way: the daemon runs a small pool of epoll threads
+ * (MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME)
+ * and each pool thread is one gateway worker (its own Lua policy state and
+ * token cache), found through a thread-local index, so the hot path takes no
+ * lock. A forwarded request never blocks its thread: the connection is
+ * suspended while the upstream (proxy.c, another thread) has nothing for it
+ * and resumed when it has; a content reader streams the body back in pieces.
+ * Limits are enforced before any parsing: connections (503), header memory
+ * (431, by libmicrohttpd itself), body size (413, while uploading), time
+ * (408 for a slow upload, idle connections closed). */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <microhttpd.h>
+
+#define WELL_KNOWN       "/.well-known/oauth-protected-resource"
+#define MAX_HEADERS      128
+#define CONNECTION_SLACK 16 /* beyond the soft limit, so the 503 can be sent */
+#define DISCARD_FACTOR   4  /* an oversized chunked body is read this far, then dropped */
+#define SSE_ERROR_MAX    (SG_MCP_MAX_ID_LEN + 256)
+
+struct sg_http {
+    struct MHD_Daemon *daemon;
+    sg_http_config cfg;
+    uint16_t port;
+    atomic_uint next_worker;
+    atomic_int connections;
+    atomic_int forwarded; /* exchanges holding a transfer */
+};
+
+enum { PHASE_BODY, PHASE_HEAD, PHASE_COLLECT, PHASE_STREAM, PHASE_DONE };
+
+typedef struct exchange {
+    sg_http *h;
+    struct MHD_Connection *conn;
+    unsigned worker;
+    int phase;
+    uint64_t started_ns;
+    sg_buf body;
+    size_t discarded; /* body bytes seen beyond the limit */
+    int late_status;  /* 413/408 decided mid-upload, sent when the upload ends */
+    sg_gateway_reply reply;
+    sg_transfer *xfer;
+    int sse;                       /* the streamed answer is text/event-stream */
+    char tail[2];                  /* last two bytes streamed (SSE event boundary) */
+    char sse_error[SSE_ERROR_MAX]; /* pending closing error event */
+    size_t sse_error_len, sse_error_off;
+    int sse_error_armed;
+    sg_transfer_head head; /* PHASE_COLLECT: the upstream's status and headers */
+    sg_buf answer;         /* PHASE_COLLECT: a list answer, whole, for filtering */
+} exchange;
+
+static _Thread_local const sg_http *tl_owner;
+static _Thread_local unsigned tl_worker;
+
+/* ---- small helpers ---------------------------------------------------------- */
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = 0;
+    sg_log(SG_LOG_WARN, "http: %s", line);
+}
+
+static enum MHD_Result queue_bytes(struct MHD_Connection *conn, unsigned status, const char *ctype,
+                                   const char *data, size_t len, const char *www_auth,
+                                   const char *allow, int close_after)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, (void *)(data ? data : ""), MHD_RESPMEM_MUST_COPY);
+    if (!r) return MHD_NO;
+    if (ctype) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (www_auth && *www_auth) MHD_add_response_header(r, "WWW-Authenticate", www_auth);
+    if (allow) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    if (close_after) MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    enum MHD_Result ok = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+/* A JSON-RPC error with a null id: the HTTP layer's own refusals. */
+static enum MHD_Result queue_error(struct MHD_Connection *conn, unsigned status, int code,
+                                   const char *message, const char *allow, int close_after)
+{
+    sg_buf b = SG_BUF_INIT;
+    sg_gateway_error_body(&b, code, message);
+    enum MHD_Result ok = sg_buf_ok(&b) ? queue_bytes(conn, status, "application/json", b.data,
+                                                     b.len, NULL, allow, close_after)
+                                       : MHD_NO;
+    sg_buf_free(&b);
+    return ok;
+}
+
+/* Every Origin header present must be allowed (a client cannot hide a bad
+ * one behind a good one). */
+typedef struct origin_check {
+    const sg_http *h;
+    int bad;
+} origin_check;
+
+typedef struct header_list {
+    sg_header items[MAX_HEADERS];
+    size_t n;
+    int overflow;
+} header_list;
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    (void)kind;
+    header_list *l = cls;
+    if (l->n == MAX_HEADERS) {
+        l->overflow = 1;
+        return MHD_NO;
+    }
+    l->items[l->n].name = key;
+    l->items[l->n].value = value ? value : "";
+    l->n++;
+    return MHD_YES;
+}
+
+static int count_header(const header_list *l, const char *name)
+{
+    int n = 0;
+    for (size_t i = 0; i < l->n; i++)
+        if (strcasecmp(l->items[i].name, name) == 0) n++;
+    return n;
+}
+
+/* Host: "name[:port]" against the allow-list. */
+static int host_allowed(const sg_http *h, const char *host)
+{
+    const char *const *list = h->cfg.allowed_hosts;
+    if (!list) return 1;
+    for (; *list; list++) {
+        const char *a = *list;
+        if (strcmp(a, "*") == 0) return 1;
+        if (!host) continue;
+        size_t alen = strlen(a), hlen = strlen(host);
+        if (alen == hlen && strcasecmp(a, host) == 0) return 1;
+        /* An entry without a port matches any port: "localhost" ~ "localhost:8080".
+         * An IPv6 entry is bracketed, so its colons are inside the brackets. */
+        int entry_has_port = a[alen - 1] != ']' && strrchr(a, ':') &&
+                             (a[0] != '[' || strrchr(a, ':') > strchr(a, ']'));
+        if (!entry_has_port && hlen > alen && host[alen] == ':' &&
+            strncasecmp(a, host, alen) == 0) {
+            const char *p = host + alen + 1;
+            if (!*p) continue;
+            while (*p >= '0' && *p <= '9')
+                p++;
+            if (!*p) return 1;
+        }
+    }
+    return 0;
+}
+
+static int origin_allowed(const sg_http *h, const char *origin)
+{
+    const char *const *list = h->cfg.allowed_origins;
+    if (!list) return 0;
+    for (; *list; list++)
+        if (strcmp(*list, "*") == 0 || strcasecmp(*list, origin) == 0) return 1;
+    return 0;
+}
+
+static enum MHD_Result check_origin(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    (void)kind;
+    origin_check *oc = cls;
+    if (strcasecmp(key, "Origin") == 0 && !origin_allowed(oc->h, value ? value : "")) oc->bad = 1;
+    return MHD_YES;
+}
+
+static int worker_index(sg_http *h, unsigned *out)
+{
+    if (tl_owner != h) {
+        unsigned idx = atomic_fetch_add(&h->next_worker, 1);
+        if (idx >= h->cfg.limits.threads) return -1;
+        tl_owner = h;
+        tl_worker = idx;
+    }
+    *out = tl_worker;
+    return 0;
+}
+
+/* ---- suspend / resume glue for the proxy ----------------------------------- */
+
+static void ex_suspend(void *ud)
+{
+    exchange *ex = ud;
+    MHD_suspend_connection(ex->conn);
+}
+
+static void ex_resume(void *ud)
+{
+    exchange *ex = ud;
+    MHD_resume_connection(ex->conn);
+}
+
+/* ---- streaming the upstream answer ------------------------------------------ */
+
+static void arm_sse_error(exchange *ex, sg_proxy_error e)
+{
+    sg_buf b = SG_BUF_INIT;
+    sg_buf_puts(&b, "event: message\ndata: ");
+    const char *id = ex->reply.id_raw;
+    sg_mcp_error_render(&b, *id ? id : NULL, strlen(id), SG_JSONRPC_INTERNAL_ERROR,
+                        sg_proxy_error_text(e), NULL);
+    sg_buf_puts(&b, "\n\n");
+    if (sg_buf_ok(&b) && b.len <= sizeof ex->sse_error) {
+        memcpy(ex->sse_error, b.data, b.len);
+        ex->sse_error_len = b.len;
+        ex->sse_error_armed = 1;
+    }
+    sg_buf_free(&b);
+}
+
+static ssize_t on_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    exchange *ex = cls;
+    if (ex->sse_error_armed) {
+        size_t left = ex->sse_error_len - ex->sse_error_off;
+        if (left == 0) return MHD_CONTENT_READER_END_OF_STREAM;
+        size_t n = left < max ? left : max;
+        memcpy(buf, ex->sse_error + ex->sse_error_off, n);
+        ex->sse_error_off += n;
+        return (ssize_t)n;
+    }
+    for (;;) {
+        long n = sg_transfer_read(ex->xfer, buf, max);
+        if (n > 0) {
+            if (n >= 2) {
+                ex->tail[0] = buf[n - 2];
+                ex->tail[1] = buf[n - 1];
+            } else {
+                ex->tail[0] = ex->tail[1];
+                ex->tail[1] = buf[0];
+            }
+            return n;
+        }
+        if (n == SG_TRANSFER_EOF) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (n == SG_TRANSFER_FAILED) {
+            sg_proxy_error e = sg_transfer_error(ex->xfer);
+            sg_log(e == SG_PROXY_ECLIENT ? SG_LOG_DEBUG : SG_LOG_WARN,
+                   "upstream stream broke off: %s", sg_proxy_error_text(e));
+            /* On an SSE event boundary the client can be told in-band, with
+             * the request's id; anywhere else a truncated body must look
+             * truncated, so the chunked encoding is left unterminated. */
+            int boundary = ex->tail[1] == '\n' && (ex->tail[0] == '\n' || ex->tail[0] == 0);
+            if (ex->sse && boundary && e != SG_PROXY_ECLIENT) {
+                arm_sse_error(ex, e);
+                if (ex->sse_error_armed) return on_read(cls, pos, buf, max);
+            }
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        if (sg_transfer_park(ex->xfer, SG_WANT_DATA)) return 0;
+    }
+}
+
+static enum MHD_Result queue_upstream_error(exchange *ex, sg_proxy_error e)
+{
+    int status = 502;
+    sg_buf b = SG_BUF_INIT;
+    sg_gateway_upstream_error(&ex->reply, e, &status, &b);
+    enum MHD_Result ok = sg_buf_ok(&b) ? queue_bytes(ex->conn, (unsigned)status, "application/json",
+                                                     b.data, b.len, NULL, NULL, 0)
+                                       : MHD_NO;
+    sg_buf_free(&b);
+    ex->phase = PHASE_DONE;
+    return ok;
+}
+
+/* A list answer is read whole (bounded), filtered on this thread (it owns
+ * the worker's policy state) and sent in one piece. */
+static enum MHD_Result advance_collect(exchange *ex)
+{
+    char chunk[16 * 1024];
+    for (;;) {
+        long n = sg_transfer_read(ex->xfer, chunk, sizeof chunk);
+        if (n > 0) {
+            if (ex->answer.len + (size_t)n > SG_GATEWAY_MAX_LIST_BYTES)
+                return queue_upstream_error(ex, SG_PROXY_EUPSTREAM);
+            sg_buf_append(&ex->answer, chunk, (size_t)n);
+            if (!sg_buf_ok(&ex->answer)) return queue_upstream_error(ex, SG_PROXY_ENOMEM);
+            continue;
+        }
+        if (n == SG_TRANSFER_FAILED) return queue_upstream_error(ex, sg_transfer_error(ex->xfer));
+        if (n == SG_TRANSFER_EOF) break;
+        if (sg_transfer_park(ex->xfer, SG_WANT_DATA)) return MHD_YES;
+    }
+    sg_buf filtered = SG_BUF_INIT;
+    enum MHD_Result ok;
+    if (sg_gateway_filter(ex->h->cfg.gateway, ex->worker, &ex->reply, ex->head.content_type,
+                          ex->answer.data ? ex->answer.data : "", ex->answer.len, &filtered) != 0) {
+        sg_log(SG_LOG_WARN, "upstream list answer could not be filtered: refused");
+        ok = queue_upstream_error(ex, SG_PROXY_EUPSTREAM);
+    } else {
+        struct MHD_Response *r = MHD_create_response_from_buffer(
+            filtered.len, filtered.data ? filtered.data : (char *)"", MHD_RESPMEM_MUST_COPY);
+        ok = MHD_NO;
+        if (r) {
+            MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ex->head.content_type);
+            if (ex->head.session_id)
+                MHD_add_response_header(r, "Mcp-Session-Id", ex->head.session_id);
+            MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+            ok = MHD_queue_response(ex->conn, (unsigned)ex->head.status, r);
+            MHD_destroy_response(r);
+        }
+        ex->phase = PHASE_DONE;
+    }
+    sg_buf_free(&filtered);
+    sg_buf_free(&ex->answer);
+    return ok;
+}
+
+/* The upstream's headers are in: start the streamed response. */
+static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
+{
+    if (ex->reply.filter != SG_FILTER_NONE && head->status >= 200 && head->status < 300) {
+        ex->head = *head; /* strings owned by the transfer, which we hold */
+        ex->phase = PHASE_COLLECT;
+        return advance_collect(ex);
+    }
+    if (ex->reply.accepted_only && head->status >= 200 && head->status < 300) {
+        ex->phase = PHASE_DONE;
+        sg_transfer_release(ex->xfer);
+        ex->xfer = NULL;
+        atomic_fetch_sub(&ex->h->forwarded, 1);
+        return queue_bytes(ex->conn, 202, NULL, NULL, 0, NULL, NULL, 0);
+    }
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, on_read, ex, NULL);
+    if (!r) return MHD_NO;
+    if (head->content_type) {
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, head->content_type);
+        ex->sse = strncasecmp(head->content_type, "text/event-stream", 17) == 0;
+    }
+    if (head->session_id) MHD_add_response_header(r, "Mcp-Session-Id", head->session_id);
+    if (ex->sse) MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    ex->tail[0] = ex->tail[1] = '\n'; /* the stream starts on an event boundary */
+    ex->phase = PHASE_STREAM;
+    enum MHD_Result ok = MHD_queue_response(ex->conn, (unsigned)head->status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+/* Waits (by parking) for the upstream's headers, then answers. */
+static enum MHD_Result advance_head(exchange *ex)
+{
+    for (;;) {
+        sg_transfer_head head;
+        int r = sg_transfer_head_get(ex->xfer, &head);
+        if (r > 0) return queue_stream(ex, &head);
+        if (r < 0) return queue_upstream_error(ex, sg_transfer_error(ex->xfer));
+        if (sg_transfer_park(ex->xfer, SG_WANT_HEAD)) return MHD_YES;
+    }
+}
+
+static enum MHD_Result forward(exchange *ex, const char *method, const header_list *hl)
+{
+    sg_proxy_request preq = {method, hl->items, hl->n, ex->body.data, ex->body.len};
+    sg_transfer_ops ops = {ex_suspend, ex_resume, ex};
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(ex->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    int fd = ci ? ci->connect_fd : -1;
+    ex->xfer = sg_proxy_start(ex->h->cfg.proxy, &preq, &ops, fd);
+    if (!ex->xfer) return queue_upstream_error(ex, SG_PROXY_ESHUTDOWN);
+    atomic_fetch_add(&ex->h->forwarded, 1);
+    ex->phase = PHASE_HEAD;
+    return advance_head(ex);
+}
+
+/* ---- the request handler ------------------------------------------------------ */
+
+static enum MHD_Result first_call(sg_http *h, exchange *ex, const char *url, const char *method)
+{
+    struct MHD_Connection *conn = ex->conn;
+    if (atomic_load(&h->connections) > (int)h->cfg.limits.max_connections)
+        return queue_error(conn, 503, SG_JSONRPC_INTERNAL_ERROR, "Too many connections", NULL, 1);
+    if (worker_index(h, &ex->worker) != 0)
+        return queue_error(conn, 503, SG_JSONRPC_INTERNAL_ERROR, "No worker available", NULL, 1);
+
+    int is_get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    if (strcmp(url, "/healthz") == 0) {
+        if (!is_get)
+            return queue_error(conn, 405, SG_JSONRPC_INVALID_REQUEST, "Method not allowed",
+                               "GET, HEAD", 0);
+        static const char ok[] = "{\"status\":\"ok\"}";
+        return queue_bytes(conn, 200, "application/json", ok, sizeof ok - 1, NULL, NULL, 0);
+    }
+
+    const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    if (!host_allowed(h, host))
+        return queue_error(conn, 403, SG_JSONRPC_INVALID_REQUEST, "Host not allowed", NULL, 1);
+    origin_check oc = {h, 0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, check_origin, &oc);
+    if (oc.bad)
+        return queue_error(conn, 403, SG_JSONRPC_INVALID_REQUEST, "Origin not allowed", NULL, 1);
+
+    size_t wk = sizeof WELL_KNOWN - 1;
+    if (strncmp(url, WELL_KNOWN, wk) == 0 &&
+        (url[wk] == 0 || strcmp(url + wk, h->cfg.mcp_path) == 0)) {
+        if (!is_get)
+            return queue_error(conn, 405, SG_JSONRPC_INVALID_REQUEST, "Method not allowed",
+                               "GET, HEAD", 0);
+        sg_buf b = SG_BUF_INIT;
+        enum MHD_Result ok = MHD_NO;
+        if (sg_gateway_metadata(h->cfg.gateway, &b) == 0)
+            ok = queue_bytes(conn, 200, "application/json", b.data, b.len, NULL, NULL, 0);
+        sg_buf_free(&b);
+        return ok;
+    }
+    if (strcmp(url, h->cfg.mcp_path) != 0)
+        return queue_error(conn, 404, SG_JSONRPC_INVALID_REQUEST, "Not found", NULL, 0);
+    if (strcmp(method, "POST") != 0 && strcmp(method, "GET") != 0 && strcmp(method, "DELETE") != 0)
+        return queue_error(conn, 405, SG_JSONRPC_INVALID_REQUEST, "Method not allowed",
+                           "GET, POST, DELETE", 0);
+    const char *cl =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end = NULL;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (end != cl && n > h->cfg.limits.max_body)
+            return queue_error(conn, 413, SG_JSONRPC_INVALID_REQUEST, "Request body too large",
+                               NULL, 1);
+    }
+    ex->phase = PHASE_BODY;
+    return MHD_YES;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    sg_http *h = cls;
+    exchange *ex = *con_cls;
+    if (!ex) {
+        ex = calloc(1, sizeof *ex);
+        if (!ex) return MHD_NO;
+        ex->h = h;
+        ex->conn = conn;
+        ex->started_ns = sg_now_mono_ns();
+        ex->phase = PHASE_DONE;
+        sg_gateway_reply_init(&ex->reply);
+        *con_cls = ex;
+        return first_call(h, ex, url, method);
+    }
+    switch (ex->phase) {
+    case PHASE_BODY:
+        break;
+    case PHASE_HEAD:
+        return advance_head(ex);
+    case PHASE_COLLECT:
+        return advance_collect(ex);
+    default:
+        /* A response is queued; swallow whatever body is still coming. */
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        uint64_t elapsed_s = (sg_now_mono_ns() - ex->started_ns) / 1000000000u;
+        if (!ex->late_status && elapsed_s >= h->cfg.limits.timeout_s) ex->late_status = 408;
+        if (!ex->late_status && ex->body.len + n > h->cfg.limits.max_body) {
+            ex->late_status = 413;
+            sg_buf_free(&ex->body);
+        }
+        if (ex->late_status) {
+            ex->discarded += n;
+            /* Reading a huge refused body to its end would let a client hold a
+             * thread's attention forever: cut it off past a bound. */
+            if (ex->discarded > DISCARD_FACTOR * h->cfg.limits.max_body) return MHD_NO;
+            return MHD_YES;
+        }
+        sg_buf_append(&ex->body, upload_data, n);
+        return sg_buf_ok(&ex->body) ? MHD_YES : MHD_NO;
+    }
+
+    /* The whole request is in. */
+    if (ex->late_status == 413)
+        return queue_error(conn, 413, SG_JSONRPC_INVALID_REQUEST, "Request body too large", NULL,
+                           1);
+    if (ex->late_status == 408)
+        return queue_error(conn, 408, SG_JSONRPC_INVALID_REQUEST, "Request timeout", NULL, 1);
+    ex->phase = PHASE_DONE;
+
+    header_list *hl = malloc(sizeof *hl);
+    if (!hl) return MHD_NO;
+    hl->n = 0;
+    hl->overflow = 0;
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, collect_header, hl);
+    enum MHD_Result ok;
+    if (hl->overflow) {
+        ok =
+            queue_error(conn, 431, SG_JSONRPC_INVALID_REQUEST, "Too many request headers", NULL, 1);
+    } else if (count_header(hl, "Authorization") > 1 || count_header(hl, "Host") > 1) {
+        ok = queue_error(conn, 400, SG_JSONRPC_INVALID_REQUEST,
+                         "Repeated Authorization or Host header", NULL, 1);
+    } else {
+        sg_gateway_request greq = {
+            ex->worker, method, hl->items, hl->n, ex->body.data ? ex->body.data : "", ex->body.len};
+        if (sg_gateway_handle(h->cfg.gateway, &greq, &ex->reply) == 0) {
+            ok = forward(ex, method, hl);
+        } else {
+            sg_gateway_reply *r = &ex->reply;
+            ok =
+                queue_bytes(conn, (unsigned)r->status, r->content_type, r->body.data, r->body.len,
+                            r->www_authenticate.len ? r->www_authenticate.data : NULL, r->allow, 0);
+        }
+    }
+    free(hl);
+    return ok;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    exchange *ex = *con_cls;
+    if (!ex) return;
+    *con_cls = NULL;
+    if (ex->xfer) {
+        sg_transfer_release(ex->xfer);
+        atomic_fetch_sub(&ex->h->forwarded, 1);
+    }
+    sg_buf_free(&ex->body);
+    sg_buf_free(&ex->answer);
+    sg_gateway_reply_free(&ex->reply);
+    free(ex);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)conn;
+    (void)socket_context;
+    sg_http *h = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED)
+        atomic_fetch_add(&h->connections, 1);
+    else
+        atomic_fetch_sub(&h->connections, 1);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------ */
+
+sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
+{
+    sg_http *h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    h->cfg = *cfg;
+    sg_http_limits *l = &h->cfg.limits;
+    if (!l->max_body) l->max_body = 1024 * 1024;
+    if (!l->max_header) l->max_header = 64 * 1024;
+    if (!l->max_connections) l->max_connections = 1000;
+    if (!l->timeout_s) l->timeout_s = 30;
+    if (!l->threads) l->threads = 2;
+    if (!h->cfg.mcp_path) h->cfg.mcp_path = "/mcp";
+
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
+    const char *host = cfg->host ? cfg->host : "127.0.0.1";
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons(cfg->port);
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons(cfg->port);
+        flags |= MHD_USE_IPv6;
+    } else {
+        snprintf(err, errlen, "listen address '%s' is not a numeric IPv4 or IPv6 address", host);
+        free(h);
+        return NULL;
+    }
+    /* A pool of one is no pool: libmicrohttpd's own thread serves alone. */
+    struct MHD_OptionItem pool_opt[] = {
+        {l->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, l->threads, NULL},
+        {MHD_OPTION_END, 0, NULL}};
+    h->daemon = MHD_start_daemon(
+        flags, cfg->port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_ARRAY, pool_opt,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(l->max_connections + CONNECTION_SLACK),
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, l->max_header, MHD_OPTION_CONNECTION_TIMEOUT,
+        l->timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, h, MHD_OPTION_END);
+    if (!h->daemon) {
+        snprintf(err, errlen, "cannot listen on %s:%u (address in use or not permitted)", host,
+                 (unsigned)cfg->port);
+        free(h);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : cfg->port;
+    return h;
+}
+
+uint16_t sg_http_port(const sg_http *h)
+{
+    return h->port;
+}
+
+void sg_http_stop(sg_http *h)
+{
+    if (!h) return;
+    MHD_quiesce_daemon(h->daemon);
+    /* Resumes every connection parked on the upstream; MHD must not be
+     * stopped with suspended connections. */
+    sg_proxy_stop(h->cfg.proxy);
+    /* Give the resumed connections a moment to send their 503s and error
+     * events before the daemon closes every socket. */
+    for (int i = 0; i < 100 && atomic_load(&h->forwarded) > 0; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    MHD_stop_daemon(h->daemon);
+    free(h);
+}

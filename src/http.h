@@ -1,0 +1,52 @@
+/* http.h -- the HTTP front of scopegate (libmicrohttpd).
+ *
+ * Owns the listening daemon: a pool of epoll worker threads (each one is a
+ * gateway worker with its own policy state and token cache), the limits
+ * every request meets before any parsing (connections, header and body
+ * size, time), the Host and Origin allow-lists, the routes (MCP endpoint,
+ * RFC 9728 metadata, /healthz) and the streaming of upstream answers back to
+ * clients with suspend/resume, so no thread waits on the upstream. */
+#ifndef SG_HTTP_H
+#define SG_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gateway.h"
+#include "proxy.h"
+
+typedef struct sg_http_limits {
+    size_t max_body;          /* request body bytes: 413 beyond [1 MiB] */
+    size_t max_header;        /* per-connection memory; headers beyond: 431 [64 KiB] */
+    unsigned max_connections; /* concurrent connections: 503 beyond [1000] */
+    unsigned timeout_s;       /* idle connection / slow upload: closed or 408 [30] */
+    unsigned threads;         /* worker threads [2] */
+} sg_http_limits;
+
+typedef struct sg_http_config {
+    const char *host; /* numeric IPv4 or IPv6 address to bind */
+    uint16_t port;    /* 0: an ephemeral port (see sg_http_port) */
+    const char *mcp_path;
+    /* NULL-terminated lists. "*" allows anything. An allowed host without a
+     * port matches that host on any port. Origins compare exactly, letter
+     * case aside. A request without Origin is not checked. */
+    const char *const *allowed_hosts;
+    const char *const *allowed_origins;
+    sg_http_limits limits;
+    sg_gateway *gateway; /* borrowed; workers = limits.threads */
+    sg_proxy *proxy;     /* borrowed */
+} sg_http_config;
+
+typedef struct sg_http sg_http;
+
+/* Binds and starts serving. Returns NULL with a message in err (e.g. the
+ * address is in use). */
+sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen);
+/* The bound port (useful with port 0). */
+uint16_t sg_http_port(const sg_http *h);
+/* Stops accepting, fails in-flight upstream transfers (sg_proxy_stop on the
+ * configured proxy, which resumes every parked connection), stops the
+ * daemon and frees it. The proxy may be freed afterwards. NULL is fine. */
+void sg_http_stop(sg_http *h);
+
+#endif

@@ -1,0 +1,123 @@
+/* proxy.h -- forwarding MCP requests to the upstream server with libcurl.
+ *
+ * One sg_proxy owns one curl multi handle driven by its own thread, so
+ * connections to the upstream are reused across requests and no HTTP worker
+ * thread ever blocks on the network. A request becomes an sg_transfer shared
+ * by two parties: the curl thread (producer) and the HTTP connection that
+ * streams the answer back (consumer). The consumer never waits: when it finds
+ * nothing to do it parks (its suspend callback runs) and the curl thread
+ * calls its resume callback exactly once when there is news. Response bodies
+ * are passed through in bounded chunks (the upstream is paused when the
+ * client reads slowly), never buffered whole.
+ *
+ * Only an allow-list of request headers travels upstream; `Authorization`
+ * is never among them (no token passthrough). */
+#ifndef SG_PROXY_H
+#define SG_PROXY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sg.h"
+
+typedef struct sg_proxy_config {
+    const char *upstream_url;     /* http(s) URL of the upstream MCP endpoint */
+    uint32_t connect_timeout_ms;  /* TCP+TLS connect [5000] */
+    uint32_t response_timeout_ms; /* from start until the response headers [30000] */
+    size_t max_buffered;          /* response bytes held per transfer before pausing [256 KiB] */
+} sg_proxy_config;
+
+typedef struct sg_proxy sg_proxy;
+
+/* Starts the curl thread. Returns NULL with a message in err on a bad URL,
+ * out of memory or a thread that cannot start. */
+sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, char *err, size_t errlen);
+/* Fails every live transfer with SG_PROXY_ESHUTDOWN (resuming their parked
+ * consumers) and stops the curl thread; later sg_proxy_start calls return
+ * NULL. Idempotent. Can't fail. */
+void sg_proxy_stop(sg_proxy *p);
+/* Stops (if needed) and frees the proxy. Transfers still held by consumers
+ * stay valid until they are released. NULL is fine. */
+void sg_proxy_free(sg_proxy *p);
+
+/* Why a transfer failed. */
+typedef enum sg_proxy_error {
+    SG_PROXY_OK = 0,
+    SG_PROXY_EUNREACHABLE, /* connect refused, DNS, TLS, reset before a response: 502 */
+    SG_PROXY_ETIMEOUT,     /* no response headers in time: 504 */
+    SG_PROXY_EUPSTREAM,    /* the upstream broke off or sent garbage: 502 */
+    SG_PROXY_ECLIENT,      /* the client went away: transfer cancelled */
+    SG_PROXY_ESHUTDOWN,    /* the gateway is stopping */
+    SG_PROXY_ENOMEM
+} sg_proxy_error;
+
+/* Returns a fixed, quote-free English phrase. Can't fail. */
+const char *sg_proxy_error_text(sg_proxy_error e);
+
+/* One request header offered for forwarding (names compared
+ * case-insensitively against the allow-list; others are dropped). */
+typedef struct sg_header {
+    const char *name;
+    const char *value;
+} sg_header;
+
+typedef struct sg_proxy_request {
+    const char *method; /* "POST", "GET" or "DELETE" */
+    const sg_header *headers;
+    size_t nheaders;
+    const char *body; /* copied; may be NULL when body_len is 0 */
+    size_t body_len;
+} sg_proxy_request;
+
+/* How the curl thread tells the consumer there is news. Both run with the
+ * proxy's lock held: they must only flip the consumer's scheduling state
+ * (e.g. MHD_suspend_connection / MHD_resume_connection) and return. */
+typedef struct sg_transfer_ops {
+    void (*suspend)(void *ud);
+    void (*resume)(void *ud);
+    void *ud;
+} sg_transfer_ops;
+
+typedef struct sg_transfer sg_transfer;
+
+/* Starts forwarding. client_fd (or -1) is the client's socket: while the
+ * consumer is parked the curl thread watches it and cancels the transfer
+ * (SG_PROXY_ECLIENT, consumer resumed) when the client hangs up. Returns a
+ * transfer the caller must sg_transfer_release, or NULL when the proxy is
+ * stopped or out of memory. */
+sg_transfer *sg_proxy_start(sg_proxy *p, const sg_proxy_request *req, const sg_transfer_ops *ops,
+                            int client_fd);
+
+/* What the upstream answered; strings owned by the transfer, valid until
+ * release; NULL when the upstream did not send that header. */
+typedef struct sg_transfer_head {
+    int status;
+    const char *content_type;
+    const char *session_id; /* Mcp-Session-Id, visible ASCII only */
+} sg_transfer_head;
+
+/* Returns 1 with *out filled once the response headers are in, 0 while they
+ * are not, -1 when the transfer failed before them (see sg_transfer_error). */
+int sg_transfer_head_get(sg_transfer *t, sg_transfer_head *out);
+
+enum { SG_TRANSFER_EOF = -1, SG_TRANSFER_FAILED = -2 };
+/* Copies up to max body bytes into buf. Returns the count (> 0), 0 when
+ * nothing is buffered yet, SG_TRANSFER_EOF at the clean end of the body, or
+ * SG_TRANSFER_FAILED when the body broke off (see sg_transfer_error). */
+long sg_transfer_read(sg_transfer *t, char *buf, size_t max);
+
+enum { SG_WANT_HEAD, SG_WANT_DATA };
+/* If what the consumer wants (head, or body bytes / the end) is not there
+ * yet, calls ops.suspend and returns 1: ops.resume will follow exactly once.
+ * Returns 0 when it is already there (call again, do not suspend). */
+int sg_transfer_park(sg_transfer *t, int want);
+
+/* Why the transfer failed; SG_PROXY_OK while it runs or after a clean end.
+ * Can't fail. */
+sg_proxy_error sg_transfer_error(sg_transfer *t);
+
+/* The consumer is done: cancels the upstream request if still running and
+ * drops the consumer's reference. No callback runs after it returns. */
+void sg_transfer_release(sg_transfer *t);
+
+#endif

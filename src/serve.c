@@ -1,0 +1,372 @@
+/* serve.c -- `scopegate serve`: flags to a running gateway.
+ *
+ * Why a file of its own: the serve subcommand is where configuration errors
+ * must surface, before any traffic, with one clear line each (bad flag,
+ * unreadable key, unreachable JWKS, policy that does not load). It builds
+ * the pieces in dependency order (keys, verifier, gateway workers, proxy,
+ * HTTP front), logs "listening on HOST:PORT" when ready, and tears them
+ * down in reverse order on SIGINT/SIGTERM. */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "cli.h"
+#include "gateway.h"
+#include "http.h"
+#include "jwks.h"
+#include "policy.h"
+#include "proxy.h"
+#include "sg.h"
+#include "token.h"
+
+/* Runs `scopegate serve` (argv[1] is "serve") until SIGINT/SIGTERM. Returns
+ * the exit status: 0 after a signal (or --help), 2 for a bad flag, 1 when a
+ * key, the JWKS, the policy, the upstream URL or the listen address fails. */
+int sg_cmd_serve(int argc, char **argv);
+
+#define MAX_LIST SG_FLAG_LIST_MAX
+
+typedef struct serve_opts {
+    const char *listen, *upstream, *policy, *jwks, *public_key, *key_alg, *issuer, *audience,
+        *public_url, *path, *log_level;
+    const char *hosts[MAX_LIST + 1], *origins[MAX_LIST + 1];
+    int nhosts, norigins;
+    unsigned long max_body, max_header, max_connections, timeout_s, threads;
+    unsigned long upstream_timeout_ms, connect_timeout_ms, token_cache;
+} serve_opts;
+
+static void serve_usage(FILE *f)
+{
+    fputs("usage: scopegate serve --listen HOST:PORT --upstream URL --policy FILE\n"
+          "                       (--jwks FILE|URL | --public-key PEM [--key-alg ALG])\n"
+          "                       [--issuer ISS] [--audience AUD] [--public-url URL]\n"
+          "  --path PATH                MCP endpoint path [/mcp]\n"
+          "  --allowed-host HOST[:PORT] accepted Host header (repeatable; '*' = any)\n"
+          "                             [the listen address, localhost, the public URL's host]\n"
+          "  --allowed-origin ORIGIN    accepted Origin header (repeatable; '*' = any)\n"
+          "                             [the public URL's origin]\n"
+          "  --max-body BYTES           request body limit, 413 beyond [1048576]\n"
+          "  --max-header BYTES         per-connection header memory, 431 beyond [65536]\n"
+          "  --max-connections N        concurrent connections, 503 beyond [1000]\n"
+          "  --timeout SECONDS          idle connection / slow upload limit [30]\n"
+          "  --threads N                worker threads (one policy state each) [2]\n"
+          "  --upstream-timeout-ms MS   wait for upstream response headers, 504 after [30000]\n"
+          "  --connect-timeout-ms MS    upstream connect timeout [5000]\n"
+          "  --token-cache N            verified tokens cached per worker [10000]\n"
+          "  --log-level LEVEL          debug, info, warn or error [info]\n",
+          f);
+}
+
+static int parse_ulong(const char *flag, const char *v, unsigned long min, unsigned long max,
+                       unsigned long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long n = strtoul(v, &end, 10);
+    if (!*v || *end || errno || n < min || n > max || v[0] == '-') {
+        fprintf(stderr, "scopegate serve: %s needs a whole number from %lu to %lu, not '%s'\n",
+                flag, min, max, v);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, serve_opts *o)
+{
+    sg_flag_list hosts, origins;
+    memset(&hosts, 0, sizeof hosts);
+    memset(&origins, 0, sizeof origins);
+    const sg_flag flags[] = {
+        {"--listen", SG_FLAG_STRING, &o->listen, 0, 0},
+        {"--upstream", SG_FLAG_STRING, &o->upstream, 0, 0},
+        {"--policy", SG_FLAG_STRING, &o->policy, 0, 0},
+        {"--jwks", SG_FLAG_STRING, &o->jwks, 0, 0},
+        {"--public-key", SG_FLAG_STRING, &o->public_key, 0, 0},
+        {"--key-alg", SG_FLAG_STRING, &o->key_alg, 0, 0},
+        {"--issuer", SG_FLAG_STRING, &o->issuer, 0, 0},
+        {"--audience", SG_FLAG_STRING, &o->audience, 0, 0},
+        {"--public-url", SG_FLAG_STRING, &o->public_url, 0, 0},
+        {"--path", SG_FLAG_STRING, &o->path, 0, 0},
+        {"--log-level", SG_FLAG_STRING, &o->log_level, 0, 0},
+        {"--allowed-host", SG_FLAG_LIST, &hosts, 0, 0},
+        {"--allowed-origin", SG_FLAG_LIST, &origins, 0, 0},
+        {"--max-body", SG_FLAG_ULONG, &o->max_body, 1, SG_MCP_MAX_BODY_CAP},
+        {"--max-header", SG_FLAG_ULONG, &o->max_header, 4096, 16ul << 20},
+        {"--max-connections", SG_FLAG_ULONG, &o->max_connections, 1, 100000},
+        {"--timeout", SG_FLAG_ULONG, &o->timeout_s, 1, 86400},
+        {"--threads", SG_FLAG_ULONG, &o->threads, 1, 256},
+        {"--upstream-timeout-ms", SG_FLAG_ULONG, &o->upstream_timeout_ms, 1, 86400000},
+        {"--connect-timeout-ms", SG_FLAG_ULONG, &o->connect_timeout_ms, 1, 600000},
+        {"--token-cache", SG_FLAG_ULONG, &o->token_cache, 1, 10000000},
+    };
+    int npos = 0;
+    int rc = sg_flags_parse("serve", argc, argv, 2, flags, SG_ARRAY_LEN(flags), NULL, 0, &npos);
+    if (rc == 1) {
+        serve_usage(stdout);
+        return 1;
+    }
+    if (rc < 0) return -1;
+    for (int i = 0; i < hosts.n; i++)
+        o->hosts[o->nhosts++] = hosts.items[i];
+    for (int i = 0; i < origins.n; i++)
+        o->origins[o->norigins++] = origins.items[i];
+    const char *missing = !o->listen                     ? "--listen"
+                          : !o->upstream                 ? "--upstream"
+                          : !o->policy                   ? "--policy"
+                          : (!o->jwks && !o->public_key) ? "--jwks (or --public-key)"
+                                                         : NULL;
+    if (missing) {
+        fprintf(stderr, "scopegate serve: %s is required (see scopegate serve --help)\n", missing);
+        return -1;
+    }
+    if (o->path && o->path[0] != '/') {
+        fprintf(stderr, "scopegate serve: --path must start with '/'\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* "127.0.0.1:8080", "[::1]:8080" -> host, port. */
+static int split_listen(const char *s, char *host, size_t hostlen, unsigned long *port)
+{
+    const char *colon;
+    size_t hl;
+    const char *h = s;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':') return -1;
+        h = s + 1;
+        hl = (size_t)(close - h);
+        colon = close + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon) return -1;
+        hl = (size_t)(colon - s);
+    }
+    if (hl == 0 || hl >= hostlen) return -1;
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    if (strcmp(host, "localhost") == 0) snprintf(host, hostlen, "127.0.0.1");
+    return parse_ulong("--listen port", colon + 1, 0, 65535, port);
+}
+
+/* host[:port] of a URL, for the default Host allow-list. */
+static char *url_authority(const char *url)
+{
+    const char *p = url ? strstr(url, "://") : NULL;
+    if (!p) return NULL;
+    p += 3;
+    size_t n = strcspn(p, "/?#");
+    const char *at = memchr(p, '@', n);
+    if (at) n -= (size_t)(at + 1 - p), p = at + 1;
+    return n ? strndup(p, n) : NULL;
+}
+
+static char *url_origin(const char *url)
+{
+    const char *p = url ? strstr(url, "://") : NULL;
+    if (!p) return NULL;
+    size_t n = (size_t)(p + 3 - url) + strcspn(p + 3, "/?#");
+    return strndup(url, n);
+}
+
+static int set_log_level(const char *name)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(name, names[i]) == 0) {
+            sg_log_set_level(i);
+            return 0;
+        }
+    }
+    fprintf(stderr, "scopegate serve: --log-level must be debug, info, warn or error\n");
+    return -1;
+}
+
+int sg_cmd_serve(int argc, char **argv)
+{
+    serve_opts o;
+    memset(&o, 0, sizeof o);
+    int pr = parse_args(argc, argv, &o);
+    if (pr != 0) return pr > 0 ? 0 : 2;
+    if (o.log_level && set_log_level(o.log_level) != 0) return 2;
+    char host[64];
+    unsigned long port;
+    if (split_listen(o.listen, host, sizeof host, &port) != 0) {
+        fprintf(stderr, "scopegate serve: --listen needs HOST:PORT (e.g. 127.0.0.1:8080)\n");
+        return 2;
+    }
+    const char *mcp_path = o.path ? o.path : "/mcp";
+    unsigned threads = o.threads ? (unsigned)o.threads : 2;
+
+    /* Block the signals before any thread starts, so every thread inherits
+     * the mask and only sigwait below sees them. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = 1;
+    char err[1024] = "";
+    sg_keys *keys = NULL;
+    sg_verifier *verifier = NULL;
+    sg_gateway *gw = NULL;
+    sg_proxy *proxy = NULL;
+    sg_http *http = NULL;
+    char *audience_owned = NULL;
+    char *default_hosts[4] = {NULL, NULL, NULL, NULL};
+    char *public_origin = NULL;
+
+    if (!(keys = sg_keys_new())) {
+        fprintf(stderr, "scopegate serve: out of memory\n");
+        goto out;
+    }
+    if (o.jwks) {
+        int is_url =
+            strncasecmp(o.jwks, "http://", 7) == 0 || strncasecmp(o.jwks, "https://", 8) == 0;
+        int r = is_url ? sg_keys_set_jwks_url(keys, o.jwks, 0, 0, err, sizeof err)
+                       : sg_keys_add_jwks_file(keys, o.jwks, err, sizeof err);
+        if (r != 0) {
+            fprintf(stderr, "scopegate serve: --jwks %s: %s\n", o.jwks, err);
+            goto out;
+        }
+    }
+    if (o.public_key && sg_keys_add_pem_file(keys, o.public_key, o.key_alg ? o.key_alg : "RS256",
+                                             NULL, err, sizeof err) != 0) {
+        fprintf(stderr, "scopegate serve: --public-key %s: %s\n", o.public_key, err);
+        goto out;
+    }
+
+    /* The audience defaults to the resource this gateway protects: the
+     * public URL, else the policy's `resource` (never unchecked). */
+    const char *audience = o.audience ? o.audience : o.public_url;
+    if (!audience) {
+        char *perr = NULL;
+        sg_policy *p = sg_policy_load(o.policy, NULL, &perr);
+        if (!p) {
+            fprintf(stderr, "scopegate serve: policy failed to load:\n%s", perr ? perr : "");
+            free(perr);
+            goto out;
+        }
+        free(perr);
+        if (sg_policy_resource(p)) audience_owned = strdup(sg_policy_resource(p));
+        sg_policy_free(p);
+        audience = audience_owned;
+        if (!audience) {
+            fprintf(stderr, "scopegate serve: no --audience, no --public-url and no `resource` in "
+                            "the policy: tokens could not be bound to this resource\n");
+            goto out;
+        }
+    }
+    sg_verifier_config vc;
+    sg_verifier_config_init(&vc);
+    vc.issuer = o.issuer;
+    vc.audience = audience;
+    if (!(verifier = sg_verifier_new(&vc, keys, err, sizeof err))) {
+        fprintf(stderr, "scopegate serve: %s\n", err);
+        goto out;
+    }
+
+    sg_gateway_config gc;
+    memset(&gc, 0, sizeof gc);
+    gc.policy_path = o.policy;
+    gc.verifier = verifier;
+    gc.token_cache_entries = o.token_cache;
+    gc.workers = threads;
+    gc.mcp_path = mcp_path;
+    gc.public_url = o.public_url;
+    sg_mcp_limits ml = SG_MCP_LIMITS_DEFAULT;
+    if (o.max_body) ml.max_body = o.max_body;
+    gc.mcp_limits = ml;
+    if (!(gw = sg_gateway_new(&gc, err, sizeof err))) {
+        fprintf(stderr, "scopegate serve: policy failed to load:\n%s\n", err);
+        goto out;
+    }
+
+    sg_proxy_config pc = {o.upstream, (uint32_t)o.connect_timeout_ms,
+                          (uint32_t)o.upstream_timeout_ms, 0};
+    if (!(proxy = sg_proxy_new(&pc, err, sizeof err))) {
+        fprintf(stderr, "scopegate serve: --upstream: %s\n", err);
+        goto out;
+    }
+
+    /* Host allow-list: explicit flags, else this listener's own names and
+     * the public URL's host (DNS-rebinding protection by default). */
+    const char *const *hosts = o.hosts;
+    if (o.nhosts == 0) {
+        int n = 0;
+        default_hosts[n++] = strdup(host);
+        default_hosts[n++] = strdup("localhost");
+        if (strchr(host, ':')) {
+            size_t l = strlen(host) + 3;
+            char *b = malloc(l);
+            if (b) snprintf(b, l, "[%s]", host);
+            free(default_hosts[0]);
+            default_hosts[0] = b;
+        }
+        if (o.public_url) default_hosts[n++] = url_authority(o.public_url);
+        for (int i = 0; i < n; i++)
+            o.hosts[i] = default_hosts[i] ? default_hosts[i] : "";
+        o.hosts[n] = NULL;
+    }
+    if (o.norigins == 0 && o.public_url && (public_origin = url_origin(o.public_url))) {
+        o.origins[0] = public_origin;
+        o.norigins = 1;
+    }
+    o.origins[o.norigins] = NULL;
+
+    sg_http_config hc;
+    memset(&hc, 0, sizeof hc);
+    hc.host = host;
+    hc.port = (uint16_t)port;
+    hc.mcp_path = mcp_path;
+    hc.allowed_hosts = hosts;
+    hc.allowed_origins = o.origins;
+    hc.limits.max_body = o.max_body;
+    hc.limits.max_header = o.max_header;
+    hc.limits.max_connections = (unsigned)o.max_connections;
+    hc.limits.timeout_s = (unsigned)o.timeout_s;
+    hc.limits.threads = threads;
+    hc.gateway = gw;
+    hc.proxy = proxy;
+    if (!(http = sg_http_start(&hc, err, sizeof err))) {
+        fprintf(stderr, "scopegate serve: %s\n", err);
+        goto out;
+    }
+    sg_log(SG_LOG_INFO, "listening on %s%s%s:%u (MCP endpoint %s, upstream %s)",
+           strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "",
+           (unsigned)sg_http_port(http), mcp_path, o.upstream);
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&sigs, &sig) != 0) continue;
+        if (sig == SIGHUP) {
+            sg_log(SG_LOG_WARN, "SIGHUP: policy reload is not implemented yet; keeping the "
+                                "current policy");
+            continue;
+        }
+        sg_log(SG_LOG_INFO, "signal %d: shutting down", sig);
+        break;
+    }
+    rc = 0;
+out:
+    sg_http_stop(http);
+    sg_proxy_free(proxy);
+    sg_gateway_free(gw);
+    sg_verifier_free(verifier);
+    sg_keys_free(keys);
+    free(audience_owned);
+    free(public_origin);
+    for (int i = 0; i < 4; i++)
+        free(default_hosts[i]);
+    return rc;
+}

@@ -1,0 +1,589 @@
+-- gateway_spec.lua -- black-box tests of `scopegate serve`.
+--
+-- Starts the real binary ($SG_BUILD_DIR/scopegate) in front of
+-- tests/peers/echo_upstream.py, both on ephemeral loopback ports, and talks
+-- to it with the curl CLI. Tokens are minted at test time with a freshly
+-- generated RSA key (core.mint). Every process started here is killed in
+-- teardown, and the gateway must exit 0 on SIGTERM without any sanitizer
+-- report.
+local core = require "scopegate.core"
+local keys = require "keys"
+
+local q = keys.q
+local CLEAN = keys.CLEAN
+local BUILD = assert(os.getenv("SG_BUILD_DIR"), "SG_BUILD_DIR not set (use tests/busted.sh)")
+local SCOPEGATE = BUILD .. "/scopegate"
+
+local POLICY = [[
+return {
+  realm = "echo",
+  resource = "https://echo.example.com/mcp",
+  authorization_servers = { "https://auth.example.com" },
+  scopes = { ["echo:read"] = "Read", ["echo:write"] = "Write" },
+  advertise = { "echo:read" },
+  tools = {
+    echo = "echo:read", sse = "echo:read", slow = "echo:read", die = "echo:read",
+    die_mid_stream = "echo:read", garbage = "echo:read", big = "echo:read",
+    write = "echo:write",
+    both = { all_of = { "echo:read", "echo:write" } },
+    ping = "public",
+  },
+  prompts = { summarize = "echo:read" },
+  resources = { ["echo://docs/*"] = "echo:read" },
+  default = "deny",
+}
+]]
+
+local ISS = "https://auth.example.com"
+local AUD = "https://echo.example.com/mcp"
+local RM = "https://echo.example.com/.well-known/oauth-protected-resource/mcp"
+local METADATA = '{"resource":"https://echo.example.com/mcp",' ..
+  '"authorization_servers":["https://auth.example.com"],"scopes_supported":["echo:read"],' ..
+  '"bearer_methods_supported":["header"],"resource_name":"echo"}'
+
+local function sleep(s) os.execute(CLEAN .. "sleep " .. s) end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Waits for a line matching pattern in a log file; returns the capture.
+local function wait_for(path, pattern, seconds)
+  for _ = 1, math.floor((seconds or 5) / 0.05) do
+    local s = read_file(path)
+    local m = s and s:match(pattern)
+    if m then return m end
+    sleep(0.05)
+  end
+  error("timed out waiting for " .. pattern .. " in " .. path .. ":\n" .. (read_file(path) or ""))
+end
+
+local function alive(pid)
+  return os.execute(CLEAN .. "kill -0 " .. pid .. " 2>/dev/null") == true
+end
+
+-- Starts a background command; returns its pid. rc_file receives its exit
+-- status (the subshell waits for it).
+local function spawn(cmd, out, err, rc_file)
+  local pid_file = os.tmpname()
+  os.execute(CLEAN .. "( " .. cmd .. " >" .. q(out) .. " 2>" .. q(err) .. " & echo $! >" ..
+             q(pid_file) .. "; wait $!; echo $? >" .. q(rc_file or "/dev/null") .. " ) " ..
+             ">/dev/null 2>&1 &")
+  local pid
+  for _ = 1, 100 do
+    pid = (read_file(pid_file) or ""):match("%d+")
+    if pid then break end
+    sleep(0.02)
+  end
+  os.remove(pid_file)
+  return assert(pid, "could not start: " .. cmd)
+end
+
+local function stop(pid, seconds)
+  if not pid then return end
+  os.execute(CLEAN .. "kill -TERM " .. pid .. " 2>/dev/null")
+  for _ = 1, math.floor((seconds or 5) / 0.05) do
+    if not alive(pid) then return true end
+    sleep(0.05)
+  end
+  os.execute(CLEAN .. "kill -KILL " .. pid .. " 2>/dev/null")
+  return false
+end
+
+local dir, key, up, gw, up_pid, gw_pid, gw_rc_file, gw_err
+
+-- One HTTP exchange through the curl CLI. opts: method, path, headers
+-- (list of "Name: value"), body, body_file, max_time, base.
+local function http(opts)
+  local hdr_file, body_file = dir .. "/resp.h", dir .. "/resp.b"
+  os.remove(hdr_file)
+  os.remove(body_file)
+  local cmd = { "curl -s -S --http1.1 -o", q(body_file), "-D", q(hdr_file),
+                "-w '%{http_code} %{time_starttransfer} %{time_total}'",
+                "--max-time", tostring(opts.max_time or 10) }
+  if opts.method then cmd[#cmd + 1] = "-X " .. opts.method end
+  for _, h in ipairs(opts.headers or {}) do cmd[#cmd + 1] = "-H " .. q(h) end
+  if opts.body then
+    local req_file = dir .. "/req.b"
+    keys.write(req_file, opts.body)
+    cmd[#cmd + 1] = "--data-binary @" .. q(req_file)
+  elseif opts.body_file then
+    cmd[#cmd + 1] = "--data-binary @" .. q(opts.body_file)
+  end
+  cmd[#cmd + 1] = q((opts.base or ("http://" .. gw)) .. (opts.path or "/mcp"))
+  local p = io.popen(CLEAN .. table.concat(cmd, " ") .. " 2>/dev/null")
+  local out = p:read("a")
+  p:close()
+  local code, t_first, t_total = out:match("^(%d+) ([%d.]+) ([%d.]+)")
+  local headers, raw = {}, read_file(hdr_file) or ""
+  -- Keep the last header block (after a 100 Continue).
+  local last = raw:match(".*\r\n\r\n(HTTP/.-\r\n\r\n)$") or raw
+  for name, value in last:gmatch("([%w%-]+): ([^\r\n]*)") do headers[name:lower()] = value end
+  return { status = tonumber(code), headers = headers, body = read_file(body_file) or "",
+           t_first = tonumber(t_first), t_total = tonumber(t_total) }
+end
+
+local function mint(scope, extra)
+  local claims = string.format('{"iss":%q,"aud":%q,"sub":"user-1","scope":%q,"exp":%d%s}',
+    ISS, AUD, scope, os.time() + 600, extra or "")
+  return assert(core.mint { alg = "RS256", key_file = key.priv_file, claims = claims })
+end
+
+local function rpc(id, method, params)
+  local p = params and (',"params":' .. params) or ""
+  if id == nil then return string.format('{"jsonrpc":"2.0","method":%q%s}', method, p) end
+  return string.format('{"jsonrpc":"2.0","id":%s,"method":%q%s}', id, method, p)
+end
+
+local function call(id, tool, args)
+  return rpc(id, "tools/call", string.format('{"name":%q%s}', tool,
+                                             args and (',"arguments":' .. args) or ""))
+end
+
+local function post(body, token, extra_headers)
+  local h = { "Content-Type: application/json", "Accept: application/json, text/event-stream" }
+  if token then h[#h + 1] = "Authorization: Bearer " .. token end
+  for _, x in ipairs(extra_headers or {}) do h[#h + 1] = x end
+  return http { method = "POST", headers = h, body = body }
+end
+
+local function echo_of(resp)
+  local headers = {}
+  -- The echo result is JSON; pull the received headers object out of it.
+  local obj = resp.body:match('"headers": (%b{})')
+  for k, v in (obj or ""):gmatch('"([^"]+)": "([^"]*)"') do headers[k] = v end
+  return headers
+end
+
+local function start_gateway(extra)
+  gw_err = dir .. "/gw.err"
+  gw_rc_file = dir .. "/gw.rc"
+  os.remove(gw_rc_file)
+  local cmd = table.concat({
+    q(SCOPEGATE), "serve --listen 127.0.0.1:0 --upstream", q("http://" .. up .. "/mcp"),
+    "--policy", q(dir .. "/policy.lua"), "--public-key", q(key.pub_file), "--issuer", q(ISS),
+    "--public-url", q(AUD), "--upstream-timeout-ms 1500 --threads 2", extra or "" }, " ")
+  gw_pid = spawn(cmd, dir .. "/gw.out", gw_err, gw_rc_file)
+  gw = wait_for(gw_err, "listening on (127%.0%.0%.1:%d+)", 10)
+end
+
+local function sanitizer_report(text)
+  return text:match("ERROR: AddressSanitizer") or text:match("ERROR: LeakSanitizer") or
+         text:match("runtime error:")
+end
+
+describe("scopegate serve", function()
+  setup(function()
+    dir = keys.tmpdir()
+    key = keys.gen(dir, "rsa", "rsa")
+    keys.write(dir .. "/policy.lua", POLICY)
+    up_pid = spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
+                   dir .. "/up.err")
+    up = wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
+    start_gateway()
+  end)
+
+  teardown(function()
+    stop(gw_pid)
+    stop(up_pid)
+    if dir then os.execute(CLEAN .. "rm -rf " .. q(dir)) end
+  end)
+
+  describe("side routes", function()
+    it("answers /healthz", function()
+      local r = http { path = "/healthz" }
+      assert.are.equal(200, r.status)
+      assert.are.equal('{"status":"ok"}', r.body)
+      assert.are.equal("application/json", r.headers["content-type"])
+    end)
+
+    it("serves RFC 9728 metadata at the root and the endpoint path", function()
+      for _, path in ipairs { "/.well-known/oauth-protected-resource",
+                              "/.well-known/oauth-protected-resource/mcp" } do
+        local r = http { path = path }
+        assert.are.equal(200, r.status)
+        assert.are.equal(METADATA, r.body)
+      end
+      assert.are.equal(404, http { path = "/.well-known/oauth-protected-resource/other" }.status)
+      assert.are.equal(404, http { path = "/nope" }.status)
+      local r = http { path = "/.well-known/oauth-protected-resource", method = "POST", body = "x" }
+      assert.are.equal(405, r.status)
+    end)
+  end)
+
+  describe("limits and transport checks", function()
+    it("refuses an oversized body with 413 (declared length and chunked)", function()
+      local big = dir .. "/big.json"
+      keys.write(big, string.rep("a", 1024 * 1024 + 1))
+      local r = http { method = "POST", headers = { "Content-Type: application/json" },
+                       body_file = big }
+      assert.are.equal(413, r.status)
+      r = http { method = "POST", body_file = big,
+                 headers = { "Content-Type: application/json", "Transfer-Encoding: chunked" } }
+      assert.are.equal(413, r.status)
+      assert.are.equal('{"jsonrpc":"2.0","id":null,"error":{"code":-32600,' ..
+                       '"message":"Request body too large"}}', r.body)
+    end)
+
+    it("refuses oversized headers with 431", function()
+      local r = http { method = "POST", body = "{}",
+                       headers = { "Content-Type: application/json",
+                                   "X-Filler: " .. string.rep("b", 70000) } }
+      assert.are.equal(431, r.status)
+    end)
+
+    it("refuses a disallowed Origin and Host with 403, allows the public origin", function()
+      local r = post(call(1, "echo"), mint("echo:read"), { "Origin: https://evil.example" })
+      assert.are.equal(403, r.status)
+      assert.are.equal('{"jsonrpc":"2.0","id":null,"error":{"code":-32600,' ..
+                       '"message":"Origin not allowed"}}', r.body)
+      r = post(call(1, "echo"), mint("echo:read"), { "Host: evil.example" })
+      assert.are.equal(403, r.status)
+      assert.truthy(r.body:find("Host not allowed", 1, true))
+      r = post(call(1, "echo"), mint("echo:read"), { "Origin: https://echo.example.com" })
+      assert.are.equal(200, r.status)
+    end)
+
+    it("answers a parse error with 400 and -32700", function()
+      local r = post('{"jsonrpc":"2.0","id":1,', mint("echo:read"))
+      assert.are.equal(400, r.status)
+      assert.truthy(r.body:match('^{"jsonrpc":"2.0","id":null,"error":{"code":%-32700,'))
+    end)
+
+    it("refuses an unsupported protocol version and a wrong Content-Type", function()
+      local r = post(call(1, "echo"), mint("echo:read"), { "MCP-Protocol-Version: 1999-01-01" })
+      assert.are.equal(400, r.status)
+      r = http { method = "POST", body = call(1, "echo"), headers = { "Content-Type: text/plain" } }
+      assert.are.equal(415, r.status)
+      assert.are.equal(405, http { method = "PUT", body = "{}" }.status)
+    end)
+  end)
+
+  describe("authorization", function()
+    it("challenges a request without a token with 401, byte for byte", function()
+      local r = post(call(7, "echo"))
+      assert.are.equal(401, r.status)
+      assert.are.equal('Bearer realm="echo", scope="echo:read", resource_metadata="' .. RM .. '"',
+                       r.headers["www-authenticate"])
+      assert.are.equal('{"jsonrpc":"2.0","id":7,"error":{"code":-32001,' ..
+                       '"message":"Authorization required. Scope echo:read is required."}}', r.body)
+    end)
+
+    it("answers a token without enough scope with 403 insufficient_scope", function()
+      local r = post(call('"abc"', "both"), mint("echo:read"))
+      assert.are.equal(403, r.status)
+      assert.are.equal('Bearer realm="echo", error="insufficient_scope", ' ..
+                       'scope="echo:read echo:write", resource_metadata="' .. RM .. '", ' ..
+                       'error_description="All of: echo:read echo:write are required."',
+                       r.headers["www-authenticate"])
+      assert.are.equal('{"jsonrpc":"2.0","id":"abc","error":{"code":-32003,' ..
+                       '"message":"All of: echo:read echo:write are required."}}', r.body)
+    end)
+
+    it("refuses a tampered token with 401 invalid_token", function()
+      local tok = mint("echo:read echo:write")
+      local h, p, s = tok:match("^([^.]+)%.([^.]+)%.(.+)$")
+      local evil = h .. "." .. keys.b64url(keys.unb64url(p):gsub("user%-1", "admin12")) .. "." .. s
+      local r = post(call(1, "echo"), evil)
+      assert.are.equal(401, r.status)
+      assert.truthy(r.headers["www-authenticate"]:find('error="invalid_token"', 1, true))
+      r = post(call(1, "echo"), nil, { "Authorization: Basic dXNlcjpwYXNz" })
+      assert.are.equal(401, r.status)
+    end)
+
+    it("denies a batch when one element is not allowed, naming every scope", function()
+      local body = "[" .. call(1, "echo") .. "," .. call(2, "write") .. "]"
+      local r = post(body, mint("echo:read"))
+      assert.are.equal(403, r.status)
+      assert.truthy(r.headers["www-authenticate"]:find('scope="echo:read echo:write"', 1, true))
+      r = post(body, mint("echo:read echo:write"))
+      assert.are.equal(200, r.status)
+      assert.truthy(r.body:find('"id": 2', 1, true))
+    end)
+
+    it("lets public tools through without a token", function()
+      local r = post(call(3, "ping"))
+      assert.are.equal(200, r.status)
+    end)
+  end)
+
+  describe("forwarding", function()
+    it("never forwards Authorization; passes the allow-listed headers both ways", function()
+      local r = post(rpc(1, "initialize", '{"protocolVersion":"2025-06-18"}'),
+                     mint("echo:read"),
+                     { "Mcp-Session-Id: s-42", "MCP-Protocol-Version: 2025-06-18",
+                       "Last-Event-ID: ev-9", "Cookie: secret=1", "X-Custom: no" })
+      assert.are.equal(200, r.status)
+      assert.are.equal("sess-echo-1", r.headers["mcp-session-id"])
+      assert.are.equal("application/json", r.headers["content-type"])
+      local seen = echo_of(r)
+      assert.is_nil(seen["authorization"])
+      assert.is_nil(seen["cookie"])
+      assert.is_nil(seen["x-custom"])
+      assert.are.equal("s-42", seen["mcp-session-id"])
+      assert.are.equal("2025-06-18", seen["mcp-protocol-version"])
+      assert.are.equal("ev-9", seen["last-event-id"])
+      assert.are.equal("application/json", seen["content-type"])
+      assert.are.equal("application/json, text/event-stream", seen["accept"])
+    end)
+
+    it("answers notifications with 202 and no body", function()
+      local r = post(rpc(nil, "notifications/initialized"), mint("echo:read"))
+      assert.are.equal(202, r.status)
+      assert.are.equal("", r.body)
+    end)
+
+    it("streams SSE through as it arrives, id: and retry: lines intact", function()
+      local r = post(call('"s1"', "sse", '{"pause":1.0}'), mint("echo:read"))
+      assert.are.equal(200, r.status)
+      assert.are.equal("text/event-stream", r.headers["content-type"])
+      assert.truthy(r.body:match("^retry: 1500\n\nid: ev%-1\nevent: message\ndata: {[^\n]*}\n\n" ..
+                                 "id: ev%-2\nevent: message\ndata: {[^\n]*\"id\": \"s1\"[^\n]*}\n\n$"))
+      -- The first event reached the client a second before the end.
+      assert.is_true(r.t_total - r.t_first >= 0.8, "not streamed: " .. r.t_first .. " " .. r.t_total)
+    end)
+
+    it("streams a large body intact", function()
+      local r = post(call(5, "big", '{"bytes":3000000}'), mint("echo:read"))
+      assert.are.equal(200, r.status)
+      assert.are.equal(3000000, select(2, r.body:gsub("x", "")))
+    end)
+
+    it("passes GET streams and DELETE through", function()
+      local tok = mint("echo:read")
+      local r = http { headers = { "Authorization: Bearer " .. tok } }
+      assert.are.equal(200, r.status)
+      assert.truthy(r.body:match("^retry: 2000\n\nid: get%-1\n"))
+      r = http { method = "DELETE", headers = { "Authorization: Bearer " .. tok } }
+      assert.are.equal(200, r.status)
+      r = http { headers = { "Authorization: Bearer " .. tok, "MCP-Protocol-Version: 2026-07-28" } }
+      assert.are.equal(405, r.status)
+    end)
+  end)
+
+  describe("list filtering", function()
+    local TOOLS_READ = '{"jsonrpc":"2.0","id":%s,"result":{"tools":[' ..
+      '{"name":"echo","description":"Echo","inputSchema":{"type":"object"},' ..
+      '"annotations":{"readOnlyHint":true,"oauthScope":"echo:read"}},' ..
+      '{"name":"ping","inputSchema":{"type":"object"},"annotations":{}}],' ..
+      '"nextCursor":"next-page"}}'
+
+    it("shows only the tools the caller may call, annotated with their scopes", function()
+      local r = post(rpc("12345678901234567890", "tools/list"), mint("echo:read"))
+      assert.are.equal(200, r.status)
+      assert.are.equal(TOOLS_READ:format("12345678901234567890"), r.body)
+      r = post(rpc(2, "tools/list"), mint("echo:read echo:write"))
+      assert.truthy(r.body:find('{"name":"both","inputSchema":{"type":"object"},' ..
+        '"annotations":{"oauthScope":{"allOf":["echo:read","echo:write"]}}}', 1, true))
+      assert.truthy(r.body:find('"name":"write"', 1, true))
+      assert.falsy(r.body:find('"secret"', 1, true))
+    end)
+
+    it("filters a list answered as SSE, keeping the other events", function()
+      local r = post(rpc(3, "tools/list", '{"cursor":"sse"}'), mint("echo:read"))
+      assert.are.equal(200, r.status)
+      assert.are.equal("text/event-stream", r.headers["content-type"])
+      local note = '{"jsonrpc": "2.0", "method": "notifications/message", ' ..
+                   '"params": {"level": "info", "data": "listing"}}'
+      assert.are.equal("retry: 500\n\nid: l-1\nevent: message\ndata: " .. note .. "\n\n" ..
+                       "id: l-2\nevent: message\ndata: " .. TOOLS_READ:format("3") .. "\n\n",
+                       r.body)
+    end)
+
+    it("filters prompts and resources; anonymous callers see only public tools", function()
+      local r = post(rpc(4, "prompts/list"), mint("echo:read"))
+      assert.are.equal('{"jsonrpc":"2.0","id":4,"result":{"prompts":[{"name":"summarize"}],' ..
+                       '"nextCursor":"next-page"}}', r.body)
+      r = post(rpc(5, "resources/list"), mint("echo:read"))
+      assert.are.equal('{"jsonrpc":"2.0","id":5,"result":{"resources":' ..
+                       '[{"uri":"echo://docs/1","name":"doc"}],"nextCursor":"next-page"}}', r.body)
+      r = post(rpc(6, "tools/list"))
+      assert.are.equal(200, r.status)
+      assert.are.equal('{"jsonrpc":"2.0","id":6,"result":{"tools":[{"name":"ping",' ..
+                       '"inputSchema":{"type":"object"},"annotations":{}}],' ..
+                       '"nextCursor":"next-page"}}', r.body)
+    end)
+  end)
+
+  describe("upstream failures", function()
+    it("answers 502 with the request id when the upstream drops the connection", function()
+      local r = post(call(21, "die"), mint("echo:read"))
+      assert.are.equal(502, r.status)
+      assert.are.equal('{"jsonrpc":"2.0","id":21,"error":{"code":-32603,' ..
+                       '"message":"Upstream server sent an invalid or truncated response"}}', r.body)
+      r = post(call(22, "garbage"), mint("echo:read"))
+      assert.are.equal(502, r.status)
+      assert.truthy(r.body:find('"id":22', 1, true))
+    end)
+
+    it("ends a stream that dies mid-way with an error event carrying the id", function()
+      local r = post(call('"m1"', "die_mid_stream"), mint("echo:read"))
+      assert.are.equal(200, r.status)
+      assert.truthy(r.body:find("id: ev-1\n", 1, true))
+      assert.truthy(r.body:match('\n\nevent: message\ndata: {"jsonrpc":"2.0","id":"m1",' ..
+                                 '"error":{"code":%-32603,[^\n]*}\n\n$'))
+    end)
+
+    it("answers 504 with the request id when the upstream is slow", function()
+      local r = post(call(23, "slow", '{"seconds":4}'), mint("echo:read"))
+      assert.are.equal(504, r.status)
+      assert.are.equal('{"jsonrpc":"2.0","id":23,"error":{"code":-32603,' ..
+                       '"message":"Upstream server timed out"}}', r.body)
+      assert.is_true(r.t_total < 3.5)
+    end)
+
+    it("survives a client that goes away while the upstream works", function()
+      local r = post(call(24, "slow", '{"seconds":1}'), mint("echo:read"))
+      assert.are.equal(200, r.status) -- under the 1.5 s upstream timeout
+      local h = { "Content-Type: application/json", "Authorization: Bearer " .. mint("echo:read") }
+      r = http { method = "POST", headers = h, body = call(25, "slow", '{"seconds":1}'),
+                 max_time = 0.3 }
+      assert.is_nil(r.status == 200 and r.status or nil)
+      assert.are.equal(200, http { path = "/healthz" }.status)
+      assert.are.equal(200, post(call(26, "echo"), mint("echo:read")).status)
+    end)
+
+    it("answers 502 when the upstream is down", function()
+      local g2_err, g2_rc = dir .. "/gw2.err", dir .. "/gw2.rc"
+      local pid = spawn(table.concat({ q(SCOPEGATE), "serve --listen 127.0.0.1:0",
+        "--upstream http://127.0.0.1:9/mcp --policy", q(dir .. "/policy.lua"),
+        "--public-key", q(key.pub_file), "--issuer", q(ISS), "--public-url", q(AUD) }, " "),
+        dir .. "/gw2.out", g2_err, g2_rc)
+      local ok, err = pcall(function()
+        local addr = wait_for(g2_err, "listening on (127%.0%.0%.1:%d+)", 10)
+        local r = http { base = "http://" .. addr, method = "POST", body = call(31, "echo"),
+                         headers = { "Content-Type: application/json",
+                                     "Authorization: Bearer " .. mint("echo:read") } }
+        assert.are.equal(502, r.status)
+        assert.are.equal('{"jsonrpc":"2.0","id":31,"error":{"code":-32603,' ..
+                         '"message":"Upstream server unreachable"}}', r.body)
+      end)
+      stop(pid)
+      assert(ok, err)
+    end)
+  end)
+
+  describe("connection and time limits", function()
+    it("answers 503 beyond --max-connections and 408 for a slow upload", function()
+      local g_err = dir .. "/gw3.err"
+      local pid = spawn(table.concat({ q(SCOPEGATE), "serve --listen 127.0.0.1:0",
+        "--upstream", q("http://" .. up .. "/mcp"), "--policy", q(dir .. "/policy.lua"),
+        "--public-key", q(key.pub_file), "--issuer", q(ISS), "--public-url", q(AUD),
+        "--max-connections 1 --timeout 1" }, " "), dir .. "/gw3.out", g_err, dir .. "/gw3.rc")
+      local ok, err = pcall(function()
+        local addr = wait_for(g_err, "listening on (127%.0%.0%.1:%d+)", 10)
+        -- One connection held open by a slow upstream answer...
+        local body_file = dir .. "/slow.json"
+        keys.write(body_file, call(41, "slow", '{"seconds":1.5}'))
+        local bg = spawn("exec curl -s -o /dev/null -H 'Content-Type: application/json' " ..
+                         "-H " .. q("Authorization: Bearer " .. mint("echo:read")) ..
+                         " --data-binary @" .. q(body_file) .. " " .. q("http://" .. addr .. "/mcp"),
+                         "/dev/null", "/dev/null")
+        sleep(0.4)
+        -- ...so the next one is refused.
+        local r = http { base = "http://" .. addr, path = "/healthz" }
+        assert.are.equal(503, r.status)
+        assert.are.equal('{"jsonrpc":"2.0","id":null,"error":{"code":-32603,' ..
+                         '"message":"Too many connections"}}', r.body)
+        for _ = 1, 60 do
+          if not alive(bg) then break end
+          sleep(0.05)
+        end
+        -- A body trickling in for longer than --timeout gets 408 (curl's
+        -- --limit-rate sends small bodies in one burst, so a socket does it).
+        keys.write(dir .. "/trickle.py", [[
+import socket, sys, time
+host, port = sys.argv[1].split(":")
+body = sys.argv[2].encode()
+s = socket.create_connection((host, int(port)))
+s.sendall(b"POST /mcp HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+          b"Content-Length: %d\r\n\r\n" % (sys.argv[1].encode(), len(body)))
+for i in range(0, len(body), 15):
+    s.sendall(body[i:i + 15])
+    time.sleep(0.3)
+print(s.recv(200).split(b"\r\n")[0].decode())
+]])
+        local p = io.popen(CLEAN .. "python3 " .. q(dir .. "/trickle.py") .. " " .. q(addr) ..
+                           " " .. q(call(42, "echo")))
+        local code = p:read("a"):match("^HTTP/1.1 (%d+)")
+        p:close()
+        assert.are.equal("408", code)
+      end)
+      stop(pid)
+      assert(ok, err)
+    end)
+  end)
+
+  describe("command line", function()
+    local function run_serve(args)
+      local p = io.popen(CLEAN .. q(SCOPEGATE) .. " serve " .. args .. " 2>&1; echo rc=$?")
+      local out = p:read("a")
+      p:close()
+      return tonumber(out:match("rc=(%d+)%s*$")), out
+    end
+    local base = function()
+      return "--listen 127.0.0.1:0 --upstream http://127.0.0.1:9/mcp --policy " ..
+             q(dir .. "/policy.lua") .. " --public-key " .. q(key.pub_file)
+    end
+
+    it("exits non-zero with a clear message on bad flags", function()
+      local rc, out = run_serve(base() .. " --bogus 1")
+      assert.are.equal(2, rc)
+      assert.truthy(out:find("unknown flag '--bogus'", 1, true))
+      rc, out = run_serve(base() .. " --max-body lots")
+      assert.are.equal(2, rc)
+      assert.truthy(out:find("--max-body needs a whole number", 1, true))
+      rc, out = run_serve("--listen 127.0.0.1:0")
+      assert.are.equal(2, rc)
+      assert.truthy(out:find("--upstream is required", 1, true))
+    end)
+
+    it("exits non-zero for an unreadable key, unreachable JWKS or a broken policy", function()
+      local rc, out = run_serve("--listen 127.0.0.1:0 --upstream http://127.0.0.1:9/mcp " ..
+                                "--policy " .. q(dir .. "/policy.lua") .. " --public-key /nonexistent.pem")
+      assert.are.equal(1, rc)
+      assert.truthy(out:find("--public-key /nonexistent.pem", 1, true))
+      rc, out = run_serve("--listen 127.0.0.1:0 --upstream http://127.0.0.1:9/mcp --policy " ..
+                          q(dir .. "/policy.lua") .. " --jwks http://127.0.0.1:9/jwks.json")
+      assert.are.equal(1, rc)
+      assert.truthy(out:find("--jwks http://127.0.0.1:9/jwks.json", 1, true))
+      keys.write(dir .. "/broken.lua", "return { tools = { x = { al_of = { 'a' } } } }")
+      rc, out = run_serve("--listen 127.0.0.1:0 --upstream http://127.0.0.1:9/mcp --policy " ..
+                          q(dir .. "/broken.lua") .. " --public-key " .. q(key.pub_file) ..
+                          " --audience " .. q(AUD))
+      assert.are.equal(1, rc)
+      assert.truthy(out:find("broken.lua", 1, true))
+    end)
+  end)
+
+  describe("shutdown", function()
+    it("exits 0 on SIGTERM with no sanitizer report, answering in-flight requests", function()
+      local body_file, out_file = dir .. "/inflight.json", dir .. "/inflight.out"
+      keys.write(body_file, call(51, "slow", '{"seconds":1.2}'))
+      local bg = spawn("exec curl -s -w ' %{http_code}' -H 'Content-Type: application/json' " ..
+                       "-H " .. q("Authorization: Bearer " .. mint("echo:read")) ..
+                       " --data-binary @" .. q(body_file) .. " " .. q("http://" .. gw .. "/mcp"),
+                       out_file, "/dev/null")
+      sleep(0.5)
+      assert.is_true(stop(gw_pid, 10))
+      for _ = 1, 40 do
+        if not alive(bg) then break end
+        sleep(0.05)
+      end
+      assert.are.equal('{"jsonrpc":"2.0","id":51,"error":{"code":-32603,' ..
+                       '"message":"Gateway is shutting down"}} 503', read_file(out_file))
+      gw_pid = nil
+      for _ = 1, 40 do
+        if read_file(gw_rc_file) then break end
+        sleep(0.05)
+      end
+      local log = read_file(gw_err) or ""
+      assert.is_nil(sanitizer_report(log), log)
+      assert.are.equal("0", (read_file(gw_rc_file) or ""):match("%d+"), log)
+    end)
+  end)
+end)

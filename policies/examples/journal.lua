@@ -23,6 +23,8 @@ return {
   tools = {
     list_entries = "journal:entries:read",                                   -- one scope
     get_entry    = { any_of = { "journal:entries:read", "journal:entries:write" } },
+    create_entry = "journal:entries:write",
+    update_entry = "journal:entries:write",
     tag_entry    = { all_of = { "journal:entries:read", "journal:entries:write" } },
     ping         = "public",                                                 -- no token needed
     delete_entry = function(req)                                             -- per request

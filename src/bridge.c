@@ -4,7 +4,7 @@
 #include <string.h>
 
 const sg_req *sg_bridge_requirement(sg_policy *p, const sg_mcp_body *body, const sg_token *token,
-                                    const sg_policy_header *headers, size_t nheaders,
+                                    const sg_header *headers, size_t nheaders,
                                     const char *protocol_version, sg_arena *a,
                                     sg_policy_decision *each)
 {

@@ -99,7 +99,7 @@ int sg_cmd_explain(int argc, char **argv)
     char *body_text = NULL, *claims_text = NULL;
     size_t body_len = 0, claims_len = 0;
     sg_token *token = NULL;
-    sg_policy_header hdrs[SG_FLAG_LIST_MAX];
+    sg_header hdrs[SG_FLAG_LIST_MAX];
     char *hdr_copies[SG_FLAG_LIST_MAX] = {0};
     sg_mcp_body body;
     memset(&body, 0, sizeof body);

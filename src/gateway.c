@@ -37,6 +37,9 @@ struct sg_gateway {
     unsigned nworkers;
     worker *workers;
     sg_mcp_limits mcp_limits;
+    sg_annotate annotate;
+    sg_identity_header identity[SG_GATEWAY_MAX_IDENTITY];
+    size_t nidentity;
     char *resource_metadata_url;
     char *metadata_json;
 };
@@ -53,10 +56,21 @@ void sg_gateway_reply_init(sg_gateway_reply *r)
     memset(r, 0, sizeof *r);
 }
 
+/* One list request of a forwarded body: its raw id and what it lists. */
+struct sg_gateway_list {
+    char *id_raw;
+    int kind;
+};
+
 void sg_gateway_reply_free(sg_gateway_reply *r)
 {
     free(r->authorization);
     free(r->protocol_version);
+    for (size_t i = 0; i < r->nlists; i++)
+        free(r->lists[i].id_raw);
+    free(r->lists);
+    for (size_t i = 0; i < r->nidentity; i++)
+        free((char *)r->identity[i].value);
     sg_buf_free(&r->body);
     sg_buf_free(&r->www_authenticate);
     sg_gateway_reply_init(r);
@@ -94,6 +108,11 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
         return NULL;
     }
     gw->nworkers = cfg->workers;
+    gw->annotate = cfg->annotate;
+    gw->nidentity =
+        cfg->nidentity < SG_GATEWAY_MAX_IDENTITY ? cfg->nidentity : SG_GATEWAY_MAX_IDENTITY;
+    for (size_t i = 0; i < gw->nidentity; i++)
+        gw->identity[i] = cfg->identity[i]; /* borrowed: the config outlives the gateway */
     sg_mcp_limits defaults = SG_MCP_LIMITS_DEFAULT;
     gw->mcp_limits = cfg->mcp_limits.max_body ? cfg->mcp_limits : defaults;
     for (unsigned i = 0; i < cfg->workers; i++) {
@@ -235,8 +254,7 @@ static void authenticate(worker *w, const char *authz, const sg_token **token,
 /* ---- authorization ------------------------------------------------------------------ */
 
 /* Lower-cased header copies for the policy's req.headers, minus credentials. */
-static int policy_headers(const sg_gateway_request *req, sg_arena *a, sg_policy_header **out,
-                          size_t *n)
+static int policy_headers(const sg_gateway_request *req, sg_arena *a, sg_header **out, size_t *n)
 {
     *n = 0;
     *out = sg_arena_alloc(a, (req->nheaders ? req->nheaders : 1) * sizeof **out);
@@ -256,15 +274,76 @@ static int policy_headers(const sg_gateway_request *req, sg_arena *a, sg_policy_
     return 0;
 }
 
-/* A single tools/prompts/resources list request gets its answer filtered. */
-static int list_filter(const sg_mcp_body *body)
+/* What a request lists, if its answer must be filtered. */
+static int list_kind(const sg_mcp_msg *m)
 {
-    if (body->is_batch || body->nmsgs != 1 || body->msgs[0].kind != SG_MCP_REQUEST) return 0;
-    const char *m = body->msgs[0].method;
-    if (strcmp(m, "tools/list") == 0) return SG_FILTER_TOOLS;
-    if (strcmp(m, "prompts/list") == 0) return SG_FILTER_PROMPTS;
-    if (strcmp(m, "resources/list") == 0) return SG_FILTER_RESOURCES;
+    if (m->kind != SG_MCP_REQUEST || !m->id_raw) return SG_FILTER_NONE;
+    if (strcmp(m->method, "tools/list") == 0) return SG_FILTER_TOOLS;
+    if (strcmp(m->method, "prompts/list") == 0) return SG_FILTER_PROMPTS;
+    if (strcmp(m->method, "resources/list") == 0) return SG_FILTER_RESOURCES;
+    if (strcmp(m->method, "resources/templates/list") == 0) return SG_FILTER_TEMPLATES;
     return SG_FILTER_NONE;
+}
+
+/* Records every list request of the body (a batch may hold several), so
+ * that their results in the answer can be found by id and filtered.
+ * Returns 0, or -1 when out of memory. */
+static int plan_lists(const sg_mcp_body *body, const char *authz, const char *version,
+                      sg_gateway_reply *out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < body->nmsgs; i++)
+        if (list_kind(&body->msgs[i]) != SG_FILTER_NONE) n++;
+    if (n == 0) return 0;
+    out->filter = 1;
+    out->lists = calloc(n, sizeof *out->lists);
+    out->authorization = authz ? strdup(authz) : NULL;
+    out->protocol_version = strdup(version);
+    if (!out->lists || (authz && !out->authorization) || !out->protocol_version) return -1;
+    for (size_t i = 0; i < body->nmsgs; i++) {
+        int kind = list_kind(&body->msgs[i]);
+        if (kind == SG_FILTER_NONE) continue;
+        struct sg_gateway_list *l = &out->lists[out->nlists++];
+        l->kind = kind;
+        if (!(l->id_raw = strndup(body->msgs[i].id_raw, body->msgs[i].id_len))) return -1;
+    }
+    return 0;
+}
+
+/* A claim as a header value: strings, integers and booleans only, printable
+ * ASCII (so nothing can end the header or start another), at most 1 KiB.
+ * Returns a malloc'd value, or NULL to leave the header out. */
+static char *claim_header_value(const cJSON *claims, const char *name)
+{
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(claims, name);
+    char buf[32];
+    const char *v = NULL;
+    if (cJSON_IsString(c)) {
+        v = c->valuestring;
+    } else if (cJSON_IsBool(c)) {
+        v = cJSON_IsTrue(c) ? "true" : "false";
+    } else if (cJSON_IsNumber(c) && c->valuedouble == (double)(long long)c->valuedouble) {
+        snprintf(buf, sizeof buf, "%lld", (long long)c->valuedouble);
+        v = buf;
+    }
+    if (!v || !*v || strlen(v) > 1024) return NULL;
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++)
+        if (*p < 0x20 || *p > 0x7E) return NULL;
+    return strdup(v);
+}
+
+/* Adds the configured identity headers for a verified caller (a claim that
+ * is absent or unusable leaves its header out; allocation failure too). */
+static void plan_identity(const sg_gateway *gw, const sg_token *token, sg_gateway_reply *out)
+{
+    if (!token) return;
+    for (size_t i = 0; i < gw->nidentity; i++) {
+        char *v = claim_header_value(token->claims, gw->identity[i].claim);
+        if (!v) continue;
+        out->identity[out->nidentity].name = gw->identity[i].header;
+        out->identity[out->nidentity].value = v;
+        out->nidentity++;
+    }
 }
 
 static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request *req,
@@ -314,7 +393,7 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
     const sg_token *token;
     const char *token_error;
     authenticate(w, header_get(req, "Authorization"), &token, &token_error);
-    sg_policy_header *hdrs;
+    sg_header *hdrs;
     size_t nhdrs;
     const sg_req *r = &sg_req_deny;
     if (policy_headers(req, &w->arena, &hdrs, &nhdrs) == 0)
@@ -341,14 +420,9 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
         out->accepted_only = accepted_only;
         out->status = 0;
         result = 0;
-        out->filter = list_filter(&body);
-        if (out->filter != SG_FILTER_NONE) {
-            const char *authz = header_get(req, "Authorization");
-            out->authorization = authz ? strdup(authz) : NULL;
-            out->protocol_version = strdup(version);
-            if ((authz && !out->authorization) || !out->protocol_version)
-                result = answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
-        }
+        plan_identity(gw, token, out);
+        if (plan_lists(&body, header_get(req, "Authorization"), version, out) != 0)
+            result = answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
     } else {
         answer(out, d->status, id, id_len,
                d->outcome == SG_UNAUTHORIZED ? GW_ERR_UNAUTHORIZED : GW_ERR_FORBIDDEN,
@@ -366,7 +440,8 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
 /* GET opens the server's stream and DELETE ends a session: neither carries a
  * message to decide on, so any valid token will do (a session id is never
  * proof of identity); a policy with public rules lets anonymous callers in. */
-static int handle_stream_or_delete(worker *w, const sg_gateway_request *req, sg_gateway_reply *out)
+static int handle_stream_or_delete(worker *w, const sg_gateway *gw, const sg_gateway_request *req,
+                                   sg_gateway_reply *out)
 {
     const char *vh = header_get(req, "MCP-Protocol-Version");
     if (vh && !sg_mcp_version_supported(vh))
@@ -384,7 +459,10 @@ static int handle_stream_or_delete(worker *w, const sg_gateway_request *req, sg_
     const sg_req *r = sg_policy_has_public_rule(w->policy) ? &sg_req_public : &sg_req_authenticated;
     sg_decide(&w->site, r, token, token_error, &w->decision);
     sg_decision *d = &w->decision;
-    if (d->outcome == SG_ALLOW) return 0;
+    if (d->outcome == SG_ALLOW) {
+        plan_identity(gw, token, out);
+        return 0;
+    }
     answer(out, d->status, NULL, 0,
            d->outcome == SG_UNAUTHORIZED ? GW_ERR_UNAUTHORIZED : GW_ERR_FORBIDDEN,
            d->message.data ? d->message.data : "Forbidden");
@@ -402,7 +480,7 @@ int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_
     sg_arena_reset(&w->arena);
     if (strcmp(req->method, "POST") == 0) return handle_post(w, gw, req, out);
     if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "DELETE") == 0)
-        return handle_stream_or_delete(w, req, out);
+        return handle_stream_or_delete(w, gw, req, out);
     answer(out, 405, NULL, 0, SG_JSONRPC_INVALID_REQUEST, "Method not allowed");
     out->allow = "GET, POST, DELETE";
     return 1;
@@ -412,20 +490,21 @@ int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_
 
 typedef struct list_ctx {
     worker *w;
+    const sg_gateway *gw;
     const sg_gateway_reply *plan;
     const sg_token *token;
     sg_scopeset effective;
 } list_ctx;
 
-/* A requirement as the annotation value; NULL when it names no scope
- * (public, authenticated, deny). */
-static cJSON *req_to_json(const sg_universe *u, const sg_req *r)
+/* A requirement as an oauthScope value (seed 002): "s", {"anyOf":[...]} or
+ * {"allOf":[...]}; NULL when it names no scope (public, authenticated). */
+static cJSON *oauth_scope_json(const sg_universe *u, const sg_req *r)
 {
     if (r->kind == SG_REQ_SCOPE) return cJSON_CreateString(sg_universe_name(u, r->scope));
     if (r->kind != SG_REQ_ALL && r->kind != SG_REQ_ANY) return NULL;
     cJSON *arr = cJSON_CreateArray();
     for (int i = 0; arr && i < r->nkids; i++) {
-        cJSON *k = req_to_json(u, r->kids[i]);
+        cJSON *k = oauth_scope_json(u, r->kids[i]);
         if (k) cJSON_AddItemToArray(arr, k);
     }
     cJSON *o = arr ? cJSON_CreateObject() : NULL;
@@ -437,8 +516,100 @@ static cJSON *req_to_json(const sg_universe *u, const sg_req *r)
     return o;
 }
 
-static void annotate(const sg_universe *u, cJSON *tool, const sg_req *r)
+#define MAX_SCHEMES 16
+
+/* The requirement in disjunctive normal form: up to MAX_SCHEMES sets of
+ * scopes, any one of which satisfies r. Returns the number of sets, or -1
+ * when r has more alternatives than that. */
+static int dnf(const sg_req *r, sg_scopeset *sets)
 {
+    switch (r->kind) {
+    case SG_REQ_PUBLIC:
+    case SG_REQ_AUTHENTICATED:
+        sg_scopeset_clear(&sets[0]);
+        return 1;
+    case SG_REQ_DENY:
+        return 0;
+    case SG_REQ_SCOPE:
+        sg_scopeset_clear(&sets[0]);
+        sg_scopeset_add(&sets[0], r->scope);
+        return 1;
+    case SG_REQ_ANY: {
+        int n = 0;
+        for (int i = 0; i < r->nkids; i++) {
+            sg_scopeset kid[MAX_SCHEMES];
+            int k = dnf(r->kids[i], kid);
+            if (k < 0 || n + k > MAX_SCHEMES) return -1;
+            for (int j = 0; j < k; j++)
+                sets[n++] = kid[j];
+        }
+        return n;
+    }
+    case SG_REQ_ALL: {
+        int n = 1;
+        sg_scopeset_clear(&sets[0]);
+        for (int i = 0; i < r->nkids; i++) {
+            sg_scopeset kid[MAX_SCHEMES], out[MAX_SCHEMES];
+            int k = dnf(r->kids[i], kid), m = 0;
+            if (k < 0 || n * k > MAX_SCHEMES) return -1;
+            for (int a = 0; a < n; a++)
+                for (int b = 0; b < k; b++) {
+                    out[m] = sets[a];
+                    sg_scopeset_union(&out[m++], &kid[b]);
+                }
+            for (int j = 0; j < m; j++)
+                sets[j] = out[j];
+            n = m;
+        }
+        return n;
+    }
+    }
+    return -1;
+}
+
+/* A requirement as SEP-1488 securitySchemes: one oauth2 scheme per way of
+ * satisfying it ({"type":"noauth"} for public). NULL when it cannot be
+ * expressed in MAX_SCHEMES alternatives. */
+static cJSON *security_schemes_json(const sg_universe *u, const sg_req *r)
+{
+    if (r->kind == SG_REQ_PUBLIC) {
+        cJSON *arr = cJSON_CreateArray(), *o = cJSON_CreateObject();
+        if (arr && o && cJSON_AddStringToObject(o, "type", "noauth")) {
+            cJSON_AddItemToArray(arr, o);
+            return arr;
+        }
+        cJSON_Delete(arr);
+        cJSON_Delete(o);
+        return NULL;
+    }
+    sg_scopeset sets[MAX_SCHEMES];
+    int n = dnf(r, sets);
+    cJSON *arr = n > 0 ? cJSON_CreateArray() : NULL;
+    for (int i = 0; arr && i < n; i++) {
+        cJSON *o = cJSON_CreateObject(), *scopes = cJSON_CreateArray();
+        if (!o || !scopes || !cJSON_AddStringToObject(o, "type", "oauth2")) {
+            cJSON_Delete(o);
+            cJSON_Delete(scopes);
+            continue;
+        }
+        for (int id = 0; id < sg_universe_size(u); id++)
+            if (sg_scopeset_has(&sets[i], id))
+                cJSON_AddItemToArray(scopes, cJSON_CreateString(sg_universe_name(u, id)));
+        cJSON_AddItemToObject(o, "scopes", scopes);
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
+}
+
+static void annotate(sg_annotate how, const sg_universe *u, cJSON *tool, const sg_req *r)
+{
+    if (how == SG_ANNOTATE_SECURITY_SCHEMES) {
+        cJSON_DeleteItemFromObjectCaseSensitive(tool, "securitySchemes");
+        cJSON *v = security_schemes_json(u, r);
+        if (v) cJSON_AddItemToObject(tool, "securitySchemes", v);
+        return;
+    }
+    if (how != SG_ANNOTATE_OAUTH_SCOPE) return;
     cJSON *ann = cJSON_GetObjectItemCaseSensitive(tool, "annotations");
     if (!cJSON_IsObject(ann)) {
         cJSON_DeleteItemFromObjectCaseSensitive(tool, "annotations");
@@ -446,47 +617,91 @@ static void annotate(const sg_universe *u, cJSON *tool, const sg_req *r)
         if (!ann) return;
     }
     cJSON_DeleteItemFromObjectCaseSensitive(ann, "oauthScope");
-    cJSON *v = req_to_json(u, r);
+    cJSON *v = oauth_scope_json(u, r);
     if (v) cJSON_AddItemToObject(ann, "oauthScope", v);
 }
 
-/* Drops the items of result.<list> the caller cannot use. -1 when the
- * result has no such list. */
-static int filter_result(list_ctx *c, cJSON *result)
+/* Drops the items of a list result the caller cannot use and annotates the
+ * tools kept. Under 2026-07-28 the result is marked private to the caller:
+ * what it lists depends on the token presented. -1 when the result has no
+ * such list. */
+static int filter_result(list_ctx *c, int kind, cJSON *result)
 {
-    int kind = c->plan->filter;
-    const char *key = kind == SG_FILTER_TOOLS     ? "tools"
-                      : kind == SG_FILTER_PROMPTS ? "prompts"
-                                                  : "resources";
-    const char *method = kind == SG_FILTER_TOOLS     ? "tools/call"
-                         : kind == SG_FILTER_PROMPTS ? "prompts/get"
-                                                     : "resources/read";
-    const char *name_key = kind == SG_FILTER_RESOURCES ? "uri" : "name";
-    cJSON *list = cJSON_GetObjectItemCaseSensitive(result, key);
+    static const struct {
+        const char *key, *method, *name_key;
+    } lists[] = {
+        [SG_FILTER_TOOLS] = {"tools", "tools/call", "name"},
+        [SG_FILTER_PROMPTS] = {"prompts", "prompts/get", "name"},
+        [SG_FILTER_RESOURCES] = {"resources", "resources/read", "uri"},
+        [SG_FILTER_TEMPLATES] = {"resourceTemplates", "resources/read", "uriTemplate"},
+    };
+    cJSON *list = cJSON_GetObjectItemCaseSensitive(result, lists[kind].key);
     if (!cJSON_IsArray(list)) return -1;
     const sg_universe *u = sg_policy_universe(c->w->policy);
     cJSON *item = list->child;
     while (item) {
         cJSON *next = item->next;
-        cJSON *name = cJSON_GetObjectItemCaseSensitive(item, name_key);
+        cJSON *name = cJSON_GetObjectItemCaseSensitive(item, lists[kind].name_key);
         int keep = 0;
         if (cJSON_IsString(name) && name->valuestring) {
-            sg_policy_input in = {SG_PHASE_LIST, method, name->valuestring,        NULL, c->token,
-                                  NULL,          0,      c->plan->protocol_version};
+            sg_policy_input in = {SG_PHASE_LIST,
+                                  lists[kind].method,
+                                  name->valuestring,
+                                  NULL,
+                                  c->token,
+                                  NULL,
+                                  0,
+                                  c->plan->protocol_version};
             sg_policy_decision d;
             sg_policy_decide(c->w->policy, &in, &c->w->arena, &d);
             const sg_req *r = d.req ? d.req : &sg_req_deny;
             keep = sg_req_satisfied(r, c->token != NULL, &c->effective);
-            if (keep && kind == SG_FILTER_TOOLS) annotate(u, item, r);
+            if (keep && kind == SG_FILTER_TOOLS) annotate(c->gw->annotate, u, item, r);
         }
         if (!keep) cJSON_Delete(cJSON_DetachItemViaPointer(list, item));
         item = next;
     }
+    if (strcmp(c->plan->protocol_version, SG_MCP_HEADERS_VERSION) == 0) {
+        cJSON_DeleteItemFromObjectCaseSensitive(result, "cacheScope");
+        cJSON_AddStringToObject(result, "cacheScope", "private");
+    }
     return 0;
 }
 
-/* One JSON-RPC message of the answer. Appends it (filtered when it is the
- * list result, else unchanged) to out. -1 when it is not JSON. */
+/* The list request a response answers, found by id; NULL when none. */
+static const struct sg_gateway_list *list_for(const sg_gateway_reply *plan, const cJSON *id)
+{
+    for (size_t i = 0; i < plan->nlists; i++) {
+        cJSON *req_id = cJSON_Parse(plan->lists[i].id_raw);
+        int same = req_id && cJSON_Compare(req_id, id, 1);
+        cJSON_Delete(req_id);
+        if (same) return &plan->lists[i];
+    }
+    return NULL;
+}
+
+/* Filters one response object in place. Its id is replaced by the
+ * request's raw id text, which cJSON would otherwise re-print rounded.
+ * Returns 1 when it was a list result, 0 when not, -1 on a bad list. */
+static int filter_response(list_ctx *c, cJSON *msg)
+{
+    cJSON *result = cJSON_GetObjectItemCaseSensitive(msg, "result");
+    cJSON *id = cJSON_GetObjectItemCaseSensitive(msg, "id");
+    if (!cJSON_IsObject(result) || !id || cJSON_GetObjectItemCaseSensitive(msg, "method")) return 0;
+    const struct sg_gateway_list *l = list_for(c->plan, id);
+    if (!l) return 0;
+    if (filter_result(c, l->kind, result) != 0) return -1;
+    cJSON *raw = cJSON_CreateRaw(l->id_raw);
+    if (!raw || !cJSON_ReplaceItemInObjectCaseSensitive(msg, "id", raw)) {
+        cJSON_Delete(raw);
+        return -1;
+    }
+    return 1;
+}
+
+/* One JSON-RPC message or batch of the answer. Appends it (filtered when it
+ * carries list results, else byte for byte) to out. -1 when it is not
+ * JSON or a list result is malformed. */
 static int filter_message(list_ctx *c, const char *json, size_t len, sg_buf *out)
 {
     const char *end = NULL;
@@ -494,25 +709,26 @@ static int filter_message(list_ctx *c, const char *json, size_t len, sg_buf *out
     if (!root) return -1;
     while (end && end < json + len && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
         end++;
-    if (end != json + len) {
-        cJSON_Delete(root);
-        return -1;
-    }
-    cJSON *result = cJSON_GetObjectItemCaseSensitive(root, "result");
-    int rc = 0;
-    if (cJSON_IsObject(root) && cJSON_IsObject(result) &&
-        !cJSON_GetObjectItemCaseSensitive(root, "method")) {
-        rc = filter_result(c, result);
-        char *printed = rc == 0 ? cJSON_PrintUnformatted(result) : NULL;
-        if (printed) {
-            /* The id is the request's raw text: cJSON would round big ids. */
-            const char *id = c->plan->id_raw[0] ? c->plan->id_raw : "null";
-            sg_buf_printf(out, "{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":%s}", id, printed);
-            cJSON_free(printed);
-        } else {
-            rc = -1;
+    int changed = 0, rc = end == json + len ? 0 : -1;
+    if (rc == 0 && cJSON_IsArray(root)) {
+        for (cJSON *m = root->child; m && rc == 0; m = m->next) {
+            int r = cJSON_IsObject(m) ? filter_response(c, m) : 0;
+            if (r < 0) rc = -1;
+            changed |= r > 0;
         }
-    } else {
+    } else if (rc == 0 && cJSON_IsObject(root)) {
+        int r = filter_response(c, root);
+        if (r < 0) rc = -1;
+        changed = r > 0;
+    }
+    if (rc == 0 && changed) {
+        char *printed = cJSON_PrintUnformatted(root);
+        if (printed)
+            sg_buf_puts(out, printed);
+        else
+            rc = -1;
+        cJSON_free(printed);
+    } else if (rc == 0) {
         sg_buf_append(out, json, len);
     }
     cJSON_Delete(root);
@@ -592,6 +808,7 @@ int sg_gateway_filter(sg_gateway *gw, unsigned worker_index, const sg_gateway_re
     if (worker_index >= gw->nworkers || !content_type) return -1;
     list_ctx c;
     c.w = &gw->workers[worker_index];
+    c.gw = gw;
     c.plan = plan;
     sg_arena_reset(&c.w->arena);
     const char *token_error;

@@ -21,6 +21,22 @@
 #include "sg.h"
 #include "token.h"
 
+/* How tools in a filtered tools/list show the scopes they need. */
+typedef enum sg_annotate {
+    SG_ANNOTATE_OAUTH_SCOPE,      /* annotations.oauthScope: "s" | {anyOf|allOf: [...]} */
+    SG_ANNOTATE_SECURITY_SCHEMES, /* securitySchemes: [{type:"oauth2",scopes:[...]}, ...] */
+    SG_ANNOTATE_NONE
+} sg_annotate;
+
+/* A verified-identity header: the caller's `claim`, sent upstream as
+ * `header` (only for requests with a valid token). */
+typedef struct sg_identity_header {
+    const char *header;
+    const char *claim;
+} sg_identity_header;
+
+#define SG_GATEWAY_MAX_IDENTITY 8
+
 typedef struct sg_gateway_config {
     const char *policy_path;     /* loaded once per worker */
     const sg_verifier *verifier; /* borrowed; shared by all workers */
@@ -32,6 +48,10 @@ typedef struct sg_gateway_config {
      * policy's resource. */
     const char *public_url;
     sg_mcp_limits mcp_limits;
+    sg_annotate annotate;
+    const sg_identity_header
+        *identity; /* at most SG_GATEWAY_MAX_IDENTITY; borrowed, must outlive the gateway */
+    size_t nidentity;
 } sg_gateway_config;
 
 typedef struct sg_gateway sg_gateway;
@@ -64,13 +84,23 @@ typedef struct sg_gateway_reply {
     /* When forwarding: */
     char id_raw[SG_MCP_MAX_ID_LEN + 1]; /* request id for error bodies; "" = null */
     int accepted_only;                  /* only notifications/responses: answer 202 with no body */
-    int filter;                         /* SG_FILTER_*: the answer must pass sg_gateway_filter */
+    int filter;                         /* the answer must pass sg_gateway_filter */
     char *authorization;                /* copy of the credential, to re-check at filter time */
     char *protocol_version;
+    struct sg_gateway_list *lists; /* the list requests (id, kind) whose results to filter */
+    size_t nlists;
+    sg_header identity[SG_GATEWAY_MAX_IDENTITY]; /* verified-identity headers (values owned) */
+    size_t nidentity;
 } sg_gateway_reply;
 
-/* Which list result a forwarded request's answer carries. */
-enum { SG_FILTER_NONE, SG_FILTER_TOOLS, SG_FILTER_PROMPTS, SG_FILTER_RESOURCES };
+/* Which list result a request's answer carries. */
+enum {
+    SG_FILTER_NONE,
+    SG_FILTER_TOOLS,
+    SG_FILTER_PROMPTS,
+    SG_FILTER_RESOURCES,
+    SG_FILTER_TEMPLATES
+};
 
 /* Largest list answer buffered for filtering; beyond it the answer is 502. */
 #define SG_GATEWAY_MAX_LIST_BYTES (8u * 1024 * 1024)

@@ -334,7 +334,7 @@ static enum MHD_Result advance_collect(exchange *ex)
 /* The upstream's headers are in: start the streamed response. */
 static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
 {
-    if (ex->reply.filter != SG_FILTER_NONE && head->status >= 200 && head->status < 300) {
+    if (ex->reply.filter && head->status >= 200 && head->status < 300) {
         ex->head = *head; /* strings owned by the transfer, which we hold */
         ex->phase = PHASE_COLLECT;
         return advance_collect(ex);
@@ -376,7 +376,9 @@ static enum MHD_Result advance_head(exchange *ex)
 
 static enum MHD_Result forward(exchange *ex, const char *method, const header_list *hl)
 {
-    sg_proxy_request preq = {method, hl->items, hl->n, ex->body.data, ex->body.len};
+    sg_proxy_request preq = {
+        method,        hl->items,   hl->n, ex->reply.identity, ex->reply.nidentity,
+        ex->body.data, ex->body.len};
     sg_transfer_ops ops = {ex_suspend, ex_resume, ex};
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(ex->conn, MHD_CONNECTION_INFO_CONNECTION_FD);

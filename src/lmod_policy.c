@@ -114,7 +114,7 @@ typedef struct decide_args {
     int has_token;
     sg_token token;
     const char *scopes[MAX_SCOPES_IN];
-    sg_policy_header headers[MAX_HEADERS];
+    sg_header headers[MAX_HEADERS];
     char *header_names[MAX_HEADERS];
 } decide_args;
 

@@ -32,20 +32,15 @@ typedef enum sg_policy_phase {
     SG_PHASE_CALL  /* deciding a request */
 } sg_policy_phase;
 
-typedef struct sg_policy_header {
-    const char *name; /* lower-case */
-    const char *value;
-} sg_policy_header;
-
 /* What the policy sees of one message. Everything is borrowed for the
  * duration of sg_policy_decide. */
 typedef struct sg_policy_input {
     sg_policy_phase phase;
-    const char *method;     /* JSON-RPC method, e.g. "tools/call" */
-    const char *name;       /* tool or prompt name, resource URI, or NULL */
-    const cJSON *arguments; /* call phase: params.arguments, or NULL */
-    const sg_token *token;  /* NULL for an anonymous caller */
-    const sg_policy_header *headers;
+    const char *method;       /* JSON-RPC method, e.g. "tools/call" */
+    const char *name;         /* tool or prompt name, resource URI, or NULL */
+    const cJSON *arguments;   /* call phase: params.arguments, or NULL */
+    const sg_token *token;    /* NULL for an anonymous caller */
+    const sg_header *headers; /* names lower-case */
     size_t nheaders;
     const char *protocol_version; /* NULL when unknown */
 } sg_policy_input;

@@ -135,7 +135,7 @@ static void finish_locked(sg_transfer *t, sg_proxy_error e)
     wake_locked(t);
 }
 
-static int header_is_forwarded(const char *name)
+int sg_proxy_header_is_forwarded(const char *name)
 {
     for (size_t i = 0; i < SG_ARRAY_LEN(forwarded_request_headers); i++)
         if (strcasecmp(name, forwarded_request_headers[i]) == 0) return 1;
@@ -533,12 +533,19 @@ sg_transfer *sg_proxy_start(sg_proxy *p, const sg_proxy_request *req, const sg_t
     int has_accept = 0, has_ctype = 0;
     for (size_t i = 0; i < req->nheaders; i++) {
         const sg_header *hd = &req->headers[i];
-        if (!hd->name || !hd->value || !header_is_forwarded(hd->name)) continue;
+        if (!hd->name || !hd->value || !sg_proxy_header_is_forwarded(hd->name)) continue;
         if (!header_value_safe(hd->value)) continue;
         if (strcasecmp(hd->name, "Accept") == 0) has_accept = 1;
         if (strcasecmp(hd->name, "Content-Type") == 0) has_ctype = 1;
         sg_buf line = SG_BUF_INIT;
         sg_buf_printf(&line, "%s: %s", hd->name, hd->value);
+        struct curl_slist *nh = sg_buf_ok(&line) ? curl_slist_append(h, line.data) : NULL;
+        sg_buf_free(&line);
+        if (!nh) goto fail;
+    }
+    for (size_t i = 0; i < req->nextra; i++) {
+        sg_buf line = SG_BUF_INIT;
+        sg_buf_printf(&line, "%s: %s", req->extra[i].name, req->extra[i].value);
         struct curl_slist *nh = sg_buf_ok(&line) ? curl_slist_append(h, line.data) : NULL;
         sg_buf_free(&line);
         if (!nh) goto fail;

@@ -54,17 +54,22 @@ typedef enum sg_proxy_error {
 /* Returns a fixed, quote-free English phrase. Can't fail. */
 const char *sg_proxy_error_text(sg_proxy_error e);
 
-/* One request header offered for forwarding (names compared
- * case-insensitively against the allow-list; others are dropped). */
-typedef struct sg_header {
-    const char *name;
-    const char *value;
-} sg_header;
+/* 1 when a client's request header of this name travels upstream (the
+ * allow-list: Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version,
+ * Last-Event-ID, Mcp-Method, Mcp-Name), compared case-insensitively; 0
+ * otherwise. Can't fail. */
+int sg_proxy_header_is_forwarded(const char *name);
 
+/* The client's headers are offered for forwarding (names compared
+ * case-insensitively against the allow-list; others are dropped); `extra`
+ * headers are the gateway's own (verified identity), already validated,
+ * and always sent. */
 typedef struct sg_proxy_request {
     const char *method; /* "POST", "GET" or "DELETE" */
     const sg_header *headers;
     size_t nheaders;
+    const sg_header *extra;
+    size_t nextra;
     const char *body; /* copied; may be NULL when body_len is 0 */
     size_t body_len;
 } sg_proxy_request;

@@ -33,9 +33,12 @@ int sg_cmd_serve(int argc, char **argv);
 
 typedef struct serve_opts {
     const char *listen, *upstream, *policy, *jwks, *public_key, *key_alg, *issuer, *audience,
-        *public_url, *path, *log_level;
+        *public_url, *path, *log_level, *annotate;
     const char *hosts[MAX_LIST + 1], *origins[MAX_LIST + 1];
     int nhosts, norigins;
+    sg_identity_header identity[SG_GATEWAY_MAX_IDENTITY];
+    char identity_names[SG_GATEWAY_MAX_IDENTITY][128];
+    int nidentity;
     unsigned long max_body, max_header, max_connections, timeout_s, threads;
     unsigned long upstream_timeout_ms, connect_timeout_ms, token_cache;
 } serve_opts;
@@ -58,6 +61,10 @@ static void serve_usage(FILE *f)
           "  --upstream-timeout-ms MS   wait for upstream response headers, 504 after [30000]\n"
           "  --connect-timeout-ms MS    upstream connect timeout [5000]\n"
           "  --token-cache N            verified tokens cached per worker [10000]\n"
+          "  --annotate SHAPE           how filtered tools show their scopes: oauthScope,\n"
+          "                             securitySchemes or none [oauthScope]\n"
+          "  --identity-header H=CLAIM  send the caller's verified CLAIM upstream as header H\n"
+          "                             (repeatable, at most 8; e.g. X-User-Sub=sub)\n"
           "  --log-level LEVEL          debug, info, warn or error [info]\n",
           f);
 }
@@ -77,11 +84,62 @@ static int parse_ulong(const char *flag, const char *v, unsigned long min, unsig
     return 0;
 }
 
+/* HTTP field-name characters (RFC 9110 tchar). */
+static int is_tchar(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* "X-User-Sub=sub" -> an identity header. The name must be a plain field
+ * name that the gateway does not already own or forward (a client's own
+ * copy of it is never forwarded, so the upstream can trust it). */
+static int parse_identity(const char *spec, serve_opts *o)
+{
+    static const char *const reserved[] = {
+        "Authorization", "Cookie",  "Host", "Content-Length", "Transfer-Encoding",   "Connection",
+        "Expect",        "Upgrade", "TE",   "Keep-Alive",     "Proxy-Authorization", "Forwarded",
+        "Trailer"};
+    const char *eq = strchr(spec, '=');
+    size_t n = eq ? (size_t)(eq - spec) : 0;
+    int ok = eq && n > 0 && n < sizeof o->identity_names[0] && eq[1] != '\0' &&
+             o->nidentity < SG_GATEWAY_MAX_IDENTITY;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = is_tchar((unsigned char)spec[i]);
+    if (!ok) {
+        fprintf(stderr,
+                "scopegate serve: --identity-header needs NAME=CLAIM with NAME an HTTP header "
+                "name (at most %d of them), not '%s'\n",
+                SG_GATEWAY_MAX_IDENTITY, spec);
+        return -1;
+    }
+    char *name = o->identity_names[o->nidentity];
+    memcpy(name, spec, n);
+    name[n] = '\0';
+    int clash = sg_proxy_header_is_forwarded(name);
+    for (size_t i = 0; i < SG_ARRAY_LEN(reserved) && !clash; i++)
+        clash = strcasecmp(name, reserved[i]) == 0;
+    for (int i = 0; i < o->nidentity && !clash; i++)
+        clash = strcasecmp(name, o->identity[i].header) == 0;
+    if (clash) {
+        fprintf(stderr,
+                "scopegate serve: --identity-header %s: that header is reserved, forwarded from "
+                "the client or given twice\n",
+                name);
+        return -1;
+    }
+    o->identity[o->nidentity].header = name;
+    o->identity[o->nidentity].claim = eq + 1;
+    o->nidentity++;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, serve_opts *o)
 {
-    sg_flag_list hosts, origins;
+    sg_flag_list hosts, origins, identity;
     memset(&hosts, 0, sizeof hosts);
     memset(&origins, 0, sizeof origins);
+    memset(&identity, 0, sizeof identity);
     const sg_flag flags[] = {
         {"--listen", SG_FLAG_STRING, &o->listen, 0, 0},
         {"--upstream", SG_FLAG_STRING, &o->upstream, 0, 0},
@@ -94,6 +152,8 @@ static int parse_args(int argc, char **argv, serve_opts *o)
         {"--public-url", SG_FLAG_STRING, &o->public_url, 0, 0},
         {"--path", SG_FLAG_STRING, &o->path, 0, 0},
         {"--log-level", SG_FLAG_STRING, &o->log_level, 0, 0},
+        {"--annotate", SG_FLAG_STRING, &o->annotate, 0, 0},
+        {"--identity-header", SG_FLAG_LIST, &identity, 0, 0},
         {"--allowed-host", SG_FLAG_LIST, &hosts, 0, 0},
         {"--allowed-origin", SG_FLAG_LIST, &origins, 0, 0},
         {"--max-body", SG_FLAG_ULONG, &o->max_body, 1, SG_MCP_MAX_BODY_CAP},
@@ -125,6 +185,16 @@ static int parse_args(int argc, char **argv, serve_opts *o)
         fprintf(stderr, "scopegate serve: %s is required (see scopegate serve --help)\n", missing);
         return -1;
     }
+    if (o->annotate && strcmp(o->annotate, "oauthScope") != 0 &&
+        strcmp(o->annotate, "securitySchemes") != 0 && strcmp(o->annotate, "none") != 0) {
+        fprintf(stderr,
+                "scopegate serve: --annotate must be oauthScope, securitySchemes or none, not "
+                "'%s'\n",
+                o->annotate);
+        return -1;
+    }
+    for (int i = 0; i < identity.n; i++)
+        if (parse_identity(identity.items[i], o) != 0) return -1;
     if (o->path && o->path[0] != '/') {
         fprintf(stderr, "scopegate serve: --path must start with '/'\n");
         return -1;
@@ -287,6 +357,11 @@ int sg_cmd_serve(int argc, char **argv)
     sg_mcp_limits ml = SG_MCP_LIMITS_DEFAULT;
     if (o.max_body) ml.max_body = o.max_body;
     gc.mcp_limits = ml;
+    gc.annotate = !o.annotate || strcmp(o.annotate, "oauthScope") == 0 ? SG_ANNOTATE_OAUTH_SCOPE
+                  : strcmp(o.annotate, "securitySchemes") == 0 ? SG_ANNOTATE_SECURITY_SCHEMES
+                                                               : SG_ANNOTATE_NONE;
+    gc.identity = o.identity;
+    gc.nidentity = (size_t)o.nidentity;
     if (!(gw = sg_gateway_new(&gc, err, sizeof err))) {
         fprintf(stderr, "scopegate serve: policy failed to load:\n%s\n", err);
         goto out;

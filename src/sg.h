@@ -73,6 +73,15 @@ enum { SG_LOG_DEBUG, SG_LOG_INFO, SG_LOG_WARN, SG_LOG_ERROR };
 void sg_log_set_level(int level);
 void sg_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* ---- headers ---------------------------------------------------------------
+ * One HTTP header as a (name, value) pair of borrowed strings. Who owns the
+ * strings, and whether names are lower-cased, is said where lists of them
+ * are passed. */
+typedef struct sg_header {
+    const char *name;
+    const char *value;
+} sg_header;
+
 /* ---- misc ----------------------------------------------------------------- */
 /* Formats an error message into err[0..errlen) for the APIs that report
  * errors through a caller's buffer. err may be NULL or errlen 0 (nothing is

@@ -17,7 +17,8 @@ tools/call (or the JSON-RPC method "echo/<mode>"):
   big              a JSON result of arguments.bytes bytes (default 2 MiB)
   status           answers with HTTP status arguments.status and a JSON-RPC error
 
-tools/list, prompts/list and resources/list answer fixed lists (with
+tools/list, prompts/list, resources/list and resources/templates/list
+answer fixed lists, alone or inside a batch (with
 nextCursor "next-page"); a cursor of "sse" makes the answer an SSE stream
 (a notification event first). Notifications and responses get 202 with no body. initialize answers with an
 Mcp-Session-Id header. GET opens a short SSE stream (one event, then ends);
@@ -46,6 +47,9 @@ LISTS = {
     "prompts/list": ("prompts", [{"name": "summarize"}, {"name": "hidden"}]),
     "resources/list": ("resources", [{"uri": "echo://docs/1", "name": "doc"},
                                      {"uri": "echo://private/2", "name": "private"}]),
+    "resources/templates/list": ("resourceTemplates",
+                                 [{"uriTemplate": "echo://docs/{id}", "name": "docs"},
+                                  {"uriTemplate": "echo://private/{id}", "name": "private"}]),
 }
 
 MODES = {"sse", "slow", "die", "die_mid_stream", "garbage", "big", "status"}
@@ -136,6 +140,10 @@ class Handler(BaseHTTPRequestHandler):
                 "body": raw.decode("utf-8", "replace")}
 
         def response(m):
+            if m.get("method") in LISTS:  # a list request inside a batch
+                key, items = LISTS[m.get("method")]
+                return {"jsonrpc": "2.0", "id": m.get("id"),
+                        "result": {key: items, "nextCursor": "next-page"}}
             return {"jsonrpc": "2.0", "id": m.get("id"), "result": {"echo": echo}}
 
         if mode == "die":

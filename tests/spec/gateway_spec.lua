@@ -409,6 +409,48 @@ describe("scopegate serve", function()
     end)
   end)
 
+  describe("lists in batches, templates and 2026-07-28", function()
+    it("filters every list result inside a batch answer, ids kept exact", function()
+      local batch = "[" .. rpc("98765432109876543210", "tools/list") .. "," .. call(8, "echo") ..
+        "," .. rpc('"p"', "prompts/list") .. "]"
+      local r = post(batch, mint("echo:read"))
+      assert.are.equal(200, r.status)
+      assert.truthy(r.body:find('"id":98765432109876543210,', 1, true))
+      assert.truthy(r.body:find('"name":"echo"', 1, true))
+      assert.falsy(r.body:find('"name":"secret"', 1, true))
+      assert.falsy(r.body:find('"name":"write"', 1, true))
+      assert.truthy(r.body:find('"prompts":[{"name":"summarize"}]', 1, true))
+      assert.truthy(r.body:find('"id":8,', 1, true))
+    end)
+
+    it("filters resource templates by the resource patterns", function()
+      local r = post(rpc(9, "resources/templates/list"), mint("echo:read"))
+      assert.are.equal('{"jsonrpc":"2.0","id":9,"result":{"resourceTemplates":' ..
+        '[{"uriTemplate":"echo://docs/{id}","name":"docs"}],"nextCursor":"next-page"}}', r.body)
+    end)
+
+    local V = "MCP-Protocol-Version: 2026-07-28"
+    it("marks filtered lists private to the caller under 2026-07-28", function()
+      local r = post(rpc(10, "tools/list"), mint("echo:read"), { V, "Mcp-Method: tools/list" })
+      assert.are.equal(200, r.status)
+      assert.truthy(r.body:find('"nextCursor":"next-page","cacheScope":"private"}', 1, true))
+      r = post(rpc(11, "tools/list"), mint("echo:read"))
+      assert.falsy(r.body:find("cacheScope", 1, true))
+    end)
+
+    it("refuses Mcp-Method / Mcp-Name headers that disagree with the body (-32020)", function()
+      local r = post(call(12, "echo"), mint("echo:read"), { V, "Mcp-Method: tools/list" })
+      assert.are.equal(400, r.status)
+      assert.truthy(r.body:find('{"jsonrpc":"2.0","id":12,"error":{"code":-32020,', 1, true))
+      assert.truthy(r.body:find("Mcp-Method", 1, true))
+      r = post(call(13, "echo"), mint("echo:read"), { V, "Mcp-Method: tools/call", "Mcp-Name: write" })
+      assert.are.equal(400, r.status)
+      assert.truthy(r.body:find('"code":-32020', 1, true))
+      r = post(call(14, "echo"), mint("echo:read"), { V, "Mcp-Method: tools/call", "Mcp-Name: echo" })
+      assert.are.equal(200, r.status)
+    end)
+  end)
+
   describe("upstream failures", function()
     it("answers 502 with the request id when the upstream drops the connection", function()
       local r = post(call(21, "die"), mint("echo:read"))
@@ -515,6 +557,62 @@ print(s.recv(200).split(b"\r\n")[0].decode())
       end)
       stop(pid)
       assert(ok, err)
+    end)
+  end)
+
+  describe("annotation shapes and verified identity", function()
+    it("annotates with securitySchemes and sends claims upstream, never the client's copy", function()
+      local g_err = dir .. "/gw4.err"
+      local pid = spawn(table.concat({ q(SCOPEGATE), "serve --listen 127.0.0.1:0",
+        "--upstream", q("http://" .. up .. "/mcp"), "--policy", q(dir .. "/policy.lua"),
+        "--public-key", q(key.pub_file), "--issuer", q(ISS), "--public-url", q(AUD),
+        "--annotate securitySchemes --identity-header X-User-Sub=sub",
+        "--identity-header X-Tenant=tenant --identity-header X-Bad=bad" }, " "),
+        dir .. "/gw4.out", g_err, dir .. "/gw4.rc")
+      local ok, err = pcall(function()
+        local addr = wait_for(g_err, "listening on (127%.0%.0%.1:%d+)", 10)
+        local function post4(body, token, extra)
+          local h = { "Content-Type: application/json", "Authorization: Bearer " .. token }
+          for _, x in ipairs(extra or {}) do h[#h + 1] = x end
+          return http { base = "http://" .. addr, method = "POST", headers = h, body = body }
+        end
+        local r = post4(rpc(1, "tools/list"), mint("echo:read echo:write"))
+        assert.truthy(r.body:find('{"name":"both","inputSchema":{"type":"object"},"securitySchemes":' ..
+          '[{"type":"oauth2","scopes":["echo:read","echo:write"]}]}', 1, true))
+        assert.truthy(r.body:find('"securitySchemes":[{"type":"noauth"}]', 1, true))
+        assert.falsy(r.body:find("oauthScope", 1, true))
+        -- A claim with a line break never becomes a header; the client's own
+        -- X-User-Sub is dropped and replaced by the verified one.
+        r = post4(call(2, "echo"), mint("echo:read", ',"tenant":"acme","bad":"a\\r\\nX-Evil: 1"'),
+          { "X-User-Sub: admin", "X-Evil: 1" })
+        assert.are.equal(200, r.status)
+        local got = echo_of(r)
+        assert.are.equal("user-1", got["x-user-sub"])
+        assert.are.equal("acme", got["x-tenant"])
+        assert.is_nil(got["x-bad"])
+        assert.is_nil(got["x-evil"])
+      end)
+      stop(pid)
+      assert(ok, err)
+    end)
+
+    it("refuses identity headers it owns or forwards, and unknown annotation shapes", function()
+      for _, bad in ipairs { "Authorization=sub", "Mcp-Session-Id=sub", "X User=sub", "X-User=", "=sub" } do
+        local p = io.popen(CLEAN .. q(SCOPEGATE) .. " serve --listen 127.0.0.1:0 --upstream " ..
+          "http://127.0.0.1:9/mcp --policy " .. q(dir .. "/policy.lua") .. " --public-key " ..
+          q(key.pub_file) .. " --identity-header " .. q(bad) .. " 2>&1; echo rc=$?")
+        local out = p:read("a")
+        p:close()
+        assert.truthy(out:find("rc=2", 1, true), out)
+        assert.truthy(out:find("--identity-header", 1, true), out)
+      end
+      local p = io.popen(CLEAN .. q(SCOPEGATE) .. " serve --listen 127.0.0.1:0 --upstream " ..
+        "http://127.0.0.1:9/mcp --policy " .. q(dir .. "/policy.lua") .. " --public-key " ..
+        q(key.pub_file) .. " --annotate fancy 2>&1; echo rc=$?")
+      local out = p:read("a")
+      p:close()
+      assert.truthy(out:find("--annotate must be oauthScope, securitySchemes or none", 1, true), out)
+      assert.truthy(out:find("rc=2", 1, true))
     end)
   end)
 

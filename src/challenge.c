@@ -121,7 +121,9 @@ void sg_decide(const sg_site *site, const sg_req *req, const sg_token *token,
         sg_scopeset_clear(&empty);
         if (sg_req_stepup(u, req, &empty, &add) == 0) d->scope = add;
         if (token_error) {
-            sg_buf_printf(&d->message, "Invalid access token: %s. %s", token_error, what);
+            size_t n = strlen(token_error);
+            sg_buf_printf(&d->message, "Invalid access token: %s%s %s", token_error,
+                          n && token_error[n - 1] == '.' ? "" : ".", what);
             challenge(site, d, "invalid_token", token_error);
         } else {
             sg_buf_printf(&d->message, "Authorization required. %s", what);

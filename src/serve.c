@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "cli.h"
+#include "conffile.h"
 #include "gateway.h"
 #include "http.h"
 #include "jwks.h"
@@ -41,6 +42,9 @@ typedef struct serve_opts {
     int nidentity;
     unsigned long max_body, max_header, max_connections, timeout_s, threads;
     unsigned long upstream_timeout_ms, connect_timeout_ms, token_cache;
+    unsigned long jwks_ttl_s, jwks_refetch_s;
+    int config_argc; /* --config FILE as flags; the strings above may point here */
+    char **config_argv;
 } serve_opts;
 
 static void serve_usage(FILE *f)
@@ -48,6 +52,11 @@ static void serve_usage(FILE *f)
     fputs("usage: scopegate serve --listen HOST:PORT --upstream URL --policy FILE\n"
           "                       (--jwks FILE|URL | --public-key PEM [--key-alg ALG])\n"
           "                       [--issuer ISS] [--audience AUD] [--public-url URL]\n"
+          "       scopegate serve --config FILE [flags that override it]\n"
+          "  --config FILE              a Lua file returning these settings as a table\n"
+          "                             (keys are flag names: public_url = \"...\")\n"
+          "  --jwks-ttl SECONDS         refresh a JWKS URL this often [300]\n"
+          "  --jwks-refetch SECONDS     at most one unknown-kid refetch this often [30]\n"
           "  --path PATH                MCP endpoint path [/mcp]\n"
           "  --allowed-host HOST[:PORT] accepted Host header (repeatable; '*' = any)\n"
           "                             [the listen address, localhost, the public URL's host]\n"
@@ -134,13 +143,18 @@ static int parse_identity(const char *spec, serve_opts *o)
     return 0;
 }
 
-static int parse_args(int argc, char **argv, serve_opts *o)
-{
+/* The lists a parse fills, kept apart so the command line's lists replace
+ * (not extend) the config file's. */
+typedef struct serve_lists {
     sg_flag_list hosts, origins, identity;
-    memset(&hosts, 0, sizeof hosts);
-    memset(&origins, 0, sizeof origins);
-    memset(&identity, 0, sizeof identity);
-    const sg_flag flags[] = {
+} serve_lists;
+
+/* Fills flags[] (SERVE_NFLAGS entries) with the table of serve's flags. */
+#define SERVE_NFLAGS 26
+static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_flag *flags)
+{
+    const sg_flag table[SERVE_NFLAGS] = {
+        {"--config", SG_FLAG_STRING, config, 0, 0},
         {"--listen", SG_FLAG_STRING, &o->listen, 0, 0},
         {"--upstream", SG_FLAG_STRING, &o->upstream, 0, 0},
         {"--policy", SG_FLAG_STRING, &o->policy, 0, 0},
@@ -153,9 +167,9 @@ static int parse_args(int argc, char **argv, serve_opts *o)
         {"--path", SG_FLAG_STRING, &o->path, 0, 0},
         {"--log-level", SG_FLAG_STRING, &o->log_level, 0, 0},
         {"--annotate", SG_FLAG_STRING, &o->annotate, 0, 0},
-        {"--identity-header", SG_FLAG_LIST, &identity, 0, 0},
-        {"--allowed-host", SG_FLAG_LIST, &hosts, 0, 0},
-        {"--allowed-origin", SG_FLAG_LIST, &origins, 0, 0},
+        {"--identity-header", SG_FLAG_LIST, &l->identity, 0, 0},
+        {"--allowed-host", SG_FLAG_LIST, &l->hosts, 0, 0},
+        {"--allowed-origin", SG_FLAG_LIST, &l->origins, 0, 0},
         {"--max-body", SG_FLAG_ULONG, &o->max_body, 1, SG_MCP_MAX_BODY_CAP},
         {"--max-header", SG_FLAG_ULONG, &o->max_header, 4096, 16ul << 20},
         {"--max-connections", SG_FLAG_ULONG, &o->max_connections, 1, 100000},
@@ -164,18 +178,65 @@ static int parse_args(int argc, char **argv, serve_opts *o)
         {"--upstream-timeout-ms", SG_FLAG_ULONG, &o->upstream_timeout_ms, 1, 86400000},
         {"--connect-timeout-ms", SG_FLAG_ULONG, &o->connect_timeout_ms, 1, 600000},
         {"--token-cache", SG_FLAG_ULONG, &o->token_cache, 1, 10000000},
+        {"--jwks-ttl", SG_FLAG_ULONG, &o->jwks_ttl_s, 1, 86400},
+        {"--jwks-refetch", SG_FLAG_ULONG, &o->jwks_refetch_s, 1, 86400},
     };
+    memcpy(flags, table, sizeof table);
+}
+
+static const sg_flag_list *pick(const sg_flag_list *cli, const sg_flag_list *file)
+{
+    return cli->n ? cli : file;
+}
+
+static int parse_args(int argc, char **argv, serve_opts *o)
+{
+    serve_lists from_file, from_cli;
+    memset(&from_file, 0, sizeof from_file);
+    memset(&from_cli, 0, sizeof from_cli);
+    sg_flag flags[SERVE_NFLAGS];
+    const char *config = NULL;
     int npos = 0;
-    int rc = sg_flags_parse("serve", argc, argv, 2, flags, SG_ARRAY_LEN(flags), NULL, 0, &npos);
+
+    /* The command line first, to find --config; then the file; then the
+     * command line again, so that its flags override the file's. */
+    flag_table(o, &from_cli, &config, flags);
+    int rc = sg_flags_parse("serve", argc, argv, 2, flags, SERVE_NFLAGS, NULL, 0, &npos);
     if (rc == 1) {
         serve_usage(stdout);
         return 1;
     }
     if (rc < 0) return -1;
-    for (int i = 0; i < hosts.n; i++)
-        o->hosts[o->nhosts++] = hosts.items[i];
-    for (int i = 0; i < origins.n; i++)
-        o->origins[o->norigins++] = origins.items[i];
+    if (config) {
+        const char *names[SERVE_NFLAGS + 1];
+        for (int i = 0; i < SERVE_NFLAGS; i++)
+            names[i] = flags[i].name;
+        names[SERVE_NFLAGS] = NULL;
+        if (sg_config_argv(config, names, &o->config_argc, &o->config_argv) != 0) return -1;
+        serve_opts cli = *o;
+        memset(o, 0, sizeof *o);
+        o->config_argc = cli.config_argc;
+        o->config_argv = cli.config_argv;
+        const char *ignored = NULL;
+        flag_table(o, &from_file, &ignored, flags);
+        rc = sg_flags_parse("serve", o->config_argc, o->config_argv, 0, flags, SERVE_NFLAGS, NULL,
+                            0, &npos);
+        if (rc != 0) {
+            fprintf(stderr, "scopegate serve: (in %s)\n", config);
+            return -1;
+        }
+        memset(&from_cli, 0, sizeof from_cli);
+        flag_table(o, &from_cli, &ignored, flags);
+        if (sg_flags_parse("serve", argc, argv, 2, flags, SERVE_NFLAGS, NULL, 0, &npos) != 0)
+            return -1;
+    }
+    const sg_flag_list *hosts = pick(&from_cli.hosts, &from_file.hosts);
+    const sg_flag_list *origins = pick(&from_cli.origins, &from_file.origins);
+    const sg_flag_list *identity = pick(&from_cli.identity, &from_file.identity);
+    for (int i = 0; i < hosts->n; i++)
+        o->hosts[o->nhosts++] = hosts->items[i];
+    for (int i = 0; i < origins->n; i++)
+        o->origins[o->norigins++] = origins->items[i];
     const char *missing = !o->listen                     ? "--listen"
                           : !o->upstream                 ? "--upstream"
                           : !o->policy                   ? "--policy"
@@ -193,8 +254,8 @@ static int parse_args(int argc, char **argv, serve_opts *o)
                 o->annotate);
         return -1;
     }
-    for (int i = 0; i < identity.n; i++)
-        if (parse_identity(identity.items[i], o) != 0) return -1;
+    for (int i = 0; i < identity->n; i++)
+        if (parse_identity(identity->items[i], o) != 0) return -1;
     if (o->path && o->path[0] != '/') {
         fprintf(stderr, "scopegate serve: --path must start with '/'\n");
         return -1;
@@ -259,12 +320,23 @@ static int set_log_level(const char *name)
     return -1;
 }
 
+static int serve(serve_opts *opts);
+
 int sg_cmd_serve(int argc, char **argv)
 {
     serve_opts o;
     memset(&o, 0, sizeof o);
     int pr = parse_args(argc, argv, &o);
-    if (pr != 0) return pr > 0 ? 0 : 2;
+    int rc = pr > 0 ? 0 : pr < 0 ? 2 : serve(&o);
+    sg_config_argv_free(o.config_argc, o.config_argv);
+    return rc;
+}
+
+/* Runs the gateway until a signal. The options (and the config strings
+ * they point into) are owned by the caller. */
+static int serve(serve_opts *opts)
+{
+    serve_opts o = *opts;
     if (o.log_level && set_log_level(o.log_level) != 0) return 2;
     char host[64];
     unsigned long port;
@@ -303,7 +375,8 @@ int sg_cmd_serve(int argc, char **argv)
     if (o.jwks) {
         int is_url =
             strncasecmp(o.jwks, "http://", 7) == 0 || strncasecmp(o.jwks, "https://", 8) == 0;
-        int r = is_url ? sg_keys_set_jwks_url(keys, o.jwks, 0, 0, err, sizeof err)
+        int r = is_url ? sg_keys_set_jwks_url(keys, o.jwks, (uint64_t)o.jwks_ttl_s * 1000,
+                                              (uint64_t)o.jwks_refetch_s * 1000, err, sizeof err)
                        : sg_keys_add_jwks_file(keys, o.jwks, err, sizeof err);
         if (r != 0) {
             fprintf(stderr, "scopegate serve: --jwks %s: %s\n", o.jwks, err);

@@ -628,6 +628,42 @@ print(s.recv(200).split(b"\r\n")[0].decode())
              q(dir .. "/policy.lua") .. " --public-key " .. q(key.pub_file)
     end
 
+    it("reads --config FILE as flags, with the command line overriding it", function()
+      local cfg = dir .. "/serve.lua"
+      keys.write(cfg, ("return { listen = '127.0.0.1:1', upstream = %q, policy = %q,\n" ..
+        "  public_key = %q, issuer = %q, public_url = %q, threads = 1,\n" ..
+        "  allowed_origin = { 'https://app.example.com' } }\n"):format(
+        "http://" .. up .. "/mcp", dir .. "/policy.lua", key.pub_file, ISS, AUD))
+      local g_err = dir .. "/gw5.err"
+      local pid = spawn(q(SCOPEGATE) .. " serve --config " .. q(cfg) .. " --listen 127.0.0.1:0",
+                        dir .. "/gw5.out", g_err, dir .. "/gw5.rc")
+      local ok, err = pcall(function()
+        local addr = wait_for(g_err, "listening on (127%.0%.0%.1:%d+)", 10)
+        local h = { "Content-Type: application/json", "Authorization: Bearer " .. mint("echo:read") }
+        local r = http { base = "http://" .. addr, method = "POST", body = call(51, "echo"),
+                         headers = { h[1], h[2], "Origin: https://app.example.com" } }
+        assert.are.equal(200, r.status)
+        r = http { base = "http://" .. addr, method = "POST", body = call(52, "echo"),
+                   headers = { h[1], h[2], "Origin: https://evil.example.com" } }
+        assert.are.equal(403, r.status)
+      end)
+      stop(pid)
+      assert(ok, err)
+      for body, want in pairs {
+        ["return { lisen = 'x' }"] = "unknown setting 'lisen'",
+        ["return { threads = 0 }"] = "--threads needs a whole number from 1 to 256",
+        ["return { listen = 1.5 }"] = "listen must be a string, an integer or a list",
+        ["return {"] = "--config " .. cfg .. ":1:",
+      } do
+        keys.write(cfg, body)
+        local p = io.popen(CLEAN .. q(SCOPEGATE) .. " serve --config " .. q(cfg) .. " 2>&1; echo rc=$?")
+        local out = p:read("a")
+        p:close()
+        assert.truthy(out:find(want, 1, true), out)
+        assert.truthy(out:find("rc=2", 1, true), out)
+      end
+    end)
+
     it("exits non-zero with a clear message on bad flags", function()
       local rc, out = run_serve(base() .. " --bogus 1")
       assert.are.equal(2, rc)

@@ -249,6 +249,9 @@ describe("decisions and challenges", function()
     assert.equal(401, d.status)
     assert.equal('Bearer error="invalid_token", resource_metadata="' .. RM ..
       '", error_description="token expired"', d.challenge)
+    assert.equal("Invalid access token: token expired. No token is required.", d.message)
+    d = u:decide("j:read", nil, "The token has expired.", nil, RM)
+    assert.equal("Invalid access token: The token has expired. Scope j:read is required.", d.message)
   end)
 
   it("answers 403 insufficient_scope with granted plus the step-up, byte for byte", function()

@@ -346,6 +346,28 @@ static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
         atomic_fetch_sub(&ex->h->forwarded, 1);
         return queue_bytes(ex->conn, 202, NULL, NULL, 0, NULL, NULL, 0);
     }
+    if (head->complete) {
+        /* The whole (small, non-SSE) answer is here: send it with a
+         * Content-Length in one piece instead of streaming it. */
+        size_t len;
+        char *body = sg_transfer_take_body(ex->xfer, &len);
+        struct MHD_Response *r =
+            body ? MHD_create_response_from_buffer_with_free_callback(len, body, free) : NULL;
+        if (!r) {
+            free(body);
+            return queue_upstream_error(ex, SG_PROXY_ENOMEM);
+        }
+        if (head->content_type)
+            MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, head->content_type);
+        if (head->session_id) MHD_add_response_header(r, "Mcp-Session-Id", head->session_id);
+        ex->phase = PHASE_DONE;
+        sg_transfer_release(ex->xfer);
+        ex->xfer = NULL;
+        atomic_fetch_sub(&ex->h->forwarded, 1);
+        enum MHD_Result ok = MHD_queue_response(ex->conn, (unsigned)head->status, r);
+        MHD_destroy_response(r);
+        return ok;
+    }
     struct MHD_Response *r =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, on_read, ex, NULL);
     if (!r) return MHD_NO;
@@ -578,7 +600,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
     h->cfg = *cfg;
     sg_http_limits *l = &h->cfg.limits;
     if (!l->max_body) l->max_body = 1024 * 1024;
-    if (!l->max_header) l->max_header = 64 * 1024;
+    if (!l->max_header) l->max_header = 32 * 1024; /* MHD zeroes it per request: keep it small */
     if (!l->max_connections) l->max_connections = 1000;
     if (!l->timeout_s) l->timeout_s = 30;
     if (!l->threads) l->threads = 2;

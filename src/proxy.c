@@ -3,10 +3,14 @@
  * Why one multi handle on its own thread: HTTP worker threads must never
  * block on the upstream (they serve many connections each), and a single
  * multi handle keeps a connection cache so consecutive requests reuse TCP
- * connections. Everything shared between the curl thread and the HTTP
- * threads sits behind one mutex; curl calls that may re-enter our callbacks
- * (curl_multi_perform, curl_easy_pause) run without it. See proxy.h for the
- * park/resume protocol. */
+ * connections. The thread drives the multi handle with
+ * curl_multi_socket_action over its own epoll set, so the work per wake-up
+ * is proportional to the sockets that are ready, not to the transfers in
+ * flight (curl_multi_perform/poll walk all of them, which collapses at a
+ * few hundred concurrent requests). Everything shared between the curl
+ * thread and the HTTP threads sits behind one mutex; curl calls that may
+ * re-enter our callbacks (socket_action, curl_easy_pause) run without it.
+ * See proxy.h for the park/resume protocol. */
 #include "proxy.h"
 
 #include <errno.h>
@@ -16,7 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -25,6 +32,8 @@
 #define DEFAULT_BUFFERED    (256u * 1024)
 #define MAX_HEADER_VALUE    512
 #define MAX_HEADER_LINE     8192
+#define DEFER_BYTES         (64u * 1024)
+#define EASY_SPARES         256
 
 struct sg_transfer {
     sg_proxy *proxy;
@@ -34,7 +43,10 @@ struct sg_transfer {
     char *body;
     size_t body_len;
     uint64_t head_deadline_ns;
-    sg_transfer *next; /* pending or active list (curl thread) */
+    sg_transfer *next; /* pending list (under mu), then active list (curl thread) */
+    sg_transfer *prev; /* active list (curl thread) */
+    int attn;          /* on the attention list: cancel or unpause to act on (under mu) */
+    sg_transfer *attn_next;
 
     /* shared state, under proxy->mu */
     int cancel;   /* consumer released it early */
@@ -51,6 +63,8 @@ struct sg_transfer {
     size_t data_off;
     int parked;
     int want;
+    int defer; /* a plain (non-SSE) body: wake the consumer when it is complete
+                  or DEFER_BYTES are buffered, not at every step */
     int client_fd;
     int watch_off; /* the client sent bytes while parked: stop peeking */
     sg_transfer_ops ops;
@@ -64,10 +78,14 @@ struct sg_proxy {
     pthread_t thread;
     int thread_started;
     pthread_mutex_t mu;
-    int stopping;         /* under mu */
-    int stopped;          /* sg_proxy_stop finished */
-    sg_transfer *pending; /* started, not yet seen by the curl thread; under mu */
-    sg_transfer *active;  /* curl thread only */
+    int stopping;             /* under mu */
+    int stopped;              /* sg_proxy_stop finished */
+    sg_transfer *pending;     /* started, not yet seen by the curl thread; under mu */
+    sg_transfer *attn;        /* transfers a consumer cancelled or unpaused; under mu */
+    int epfd, evfd;           /* the curl thread's epoll set, and the eventfd that wakes it */
+    CURL *spare[EASY_SPARES]; /* reset easy handles kept for reuse; under mu */
+    int nspare;
+    sg_transfer *active; /* curl thread only */
 };
 
 static const char *const forwarded_request_headers[] = {
@@ -96,6 +114,26 @@ const char *sg_proxy_error_text(sg_proxy_error e)
     return "unknown proxy error";
 }
 
+/* Wakes the curl thread. Any thread; can't fail (a full eventfd counter
+ * still wakes it). */
+static void wake_curl(sg_proxy *p)
+{
+    uint64_t one = 1;
+    ssize_t ignored = write(p->evfd, &one, sizeof one);
+    (void)ignored;
+}
+
+/* Must hold mu. Puts t on the list the curl thread acts on when it wakes;
+ * the list holds a reference, so t outlives a retire that comes first. */
+static void attention_locked(sg_proxy *p, sg_transfer *t)
+{
+    if (t->attn) return;
+    t->attn = 1;
+    t->refs++;
+    t->attn_next = p->attn;
+    p->attn = t;
+}
+
 /* Must hold mu. The consumer learns news through exactly one resume. */
 static void wake_locked(sg_transfer *t)
 {
@@ -105,9 +143,32 @@ static void wake_locked(sg_transfer *t)
     }
 }
 
+/* An easy handle: a spare one when there is one (creating a handle costs
+ * several allocations and a 16 KiB buffer per request otherwise). NULL
+ * when out of memory. */
+static CURL *easy_get(sg_proxy *p)
+{
+    CURL *e = NULL;
+    pthread_mutex_lock(&p->mu);
+    if (p->nspare > 0) e = p->spare[--p->nspare];
+    pthread_mutex_unlock(&p->mu);
+    return e ? e : curl_easy_init();
+}
+
+/* Gives a handle that is in no multi back for reuse (or frees it). */
+static void easy_put(sg_proxy *p, CURL *e)
+{
+    curl_easy_reset(e);
+    pthread_mutex_lock(&p->mu);
+    int kept = p->nspare < EASY_SPARES;
+    if (kept) p->spare[p->nspare++] = e;
+    pthread_mutex_unlock(&p->mu);
+    if (!kept) curl_easy_cleanup(e);
+}
+
 static void transfer_free(sg_transfer *t)
 {
-    if (t->easy) curl_easy_cleanup(t->easy);
+    if (t->easy) easy_put(t->proxy, t->easy);
     curl_slist_free_all(t->req_headers);
     free(t->body);
     free(t->content_type);
@@ -203,7 +264,11 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *ud)
     } else if (n <= 2 && (n == 0 || line[0] == '\r' || line[0] == '\n')) {
         if (t->status >= 200 && !t->head_done) {
             t->head_done = 1;
-            if (t->want == SG_WANT_HEAD) wake_locked(t);
+            /* An event stream goes to the client as it comes; anything else
+             * is usually small and complete a moment later, and handing it
+             * over in one piece saves a suspend/resume round per request. */
+            t->defer = !t->content_type || strncasecmp(t->content_type, "text/event-stream", 17);
+            if (t->want == SG_WANT_HEAD && !t->defer) wake_locked(t);
         }
     } else {
         const char *colon = memchr(line, ':', n);
@@ -254,7 +319,8 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
         pthread_mutex_unlock(&p->mu);
         return 0; /* CURLE_WRITE_ERROR; reported as ENOMEM below */
     }
-    wake_locked(t);
+    if (t->defer && t->data.len - t->data_off >= DEFER_BYTES) t->defer = 0;
+    if (!t->defer) wake_locked(t);
     pthread_mutex_unlock(&p->mu);
     return n;
 }
@@ -277,11 +343,16 @@ static sg_proxy_error map_curl_error(CURLcode rc, int head_done, int data_oom)
     }
 }
 
-/* Curl thread: take the transfer out of the multi and drop its reference. */
-static void retire(sg_proxy *p, sg_transfer *t, sg_transfer **prev_next)
+/* Curl thread: take the transfer out of the multi and the active list and
+ * drop the curl thread's reference. */
+static void retire(sg_proxy *p, sg_transfer *t)
 {
-    *prev_next = t->next;
-    t->next = NULL;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        p->active = t->next;
+    if (t->next) t->next->prev = t->prev;
+    t->next = t->prev = NULL;
     if (t->in_multi) curl_multi_remove_handle(p->multi, t->easy);
     t->in_multi = 0;
     transfer_unref(t);
@@ -289,11 +360,8 @@ static void retire(sg_proxy *p, sg_transfer *t, sg_transfer **prev_next)
 
 static void on_done(sg_proxy *p, CURL *easy, CURLcode rc)
 {
-    sg_transfer **pp = &p->active;
-    while (*pp && (*pp)->easy != easy)
-        pp = &(*pp)->next;
-    sg_transfer *t = *pp;
-    if (!t) return;
+    sg_transfer *t = NULL;
+    if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&t) != CURLE_OK || !t) return;
     pthread_mutex_lock(&p->mu);
     int oom = !sg_buf_ok(&t->data);
     sg_proxy_error e = map_curl_error(rc, t->head_done, oom);
@@ -301,21 +369,57 @@ static void on_done(sg_proxy *p, CURL *easy, CURLcode rc)
     if (t->cancel && e != SG_PROXY_OK) e = SG_PROXY_ECLIENT;
     finish_locked(t, e);
     pthread_mutex_unlock(&p->mu);
-    retire(p, t, pp);
+    retire(p, t);
 }
 
-/* Curl thread: adopt new transfers, honour cancels, unpauses and response
- * deadlines. */
+/* curl: watch socket s for `what` (CURLMOPT_SOCKETFUNCTION). */
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    sg_proxy *p = userp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(p->epfd, EPOLL_CTL_DEL, s, NULL);
+        return 0;
+    }
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
+    ev.data.fd = s;
+    if (!socketp) {
+        if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, s, &ev) != 0 && errno == EEXIST)
+            epoll_ctl(p->epfd, EPOLL_CTL_MOD, s, &ev);
+        curl_multi_assign(p->multi, s, p); /* any non-NULL marks it as known */
+    } else {
+        epoll_ctl(p->epfd, EPOLL_CTL_MOD, s, &ev);
+    }
+    return 0;
+}
+
+static void drain_done(sg_proxy *p)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(p->multi, &left)))
+        if (msg->msg == CURLMSG_DONE) on_done(p, msg->easy_handle, msg->data.result);
+}
+
+/* Curl thread: adopt new transfers and act on cancels and unpauses. Only
+ * transfers that asked for attention are visited. */
 static void service(sg_proxy *p)
 {
     pthread_mutex_lock(&p->mu);
-    sg_transfer *fresh = p->pending;
+    sg_transfer *fresh = p->pending, *attn = p->attn;
     p->pending = NULL;
+    p->attn = NULL;
+    for (sg_transfer *t = attn; t; t = t->attn_next)
+        t->attn = 0;
     pthread_mutex_unlock(&p->mu);
     while (fresh) {
         sg_transfer *t = fresh;
         fresh = t->next;
+        t->prev = NULL;
         t->next = p->active;
+        if (p->active) p->active->prev = t;
         p->active = t;
         if (curl_multi_add_handle(p->multi, t->easy) == CURLM_OK) {
             t->in_multi = 1;
@@ -323,117 +427,131 @@ static void service(sg_proxy *p)
             pthread_mutex_lock(&p->mu);
             finish_locked(t, SG_PROXY_ENOMEM);
             pthread_mutex_unlock(&p->mu);
+            retire(p, t);
         }
     }
-    uint64_t now = sg_now_mono_ns();
-    sg_transfer **pp = &p->active;
-    while (*pp) {
-        sg_transfer *t = *pp;
+    /* A transfer already retired (not in the multi) needs nothing more;
+     * the list's reference is dropped either way. */
+    while (attn) {
+        sg_transfer *t = attn;
+        attn = t->attn_next;
         pthread_mutex_lock(&p->mu);
-        int cancel = t->cancel, unpause = t->unpause, done = t->done;
+        int cancel = t->cancel, unpause = t->unpause;
         t->unpause = 0;
-        if (!t->head_done && !done && now >= t->head_deadline_ns) {
-            finish_locked(t, SG_PROXY_ETIMEOUT);
-            done = 1;
-        }
         if (cancel) finish_locked(t, SG_PROXY_ECLIENT);
         pthread_mutex_unlock(&p->mu);
-        if (cancel || done) {
-            retire(p, t, pp);
-            continue;
-        }
-        if (unpause) curl_easy_pause(t->easy, CURLPAUSE_CONT);
-        pp = &t->next;
+        if (t->in_multi && cancel)
+            retire(p, t);
+        else if (t->in_multi && unpause)
+            curl_easy_pause(t->easy, CURLPAUSE_CONT);
+        transfer_unref(t);
     }
 }
 
-/* Curl thread: a parked consumer's client socket became readable. A read
- * of 0 (or an error) means the client hung up: cancel and resume it so the
- * HTTP layer closes the connection. */
-static void check_client(sg_proxy *p, sg_transfer *t)
+/* Curl thread, a few times a second: response deadlines, and the sockets
+ * of parked clients (a read of 0 or an error means the client hung up:
+ * cancel, and resume it so the HTTP layer closes the connection). */
+static void sweep(sg_proxy *p)
 {
-    char byte;
-    ssize_t r = recv(t->client_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    pthread_mutex_lock(&p->mu);
-    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-        t->cancel = 1;
-        finish_locked(t, SG_PROXY_ECLIENT);
-    } else if (r > 0) {
-        t->watch_off = 1;
+    uint64_t now = sg_now_mono_ns();
+    struct pollfd fds[64];
+    sg_transfer *owner[64];
+    size_t n = 0;
+    sg_transfer *next;
+    for (sg_transfer *t = p->active; t; t = next) {
+        next = t->next;
+        pthread_mutex_lock(&p->mu);
+        int expired = !t->head_done && !t->done && now >= t->head_deadline_ns;
+        if (expired) finish_locked(t, SG_PROXY_ETIMEOUT);
+        int watch = !expired && t->parked && t->client_fd >= 0 && !t->watch_off;
+        pthread_mutex_unlock(&p->mu);
+        if (expired) {
+            retire(p, t);
+            continue;
+        }
+        if (watch && n < SG_ARRAY_LEN(fds)) {
+            fds[n].fd = t->client_fd;
+            fds[n].events = POLLIN;
+            fds[n].revents = 0;
+            owner[n++] = t;
+        }
+        if (n == SG_ARRAY_LEN(fds) || (!next && n)) {
+            if (poll(fds, (nfds_t)n, 0) > 0) {
+                for (size_t i = 0; i < n; i++) {
+                    if (!fds[i].revents) continue;
+                    char byte;
+                    ssize_t r = recv(fds[i].fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+                    pthread_mutex_lock(&p->mu);
+                    if (r == 0 ||
+                        (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+                        owner[i]->cancel = 1;
+                        finish_locked(owner[i], SG_PROXY_ECLIENT);
+                        attention_locked(p, owner[i]);
+                    } else if (r > 0) {
+                        owner[i]->watch_off = 1;
+                    }
+                    pthread_mutex_unlock(&p->mu);
+                }
+            }
+            n = 0;
+        }
     }
-    pthread_mutex_unlock(&p->mu);
 }
+
+#define SWEEP_NS (250u * 1000000u)
 
 static void *curl_thread(void *arg)
 {
     sg_proxy *p = arg;
-    struct curl_waitfd *fds = NULL;
-    sg_transfer **fd_owner = NULL;
-    size_t fds_cap = 0;
+    struct epoll_event evs[64];
+    uint64_t next_sweep = sg_now_mono_ns() + SWEEP_NS;
+    int running = 0;
     for (;;) {
         pthread_mutex_lock(&p->mu);
         int stopping = p->stopping;
         pthread_mutex_unlock(&p->mu);
         if (stopping) break;
         service(p);
-        int running = 0;
-        curl_multi_perform(p->multi, &running);
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(p->multi, &left)))
-            if (msg->msg == CURLMSG_DONE) on_done(p, msg->easy_handle, msg->data.result);
 
-        /* Watch the sockets of parked clients; bounded by the live transfers. */
-        size_t nfds = 0, want = 0;
-        for (sg_transfer *t = p->active; t; t = t->next)
-            want++;
-        if (want > fds_cap) {
-            size_t cap = want * 2;
-            struct curl_waitfd *nf = realloc(fds, cap * sizeof *nf);
-            if (nf) fds = nf;
-            sg_transfer **no = nf ? realloc(fd_owner, cap * sizeof *no) : NULL;
-            if (no) fd_owner = no;
-            if (nf && no) fds_cap = cap;
-        }
-        uint64_t now = sg_now_mono_ns(), next_deadline = now + 1000000000ull;
-        pthread_mutex_lock(&p->mu);
-        for (sg_transfer *t = p->active; t; t = t->next) {
-            if (!t->head_done && t->head_deadline_ns < next_deadline)
-                next_deadline = t->head_deadline_ns;
-            if (t->parked && t->client_fd >= 0 && !t->watch_off && nfds < fds_cap) {
-                fds[nfds].fd = t->client_fd;
-                fds[nfds].events = CURL_WAIT_POLLIN;
-                fds[nfds].revents = 0;
-                fd_owner[nfds++] = t;
+        /* curl's next timer, asked for directly: its timer callback only
+         * reports changes, and a missed one would stall transfers. */
+        long curl_ms = -1;
+        curl_multi_timeout(p->multi, &curl_ms);
+        uint64_t now = sg_now_mono_ns();
+        int timeout_ms = next_sweep <= now ? 0 : (int)((next_sweep - now + 999999u) / 1000000u);
+        if (curl_ms >= 0 && curl_ms < timeout_ms) timeout_ms = (int)curl_ms;
+        int n = epoll_wait(p->epfd, evs, (int)SG_ARRAY_LEN(evs), timeout_ms);
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.fd == p->evfd) {
+                uint64_t count;
+                ssize_t ignored = read(p->evfd, &count, sizeof count);
+                (void)ignored;
+                continue;
             }
+            int mask = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
+                       (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                       (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+            curl_multi_socket_action(p->multi, evs[i].data.fd, mask, &running);
         }
-        pthread_mutex_unlock(&p->mu);
-        int timeout_ms = next_deadline <= now ? 0 : (int)((next_deadline - now) / 1000000u) + 1;
-        if (timeout_ms > 1000) timeout_ms = 1000;
-        curl_multi_poll(p->multi, nfds ? fds : NULL, (unsigned)nfds, timeout_ms, NULL);
-        for (size_t i = 0; i < nfds; i++)
-            if (fds[i].revents) check_client(p, fd_owner[i]);
+        curl_ms = -1;
+        curl_multi_timeout(p->multi, &curl_ms);
+        if (curl_ms == 0) curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        drain_done(p);
+        now = sg_now_mono_ns();
+        if (now >= next_sweep) {
+            sweep(p);
+            next_sweep = now + SWEEP_NS;
+        }
     }
-    free(fds);
-    free(fd_owner);
 
     /* Shutdown: fail everything so parked consumers resume and finish. */
-    pthread_mutex_lock(&p->mu);
-    sg_transfer *fresh = p->pending;
-    p->pending = NULL;
-    pthread_mutex_unlock(&p->mu);
-    while (fresh) {
-        sg_transfer *t = fresh;
-        fresh = t->next;
-        t->next = p->active;
-        p->active = t;
-    }
+    service(p);
     while (p->active) {
         sg_transfer *t = p->active;
         pthread_mutex_lock(&p->mu);
         finish_locked(t, SG_PROXY_ESHUTDOWN);
         pthread_mutex_unlock(&p->mu);
-        retire(p, t, &p->active);
+        retire(p, t);
     }
     return NULL;
 }
@@ -465,6 +583,7 @@ sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, char *err, size_t errlen)
         return NULL;
     }
     sg_proxy *p = calloc(1, sizeof *p);
+    if (p) p->epfd = p->evfd = -1;
     if (!p || !(p->url = strdup(cfg->upstream_url)) || !(p->multi = curl_multi_init())) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -472,7 +591,22 @@ sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, char *err, size_t errlen)
     p->connect_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : DEFAULT_CONNECT_MS;
     p->response_ms = cfg->response_timeout_ms ? cfg->response_timeout_ms : DEFAULT_RESPONSE_MS;
     p->max_buffered = cfg->max_buffered ? cfg->max_buffered : DEFAULT_BUFFERED;
-    curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, 64L);
+    /* Keep an idle upstream connection for every request that may be in
+     * flight at once: a smaller cache closes and reopens TCP connections
+     * on every request as soon as concurrency exceeds it. */
+    curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
+    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    p->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.fd = p->evfd;
+    if (p->epfd < 0 || p->evfd < 0 || epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->evfd, &ev) != 0) {
+        snprintf(err, errlen, "cannot create the proxy's event loop");
+        goto fail;
+    }
     pthread_mutex_init(&p->mu, NULL);
     if (pthread_create(&p->thread, NULL, curl_thread, p) != 0) {
         snprintf(err, errlen, "cannot start the proxy thread");
@@ -484,6 +618,8 @@ sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, char *err, size_t errlen)
 fail:
     if (p) {
         if (p->multi) curl_multi_cleanup(p->multi);
+        if (p->epfd >= 0) close(p->epfd);
+        if (p->evfd >= 0) close(p->evfd);
         free(p->url);
         free(p);
     }
@@ -496,7 +632,7 @@ void sg_proxy_stop(sg_proxy *p)
     pthread_mutex_lock(&p->mu);
     p->stopping = 1;
     pthread_mutex_unlock(&p->mu);
-    curl_multi_wakeup(p->multi);
+    wake_curl(p);
     if (p->thread_started) pthread_join(p->thread, NULL);
     p->thread_started = 0;
     p->stopped = 1;
@@ -506,7 +642,11 @@ void sg_proxy_free(sg_proxy *p)
 {
     if (!p) return;
     sg_proxy_stop(p);
+    for (int i = 0; i < p->nspare; i++)
+        curl_easy_cleanup(p->spare[i]);
     curl_multi_cleanup(p->multi);
+    close(p->epfd);
+    close(p->evfd);
     pthread_mutex_destroy(&p->mu);
     free(p->url);
     free(p);
@@ -523,7 +663,7 @@ sg_transfer *sg_proxy_start(sg_proxy *p, const sg_proxy_request *req, const sg_t
     t->ops = *ops;
     t->want = SG_WANT_HEAD;
     t->head_deadline_ns = sg_now_mono_ns() + (uint64_t)p->response_ms * 1000000u;
-    if (!(t->easy = curl_easy_init())) goto fail;
+    if (!(t->easy = easy_get(p))) goto fail;
 
     /* curl adds Expect: 100-continue for larger bodies and its own Accept:
      * both are suppressed so the upstream sees what the client sent. */
@@ -555,6 +695,7 @@ sg_transfer *sg_proxy_start(sg_proxy *p, const sg_proxy_request *req, const sg_t
 
     CURL *e = t->easy;
     curl_easy_setopt(e, CURLOPT_URL, p->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)t);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->req_headers);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
@@ -590,7 +731,7 @@ sg_transfer *sg_proxy_start(sg_proxy *p, const sg_proxy_request *req, const sg_t
     t->next = p->pending;
     p->pending = t;
     pthread_mutex_unlock(&p->mu);
-    curl_multi_wakeup(p->multi);
+    wake_curl(p);
     return t;
 fail:
     transfer_free(t);
@@ -604,10 +745,12 @@ int sg_transfer_head_get(sg_transfer *t, sg_transfer_head *out)
     pthread_mutex_lock(&p->mu);
     if (t->done && t->error != SG_PROXY_OK) {
         r = -1; /* nothing was sent to the client yet: answer 502/504 instead */
-    } else if (t->head_done) {
+    } else if (t->head_done && (!t->defer || t->done)) {
         out->status = t->status;
         out->content_type = t->content_type;
         out->session_id = t->session_id;
+        out->complete = t->done;
+        t->defer = 0; /* the consumer streams from here on */
         r = 1;
     } else {
         r = 0;
@@ -635,6 +778,7 @@ long sg_transfer_read(sg_transfer *t, char *buf, size_t max)
         if (t->paused && t->data.len - t->data_off < p->max_buffered / 2) {
             t->paused = 0;
             t->unpause = 1;
+            attention_locked(p, t);
             kick = 1;
         }
         r = (long)n;
@@ -644,7 +788,7 @@ long sg_transfer_read(sg_transfer *t, char *buf, size_t max)
         r = 0;
     }
     pthread_mutex_unlock(&p->mu);
-    if (kick) curl_multi_wakeup(p->multi);
+    if (kick) wake_curl(p);
     return r;
 }
 
@@ -654,7 +798,8 @@ int sg_transfer_park(sg_transfer *t, int want)
     int parked = 0;
     pthread_mutex_lock(&p->mu);
     t->want = want;
-    int ready = t->done || (want == SG_WANT_HEAD ? t->head_done : t->data.len > t->data_off);
+    int ready =
+        t->done || (want == SG_WANT_HEAD ? t->head_done && !t->defer : t->data.len > t->data_off);
     if (!ready) {
         t->parked = 1;
         t->watch_off = 0;
@@ -662,8 +807,31 @@ int sg_transfer_park(sg_transfer *t, int want)
         parked = 1;
     }
     pthread_mutex_unlock(&p->mu);
-    if (parked && t->client_fd >= 0) curl_multi_wakeup(p->multi); /* start watching the fd */
+    /* The curl thread starts watching the parked client's socket when it
+     * next wakes (upstream news, or within a second): waking it here for
+     * that would cost a thread switch on every request. */
     return parked;
+}
+
+char *sg_transfer_take_body(sg_transfer *t, size_t *len)
+{
+    sg_proxy *p = t->proxy;
+    char *body = NULL;
+    *len = 0;
+    pthread_mutex_lock(&p->mu);
+    if (t->done && t->error == SG_PROXY_OK && sg_buf_ok(&t->data)) {
+        *len = t->data.len - t->data_off;
+        if (t->data_off == 0 && t->data.data) {
+            body = sg_buf_steal(&t->data);
+        } else if ((body = malloc(*len + 1))) {
+            memcpy(body, t->data.data + t->data_off, *len);
+            sg_buf_reset(&t->data);
+        }
+        t->data_off = 0;
+        if (!body) *len = 0;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return body;
 }
 
 sg_proxy_error sg_transfer_error(sg_transfer *t)
@@ -682,10 +850,11 @@ void sg_transfer_release(sg_transfer *t)
     pthread_mutex_lock(&p->mu);
     int kick = !t->done;
     t->cancel = 1;
+    if (kick) attention_locked(p, t);
     t->parked = 0;
     t->ops.suspend = t->ops.resume = NULL;
     t->client_fd = -1;
     pthread_mutex_unlock(&p->mu);
-    if (kick) curl_multi_wakeup(p->multi);
+    if (kick) wake_curl(p);
     transfer_unref(t);
 }

@@ -99,10 +99,14 @@ typedef struct sg_transfer_head {
     int status;
     const char *content_type;
     const char *session_id; /* Mcp-Session-Id, visible ASCII only */
+    int complete;           /* the whole body is already buffered (see sg_transfer_take_body) */
 } sg_transfer_head;
 
 /* Returns 1 with *out filled once the response headers are in, 0 while they
- * are not, -1 when the transfer failed before them (see sg_transfer_error). */
+ * are not, -1 when the transfer failed before them (see sg_transfer_error).
+ * For a body that is not an event stream, the headers are held back until
+ * the body is complete or 64 KiB of it are buffered, so a small answer
+ * arrives in one piece (out->complete). */
 int sg_transfer_head_get(sg_transfer *t, sg_transfer_head *out);
 
 enum { SG_TRANSFER_EOF = -1, SG_TRANSFER_FAILED = -2 };
@@ -120,6 +124,11 @@ int sg_transfer_park(sg_transfer *t, int want);
 /* Why the transfer failed; SG_PROXY_OK while it runs or after a clean end.
  * Can't fail. */
 sg_proxy_error sg_transfer_error(sg_transfer *t);
+
+/* When the transfer is complete and succeeded, hands its whole buffered
+ * body (malloc'd, free() it; *len bytes) to the caller; else NULL. Nothing
+ * is left to sg_transfer_read afterwards. */
+char *sg_transfer_take_body(sg_transfer *t, size_t *len);
 
 /* The consumer is done: cancels the upstream request if still running and
  * drops the consumer's reference. No callback runs after it returns. */

@@ -63,7 +63,7 @@ static void serve_usage(FILE *f)
           "  --allowed-origin ORIGIN    accepted Origin header (repeatable; '*' = any)\n"
           "                             [the public URL's origin]\n"
           "  --max-body BYTES           request body limit, 413 beyond [1048576]\n"
-          "  --max-header BYTES         per-connection header memory, 431 beyond [65536]\n"
+          "  --max-header BYTES         per-connection header memory, 431 beyond [32768]\n"
           "  --max-connections N        concurrent connections, 503 beyond [1000]\n"
           "  --timeout SECONDS          idle connection / slow upload limit [30]\n"
           "  --threads N                worker threads (one policy state each) [2]\n"

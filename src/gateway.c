@@ -770,7 +770,9 @@ static int filter_sse(list_ctx *c, const char *body, size_t len, sg_buf *out)
             sg_buf_append(out, lines.data ? lines.data : "", data_at);
             if (has_data) {
                 sg_buf_reset(&msg);
-                if (filter_message(c, data.data, data.len, &msg) != 0) rc = -1;
+                /* An event with empty data (a resumability "priming" event)
+                 * carries no message: pass it through as it is. */
+                if (data.len > 0 && filter_message(c, data.data, data.len, &msg) != 0) rc = -1;
                 put_data_lines(out, msg.data ? msg.data : "", msg.len);
             }
             sg_buf_append(out, lines.data ? lines.data + data_at : "", lines.len - data_at);

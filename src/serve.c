@@ -389,9 +389,10 @@ static int serve(serve_opts *opts)
         goto out;
     }
 
-    /* The audience defaults to the resource this gateway protects: the
-     * public URL, else the policy's `resource` (never unchecked). */
-    const char *audience = o.audience ? o.audience : o.public_url;
+    /* The audience defaults to the resource this gateway protects, the same
+     * URI its RFC 9728 metadata names: the policy's `resource`, else the
+     * public URL (never unchecked). */
+    const char *audience = o.audience;
     if (!audience) {
         char *perr = NULL;
         sg_policy *p = sg_policy_load(o.policy, NULL, &perr);
@@ -401,7 +402,8 @@ static int serve(serve_opts *opts)
             goto out;
         }
         free(perr);
-        if (sg_policy_resource(p)) audience_owned = strdup(sg_policy_resource(p));
+        const char *r = sg_policy_resource(p) ? sg_policy_resource(p) : o.public_url;
+        if (r) audience_owned = strdup(r);
         sg_policy_free(p);
         audience = audience_owned;
         if (!audience) {

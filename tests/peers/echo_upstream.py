@@ -186,8 +186,10 @@ class Handler(BaseHTTPRequestHandler):
             key, items = LISTS[method]
             result = {key: items, "nextCursor": "next-page"}
             resp = {"jsonrpc": "2.0", "id": first.get("id"), "result": result}
-            if isinstance(params, dict) and params.get("cursor") == "sse":
+            if isinstance(params, dict) and params.get("cursor") in ("sse", "sse-primed"):
                 self._start_sse()
+                if params.get("cursor") == "sse-primed":  # a resumability priming event
+                    self._chunk("id: p-0\ndata: \n\n")
                 self._chunk("retry: 500\n\n")
                 note = {"jsonrpc": "2.0", "method": "notifications/message",
                         "params": {"level": "info", "data": "listing"}}

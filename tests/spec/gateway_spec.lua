@@ -394,6 +394,13 @@ describe("scopegate serve", function()
                        r.body)
     end)
 
+    it("passes an SSE priming event (empty data) through and filters the rest", function()
+      local r = post(rpc(7, "tools/list", '{"cursor":"sse-primed"}'), mint("echo:read"))
+      assert.are.equal(200, r.status)
+      assert.are.equal("id: p-0\ndata: \n\n", r.body:sub(1, 16))
+      assert.truthy(r.body:find(TOOLS_READ:format("7"), 1, true))
+    end)
+
     it("filters prompts and resources; anonymous callers see only public tools", function()
       local r = post(rpc(4, "prompts/list"), mint("echo:read"))
       assert.are.equal('{"jsonrpc":"2.0","id":4,"result":{"prompts":[{"name":"summarize"}],' ..

@@ -1,12 +1,15 @@
 /* http.c -- the libmicrohttpd front: limits, routes, streaming.
  *
- * Why it is shaped this way: the daemon runs a small pool of epoll threads
- * (MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME)
- * and each pool thread is one gateway worker (its own Lua policy state and
- * token cache), found through a thread-local index, so the hot path takes no
- * lock. A forwarded request never blocks its thread: the connection is
- * suspended while the upstream (proxy.c, another thread) has nothing for it
- * and resumed when it has; a content reader streams the body back in pieces.
+ * Why it is shaped this way: each worker thread runs its own event loop over
+ * one epoll set holding a libmicrohttpd daemon (MHD_USE_EPOLL, driven with
+ * MHD_run; the daemons share the port with SO_REUSEPORT) and the sockets of
+ * its own proxy lane (curl). A worker is also one gateway worker (its own Lua
+ * policy state and token cache, found through a thread-local index), so a
+ * request is received, decided, forwarded and answered on one thread: no
+ * lock on the hot path and no hand-off between threads. A forwarded request
+ * never blocks its thread: the connection is suspended while the upstream
+ * has nothing for it and resumed when it has; a content reader streams the
+ * body back in pieces.
  * Limits are enforced before any parsing: connections (503), header memory
  * (431, by libmicrohttpd itself), body size (413, while uploading), time
  * (408 for a slow upload, idle connections closed). */
@@ -19,8 +22,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <microhttpd.h>
 
@@ -30,11 +37,25 @@
 #define DISCARD_FACTOR   4  /* an oversized chunked body is read this far, then dropped */
 #define SSE_ERROR_MAX    (SG_MCP_MAX_ID_LEN + 256)
 
-struct sg_http {
+#define TAG_MHD  ((uint64_t)0)
+#define TAG_WAKE ((uint64_t)2 << 32)
+
+typedef struct http_worker {
+    struct sg_http *h;
+    unsigned index;
     struct MHD_Daemon *daemon;
+    sg_proxy_lane *lane;
+    int epfd, evfd;
+    pthread_t thread;
+    int started;
+} http_worker;
+
+struct sg_http {
     sg_http_config cfg;
     uint16_t port;
-    atomic_uint next_worker;
+    unsigned nworkers;
+    http_worker *workers;
+    atomic_int stopping;
     atomic_int connections;
     atomic_int forwarded; /* exchanges holding a transfer */
 };
@@ -190,12 +211,7 @@ static enum MHD_Result check_origin(void *cls, enum MHD_ValueKind kind, const ch
 
 static int worker_index(sg_http *h, unsigned *out)
 {
-    if (tl_owner != h) {
-        unsigned idx = atomic_fetch_add(&h->next_worker, 1);
-        if (idx >= h->cfg.limits.threads) return -1;
-        tl_owner = h;
-        tl_worker = idx;
-    }
+    if (tl_owner != h) return -1; /* only the workers' own threads serve */
     *out = tl_worker;
     return 0;
 }
@@ -405,7 +421,7 @@ static enum MHD_Result forward(exchange *ex, const char *method, const header_li
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(ex->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     int fd = ci ? ci->connect_fd : -1;
-    ex->xfer = sg_proxy_start(ex->h->cfg.proxy, &preq, &ops, fd);
+    ex->xfer = sg_proxy_start(ex->h->workers[ex->worker].lane, &preq, &ops, fd);
     if (!ex->xfer) return queue_upstream_error(ex, SG_PROXY_ESHUTDOWN);
     atomic_fetch_add(&ex->h->forwarded, 1);
     ex->phase = PHASE_HEAD;
@@ -590,6 +606,72 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 
+/* One worker's event loop: libmicrohttpd and the proxy lane share one epoll
+ * set and one thread. On shutdown the worker stops accepting, fails its
+ * in-flight transfers (their connections resume and get their 503s or error
+ * events) and keeps serving up to a second for those answers to leave. */
+static void *worker_main(void *arg)
+{
+    http_worker *w = arg;
+    sg_http *h = w->h;
+    tl_owner = h;
+    tl_worker = w->index;
+    struct epoll_event evs[64];
+    int draining = 0;
+    uint64_t drain_deadline = 0;
+    for (;;) {
+        uint64_t now = sg_now_mono_ns();
+        if (!draining && atomic_load(&h->stopping)) {
+            draining = 1;
+            drain_deadline = now + 1000000000ull;
+            MHD_socket ls = MHD_quiesce_daemon(w->daemon); /* ours to close now */
+            if (ls != MHD_INVALID_SOCKET) close(ls);
+            sg_proxy_lane_shutdown(w->lane);
+        }
+        if (draining && (atomic_load(&h->forwarded) <= 0 || now >= drain_deadline)) break;
+        long timeout = sg_proxy_lane_timeout_ms(w->lane);
+        MHD_UNSIGNED_LONG_LONG mhd_ms;
+        if (MHD_get_timeout(w->daemon, &mhd_ms) == MHD_YES && (long long)mhd_ms < timeout)
+            timeout = (long)mhd_ms;
+        if (draining && timeout > 10) timeout = 10;
+        int n = epoll_wait(w->epfd, evs, (int)SG_ARRAY_LEN(evs), (int)timeout);
+        for (int i = 0; i < n; i++) {
+            uint64_t tag = evs[i].data.u64;
+            if (tag & SG_PROXY_EPOLL_TAG) {
+                sg_proxy_lane_event(w->lane, tag, evs[i].events);
+            } else if (tag == TAG_WAKE) {
+                uint64_t count;
+                ssize_t ignored = read(w->evfd, &count, sizeof count);
+                (void)ignored;
+            }
+        }
+        sg_proxy_lane_run(w->lane);
+        MHD_run(w->daemon);
+    }
+    return NULL;
+}
+
+static int epoll_add(int epfd, int fd, uint64_t tag)
+{
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = EPOLLIN;
+    ev.data.u64 = tag;
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+static void workers_free(sg_http *h)
+{
+    for (unsigned i = 0; i < h->nworkers; i++) {
+        http_worker *w = &h->workers[i];
+        if (w->daemon) MHD_stop_daemon(w->daemon);
+        if (w->epfd >= 0) close(w->epfd);
+        if (w->evfd >= 0) close(w->evfd);
+    }
+    free(h->workers);
+    free(h);
+}
+
 sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
 {
     sg_http *h = calloc(1, sizeof *h);
@@ -605,11 +687,18 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
     if (!l->timeout_s) l->timeout_s = 30;
     if (!l->threads) l->threads = 2;
     if (!h->cfg.mcp_path) h->cfg.mcp_path = "/mcp";
+    if (!(h->workers = calloc(l->threads, sizeof *h->workers))) {
+        free(h);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    h->nworkers = l->threads;
+    for (unsigned i = 0; i < h->nworkers; i++)
+        h->workers[i].epfd = h->workers[i].evfd = -1;
 
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     const char *host = cfg->host ? cfg->host : "127.0.0.1";
     struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
@@ -622,28 +711,63 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
         flags |= MHD_USE_IPv6;
     } else {
         snprintf(err, errlen, "listen address '%s' is not a numeric IPv4 or IPv6 address", host);
-        free(h);
+        workers_free(h);
         return NULL;
     }
-    /* A pool of one is no pool: libmicrohttpd's own thread serves alone. */
-    struct MHD_OptionItem pool_opt[] = {
-        {l->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, l->threads, NULL},
-        {MHD_OPTION_END, 0, NULL}};
-    h->daemon = MHD_start_daemon(
-        flags, cfg->port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_ARRAY, pool_opt,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(l->max_connections + CONNECTION_SLACK),
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, l->max_header, MHD_OPTION_CONNECTION_TIMEOUT,
-        l->timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION,
-        on_connection, h, MHD_OPTION_END);
-    if (!h->daemon) {
-        snprintf(err, errlen, "cannot listen on %s:%u (address in use or not permitted)", host,
-                 (unsigned)cfg->port);
-        free(h);
-        return NULL;
+    /* The connection limit is shared: a daemon may take them all. */
+    unsigned limit = (unsigned)(l->max_connections + CONNECTION_SLACK);
+    for (unsigned i = 0; i < h->nworkers; i++) {
+        http_worker *w = &h->workers[i];
+        w->h = h;
+        w->index = i;
+        w->lane = sg_proxy_lane_of(cfg->proxy, i);
+        /* The first daemon binds (port 0 picks one); the others bind the
+         * same port, and the kernel spreads connections over them. */
+        if (i == 1) {
+            if (ss.ss_family == AF_INET)
+                v4->sin_port = htons(h->port);
+            else
+                v6->sin6_port = htons(h->port);
+        }
+        w->daemon = MHD_start_daemon(
+            flags, i ? h->port : cfg->port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
+            mhd_log, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)(h->nworkers > 1),
+            MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_CONNECTION_MEMORY_LIMIT, l->max_header,
+            MHD_OPTION_CONNECTION_TIMEOUT, l->timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+            h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_END);
+        if (!w->daemon) {
+            snprintf(err, errlen, "cannot listen on %s:%u (address in use or not permitted)", host,
+                     (unsigned)(i ? h->port : cfg->port));
+            workers_free(h);
+            return NULL;
+        }
+        if (i == 0) {
+            const union MHD_DaemonInfo *di =
+                MHD_get_daemon_info(w->daemon, MHD_DAEMON_INFO_BIND_PORT);
+            h->port = di ? di->port : cfg->port;
+        }
+        const union MHD_DaemonInfo *ei = MHD_get_daemon_info(w->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+        w->epfd = epoll_create1(EPOLL_CLOEXEC);
+        w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (!w->lane || !ei || w->epfd < 0 || w->evfd < 0 ||
+            epoll_add(w->epfd, ei->epoll_fd, TAG_MHD) != 0 ||
+            epoll_add(w->epfd, w->evfd, TAG_WAKE) != 0) {
+            snprintf(err, errlen, "cannot set up worker %u's event loop", i);
+            workers_free(h);
+            return NULL;
+        }
+        sg_proxy_lane_attach(w->lane, w->epfd);
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = di ? di->port : cfg->port;
+    for (unsigned i = 0; i < h->nworkers; i++) {
+        http_worker *w = &h->workers[i];
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            snprintf(err, errlen, "cannot start worker thread %u", i);
+            sg_http_stop(h);
+            return NULL;
+        }
+        w->started = 1;
+    }
     return h;
 }
 
@@ -655,16 +779,15 @@ uint16_t sg_http_port(const sg_http *h)
 void sg_http_stop(sg_http *h)
 {
     if (!h) return;
-    MHD_quiesce_daemon(h->daemon);
-    /* Resumes every connection parked on the upstream; MHD must not be
-     * stopped with suspended connections. */
-    sg_proxy_stop(h->cfg.proxy);
-    /* Give the resumed connections a moment to send their 503s and error
-     * events before the daemon closes every socket. */
-    for (int i = 0; i < 100 && atomic_load(&h->forwarded) > 0; i++) {
-        struct timespec ts = {0, 10 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+    atomic_store(&h->stopping, 1);
+    for (unsigned i = 0; i < h->nworkers; i++) {
+        uint64_t one = 1;
+        ssize_t ignored = write(h->workers[i].evfd, &one, sizeof one);
+        (void)ignored;
     }
-    MHD_stop_daemon(h->daemon);
-    free(h);
+    for (unsigned i = 0; i < h->nworkers; i++)
+        if (h->workers[i].started) pthread_join(h->workers[i].thread, NULL);
+    /* Every transfer has failed and its connection was resumed: stopping the
+     * daemons now closes what is left. */
+    workers_free(h);
 }

@@ -1,7 +1,8 @@
 /* http.h -- the HTTP front of scopegate (libmicrohttpd).
  *
- * Owns the listening daemon: a pool of epoll worker threads (each one is a
- * gateway worker with its own policy state and token cache), the limits
+ * Owns the worker threads: each runs one event loop over its own
+ * libmicrohttpd daemon (all sharing the port) and its own proxy lane, and
+ * is one gateway worker with its own policy state and token cache. Also the limits
  * every request meets before any parsing (connections, header and body
  * size, time), the Host and Origin allow-lists, the routes (MCP endpoint,
  * RFC 9728 metadata, /healthz) and the streaming of upstream answers back to
@@ -34,7 +35,7 @@ typedef struct sg_http_config {
     const char *const *allowed_origins;
     sg_http_limits limits;
     sg_gateway *gateway; /* borrowed; workers = limits.threads */
-    sg_proxy *proxy;     /* borrowed */
+    sg_proxy *proxy;     /* borrowed; one lane per worker (limits.threads) */
 } sg_http_config;
 
 typedef struct sg_http sg_http;
@@ -44,9 +45,10 @@ typedef struct sg_http sg_http;
 sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen);
 /* The bound port (useful with port 0). */
 uint16_t sg_http_port(const sg_http *h);
-/* Stops accepting, fails in-flight upstream transfers (sg_proxy_stop on the
- * configured proxy, which resumes every parked connection), stops the
- * daemon and frees it. The proxy may be freed afterwards. NULL is fine. */
+/* Stops accepting, has every worker fail its in-flight upstream transfers
+ * (resuming their connections, which get their 503s or error events for up
+ * to a second), joins the workers, stops the daemons and frees it all. The
+ * proxy may be freed afterwards. NULL is fine. */
 void sg_http_stop(sg_http *h);
 
 #endif

@@ -1,15 +1,15 @@
-/* proxy.c -- the upstream side of scopegate: libcurl multi, one thread.
+/* proxy.c -- the upstream side of scopegate: libcurl, one multi per worker.
  *
- * Why one multi handle on its own thread: HTTP worker threads must never
- * block on the upstream (they serve many connections each), and a single
- * multi handle keeps a connection cache so consecutive requests reuse TCP
- * connections. The thread drives the multi handle with
- * curl_multi_socket_action over its own epoll set, so the work per wake-up
- * is proportional to the sockets that are ready, not to the transfers in
- * flight (curl_multi_perform/poll walk all of them, which collapses at a
- * few hundred concurrent requests). Everything shared between the curl
- * thread and the HTTP threads sits behind one mutex; curl calls that may
- * re-enter our callbacks (socket_action, curl_easy_pause) run without it.
+ * Why lanes: every HTTP worker thread owns one lane, a curl multi handle
+ * whose sockets sit in that worker's own epoll set next to libmicrohttpd's.
+ * A request is parsed, decided, forwarded, answered and streamed back on one
+ * thread, with no hand-off between threads (each hand-off costs a wake-up
+ * and a context switch, which dominated the forwarded path when curl had a
+ * thread of its own). The multi is driven with curl_multi_socket_action, so
+ * the work per event is proportional to the sockets that are ready, and it
+ * keeps a connection cache, so consecutive requests reuse TCP connections.
+ * A lane is touched by its worker thread only; its mutex is uncontended and
+ * only guards against re-entry from curl callbacks into transfer state.
  * See proxy.h for the park/resume protocol. */
 #include "proxy.h"
 
@@ -21,7 +21,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -36,23 +35,21 @@
 #define EASY_SPARES         256
 
 struct sg_transfer {
-    sg_proxy *proxy;
-    int refs; /* consumer + curl thread; under proxy->mu */
+    sg_proxy_lane *lane;
+    int refs; /* consumer + lane (+ attention list) */
     CURL *easy;
     struct curl_slist *req_headers;
     char *body;
     size_t body_len;
     uint64_t head_deadline_ns;
-    sg_transfer *next; /* pending list (under mu), then active list (curl thread) */
-    sg_transfer *prev; /* active list (curl thread) */
-    int attn;          /* on the attention list: cancel or unpause to act on (under mu) */
+    sg_transfer *next, *prev; /* the lane's active list */
+    int attn;                 /* on the attention list: a cancel or unpause to act on */
     sg_transfer *attn_next;
 
-    /* shared state, under proxy->mu */
     int cancel;   /* consumer released it early */
     int paused;   /* the write callback paused the transfer */
     int unpause;  /* the consumer drained the buffer: resume the upstream */
-    int in_multi; /* curl thread: handle added to the multi */
+    int in_multi; /* handle added to the multi */
     int head_done;
     int status;
     char *content_type;
@@ -70,22 +67,25 @@ struct sg_transfer {
     sg_transfer_ops ops;
 };
 
-struct sg_proxy {
-    char *url;
+struct sg_proxy_lane {
+    const char *url; /* the proxy's settings, copied for the hot path */
     uint32_t connect_ms, response_ms;
     size_t max_buffered;
     CURLM *multi;
-    pthread_t thread;
-    int thread_started;
     pthread_mutex_t mu;
-    int stopping;             /* under mu */
-    int stopped;              /* sg_proxy_stop finished */
-    sg_transfer *pending;     /* started, not yet seen by the curl thread; under mu */
-    sg_transfer *attn;        /* transfers a consumer cancelled or unpaused; under mu */
-    int epfd, evfd;           /* the curl thread's epoll set, and the eventfd that wakes it */
-    CURL *spare[EASY_SPARES]; /* reset easy handles kept for reuse; under mu */
+    int stopping;
+    int epfd; /* the owning worker's epoll set (borrowed) */
+    sg_transfer *active;
+    sg_transfer *attn;        /* transfers a consumer cancelled or unpaused */
+    CURL *spare[EASY_SPARES]; /* reset easy handles kept for reuse */
     int nspare;
-    sg_transfer *active; /* curl thread only */
+    uint64_t next_sweep;
+};
+
+struct sg_proxy {
+    char *url;
+    unsigned nlanes;
+    sg_proxy_lane *lanes;
 };
 
 static const char *const forwarded_request_headers[] = {
@@ -114,18 +114,9 @@ const char *sg_proxy_error_text(sg_proxy_error e)
     return "unknown proxy error";
 }
 
-/* Wakes the curl thread. Any thread; can't fail (a full eventfd counter
- * still wakes it). */
-static void wake_curl(sg_proxy *p)
-{
-    uint64_t one = 1;
-    ssize_t ignored = write(p->evfd, &one, sizeof one);
-    (void)ignored;
-}
-
 /* Must hold mu. Puts t on the list the curl thread acts on when it wakes;
  * the list holds a reference, so t outlives a retire that comes first. */
-static void attention_locked(sg_proxy *p, sg_transfer *t)
+static void attention_locked(sg_proxy_lane *p, sg_transfer *t)
 {
     if (t->attn) return;
     t->attn = 1;
@@ -146,7 +137,7 @@ static void wake_locked(sg_transfer *t)
 /* An easy handle: a spare one when there is one (creating a handle costs
  * several allocations and a 16 KiB buffer per request otherwise). NULL
  * when out of memory. */
-static CURL *easy_get(sg_proxy *p)
+static CURL *easy_get(sg_proxy_lane *p)
 {
     CURL *e = NULL;
     pthread_mutex_lock(&p->mu);
@@ -156,7 +147,7 @@ static CURL *easy_get(sg_proxy *p)
 }
 
 /* Gives a handle that is in no multi back for reuse (or frees it). */
-static void easy_put(sg_proxy *p, CURL *e)
+static void easy_put(sg_proxy_lane *p, CURL *e)
 {
     curl_easy_reset(e);
     pthread_mutex_lock(&p->mu);
@@ -168,7 +159,7 @@ static void easy_put(sg_proxy *p, CURL *e)
 
 static void transfer_free(sg_transfer *t)
 {
-    if (t->easy) easy_put(t->proxy, t->easy);
+    if (t->easy) easy_put(t->lane, t->easy);
     curl_slist_free_all(t->req_headers);
     free(t->body);
     free(t->content_type);
@@ -180,7 +171,7 @@ static void transfer_free(sg_transfer *t)
 /* Drops one reference; frees on the last. Takes mu itself. */
 static void transfer_unref(sg_transfer *t)
 {
-    sg_proxy *p = t->proxy;
+    sg_proxy_lane *p = t->lane;
     pthread_mutex_lock(&p->mu);
     int left = --t->refs;
     pthread_mutex_unlock(&p->mu);
@@ -241,7 +232,7 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *ud)
 {
     sg_transfer *t = ud;
     size_t n = size * nitems;
-    sg_proxy *p = t->proxy;
+    sg_proxy_lane *p = t->lane;
     pthread_mutex_lock(&p->mu);
     if (t->cancel) {
         pthread_mutex_unlock(&p->mu);
@@ -298,7 +289,7 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud)
 {
     sg_transfer *t = ud;
     size_t n = size * nmemb;
-    sg_proxy *p = t->proxy;
+    sg_proxy_lane *p = t->lane;
     pthread_mutex_lock(&p->mu);
     if (t->cancel) {
         pthread_mutex_unlock(&p->mu);
@@ -343,9 +334,9 @@ static sg_proxy_error map_curl_error(CURLcode rc, int head_done, int data_oom)
     }
 }
 
-/* Curl thread: take the transfer out of the multi and the active list and
- * drop the curl thread's reference. */
-static void retire(sg_proxy *p, sg_transfer *t)
+/* Takes the transfer out of the multi and the active list and drops the
+ * lane's reference. */
+static void retire(sg_proxy_lane *p, sg_transfer *t)
 {
     if (t->prev)
         t->prev->next = t->next;
@@ -358,7 +349,7 @@ static void retire(sg_proxy *p, sg_transfer *t)
     transfer_unref(t);
 }
 
-static void on_done(sg_proxy *p, CURL *easy, CURLcode rc)
+static void on_done(sg_proxy_lane *p, CURL *easy, CURLcode rc)
 {
     sg_transfer *t = NULL;
     if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&t) != CURLE_OK || !t) return;
@@ -376,7 +367,7 @@ static void on_done(sg_proxy *p, CURL *easy, CURLcode rc)
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
     (void)easy;
-    sg_proxy *p = userp;
+    sg_proxy_lane *p = userp;
     if (what == CURL_POLL_REMOVE) {
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, s, NULL);
         return 0;
@@ -384,7 +375,7 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     struct epoll_event ev;
     memset(&ev, 0, sizeof ev);
     ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
-    ev.data.fd = s;
+    ev.data.u64 = SG_PROXY_EPOLL_TAG | (uint64_t)(uint32_t)s;
     if (!socketp) {
         if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, s, &ev) != 0 && errno == EEXIST)
             epoll_ctl(p->epfd, EPOLL_CTL_MOD, s, &ev);
@@ -395,7 +386,7 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     return 0;
 }
 
-static void drain_done(sg_proxy *p)
+static void drain_done(sg_proxy_lane *p)
 {
     CURLMsg *msg;
     int left;
@@ -403,35 +394,17 @@ static void drain_done(sg_proxy *p)
         if (msg->msg == CURLMSG_DONE) on_done(p, msg->easy_handle, msg->data.result);
 }
 
-/* Curl thread: adopt new transfers and act on cancels and unpauses. Only
- * transfers that asked for attention are visited. */
-static void service(sg_proxy *p)
+/* Acts on the transfers whose consumer cancelled or unpaused them; only
+ * those are visited. A transfer already retired (not in the multi) needs
+ * nothing more; the list's reference is dropped either way. */
+static void service(sg_proxy_lane *p)
 {
     pthread_mutex_lock(&p->mu);
-    sg_transfer *fresh = p->pending, *attn = p->attn;
-    p->pending = NULL;
+    sg_transfer *attn = p->attn;
     p->attn = NULL;
     for (sg_transfer *t = attn; t; t = t->attn_next)
         t->attn = 0;
     pthread_mutex_unlock(&p->mu);
-    while (fresh) {
-        sg_transfer *t = fresh;
-        fresh = t->next;
-        t->prev = NULL;
-        t->next = p->active;
-        if (p->active) p->active->prev = t;
-        p->active = t;
-        if (curl_multi_add_handle(p->multi, t->easy) == CURLM_OK) {
-            t->in_multi = 1;
-        } else {
-            pthread_mutex_lock(&p->mu);
-            finish_locked(t, SG_PROXY_ENOMEM);
-            pthread_mutex_unlock(&p->mu);
-            retire(p, t);
-        }
-    }
-    /* A transfer already retired (not in the multi) needs nothing more;
-     * the list's reference is dropped either way. */
     while (attn) {
         sg_transfer *t = attn;
         attn = t->attn_next;
@@ -448,10 +421,10 @@ static void service(sg_proxy *p)
     }
 }
 
-/* Curl thread, a few times a second: response deadlines, and the sockets
+/* A few times a second: response deadlines, and the sockets
  * of parked clients (a read of 0 or an error means the client hung up:
  * cancel, and resume it so the HTTP layer closes the connection). */
-static void sweep(sg_proxy *p)
+static void sweep(sg_proxy_lane *p)
 {
     uint64_t now = sg_now_mono_ns();
     struct pollfd fds[64];
@@ -500,51 +473,43 @@ static void sweep(sg_proxy *p)
 
 #define SWEEP_NS (250u * 1000000u)
 
-static void *curl_thread(void *arg)
+long sg_proxy_lane_timeout_ms(sg_proxy_lane *p)
 {
-    sg_proxy *p = arg;
-    struct epoll_event evs[64];
-    uint64_t next_sweep = sg_now_mono_ns() + SWEEP_NS;
+    if (p->attn) return 0;
+    long ms = -1;
+    curl_multi_timeout(p->multi, &ms);
+    uint64_t now = sg_now_mono_ns();
+    long sweep_ms = p->next_sweep <= now ? 0 : (long)((p->next_sweep - now + 999999u) / 1000000u);
+    return ms < 0 || ms > sweep_ms ? sweep_ms : ms;
+}
+
+void sg_proxy_lane_event(sg_proxy_lane *p, uint64_t tagged, uint32_t events)
+{
     int running = 0;
-    for (;;) {
-        pthread_mutex_lock(&p->mu);
-        int stopping = p->stopping;
-        pthread_mutex_unlock(&p->mu);
-        if (stopping) break;
-        service(p);
+    int mask = (events & EPOLLIN ? CURL_CSELECT_IN : 0) |
+               (events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+               (events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+    curl_multi_socket_action(p->multi, (curl_socket_t)(uint32_t)tagged, mask, &running);
+}
 
-        /* curl's next timer, asked for directly: its timer callback only
-         * reports changes, and a missed one would stall transfers. */
-        long curl_ms = -1;
-        curl_multi_timeout(p->multi, &curl_ms);
-        uint64_t now = sg_now_mono_ns();
-        int timeout_ms = next_sweep <= now ? 0 : (int)((next_sweep - now + 999999u) / 1000000u);
-        if (curl_ms >= 0 && curl_ms < timeout_ms) timeout_ms = (int)curl_ms;
-        int n = epoll_wait(p->epfd, evs, (int)SG_ARRAY_LEN(evs), timeout_ms);
-        for (int i = 0; i < n; i++) {
-            if (evs[i].data.fd == p->evfd) {
-                uint64_t count;
-                ssize_t ignored = read(p->evfd, &count, sizeof count);
-                (void)ignored;
-                continue;
-            }
-            int mask = (evs[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
-                       (evs[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
-                       (evs[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
-            curl_multi_socket_action(p->multi, evs[i].data.fd, mask, &running);
-        }
-        curl_ms = -1;
-        curl_multi_timeout(p->multi, &curl_ms);
-        if (curl_ms == 0) curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-        drain_done(p);
-        now = sg_now_mono_ns();
-        if (now >= next_sweep) {
-            sweep(p);
-            next_sweep = now + SWEEP_NS;
-        }
+void sg_proxy_lane_run(sg_proxy_lane *p)
+{
+    int running = 0;
+    service(p);
+    long ms = -1;
+    curl_multi_timeout(p->multi, &ms);
+    if (ms == 0) curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    drain_done(p);
+    uint64_t now = sg_now_mono_ns();
+    if (now >= p->next_sweep) {
+        sweep(p);
+        p->next_sweep = now + SWEEP_NS;
     }
+}
 
-    /* Shutdown: fail everything so parked consumers resume and finish. */
+void sg_proxy_lane_shutdown(sg_proxy_lane *p)
+{
+    p->stopping = 1;
     service(p);
     while (p->active) {
         sg_transfer *t = p->active;
@@ -553,12 +518,31 @@ static void *curl_thread(void *arg)
         pthread_mutex_unlock(&p->mu);
         retire(p, t);
     }
-    return NULL;
 }
 
-sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, char *err, size_t errlen)
+int sg_proxy_lane_attach(sg_proxy_lane *p, int epfd)
 {
-    /* curl_global_init is not thread-safe: proxies are created from the
+    p->epfd = epfd;
+    p->next_sweep = sg_now_mono_ns() + SWEEP_NS;
+    return 0;
+}
+
+sg_proxy_lane *sg_proxy_lane_of(sg_proxy *p, unsigned i)
+{
+    return i < p->nlanes ? &p->lanes[i] : NULL;
+}
+
+static void lane_free(sg_proxy_lane *l)
+{
+    for (int i = 0; i < l->nspare; i++)
+        curl_easy_cleanup(l->spare[i]);
+    if (l->multi) curl_multi_cleanup(l->multi);
+    pthread_mutex_destroy(&l->mu);
+}
+
+sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, unsigned lanes, char *err, size_t errlen)
+{
+    /* curl_global_init is not thread-safe: serve.c creates the proxy on the
      * main thread before any worker exists. */
     static CURLcode global_rc = CURLE_OK;
     static int global_done = 0;
@@ -582,82 +566,55 @@ sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "libcurl failed to initialise");
         return NULL;
     }
+    if (lanes == 0) lanes = 1;
     sg_proxy *p = calloc(1, sizeof *p);
-    if (p) p->epfd = p->evfd = -1;
-    if (!p || !(p->url = strdup(cfg->upstream_url)) || !(p->multi = curl_multi_init())) {
+    if (!p || !(p->url = strdup(cfg->upstream_url)) ||
+        !(p->lanes = calloc(lanes, sizeof *p->lanes))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    p->connect_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : DEFAULT_CONNECT_MS;
-    p->response_ms = cfg->response_timeout_ms ? cfg->response_timeout_ms : DEFAULT_RESPONSE_MS;
-    p->max_buffered = cfg->max_buffered ? cfg->max_buffered : DEFAULT_BUFFERED;
-    /* Keep an idle upstream connection for every request that may be in
-     * flight at once: a smaller cache closes and reopens TCP connections
-     * on every request as soon as concurrency exceeds it. */
-    curl_multi_setopt(p->multi, CURLMOPT_MAXCONNECTS, 1024L);
-    curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(p->multi, CURLMOPT_SOCKETDATA, p);
-    p->epfd = epoll_create1(EPOLL_CLOEXEC);
-    p->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    struct epoll_event ev;
-    memset(&ev, 0, sizeof ev);
-    ev.events = EPOLLIN;
-    ev.data.fd = p->evfd;
-    if (p->epfd < 0 || p->evfd < 0 || epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->evfd, &ev) != 0) {
-        snprintf(err, errlen, "cannot create the proxy's event loop");
-        goto fail;
+    for (unsigned i = 0; i < lanes; i++) {
+        sg_proxy_lane *l = &p->lanes[i];
+        l->url = p->url;
+        l->connect_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : DEFAULT_CONNECT_MS;
+        l->response_ms = cfg->response_timeout_ms ? cfg->response_timeout_ms : DEFAULT_RESPONSE_MS;
+        l->max_buffered = cfg->max_buffered ? cfg->max_buffered : DEFAULT_BUFFERED;
+        l->epfd = -1;
+        pthread_mutex_init(&l->mu, NULL);
+        p->nlanes++;
+        if (!(l->multi = curl_multi_init())) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        /* Keep an idle upstream connection for every request that may be in
+         * flight at once: a smaller cache closes and reopens TCP connections
+         * on every request as soon as concurrency exceeds it. */
+        curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, 1024L);
+        curl_multi_setopt(l->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+        curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l);
     }
-    pthread_mutex_init(&p->mu, NULL);
-    if (pthread_create(&p->thread, NULL, curl_thread, p) != 0) {
-        snprintf(err, errlen, "cannot start the proxy thread");
-        pthread_mutex_destroy(&p->mu);
-        goto fail;
-    }
-    p->thread_started = 1;
     return p;
 fail:
-    if (p) {
-        if (p->multi) curl_multi_cleanup(p->multi);
-        if (p->epfd >= 0) close(p->epfd);
-        if (p->evfd >= 0) close(p->evfd);
-        free(p->url);
-        free(p);
-    }
+    sg_proxy_free(p);
     return NULL;
-}
-
-void sg_proxy_stop(sg_proxy *p)
-{
-    if (!p || p->stopped) return;
-    pthread_mutex_lock(&p->mu);
-    p->stopping = 1;
-    pthread_mutex_unlock(&p->mu);
-    wake_curl(p);
-    if (p->thread_started) pthread_join(p->thread, NULL);
-    p->thread_started = 0;
-    p->stopped = 1;
 }
 
 void sg_proxy_free(sg_proxy *p)
 {
     if (!p) return;
-    sg_proxy_stop(p);
-    for (int i = 0; i < p->nspare; i++)
-        curl_easy_cleanup(p->spare[i]);
-    curl_multi_cleanup(p->multi);
-    close(p->epfd);
-    close(p->evfd);
-    pthread_mutex_destroy(&p->mu);
+    for (unsigned i = 0; i < p->nlanes; i++)
+        lane_free(&p->lanes[i]);
+    free(p->lanes);
     free(p->url);
     free(p);
 }
 
-sg_transfer *sg_proxy_start(sg_proxy *p, const sg_proxy_request *req, const sg_transfer_ops *ops,
-                            int client_fd)
+sg_transfer *sg_proxy_start(sg_proxy_lane *p, const sg_proxy_request *req,
+                            const sg_transfer_ops *ops, int client_fd)
 {
     sg_transfer *t = calloc(1, sizeof *t);
     if (!t) return NULL;
-    t->proxy = p;
+    t->lane = p;
     t->refs = 2;
     t->client_fd = client_fd;
     t->ops = *ops;
@@ -723,15 +680,12 @@ sg_transfer *sg_proxy_start(sg_proxy *p, const sg_proxy_request *req, const sg_t
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
     }
 
-    pthread_mutex_lock(&p->mu);
-    if (p->stopping) {
-        pthread_mutex_unlock(&p->mu);
-        goto fail;
-    }
-    t->next = p->pending;
-    p->pending = t;
-    pthread_mutex_unlock(&p->mu);
-    wake_curl(p);
+    if (p->stopping || curl_multi_add_handle(p->multi, e) != CURLM_OK) goto fail;
+    t->in_multi = 1;
+    t->prev = NULL;
+    t->next = p->active;
+    if (p->active) p->active->prev = t;
+    p->active = t;
     return t;
 fail:
     transfer_free(t);
@@ -740,7 +694,7 @@ fail:
 
 int sg_transfer_head_get(sg_transfer *t, sg_transfer_head *out)
 {
-    sg_proxy *p = t->proxy;
+    sg_proxy_lane *p = t->lane;
     int r;
     pthread_mutex_lock(&p->mu);
     if (t->done && t->error != SG_PROXY_OK) {
@@ -761,9 +715,8 @@ int sg_transfer_head_get(sg_transfer *t, sg_transfer_head *out)
 
 long sg_transfer_read(sg_transfer *t, char *buf, size_t max)
 {
-    sg_proxy *p = t->proxy;
+    sg_proxy_lane *p = t->lane;
     long r;
-    int kick = 0;
     pthread_mutex_lock(&p->mu);
     t->want = SG_WANT_DATA;
     size_t avail = t->data.len - t->data_off;
@@ -779,7 +732,6 @@ long sg_transfer_read(sg_transfer *t, char *buf, size_t max)
             t->paused = 0;
             t->unpause = 1;
             attention_locked(p, t);
-            kick = 1;
         }
         r = (long)n;
     } else if (t->done) {
@@ -788,13 +740,12 @@ long sg_transfer_read(sg_transfer *t, char *buf, size_t max)
         r = 0;
     }
     pthread_mutex_unlock(&p->mu);
-    if (kick) wake_curl(p);
     return r;
 }
 
 int sg_transfer_park(sg_transfer *t, int want)
 {
-    sg_proxy *p = t->proxy;
+    sg_proxy_lane *p = t->lane;
     int parked = 0;
     pthread_mutex_lock(&p->mu);
     t->want = want;
@@ -815,7 +766,7 @@ int sg_transfer_park(sg_transfer *t, int want)
 
 char *sg_transfer_take_body(sg_transfer *t, size_t *len)
 {
-    sg_proxy *p = t->proxy;
+    sg_proxy_lane *p = t->lane;
     char *body = NULL;
     *len = 0;
     pthread_mutex_lock(&p->mu);
@@ -836,7 +787,7 @@ char *sg_transfer_take_body(sg_transfer *t, size_t *len)
 
 sg_proxy_error sg_transfer_error(sg_transfer *t)
 {
-    sg_proxy *p = t->proxy;
+    sg_proxy_lane *p = t->lane;
     pthread_mutex_lock(&p->mu);
     sg_proxy_error e = t->done ? t->error : SG_PROXY_OK;
     pthread_mutex_unlock(&p->mu);
@@ -846,15 +797,14 @@ sg_proxy_error sg_transfer_error(sg_transfer *t)
 void sg_transfer_release(sg_transfer *t)
 {
     if (!t) return;
-    sg_proxy *p = t->proxy;
+    sg_proxy_lane *p = t->lane;
     pthread_mutex_lock(&p->mu);
-    int kick = !t->done;
+    int live = !t->done;
     t->cancel = 1;
-    if (kick) attention_locked(p, t);
+    if (live) attention_locked(p, t);
     t->parked = 0;
     t->ops.suspend = t->ops.resume = NULL;
     t->client_fd = -1;
     pthread_mutex_unlock(&p->mu);
-    if (kick) wake_curl(p);
     transfer_unref(t);
 }

@@ -1,14 +1,15 @@
 /* proxy.h -- forwarding MCP requests to the upstream server with libcurl.
  *
- * One sg_proxy owns one curl multi handle driven by its own thread, so
- * connections to the upstream are reused across requests and no HTTP worker
- * thread ever blocks on the network. A request becomes an sg_transfer shared
- * by two parties: the curl thread (producer) and the HTTP connection that
- * streams the answer back (consumer). The consumer never waits: when it finds
- * nothing to do it parks (its suspend callback runs) and the curl thread
- * calls its resume callback exactly once when there is news. Response bodies
- * are passed through in bounded chunks (the upstream is paused when the
- * client reads slowly), never buffered whole.
+ * One sg_proxy holds one lane per HTTP worker thread: a curl multi handle
+ * whose sockets live in that worker's epoll set, so connections to the
+ * upstream are reused across requests and a request is served start to
+ * finish on one thread that never blocks on the network. A request becomes
+ * an sg_transfer shared by two parties on that thread: the lane (producer)
+ * and the HTTP connection that streams the answer back (consumer). The
+ * consumer never waits: when it finds nothing to do it parks (its suspend
+ * callback runs) and the lane calls its resume callback exactly once when
+ * there is news. Response bodies are passed through in bounded chunks (the
+ * upstream is paused when the client reads slowly), never buffered whole.
  *
  * Only an allow-list of request headers travels upstream; `Authorization`
  * is never among them (no token passthrough). */
@@ -28,17 +29,37 @@ typedef struct sg_proxy_config {
 } sg_proxy_config;
 
 typedef struct sg_proxy sg_proxy;
+typedef struct sg_proxy_lane sg_proxy_lane;
 
-/* Starts the curl thread. Returns NULL with a message in err on a bad URL,
- * out of memory or a thread that cannot start. */
-sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, char *err, size_t errlen);
-/* Fails every live transfer with SG_PROXY_ESHUTDOWN (resuming their parked
- * consumers) and stops the curl thread; later sg_proxy_start calls return
- * NULL. Idempotent. Can't fail. */
-void sg_proxy_stop(sg_proxy *p);
-/* Stops (if needed) and frees the proxy. Transfers still held by consumers
- * stay valid until they are released. NULL is fine. */
+/* Creates the proxy with `lanes` lanes (one per worker thread; 0 means 1).
+ * Returns NULL with a message in err on a bad URL or out of memory. */
+sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, unsigned lanes, char *err, size_t errlen);
+/* Frees the proxy once every lane has been shut down on its thread and no
+ * consumer holds a transfer. NULL is fine. */
 void sg_proxy_free(sg_proxy *p);
+
+/* Lane i (< lanes), or NULL. Each lane must then be used by one thread only. */
+sg_proxy_lane *sg_proxy_lane_of(sg_proxy *p, unsigned i);
+
+/* Epoll events for curl's sockets carry this tag in data.u64 (the socket in
+ * the low 32 bits); the worker passes such events to sg_proxy_lane_event. */
+#define SG_PROXY_EPOLL_TAG ((uint64_t)1 << 32)
+
+/* The lane registers its sockets in epfd, the worker's epoll set. Call once,
+ * on the lane's thread, before any transfer. Returns 0. */
+int sg_proxy_lane_attach(sg_proxy_lane *l, int epfd);
+/* The longest the worker may wait in epoll before sg_proxy_lane_run is due
+ * (curl's timers, the periodic sweep, pending cancels), in ms. */
+long sg_proxy_lane_timeout_ms(sg_proxy_lane *l);
+/* One ready curl socket (tagged as above) with its epoll events. */
+void sg_proxy_lane_event(sg_proxy_lane *l, uint64_t tagged, uint32_t events);
+/* Timers, completed transfers (their consumers are resumed), cancels and
+ * unpauses, and every 250 ms response deadlines and parked clients that
+ * hung up. Call after each epoll round. Can't fail. */
+void sg_proxy_lane_run(sg_proxy_lane *l);
+/* Fails every live transfer with SG_PROXY_ESHUTDOWN (resuming its parked
+ * consumer); later sg_proxy_start calls on the lane return NULL. */
+void sg_proxy_lane_shutdown(sg_proxy_lane *l);
 
 /* Why a transfer failed. */
 typedef enum sg_proxy_error {
@@ -85,13 +106,13 @@ typedef struct sg_transfer_ops {
 
 typedef struct sg_transfer sg_transfer;
 
-/* Starts forwarding. client_fd (or -1) is the client's socket: while the
- * consumer is parked the curl thread watches it and cancels the transfer
- * (SG_PROXY_ECLIENT, consumer resumed) when the client hangs up. Returns a
- * transfer the caller must sg_transfer_release, or NULL when the proxy is
- * stopped or out of memory. */
-sg_transfer *sg_proxy_start(sg_proxy *p, const sg_proxy_request *req, const sg_transfer_ops *ops,
-                            int client_fd);
+/* Starts forwarding, on the lane's thread. client_fd (or -1) is the
+ * client's socket: while the consumer is parked the lane checks it every
+ * 250 ms and cancels the transfer (SG_PROXY_ECLIENT, consumer resumed) when
+ * the client hung up. Returns a transfer the caller must
+ * sg_transfer_release, or NULL when the lane is shut down or out of memory. */
+sg_transfer *sg_proxy_start(sg_proxy_lane *l, const sg_proxy_request *req,
+                            const sg_transfer_ops *ops, int client_fd);
 
 /* What the upstream answered; strings owned by the transfer, valid until
  * release; NULL when the upstream did not send that header. */

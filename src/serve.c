@@ -444,7 +444,7 @@ static int serve(serve_opts *opts)
 
     sg_proxy_config pc = {o.upstream, (uint32_t)o.connect_timeout_ms,
                           (uint32_t)o.upstream_timeout_ms, 0};
-    if (!(proxy = sg_proxy_new(&pc, err, sizeof err))) {
+    if (!(proxy = sg_proxy_new(&pc, threads, err, sizeof err))) {
         fprintf(stderr, "scopegate serve: --upstream: %s\n", err);
         goto out;
     }

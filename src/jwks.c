@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +71,13 @@ struct sg_keys {
     uint64_t last_kid_fetch_ns;
     int kid_fetched; /* 0 until the first unknown-kid refetch */
     unsigned long fetches, fetch_failures;
+
+    /* The background refresher (sg_keys_start_refresher): when it runs,
+     * request threads never fetch for a TTL refresh. */
+    pthread_t refresher;
+    int refresher_started;
+    int refresher_stop; /* under fetch_mu */
+    pthread_cond_t refresher_cv;
 };
 
 static void jwk_clear(sg_jwk *j)
@@ -176,6 +184,14 @@ sg_keys *sg_keys_new(void)
 void sg_keys_free(sg_keys *k)
 {
     if (!k) return;
+    if (k->refresher_started) {
+        pthread_mutex_lock(&k->fetch_mu);
+        k->refresher_stop = 1;
+        pthread_cond_signal(&k->refresher_cv);
+        pthread_mutex_unlock(&k->fetch_mu);
+        pthread_join(k->refresher, NULL);
+        pthread_cond_destroy(&k->refresher_cv);
+    }
     sg_keyset_release(k->current);
     jwks_free_array(k->static_keys, k->nstatic);
     jwks_free_array(k->url_keys, k->nurl);
@@ -674,9 +690,56 @@ static const sg_keyset *acquire_current(sg_keys *k)
     return s;
 }
 
+/* The refresher thread: waits for the next refresh time (or the stop
+ * signal) and fetches, so no request ever waits for a TTL refresh. */
+static void *refresher_main(void *arg)
+{
+    sg_keys *k = arg;
+    pthread_mutex_lock(&k->fetch_mu);
+    while (!k->refresher_stop) {
+        uint64_t due = __atomic_load_n(&k->next_refresh_ns, __ATOMIC_ACQUIRE);
+        uint64_t now = sg_now_mono_ns();
+        if (now < due) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t wait = due - now;
+            ts.tv_sec += (time_t)(wait / 1000000000u);
+            ts.tv_nsec += (long)(wait % 1000000000u);
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&k->refresher_cv, &k->fetch_mu, &ts);
+            continue;
+        }
+        char err[256];
+        if (fetch_locked(k, err, sizeof err) != 0)
+            sg_log(SG_LOG_WARN, "jwks: refresh failed, keeping the old keys: %s", err);
+    }
+    pthread_mutex_unlock(&k->fetch_mu);
+    return NULL;
+}
+
+int sg_keys_start_refresher(sg_keys *k, char *err, size_t errlen)
+{
+    if (!k->url || k->refresher_started) return 0;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&k->refresher_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0 || pthread_create(&k->refresher, NULL, refresher_main, k) != 0) {
+        if (rc == 0) pthread_cond_destroy(&k->refresher_cv);
+        sg_errf(err, errlen, "cannot start the JWKS refresher thread");
+        return -1;
+    }
+    k->refresher_started = 1;
+    return 0;
+}
+
 const sg_keyset *sg_keys_acquire(sg_keys *k)
 {
-    if (k->url) {
+    if (k->url && !k->refresher_started) {
         uint64_t now = sg_now_mono_ns();
         if (now >= __atomic_load_n(&k->next_refresh_ns, __ATOMIC_ACQUIRE) &&
             pthread_mutex_trylock(&k->fetch_mu) == 0) {

@@ -118,6 +118,13 @@ void sg_keyset_release(const sg_keyset *s);
  * otherwise NULL. Waits for a fetch already in flight. */
 const sg_keyset *sg_keys_refetch_for_kid(sg_keys *k, const sg_keyset *seen);
 
+/* Moves TTL refreshes of the JWKS URL to a thread of their own, so that no
+ * request waits for one (without it, the first request after the TTL
+ * fetches). Unknown-kid refetches stay on the asking request: that request
+ * needs the answer. Call once, after sg_keys_set_jwks_url; stopped by
+ * sg_keys_free. Returns 0 (also without a URL), or -1 with a message. */
+int sg_keys_start_refresher(sg_keys *k, char *err, size_t errlen);
+
 /* Forces a fetch of the URL now, ignoring the intervals (tests, SIGHUP).
  * Returns 0, or -1 with a message; on failure the old keys stay. */
 int sg_keys_refresh(sg_keys *k, char *err, size_t errlen);

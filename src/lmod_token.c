@@ -4,7 +4,8 @@
  *   core.verifier{ issuer=, audience=, leeway=, max_size=, require_exp=,
  *                  cache_size=, keys={ {pem=|file=|secret=, alg=, kid=}, ... },
  *                  jwks=<json>, jwks_file=, jwks_url=, jwks_ttl=<s>,
- *                  refetch_interval=<s> }  -> verifier, or nil, message
+ *                  refetch_interval=<s>, background_refresh=<bool> }
+ *                  -> verifier, or nil, message
  *     v:verify(token [, now])         -> {sub=, client_id=, iss=, exp=, scopes={}, claims={}}
  *     v:verify_cached(token [, now])     or nil, code, message
  *     v:cache_stats() -> {hits=, misses=, evictions=, expired=, size=, capacity=}
@@ -142,6 +143,9 @@ static int l_verifier(lua_State *L)
     const char *jwks_url = opt_string_field(L, 1, "jwks_url", NULL);
     double ttl = opt_number_field(L, 1, "jwks_ttl", 0);
     double refetch = opt_number_field(L, 1, "refetch_interval", 0);
+    lua_getfield(L, 1, "background_refresh");
+    int background = lua_toboolean(L, -1);
+    lua_pop(L, 1);
 
     /* The userdata owns everything from here on, so a Lua error cannot leak. */
     lua_verifier *u = lua_newuserdatauv(L, sizeof *u, 0);
@@ -155,6 +159,7 @@ static int l_verifier(lua_State *L)
     if (jwks_url && sg_keys_set_jwks_url(u->keys, jwks_url, (uint64_t)(ttl * 1000),
                                          (uint64_t)(refetch * 1000), err, sizeof err) != 0)
         goto fail;
+    if (background && sg_keys_start_refresher(u->keys, err, sizeof err) != 0) goto fail;
     if (!(u->v = sg_verifier_new(&cfg, u->keys, err, sizeof err))) goto fail;
     if (!(u->cache = sg_tcache_new(u->v, cache_size))) goto fail;
     return 1;

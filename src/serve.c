@@ -378,6 +378,7 @@ static int serve(serve_opts *opts)
         int r = is_url ? sg_keys_set_jwks_url(keys, o.jwks, (uint64_t)o.jwks_ttl_s * 1000,
                                               (uint64_t)o.jwks_refetch_s * 1000, err, sizeof err)
                        : sg_keys_add_jwks_file(keys, o.jwks, err, sizeof err);
+        if (r == 0 && is_url) r = sg_keys_start_refresher(keys, err, sizeof err);
         if (r != 0) {
             fprintf(stderr, "scopegate serve: --jwks %s: %s\n", o.jwks, err);
             goto out;

@@ -455,6 +455,22 @@ describe("token verification", function()
       assert.equal(before + 1, srv.hits())
     end)
 
+    it("refreshes on the TTL in the background, without a request waiting for it", function()
+      local path = dir .. "/bg-jwks.json"
+      K.write(path, K.jwks { K.jwk(keys.rsa, "k1") })
+      local srv = K.jwks_server(dir, path)
+      finally(srv.stop)
+      local t = assert(core.verifier { jwks_url = srv.url, jwks_ttl = 0.2, background_refresh = true })
+      local before = srv.hits()
+      -- a key rotated in is picked up by the refresher alone, with no request in between
+      K.write(path, K.jwks { K.jwk(keys.rsa, "k1"), K.jwk(keys.rsa2, "k2") })
+      os.execute(K.CLEAN .. "sleep 0.5")
+      assert.is_true(srv.hits() >= before + 1)
+      local hits = srv.hits()
+      assert.is_table(t:verify(mint("RS256", "rsa2", nil, "k2"), NOW))
+      assert.is_true(srv.hits() <= hits + 1) -- at most the refresher's own next tick
+    end)
+
     it("reports a failed fetch at start", function()
       local path = dir .. "/start-jwks.json"
       K.write(path, K.jwks { K.jwk(keys.rsa, "k1") })

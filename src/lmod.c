@@ -11,6 +11,7 @@ int luaopen_scopegate_core(lua_State *L)
     sg_lmod_token(L);
     sg_lmod_mcp(L);
     sg_lmod_policy(L);
+    sg_lmod_http1(L);
     lua_pushliteral(L, SG_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -24,5 +24,6 @@ void sg_lmod_scope(lua_State *L);
 void sg_lmod_token(lua_State *L);
 void sg_lmod_mcp(lua_State *L);
 void sg_lmod_policy(lua_State *L);
+void sg_lmod_http1(lua_State *L);
 
 #endif

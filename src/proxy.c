@@ -25,6 +25,12 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include "http1.h"
 
 #define DEFAULT_CONNECT_MS  5000u
 #define DEFAULT_RESPONSE_MS 30000u
@@ -33,6 +39,8 @@
 #define MAX_HEADER_LINE     8192
 #define DEFER_BYTES         (64u * 1024)
 #define EASY_SPARES         256
+#define IDLE_MAX            1024 /* idle upstream connections kept per lane (plain http) */
+#define FAST_FLAG           ((uint64_t)1 << 40) /* epoll tag: one of our own connections */
 
 struct sg_transfer {
     sg_proxy_lane *lane;
@@ -65,10 +73,25 @@ struct sg_transfer {
     int client_fd;
     int watch_off; /* the client sent bytes while parked: stop peeking */
     sg_transfer_ops ops;
+
+    /* Plain-http upstreams: our own HTTP/1.1 connection instead of curl. */
+    int fd;         /* the upstream connection, or -1 */
+    int connecting; /* non-blocking connect in progress */
+    int reused;     /* the connection came from the idle pool */
+    int retried;    /* a reused connection was found dead and replaced once */
+    int got_bytes;  /* any response byte arrived */
+    int up_paused;  /* the parser stopped: the client has not taken what we hold */
+    uint32_t events;
+    uint64_t connect_deadline_ns;
+    sg_buf request; /* the whole request, as sent (and re-sent after a dead idle connection) */
+    size_t sent;
+    sg_buf unread; /* response bytes received but not yet taken by the parser */
+    sg_http1 *parser;
 };
 
 struct sg_proxy_lane {
     const char *url; /* the proxy's settings, copied for the hot path */
+    const char *ca_file;
     uint32_t connect_ms, response_ms;
     size_t max_buffered;
     CURLM *multi;
@@ -80,12 +103,28 @@ struct sg_proxy_lane {
     CURL *spare[EASY_SPARES]; /* reset easy handles kept for reuse */
     int nspare;
     uint64_t next_sweep;
+
+    /* Plain-http upstreams (fast): where to connect, what to say, and the
+     * keep-alive pool; byfd maps our sockets to their transfers. */
+    int fast;
+    const struct sockaddr *addr;
+    socklen_t addrlen;
+    const char *host_header, *path;
+    int idle[IDLE_MAX];
+    int nidle;
+    sg_transfer **byfd;
+    int nbyfd;
 };
 
 struct sg_proxy {
     char *url;
+    char *ca_file;
     unsigned nlanes;
     sg_proxy_lane *lanes;
+    int fast;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    char *host_header, *path;
 };
 
 static const char *const forwarded_request_headers[] = {
@@ -165,6 +204,9 @@ static void transfer_free(sg_transfer *t)
     free(t->content_type);
     free(t->session_id);
     sg_buf_free(&t->data);
+    sg_buf_free(&t->request);
+    sg_buf_free(&t->unread);
+    free(t->parser);
     free(t);
 }
 
@@ -334,6 +376,262 @@ static sg_proxy_error map_curl_error(CURLcode rc, int head_done, int data_oom)
     }
 }
 
+/* ---- plain-http upstreams: our own HTTP/1.1 connections ---------------------------
+ * For an http:// upstream the lane speaks HTTP/1.1 itself: one write per
+ * request, a pool of keep-alive connections, and the incremental parser of
+ * http1.c feeding the same on_header/on_body callbacks as curl does, so
+ * everything downstream (defer, pause, park/resume) is shared. curl stays
+ * for https:// upstreams. */
+
+static void retire(sg_proxy_lane *p, sg_transfer *t);
+
+static void fast_watch(sg_proxy_lane *p, sg_transfer *t, uint32_t events)
+{
+    if (t->events == events) return;
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = events;
+    ev.data.u64 = SG_PROXY_EPOLL_TAG | FAST_FLAG | (uint64_t)(uint32_t)t->fd;
+    epoll_ctl(p->epfd, t->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, t->fd, &ev);
+    t->events = events;
+}
+
+/* Gives the connection back to the pool (reuse) or closes it. */
+static void fast_close(sg_proxy_lane *p, sg_transfer *t, int reuse)
+{
+    if (t->events) epoll_ctl(p->epfd, EPOLL_CTL_DEL, t->fd, NULL);
+    t->events = 0;
+    if (t->fd < p->nbyfd) p->byfd[t->fd] = NULL;
+    if (reuse && p->nidle < IDLE_MAX)
+        p->idle[p->nidle++] = t->fd;
+    else
+        close(t->fd);
+    t->fd = -1;
+}
+
+static size_t fast_header(const char *line, size_t len, void *ud)
+{
+    return on_header((char *)line, 1, len, ud);
+}
+
+static size_t fast_body(const char *data, size_t len, void *ud)
+{
+    size_t r = on_body((char *)data, 1, len, ud);
+    return r == CURL_WRITEFUNC_PAUSE ? SG_HTTP1_PAUSE : r;
+}
+
+static void fast_finish(sg_proxy_lane *p, sg_transfer *t, sg_proxy_error e)
+{
+    pthread_mutex_lock(&p->mu);
+    if (e != SG_PROXY_OK && !sg_buf_ok(&t->data)) e = SG_PROXY_ENOMEM;
+    if (e != SG_PROXY_OK && t->cancel) e = SG_PROXY_ECLIENT;
+    finish_locked(t, e);
+    pthread_mutex_unlock(&p->mu);
+    retire(p, t);
+}
+
+/* Opens a connection (or takes an idle one) and registers it. Returns 0,
+ * or -1 (errno set) when no socket could be had. */
+static int fast_connect(sg_proxy_lane *p, sg_transfer *t, int allow_idle)
+{
+    t->reused = allow_idle && p->nidle > 0;
+    if (t->reused) {
+        t->fd = p->idle[--p->nidle];
+    } else {
+        t->fd = socket(p->addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (t->fd < 0) return -1;
+        int one = 1;
+        setsockopt(t->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        t->connecting = connect(t->fd, p->addr, p->addrlen) != 0;
+        if (t->connecting && errno != EINPROGRESS) {
+            close(t->fd);
+            t->fd = -1;
+            return -1;
+        }
+        t->connect_deadline_ns = sg_now_mono_ns() + (uint64_t)p->connect_ms * 1000000u;
+    }
+    if (t->fd >= p->nbyfd) {
+        int n = t->fd + 64;
+        sg_transfer **m = realloc(p->byfd, (size_t)n * sizeof *m);
+        if (!m) {
+            close(t->fd);
+            t->fd = -1;
+            errno = ENOMEM;
+            return -1;
+        }
+        memset(m + p->nbyfd, 0, (size_t)(n - p->nbyfd) * sizeof *m);
+        p->byfd = m;
+        p->nbyfd = n;
+    }
+    p->byfd[t->fd] = t;
+    t->events = 0;
+    t->sent = 0;
+    t->got_bytes = 0;
+    sg_http1_init(t->parser, 0);
+    return 0;
+}
+
+static void fast_read(sg_proxy_lane *p, sg_transfer *t);
+
+/* Writes what is left of the request; then waits to read. */
+static void fast_send(sg_proxy_lane *p, sg_transfer *t)
+{
+    while (t->sent < t->request.len) {
+        ssize_t w = send(t->fd, t->request.data + t->sent, t->request.len - t->sent, MSG_NOSIGNAL);
+        if (w > 0) {
+            t->sent += (size_t)w;
+            continue;
+        }
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            fast_watch(p, t, EPOLLOUT | EPOLLIN);
+            return;
+        }
+        if (w < 0 && errno == EINTR) continue;
+        /* A pooled connection the upstream had closed: try once afresh. */
+        if (t->reused && !t->retried) {
+            t->retried = 1;
+            fast_close(p, t, 0);
+            if (fast_connect(p, t, 0) == 0) {
+                if (t->connecting)
+                    fast_watch(p, t, EPOLLOUT);
+                else
+                    fast_send(p, t);
+                return;
+            }
+        }
+        fast_finish(p, t, SG_PROXY_EUNREACHABLE);
+        return;
+    }
+    fast_watch(p, t, EPOLLIN);
+}
+
+/* Runs the parser over what we hold; finishes the transfer when the
+ * response is complete or broken. Returns 1 when it finished it. */
+static int fast_parse(sg_proxy_lane *p, sg_transfer *t)
+{
+    sg_http1_sink sink = {fast_header, fast_body, t};
+    size_t used =
+        t->unread.len ? sg_http1_feed(t->parser, t->unread.data, t->unread.len, &sink) : 0;
+    if (used) {
+        memmove(t->unread.data, t->unread.data + used, t->unread.len - used);
+        t->unread.len -= used;
+    }
+    int state = t->parser->state;
+    if (state == SG_HTTP1_DONE) {
+        fast_finish(p, t, SG_PROXY_OK);
+        return 1;
+    }
+    if (state == SG_HTTP1_ERROR) {
+        fast_finish(p, t, SG_PROXY_EUPSTREAM);
+        return 1;
+    }
+    t->up_paused = t->unread.len > 0; /* the body callback stopped the parser */
+    return 0;
+}
+
+/* Reads what the socket has (bounded per call, so one chatty upstream does
+ * not starve the others), then parses. */
+static void fast_read(sg_proxy_lane *p, sg_transfer *t)
+{
+    char buf[16384];
+    for (int rounds = 0; rounds < 8 && !t->up_paused; rounds++) {
+        ssize_t r = recv(t->fd, buf, sizeof buf, 0);
+        if (r > 0) {
+            t->got_bytes = 1;
+            sg_buf_append(&t->unread, buf, (size_t)r);
+            if (!sg_buf_ok(&t->unread)) {
+                fast_finish(p, t, SG_PROXY_ENOMEM);
+                return;
+            }
+            if (fast_parse(p, t)) return;
+            continue;
+        }
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        if (r < 0 && errno == EINTR) continue;
+        /* End of stream or reset. */
+        if (!t->got_bytes && t->reused && !t->retried) {
+            t->retried = 1; /* the pooled connection had died: once more, afresh */
+            fast_close(p, t, 0);
+            if (fast_connect(p, t, 0) == 0) {
+                if (t->connecting)
+                    fast_watch(p, t, EPOLLOUT);
+                else
+                    fast_send(p, t);
+                return;
+            }
+            fast_finish(p, t, SG_PROXY_EUNREACHABLE);
+            return;
+        }
+        sg_http1_sink sink = {fast_header, fast_body, t};
+        if (r == 0 && t->unread.len == 0) sg_http1_eof(t->parser, &sink);
+        if (t->parser->state == SG_HTTP1_DONE) {
+            t->parser->keepalive = 0;
+            fast_finish(p, t, SG_PROXY_OK);
+        } else if (!t->up_paused) {
+            fast_finish(p, t, SG_PROXY_EUPSTREAM);
+        }
+        return;
+    }
+    if (t->up_paused && t->events) { /* no reading (nor wake-ups) until the client drains */
+        epoll_ctl(p->epfd, EPOLL_CTL_DEL, t->fd, NULL);
+        t->events = 0;
+    }
+}
+
+static void fast_event(sg_proxy_lane *p, sg_transfer *t, uint32_t events)
+{
+    if (t->connecting) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+            fast_finish(p, t, SG_PROXY_EUNREACHABLE);
+            return;
+        }
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) return;
+        t->connecting = 0;
+    }
+    if (t->sent < t->request.len) {
+        fast_send(p, t);
+        return;
+    }
+    if (t->up_paused) return; /* resumed by the consumer (service) */
+    fast_read(p, t);
+}
+
+/* The consumer drained the buffer: parse what we held back, read again. */
+static void fast_unpause(sg_proxy_lane *p, sg_transfer *t)
+{
+    if (!t->up_paused) return;
+    t->up_paused = 0;
+    if (fast_parse(p, t)) return;
+    if (!t->up_paused) {
+        fast_watch(p, t, EPOLLIN);
+        fast_read(p, t);
+    }
+}
+
+/* Builds the request: the allow-listed client headers and the gateway's
+ * own, never anything else. Returns 0 or -1 (out of memory). */
+static int fast_request(sg_proxy_lane *p, sg_transfer *t, const sg_proxy_request *req)
+{
+    sg_buf *b = &t->request;
+    sg_buf_printf(b, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method, p->path, p->host_header);
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const sg_header *hd = &req->headers[i];
+        if (!hd->name || !hd->value || !sg_proxy_header_is_forwarded(hd->name)) continue;
+        if (!header_value_safe(hd->value)) continue;
+        sg_buf_printf(b, "%s: %s\r\n", hd->name, hd->value);
+    }
+    for (size_t i = 0; i < req->nextra; i++)
+        sg_buf_printf(b, "%s: %s\r\n", req->extra[i].name, req->extra[i].value);
+    if (strcmp(req->method, "POST") == 0)
+        sg_buf_printf(b, "Content-Length: %zu\r\n", req->body_len);
+    sg_buf_puts(b, "\r\n");
+    if (strcmp(req->method, "POST") == 0 && req->body_len)
+        sg_buf_append(b, req->body, req->body_len);
+    return sg_buf_ok(b) ? 0 : -1;
+}
+
 /* Takes the transfer out of the multi and the active list and drops the
  * lane's reference. */
 static void retire(sg_proxy_lane *p, sg_transfer *t)
@@ -344,7 +642,12 @@ static void retire(sg_proxy_lane *p, sg_transfer *t)
         p->active = t->next;
     if (t->next) t->next->prev = t->prev;
     t->next = t->prev = NULL;
-    if (t->in_multi) curl_multi_remove_handle(p->multi, t->easy);
+    if (t->fd >= 0)
+        fast_close(p, t,
+                   t->done && t->error == SG_PROXY_OK && t->parser && t->parser->keepalive &&
+                       t->unread.len == 0);
+    else if (t->in_multi)
+        curl_multi_remove_handle(p->multi, t->easy);
     t->in_multi = 0;
     transfer_unref(t);
 }
@@ -415,6 +718,8 @@ static void service(sg_proxy_lane *p)
         pthread_mutex_unlock(&p->mu);
         if (t->in_multi && cancel)
             retire(p, t);
+        else if (t->in_multi && unpause && t->fd >= 0)
+            fast_unpause(p, t);
         else if (t->in_multi && unpause)
             curl_easy_pause(t->easy, CURLPAUSE_CONT);
         transfer_unref(t);
@@ -434,7 +739,9 @@ static void sweep(sg_proxy_lane *p)
     for (sg_transfer *t = p->active; t; t = next) {
         next = t->next;
         pthread_mutex_lock(&p->mu);
-        int expired = !t->head_done && !t->done && now >= t->head_deadline_ns;
+        int expired = !t->head_done && !t->done &&
+                      (now >= t->head_deadline_ns ||
+                       (t->fd >= 0 && t->connecting && now >= t->connect_deadline_ns));
         if (expired) finish_locked(t, SG_PROXY_ETIMEOUT);
         int watch = !expired && t->parked && t->client_fd >= 0 && !t->watch_off;
         pthread_mutex_unlock(&p->mu);
@@ -485,6 +792,12 @@ long sg_proxy_lane_timeout_ms(sg_proxy_lane *p)
 
 void sg_proxy_lane_event(sg_proxy_lane *p, uint64_t tagged, uint32_t events)
 {
+    if (tagged & FAST_FLAG) {
+        int fd = (int)(uint32_t)tagged;
+        sg_transfer *t = fd < p->nbyfd ? p->byfd[fd] : NULL;
+        if (t) fast_event(p, t, events);
+        return;
+    }
     int running = 0;
     int mask = (events & EPOLLIN ? CURL_CSELECT_IN : 0) |
                (events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
@@ -534,10 +847,67 @@ sg_proxy_lane *sg_proxy_lane_of(sg_proxy *p, unsigned i)
 
 static void lane_free(sg_proxy_lane *l)
 {
+    for (int i = 0; i < l->nidle; i++)
+        close(l->idle[i]);
+    free(l->byfd);
     for (int i = 0; i < l->nspare; i++)
         curl_easy_cleanup(l->spare[i]);
     if (l->multi) curl_multi_cleanup(l->multi);
     pthread_mutex_destroy(&l->mu);
+}
+
+/* For an http:// upstream: resolves the address once and prepares the
+ * Host header and request target. Returns 0, or -1 with a message. */
+static int plain_target(sg_proxy *p, const char *url, char *err, size_t errlen)
+{
+    CURLU *u = curl_url();
+    char *host = NULL, *port = NULL, *path = NULL, *query = NULL;
+    int rc = -1;
+    if (!u || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
+        snprintf(err, errlen, "upstream URL '%s' is not a valid URL", url);
+        goto done;
+    }
+    int has_port = curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK;
+    curl_url_get(u, CURLUPART_QUERY, &query, 0);
+    sg_buf hh = SG_BUF_INIT, target = SG_BUF_INIT;
+    sg_buf_printf(&hh, "%s%s%s", host, has_port ? ":" : "", has_port ? port : "");
+    sg_buf_printf(&target, "%s%s%s", path, query ? "?" : "", query ? query : "");
+    p->host_header = sg_buf_steal(&hh);
+    p->path = sg_buf_steal(&target);
+    /* getaddrinfo wants the host without IPv6 brackets. */
+    char name[256];
+    size_t hl = strlen(host);
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']' && hl - 2 < sizeof name) {
+        memcpy(name, host + 1, hl - 2);
+        name[hl - 2] = '\0';
+    } else {
+        snprintf(name, sizeof name, "%s", host);
+    }
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int gai = getaddrinfo(name, has_port ? port : "80", &hints, &res);
+    if (gai != 0 || !res || res->ai_addrlen > sizeof p->addr || !p->host_header || !p->path) {
+        snprintf(err, errlen, "upstream host '%s' cannot be resolved: %s", name,
+                 gai ? gai_strerror(gai) : "no address");
+        if (res) freeaddrinfo(res);
+        goto done;
+    }
+    memcpy(&p->addr, res->ai_addr, res->ai_addrlen);
+    p->addrlen = (socklen_t)res->ai_addrlen;
+    freeaddrinfo(res);
+    p->fast = 1;
+    rc = 0;
+done:
+    curl_free(host);
+    curl_free(port);
+    curl_free(path);
+    curl_free(query);
+    curl_url_cleanup(u);
+    return rc;
 }
 
 sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, unsigned lanes, char *err, size_t errlen)
@@ -573,9 +943,17 @@ sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, unsigned lanes, char *err, si
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    if (cfg->ca_file && !(p->ca_file = strdup(cfg->ca_file))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (strncasecmp(cfg->upstream_url, "http://", 7) == 0 &&
+        plain_target(p, cfg->upstream_url, err, errlen) != 0)
+        goto fail;
     for (unsigned i = 0; i < lanes; i++) {
         sg_proxy_lane *l = &p->lanes[i];
         l->url = p->url;
+        l->ca_file = p->ca_file;
         l->connect_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : DEFAULT_CONNECT_MS;
         l->response_ms = cfg->response_timeout_ms ? cfg->response_timeout_ms : DEFAULT_RESPONSE_MS;
         l->max_buffered = cfg->max_buffered ? cfg->max_buffered : DEFAULT_BUFFERED;
@@ -592,6 +970,11 @@ sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, unsigned lanes, char *err, si
         curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, 1024L);
         curl_multi_setopt(l->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
         curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l);
+        l->fast = p->fast;
+        l->addr = (const struct sockaddr *)&p->addr;
+        l->addrlen = p->addrlen;
+        l->host_header = p->host_header;
+        l->path = p->path;
     }
     return p;
 fail:
@@ -606,6 +989,9 @@ void sg_proxy_free(sg_proxy *p)
         lane_free(&p->lanes[i]);
     free(p->lanes);
     free(p->url);
+    free(p->host_header);
+    free(p->path);
+    free(p->ca_file);
     free(p);
 }
 
@@ -619,7 +1005,31 @@ sg_transfer *sg_proxy_start(sg_proxy_lane *p, const sg_proxy_request *req,
     t->client_fd = client_fd;
     t->ops = *ops;
     t->want = SG_WANT_HEAD;
+    t->fd = -1;
     t->head_deadline_ns = sg_now_mono_ns() + (uint64_t)p->response_ms * 1000000u;
+    if (p->fast) {
+        if (p->stopping || !(t->parser = malloc(sizeof *t->parser)) || fast_request(p, t, req) != 0)
+            goto fail;
+        if (fast_connect(p, t, 1) != 0) {
+            /* No socket: answer as an unreachable upstream would. */
+            t->in_multi = 1;
+            t->next = p->active;
+            if (p->active) p->active->prev = t;
+            p->active = t;
+            fast_finish(p, t, SG_PROXY_EUNREACHABLE);
+            return t;
+        }
+        t->in_multi = 1;
+        t->prev = NULL;
+        t->next = p->active;
+        if (p->active) p->active->prev = t;
+        p->active = t;
+        if (t->connecting)
+            fast_watch(p, t, EPOLLOUT);
+        else
+            fast_send(p, t);
+        return t;
+    }
     if (!(t->easy = easy_get(p))) goto fail;
 
     /* curl adds Expect: 100-continue for larger bodies and its own Accept:
@@ -665,6 +1075,7 @@ sg_transfer *sg_proxy_start(sg_proxy_lane *p, const sg_proxy_request *req,
     curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
     curl_easy_setopt(e, CURLOPT_HTTP_TRANSFER_DECODING, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    if (p->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, p->ca_file);
     if (strcmp(req->method, "POST") == 0) {
         if (req->body_len) {
             if (!(t->body = malloc(req->body_len))) goto fail;

@@ -26,6 +26,7 @@ typedef struct sg_proxy_config {
     uint32_t connect_timeout_ms;  /* TCP+TLS connect [5000] */
     uint32_t response_timeout_ms; /* from start until the response headers [30000] */
     size_t max_buffered;          /* response bytes held per transfer before pausing [256 KiB] */
+    const char *ca_file;          /* https upstreams: CA bundle to verify them with [system's] */
 } sg_proxy_config;
 
 typedef struct sg_proxy sg_proxy;

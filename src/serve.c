@@ -34,7 +34,7 @@ int sg_cmd_serve(int argc, char **argv);
 
 typedef struct serve_opts {
     const char *listen, *upstream, *policy, *jwks, *public_key, *key_alg, *issuer, *audience,
-        *public_url, *path, *log_level, *annotate;
+        *public_url, *path, *log_level, *annotate, *upstream_ca;
     const char *hosts[MAX_LIST + 1], *origins[MAX_LIST + 1];
     int nhosts, norigins;
     sg_identity_header identity[SG_GATEWAY_MAX_IDENTITY];
@@ -55,6 +55,7 @@ static void serve_usage(FILE *f)
           "       scopegate serve --config FILE [flags that override it]\n"
           "  --config FILE              a Lua file returning these settings as a table\n"
           "                             (keys are flag names: public_url = \"...\")\n"
+          "  --upstream-ca FILE         CA bundle that verifies an https:// upstream [system]\n"
           "  --jwks-ttl SECONDS         refresh a JWKS URL this often [300]\n"
           "  --jwks-refetch SECONDS     at most one unknown-kid refetch this often [30]\n"
           "  --path PATH                MCP endpoint path [/mcp]\n"
@@ -150,7 +151,7 @@ typedef struct serve_lists {
 } serve_lists;
 
 /* Fills flags[] (SERVE_NFLAGS entries) with the table of serve's flags. */
-#define SERVE_NFLAGS 26
+#define SERVE_NFLAGS 27
 static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_flag *flags)
 {
     const sg_flag table[SERVE_NFLAGS] = {
@@ -180,6 +181,7 @@ static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_fl
         {"--token-cache", SG_FLAG_ULONG, &o->token_cache, 1, 10000000},
         {"--jwks-ttl", SG_FLAG_ULONG, &o->jwks_ttl_s, 1, 86400},
         {"--jwks-refetch", SG_FLAG_ULONG, &o->jwks_refetch_s, 1, 86400},
+        {"--upstream-ca", SG_FLAG_STRING, &o->upstream_ca, 0, 0},
     };
     memcpy(flags, table, sizeof table);
 }
@@ -444,7 +446,7 @@ static int serve(serve_opts *opts)
     }
 
     sg_proxy_config pc = {o.upstream, (uint32_t)o.connect_timeout_ms,
-                          (uint32_t)o.upstream_timeout_ms, 0};
+                          (uint32_t)o.upstream_timeout_ms, 0, o.upstream_ca};
     if (!(proxy = sg_proxy_new(&pc, threads, err, sizeof err))) {
         fprintf(stderr, "scopegate serve: --upstream: %s\n", err);
         goto out;

@@ -567,6 +567,42 @@ print(s.recv(200).split(b"\r\n")[0].decode())
     end)
   end)
 
+  describe("an https:// upstream (libcurl)", function()
+    it("verifies it with --upstream-ca and streams through it; refuses an unverified one", function()
+      keys.run("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 " ..
+        "-addext subjectAltName=IP:127.0.0.1 -keyout " .. q(dir .. "/tls.key") .. " -out " ..
+        q(dir .. "/tls.crt"))
+      local tls_pid = spawn("exec python3 tests/peers/echo_upstream.py --port 0 --tls " ..
+        q(dir .. "/tls.crt") .. " " .. q(dir .. "/tls.key"), dir .. "/tls.out", dir .. "/tls.err")
+      local pids = { tls_pid }
+      local ok, err = pcall(function()
+        local tls_up = wait_for(dir .. "/tls.out", "listening on (127%.0%.0%.1:%d+)", 10)
+        local function gateway(n, extra)
+          local g_err = dir .. "/gw-tls" .. n .. ".err"
+          pids[#pids + 1] = spawn(table.concat({ q(SCOPEGATE), "serve --listen 127.0.0.1:0",
+            "--upstream", q("https://" .. tls_up .. "/mcp"), "--policy", q(dir .. "/policy.lua"),
+            "--public-key", q(key.pub_file), "--issuer", q(ISS), "--public-url", q(AUD), extra }, " "),
+            dir .. "/gw-tls" .. n .. ".out", g_err, "/dev/null")
+          return wait_for(g_err, "listening on (127%.0%.0%.1:%d+)", 10)
+        end
+        local addr = gateway(1, "--upstream-ca " .. q(dir .. "/tls.crt"))
+        local h = { "Content-Type: application/json", "Authorization: Bearer " .. mint("echo:read") }
+        local r = http { base = "http://" .. addr, method = "POST", body = call(61, "echo"), headers = h }
+        assert.are.equal(200, r.status)
+        assert.is_nil(echo_of(r)["authorization"])
+        r = http { base = "http://" .. addr, method = "POST", body = call(62, "sse"), headers = h }
+        assert.are.equal(200, r.status)
+        assert.truthy(r.body:find("retry: 1500\n\nid: ev-1\n", 1, true))
+        addr = gateway(2, "")
+        r = http { base = "http://" .. addr, method = "POST", body = call(63, "echo"), headers = h }
+        assert.are.equal(502, r.status)
+        assert.truthy(r.body:find('"id":63', 1, true))
+      end)
+      for _, pid in ipairs(pids) do stop(pid) end
+      assert(ok, err)
+    end)
+  end)
+
   describe("annotation shapes and verified identity", function()
     it("annotates with securitySchemes and sends claims upstream, never the client's copy", function()
       local g_err = dir .. "/gw4.err"

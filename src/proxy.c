@@ -472,6 +472,25 @@ static int fast_connect(sg_proxy_lane *p, sg_transfer *t, int allow_idle)
 }
 
 static void fast_read(sg_proxy_lane *p, sg_transfer *t);
+static void fast_send(sg_proxy_lane *p, sg_transfer *t);
+
+/* A pooled connection that the upstream had closed fails on its first
+ * write or read: the request goes once more on a fresh connection (as
+ * curl and browsers do; nothing of an answer had arrived). Returns 1 when
+ * the transfer was taken care of, 0 when it may not retry. */
+static int fast_retry(sg_proxy_lane *p, sg_transfer *t)
+{
+    if (!t->reused || t->retried) return 0;
+    t->retried = 1;
+    fast_close(p, t, 0);
+    if (fast_connect(p, t, 0) != 0)
+        fast_finish(p, t, SG_PROXY_EUNREACHABLE);
+    else if (t->connecting)
+        fast_watch(p, t, EPOLLOUT);
+    else
+        fast_send(p, t);
+    return 1;
+}
 
 /* Writes what is left of the request; then waits to read. */
 static void fast_send(sg_proxy_lane *p, sg_transfer *t)
@@ -487,19 +506,7 @@ static void fast_send(sg_proxy_lane *p, sg_transfer *t)
             return;
         }
         if (w < 0 && errno == EINTR) continue;
-        /* A pooled connection the upstream had closed: try once afresh. */
-        if (t->reused && !t->retried) {
-            t->retried = 1;
-            fast_close(p, t, 0);
-            if (fast_connect(p, t, 0) == 0) {
-                if (t->connecting)
-                    fast_watch(p, t, EPOLLOUT);
-                else
-                    fast_send(p, t);
-                return;
-            }
-        }
-        fast_finish(p, t, SG_PROXY_EUNREACHABLE);
+        if (!fast_retry(p, t)) fast_finish(p, t, SG_PROXY_EUNREACHABLE);
         return;
     }
     fast_watch(p, t, EPOLLIN);
@@ -549,19 +556,7 @@ static void fast_read(sg_proxy_lane *p, sg_transfer *t)
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
         if (r < 0 && errno == EINTR) continue;
         /* End of stream or reset. */
-        if (!t->got_bytes && t->reused && !t->retried) {
-            t->retried = 1; /* the pooled connection had died: once more, afresh */
-            fast_close(p, t, 0);
-            if (fast_connect(p, t, 0) == 0) {
-                if (t->connecting)
-                    fast_watch(p, t, EPOLLOUT);
-                else
-                    fast_send(p, t);
-                return;
-            }
-            fast_finish(p, t, SG_PROXY_EUNREACHABLE);
-            return;
-        }
+        if (!t->got_bytes && fast_retry(p, t)) return;
         sg_http1_sink sink = {fast_header, fast_body, t};
         if (r == 0 && t->unread.len == 0) sg_http1_eof(t->parser, &sink);
         if (t->parser->state == SG_HTTP1_DONE) {

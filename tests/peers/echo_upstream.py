@@ -52,7 +52,7 @@ LISTS = {
                                   {"uriTemplate": "echo://private/{id}", "name": "private"}]),
 }
 
-MODES = {"sse", "slow", "die", "die_mid_stream", "garbage", "big", "status"}
+MODES = {"sse", "slow", "die", "die_mid_stream", "garbage", "big", "status", "close_after"}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -198,6 +198,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._chunk("")
             else:
                 self._send_json(200, resp)
+            return
+        if mode == "close_after":  # answer, then drop the kept-alive connection unannounced
+            self._send_json(200, response(first))
+            self.close_connection = True
             return
         extra = {}
         if method == "initialize":

@@ -23,7 +23,7 @@ return {
   advertise = { "echo:read" },
   tools = {
     echo = "echo:read", sse = "echo:read", slow = "echo:read", die = "echo:read",
-    die_mid_stream = "echo:read", garbage = "echo:read", big = "echo:read",
+    die_mid_stream = "echo:read", garbage = "echo:read", big = "echo:read", close_after = "echo:read",
     write = "echo:write",
     both = { all_of = { "echo:read", "echo:write" } },
     ping = "public",
@@ -475,6 +475,17 @@ describe("scopegate serve", function()
       assert.truthy(r.body:find("id: ev-1\n", 1, true))
       assert.truthy(r.body:match('\n\nevent: message\ndata: {"jsonrpc":"2.0","id":"m1",' ..
                                  '"error":{"code":%-32603,[^\n]*}\n\n$'))
+    end)
+
+    it("replaces a pooled upstream connection that the upstream closed in silence", function()
+      local tok = mint("echo:read")
+      for i = 1, 3 do
+        local r = post(call(70 + i, "close_after"), tok)
+        assert.are.equal(200, r.status)
+        r = post(call(80 + i, "echo"), tok)
+        assert.are.equal(200, r.status, r.body)
+        assert.truthy(r.body:find('"id": ' .. (80 + i), 1, true) or r.body:find('"id":' .. (80 + i), 1, true))
+      end
     end)
 
     it("answers 504 with the request id when the upstream is slow", function()

@@ -246,6 +246,28 @@ static int header_value_safe(const char *v)
     return n <= MAX_HEADER_LINE;
 }
 
+enum { SEEN_ACCEPT = 1, SEEN_CTYPE = 2 };
+
+/* Appends "Name: value\r\n" for every header that goes upstream: the
+ * allow-listed client headers whose values are safe, then the gateway's own
+ * (verified identity). Returns which of Accept and Content-Type the client
+ * sent (SEEN_*). Allocation failure is recorded in b. */
+static int upstream_headers(const sg_proxy_request *req, sg_buf *b)
+{
+    int seen = 0;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const sg_header *hd = &req->headers[i];
+        if (!hd->name || !hd->value || !sg_proxy_header_is_forwarded(hd->name)) continue;
+        if (!header_value_safe(hd->value)) continue;
+        if (strcasecmp(hd->name, "Accept") == 0) seen |= SEEN_ACCEPT;
+        if (strcasecmp(hd->name, "Content-Type") == 0) seen |= SEEN_CTYPE;
+        sg_buf_printf(b, "%s: %s\r\n", hd->name, hd->value);
+    }
+    for (size_t i = 0; i < req->nextra; i++)
+        sg_buf_printf(b, "%s: %s\r\n", req->extra[i].name, req->extra[i].value);
+    return seen;
+}
+
 static char *dup_trimmed(const char *s, size_t n)
 {
     while (n > 0 && (*s == ' ' || *s == '\t'))
@@ -611,14 +633,7 @@ static int fast_request(sg_proxy_lane *p, sg_transfer *t, const sg_proxy_request
 {
     sg_buf *b = &t->request;
     sg_buf_printf(b, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method, p->path, p->host_header);
-    for (size_t i = 0; i < req->nheaders; i++) {
-        const sg_header *hd = &req->headers[i];
-        if (!hd->name || !hd->value || !sg_proxy_header_is_forwarded(hd->name)) continue;
-        if (!header_value_safe(hd->value)) continue;
-        sg_buf_printf(b, "%s: %s\r\n", hd->name, hd->value);
-    }
-    for (size_t i = 0; i < req->nextra; i++)
-        sg_buf_printf(b, "%s: %s\r\n", req->extra[i].name, req->extra[i].value);
+    upstream_headers(req, b);
     if (strcmp(req->method, "POST") == 0)
         sg_buf_printf(b, "Content-Length: %zu\r\n", req->body_len);
     sg_buf_puts(b, "\r\n");
@@ -1032,28 +1047,20 @@ sg_transfer *sg_proxy_start(sg_proxy_lane *p, const sg_proxy_request *req,
     struct curl_slist *h = curl_slist_append(NULL, "Expect:");
     if (!h) goto fail;
     t->req_headers = h;
-    int has_accept = 0, has_ctype = 0;
-    for (size_t i = 0; i < req->nheaders; i++) {
-        const sg_header *hd = &req->headers[i];
-        if (!hd->name || !hd->value || !sg_proxy_header_is_forwarded(hd->name)) continue;
-        if (!header_value_safe(hd->value)) continue;
-        if (strcasecmp(hd->name, "Accept") == 0) has_accept = 1;
-        if (strcasecmp(hd->name, "Content-Type") == 0) has_ctype = 1;
-        sg_buf line = SG_BUF_INIT;
-        sg_buf_printf(&line, "%s: %s", hd->name, hd->value);
-        struct curl_slist *nh = sg_buf_ok(&line) ? curl_slist_append(h, line.data) : NULL;
-        sg_buf_free(&line);
-        if (!nh) goto fail;
+    sg_buf lines = SG_BUF_INIT;
+    int seen = upstream_headers(req, &lines);
+    for (char *line = lines.data, *end; line && (end = strstr(line, "\r\n")); line = end + 2) {
+        *end = '\0';
+        if (!curl_slist_append(h, line)) {
+            sg_buf_free(&lines);
+            goto fail;
+        }
     }
-    for (size_t i = 0; i < req->nextra; i++) {
-        sg_buf line = SG_BUF_INIT;
-        sg_buf_printf(&line, "%s: %s", req->extra[i].name, req->extra[i].value);
-        struct curl_slist *nh = sg_buf_ok(&line) ? curl_slist_append(h, line.data) : NULL;
-        sg_buf_free(&line);
-        if (!nh) goto fail;
-    }
-    if (!has_accept && !curl_slist_append(h, "Accept:")) goto fail;
-    if (!has_ctype && !curl_slist_append(h, "Content-Type:")) goto fail;
+    int oom = !sg_buf_ok(&lines);
+    sg_buf_free(&lines);
+    if (oom || (!(seen & SEEN_ACCEPT) && !curl_slist_append(h, "Accept:")) ||
+        (!(seen & SEEN_CTYPE) && !curl_slist_append(h, "Content-Type:")))
+        goto fail;
 
     CURL *e = t->easy;
     curl_easy_setopt(e, CURLOPT_URL, p->url);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "conffile.h"
@@ -445,6 +446,10 @@ static int serve(serve_opts *opts)
         goto out;
     }
 
+    if (o.upstream_ca && access(o.upstream_ca, R_OK) != 0) {
+        fprintf(stderr, "scopegate serve: --upstream-ca %s: %s\n", o.upstream_ca, strerror(errno));
+        goto out;
+    }
     sg_proxy_config pc = {o.upstream, (uint32_t)o.connect_timeout_ms,
                           (uint32_t)o.upstream_timeout_ms, 0, o.upstream_ca};
     if (!(proxy = sg_proxy_new(&pc, threads, err, sizeof err))) {

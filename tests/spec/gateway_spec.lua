@@ -608,6 +608,13 @@ print(s.recv(200).split(b"\r\n")[0].decode())
         r = http { base = "http://" .. addr, method = "POST", body = call(63, "echo"), headers = h }
         assert.are.equal(502, r.status)
         assert.truthy(r.body:find('"id":63', 1, true))
+        local p = io.popen(CLEAN .. q(SCOPEGATE) .. " serve --listen 127.0.0.1:0 --upstream " ..
+          q("https://" .. tls_up .. "/mcp") .. " --policy " .. q(dir .. "/policy.lua") ..
+          " --public-key " .. q(key.pub_file) .. " --upstream-ca /nonexistent/ca.pem 2>&1; echo rc=$?")
+        local out = p:read("a")
+        p:close()
+        assert.truthy(out:find("--upstream-ca /nonexistent/ca.pem: No such file or directory", 1, true), out)
+        assert.truthy(out:find("rc=1", 1, true), out)
       end)
       for _, pid in ipairs(pids) do stop(pid) end
       assert(ok, err)

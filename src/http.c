@@ -95,7 +95,11 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(line);
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         line[--n] = 0;
-    sg_log(SG_LOG_WARN, "http: %s", line);
+    /* Ending a stream early (a client that closed its GET stream, an
+     * upstream that broke off, already logged) is how streams end, not a
+     * fault of the gateway's. */
+    int routine = strstr(line, "application error generating response") != NULL;
+    sg_log(routine ? SG_LOG_DEBUG : SG_LOG_WARN, "http: %s", line);
 }
 
 static enum MHD_Result queue_bytes(struct MHD_Connection *conn, unsigned status, const char *ctype,

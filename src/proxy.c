@@ -457,6 +457,7 @@ static void fast_finish(sg_proxy_lane *p, sg_transfer *t, sg_proxy_error e)
 static int fast_connect(sg_proxy_lane *p, sg_transfer *t, int allow_idle)
 {
     t->reused = allow_idle && p->nidle > 0;
+    t->connecting = 0;
     if (t->reused) {
         t->fd = p->idle[--p->nidle];
     } else {
@@ -652,10 +653,12 @@ static void retire(sg_proxy_lane *p, sg_transfer *t)
         p->active = t->next;
     if (t->next) t->next->prev = t->prev;
     t->next = t->prev = NULL;
+    /* A connection is pooled only after a whole exchange: request sent (an
+     * upstream may answer early), answer read, nothing more on the wire. */
     if (t->fd >= 0)
         fast_close(p, t,
                    t->done && t->error == SG_PROXY_OK && t->parser && t->parser->keepalive &&
-                       t->unread.len == 0);
+                       t->unread.len == 0 && t->sent == t->request.len);
     else if (t->in_multi)
         curl_multi_remove_handle(p->multi, t->easy);
     t->in_multi = 0;

@@ -6,6 +6,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+int sg_parse_ulong(const char *cmd, const char *what, const char *v, unsigned long min,
+                   unsigned long max, unsigned long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long n = strtoul(v, &end, 10);
+    if (!*v || *end || errno || v[0] == '-' || n < min || n > max) {
+        fprintf(stderr, "scopegate %s: %s needs a whole number from %lu to %lu, not '%s'\n", cmd,
+                what, min, max, v);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
 static int set_value(const char *cmd, const sg_flag *f, const char *v)
 {
     switch (f->kind) {
@@ -25,18 +40,8 @@ static int set_value(const char *cmd, const sg_flag *f, const char *v)
         l->items[l->n++] = v;
         return 0;
     }
-    case SG_FLAG_ULONG: {
-        char *end = NULL;
-        errno = 0;
-        unsigned long n = strtoul(v, &end, 10);
-        if (!*v || *end || errno || v[0] == '-' || n < f->min || n > f->max) {
-            fprintf(stderr, "scopegate %s: %s needs a whole number from %lu to %lu, not '%s'\n",
-                    cmd, f->name, f->min, f->max, v);
-            return -1;
-        }
-        *(unsigned long *)f->dst = n;
-        return 0;
-    }
+    case SG_FLAG_ULONG:
+        return sg_parse_ulong(cmd, f->name, v, f->min, f->max, f->dst);
     }
     return -1;
 }

@@ -28,6 +28,12 @@ typedef struct sg_flag {
     unsigned long min, max; /* SG_FLAG_ULONG only */
 } sg_flag;
 
+/* Parses v as a whole number in [min, max] into *out. Returns 0, or -1
+ * after printing "scopegate CMD: WHAT needs a whole number from MIN to MAX,
+ * not 'V'" to stderr. */
+int sg_parse_ulong(const char *cmd, const char *what, const char *v, unsigned long min,
+                   unsigned long max, unsigned long *out);
+
 /* Parses argv[first..argc) against flags. Arguments that are not flags are
  * positional: up to max_pos of them are stored in pos (NULL-free), their
  * count in *npos. Returns 0; 1 when --help/-h was given (nothing else is

@@ -406,6 +406,7 @@ static sg_proxy_error map_curl_error(CURLcode rc, int head_done, int data_oom)
  * for https:// upstreams. */
 
 static void retire(sg_proxy_lane *p, sg_transfer *t);
+static void activate(sg_proxy_lane *p, sg_transfer *t);
 
 static void fast_watch(sg_proxy_lane *p, sg_transfer *t, uint32_t events)
 {
@@ -641,6 +642,17 @@ static int fast_request(sg_proxy_lane *p, sg_transfer *t, const sg_proxy_request
     if (strcmp(req->method, "POST") == 0 && req->body_len)
         sg_buf_append(b, req->body, req->body_len);
     return sg_buf_ok(b) ? 0 : -1;
+}
+
+/* Puts a started transfer on the lane's active list (the lane holds its
+ * reference from here until retire). */
+static void activate(sg_proxy_lane *p, sg_transfer *t)
+{
+    t->in_multi = 1;
+    t->prev = NULL;
+    t->next = p->active;
+    if (p->active) p->active->prev = t;
+    p->active = t;
 }
 
 /* Takes the transfer out of the multi and the active list and drops the
@@ -1023,21 +1035,10 @@ sg_transfer *sg_proxy_start(sg_proxy_lane *p, const sg_proxy_request *req,
     if (p->fast) {
         if (p->stopping || !(t->parser = malloc(sizeof *t->parser)) || fast_request(p, t, req) != 0)
             goto fail;
-        if (fast_connect(p, t, 1) != 0) {
-            /* No socket: answer as an unreachable upstream would. */
-            t->in_multi = 1;
-            t->next = p->active;
-            if (p->active) p->active->prev = t;
-            p->active = t;
-            fast_finish(p, t, SG_PROXY_EUNREACHABLE);
-            return t;
-        }
-        t->in_multi = 1;
-        t->prev = NULL;
-        t->next = p->active;
-        if (p->active) p->active->prev = t;
-        p->active = t;
-        if (t->connecting)
+        activate(p, t);
+        if (fast_connect(p, t, 1) != 0)
+            fast_finish(p, t, SG_PROXY_EUNREACHABLE); /* no socket: as an unreachable upstream */
+        else if (t->connecting)
             fast_watch(p, t, EPOLLOUT);
         else
             fast_send(p, t);
@@ -1097,11 +1098,7 @@ sg_transfer *sg_proxy_start(sg_proxy_lane *p, const sg_proxy_request *req,
     }
 
     if (p->stopping || curl_multi_add_handle(p->multi, e) != CURLM_OK) goto fail;
-    t->in_multi = 1;
-    t->prev = NULL;
-    t->next = p->active;
-    if (p->active) p->active->prev = t;
-    p->active = t;
+    activate(p, t);
     return t;
 fail:
     transfer_free(t);

@@ -80,21 +80,6 @@ static void serve_usage(FILE *f)
           f);
 }
 
-static int parse_ulong(const char *flag, const char *v, unsigned long min, unsigned long max,
-                       unsigned long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    unsigned long n = strtoul(v, &end, 10);
-    if (!*v || *end || errno || n < min || n > max || v[0] == '-') {
-        fprintf(stderr, "scopegate serve: %s needs a whole number from %lu to %lu, not '%s'\n",
-                flag, min, max, v);
-        return -1;
-    }
-    *out = n;
-    return 0;
-}
-
 /* HTTP field-name characters (RFC 9110 tchar). */
 static int is_tchar(int c)
 {
@@ -287,7 +272,7 @@ static int split_listen(const char *s, char *host, size_t hostlen, unsigned long
     memcpy(host, h, hl);
     host[hl] = 0;
     if (strcmp(host, "localhost") == 0) snprintf(host, hostlen, "127.0.0.1");
-    return parse_ulong("--listen port", colon + 1, 0, 65535, port);
+    return sg_parse_ulong("serve", "--listen port", colon + 1, 0, 65535, port);
 }
 
 /* host[:port] of a URL, for the default Host allow-list. */

@@ -23,8 +23,14 @@ const sg_req *sg_bridge_requirement(sg_policy *p, const sg_mcp_body *body, const
             d.req = &sg_req_deny;
             d.rule = "builtin.invalid";
         } else {
-            sg_policy_input in = {SG_PHASE_CALL, m->method, m->name,  m->arguments,
-                                  token,         headers,   nheaders, protocol_version};
+            sg_policy_input in = {.phase = SG_PHASE_CALL,
+                                  .method = m->method,
+                                  .name = m->name,
+                                  .arguments = m->arguments,
+                                  .token = token,
+                                  .headers = headers,
+                                  .nheaders = nheaders,
+                                  .protocol_version = protocol_version};
             sg_policy_decide(p, &in, a, &d); /* on failure d.req is deny */
         }
         one = d.req ? d.req : &sg_req_deny;

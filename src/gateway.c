@@ -644,14 +644,15 @@ static int filter_result(list_ctx *c, int kind, cJSON *result)
         cJSON *name = cJSON_GetObjectItemCaseSensitive(item, lists[kind].name_key);
         int keep = 0;
         if (cJSON_IsString(name) && name->valuestring) {
-            sg_policy_input in = {SG_PHASE_LIST,
-                                  lists[kind].method,
-                                  name->valuestring,
-                                  NULL,
-                                  c->token,
-                                  NULL,
-                                  0,
-                                  c->plan->protocol_version};
+            const cJSON *ann = kind == SG_FILTER_TOOLS
+                                   ? cJSON_GetObjectItemCaseSensitive(item, "annotations")
+                                   : NULL;
+            sg_policy_input in = {.phase = SG_PHASE_LIST,
+                                  .method = lists[kind].method,
+                                  .name = name->valuestring,
+                                  .token = c->token,
+                                  .protocol_version = c->plan->protocol_version,
+                                  .annotations = cJSON_IsObject(ann) ? ann : NULL};
             sg_policy_decision d;
             sg_policy_decide(c->w->policy, &in, &c->w->arena, &d);
             const sg_req *r = d.req ? d.req : &sg_req_deny;

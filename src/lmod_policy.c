@@ -3,7 +3,8 @@
  * They exist so busted specs and tools drive the real C loader, sandbox and
  * decision code:
  *   core.policy_load(path [, limits])  -> policy | nil, message
- *   policy:decide{ phase=, method=, name=, arguments_json=, protocol_version=,
+ *   policy:decide{ phase=, method=, name=, arguments_json=, annotations_json=,
+ *                  protocol_version=,
  *                  token = { sub=, client_id=, scopes = {...}, claims_json=, exp= },
  *                  headers = { name = value } }
  *       -> { rule=, line=, file=, requirement=<policy notation>, why=, error= }
@@ -110,7 +111,7 @@ static const char *opt_string_field(lua_State *L, int t, const char *key)
 
 typedef struct decide_args {
     sg_policy_input in;
-    const char *arguments_json, *claims_json;
+    const char *arguments_json, *annotations_json, *claims_json;
     int has_token;
     sg_token token;
     const char *scopes[MAX_SCOPES_IN];
@@ -134,6 +135,7 @@ static void read_decide_args(lua_State *L, decide_args *d)
     d->in.name = opt_string_field(L, 2, "name");
     d->in.protocol_version = opt_string_field(L, 2, "protocol_version");
     d->arguments_json = opt_string_field(L, 2, "arguments_json");
+    d->annotations_json = opt_string_field(L, 2, "annotations_json");
 
     if (lua_getfield(L, 2, "token") != LUA_TNIL) {
         luaL_checktype(L, -1, LUA_TTABLE);
@@ -186,6 +188,7 @@ static void free_decide_args(decide_args *d)
     for (size_t i = 0; i < d->in.nheaders; i++)
         free(d->header_names[i]);
     cJSON_Delete((cJSON *)d->in.arguments);
+    cJSON_Delete((cJSON *)d->in.annotations);
     cJSON_Delete((cJSON *)d->token.claims);
 }
 
@@ -212,6 +215,8 @@ static int l_policy_decide(lua_State *L)
     const char *bad = NULL;
     if (d->arguments_json && !(d->in.arguments = parse_json(d->arguments_json)))
         bad = "arguments_json is not valid JSON";
+    if (!bad && d->annotations_json && !(d->in.annotations = parse_json(d->annotations_json)))
+        bad = "annotations_json is not valid JSON";
     if (!bad && d->claims_json && !(d->token.claims = parse_json(d->claims_json)))
         bad = "token.claims_json is not valid JSON";
     for (size_t i = 0; !bad && i < d->in.nheaders; i++) {

@@ -1297,6 +1297,10 @@ static void push_req(lua_State *L, const sg_policy_input *in)
         lua_pushstring(L, in->protocol_version);
         lua_setfield(L, -2, "protocol_version");
     }
+    if (in->annotations) {
+        sg_lua_push_json(L, in->annotations, 0);
+        lua_setfield(L, -2, "annotations");
+    }
     lua_createtable(L, 0, (int)(in->nheaders < 64 ? in->nheaders : 64));
     for (size_t i = 0; i < in->nheaders; i++) {
         if (!in->headers[i].name || !in->headers[i].value) continue;
@@ -1526,7 +1530,7 @@ int sg_policy_check(const char *path, const sg_policy_limits *limits, sg_buf *re
     sg_arena_init(&a, 4096);
     for (int i = 0; i < p->nfunctions; i++) {
         const rule *r = p->functions[i];
-        sg_policy_input in = {SG_PHASE_CALL, r->key, NULL, NULL, &tok, NULL, 0, NULL};
+        sg_policy_input in = {.phase = SG_PHASE_CALL, .method = r->key, .token = &tok};
         static const char *const list_methods[] = {"tools/list", "prompts/list", "resources/list"};
         for (int w = 0; w < T_METHODS; w++) {
             if (strncmp(r->name, table_names[w], strlen(table_names[w])) == 0 &&

@@ -33,7 +33,8 @@ typedef enum sg_policy_phase {
 } sg_policy_phase;
 
 /* What the policy sees of one message. Everything is borrowed for the
- * duration of sg_policy_decide. */
+ * duration of sg_policy_decide. Fill it with designated initializers: two
+ * adjacent strings would swap silently by position. */
 typedef struct sg_policy_input {
     sg_policy_phase phase;
     const char *method;       /* JSON-RPC method, e.g. "tools/call" */
@@ -43,6 +44,11 @@ typedef struct sg_policy_input {
     const sg_header *headers; /* names lower-case */
     size_t nheaders;
     const char *protocol_version; /* NULL when unknown */
+    /* The tool's MCP annotations (readOnlyHint, destructiveHint, ...) as the
+     * gateway knows them: in the list phase the listed item's own, in the
+     * call phase the catalogue learned from the upstream's tools/list.
+     * NULL when unknown (then req.annotations is nil). */
+    const cJSON *annotations;
 } sg_policy_input;
 
 typedef struct sg_policy_decision {

@@ -304,6 +304,27 @@ return {
     p:close()
   end)
 
+  it("gives function rules the tool's MCP annotations as req.annotations", function()
+    local p = assert(load_src([[
+return {
+  scopes = { r = "R", w = "W" },
+  default = function(req)
+    local a = req.annotations
+    if a == nil then return { deny = "unclassified" } end
+    return a.readOnlyHint and "r" or "w"
+  end,
+}
+]]))
+    local function req(phase, ann)
+      return p:decide { phase = phase, method = phase == "list" and "tools/list" or "tools/call",
+        name = "t", annotations_json = ann }.requirement
+    end
+    assert.equal('"r"', req("call", '{"readOnlyHint": true}'))
+    assert.equal('"w"', req("list", '{"readOnlyHint": false}'))
+    assert.equal('{ deny = "unclassified" }', req("call", nil))
+    p:close()
+  end)
+
   it("reports req.arguments read in the list phase as a policy error", function()
     local p, err, path = load_src([[
 return {

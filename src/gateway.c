@@ -8,6 +8,8 @@
  * worker context is touched by one thread only, so nothing here locks. */
 #include "gateway.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +27,28 @@
 
 #define ARENA_BLOCK (16 * 1024)
 
+/* One loaded policy: a compiled copy per worker (each owns a Lua state,
+ * which only that worker's thread touches) and what is derived from it.
+ * Reference-counted, because three kinds of holder outlive a reload: the
+ * gateway's `current` pointer, each worker until it switches, and each
+ * forwarded list request until its answer is filtered (a request finishes
+ * on the policy it started with). The last release frees it, on whatever
+ * thread that is: by then no thread uses any of its Lua states. */
+struct sg_policy_gen {
+    atomic_int refs;
+    unsigned nworkers;
+    sg_policy **policies; /* [nworkers] */
+    char *metadata_json;
+    char *resource_metadata_url;
+};
+typedef struct sg_policy_gen policy_gen;
+static void gen_release(policy_gen *g);
+
 typedef struct worker {
-    sg_policy *policy;
+    unsigned index;
+    policy_gen *gen;    /* the policy this worker decides with; a reference */
+    sg_policy *policy;  /* gen->policies[index] */
+    unsigned long seen; /* gw->generation when it last looked */
     sg_tcache *tcache;
     sg_arena arena;
     sg_decision decision;
@@ -40,8 +62,13 @@ struct sg_gateway {
     sg_annotate annotate;
     sg_identity_header identity[SG_GATEWAY_MAX_IDENTITY];
     size_t nidentity;
-    char *resource_metadata_url;
-    char *metadata_json;
+    char *policy_path;
+    char *public_url;
+    /* The policy in force: replaced under gen_mu by sg_gateway_reload;
+     * `generation` lets each worker notice with one atomic load per request. */
+    pthread_mutex_t gen_mu;
+    policy_gen *current;
+    atomic_ulong generation;
 };
 
 static const char *header_get(const sg_gateway_request *req, const char *name)
@@ -71,6 +98,7 @@ void sg_gateway_reply_free(sg_gateway_reply *r)
     free(r->lists);
     for (size_t i = 0; i < r->nidentity; i++)
         free((char *)r->identity[i].value);
+    gen_release(r->policy_gen);
     sg_buf_free(&r->body);
     sg_buf_free(&r->www_authenticate);
     sg_gateway_reply_init(r);
@@ -93,20 +121,137 @@ static int answer(sg_gateway_reply *out, int status, const char *id, size_t id_l
     return 1;
 }
 
+/* ---- policy generations ------------------------------------------------------ */
+
+static void gen_release(policy_gen *g)
+{
+    if (!g || atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1) return;
+    for (unsigned i = 0; i < g->nworkers; i++)
+        sg_policy_free(g->policies[i]);
+    free(g->policies);
+    free(g->metadata_json);
+    free(g->resource_metadata_url);
+    free(g);
+}
+
+static policy_gen *gen_retain(policy_gen *g)
+{
+    atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+    return g;
+}
+
+/* Trims the trailing newlines of a loader report copied into err. */
+static void copy_report(char *err, size_t errlen, const char *report)
+{
+    snprintf(err, errlen, "%s", report ? report : "policy failed to load");
+    size_t n = strlen(err);
+    while (n > 0 && err[n - 1] == '\n')
+        err[--n] = 0;
+}
+
+/* Loads one copy of the policy per worker and derives the metadata. When
+ * want_hash is not NULL every copy must be that text (it was checked).
+ * Returns the generation with one reference, or NULL with a message in err
+ * (naming file and line for a policy error). */
+static policy_gen *gen_load(const sg_gateway *gw, const char *want_hash, char *err, size_t errlen)
+{
+    policy_gen *g = calloc(1, sizeof *g);
+    if (!g || !(g->policies = calloc(gw->nworkers, sizeof *g->policies))) {
+        free(g);
+        sg_errf(err, errlen, "out of memory");
+        return NULL;
+    }
+    atomic_init(&g->refs, 1);
+    g->nworkers = gw->nworkers;
+    for (unsigned i = 0; i < gw->nworkers; i++) {
+        char *perr = NULL;
+        g->policies[i] = sg_policy_load(gw->policy_path, NULL, &perr);
+        if (!g->policies[i]) {
+            copy_report(err, errlen, perr);
+            free(perr);
+            goto fail;
+        }
+        free(perr);
+        const char *have = sg_policy_hash(g->policies[i]);
+        const char *want = want_hash ? want_hash : sg_policy_hash(g->policies[0]);
+        if (strcmp(have, want) != 0) {
+            sg_errf(err, errlen, "%s: the policy changed while it was being loaded",
+                    gw->policy_path);
+            goto fail;
+        }
+    }
+    const sg_policy *p0 = g->policies[0];
+    const char *resource = sg_policy_resource(p0);
+    if (!resource) resource = gw->public_url;
+    if (!resource) {
+        sg_errf(err, errlen,
+                "%s: the policy has no `resource` and no --public-url was given: the protected "
+                "resource metadata needs one",
+                gw->policy_path);
+        goto fail;
+    }
+    /* Challenges point at the metadata of the endpoint clients use. */
+    const char *endpoint = gw->public_url ? gw->public_url : resource;
+    sg_buf u = SG_BUF_INIT;
+    if (sg_metadata_url(endpoint, &u) != 0) {
+        sg_buf_free(&u);
+        sg_errf(err, errlen, "'%s' is not an absolute http(s) URL", endpoint);
+        goto fail;
+    }
+    g->resource_metadata_url = sg_buf_steal(&u);
+    sg_buf_free(&u);
+    sg_buf m = SG_BUF_INIT;
+    sg_metadata_document(p0, resource, &m);
+    g->metadata_json = sg_buf_steal(&m);
+    sg_buf_free(&m);
+    if (!g->resource_metadata_url || !g->metadata_json) {
+        sg_errf(err, errlen, "out of memory");
+        goto fail;
+    }
+    return g;
+fail:
+    gen_release(g);
+    return NULL;
+}
+
+/* Makes the worker decide with the current policy, if a reload replaced
+ * the one it has. Called at request boundaries only, so a request never
+ * sees two policies. The hot path is one atomic load. */
+static void worker_refresh(sg_gateway *gw, worker *w)
+{
+    if (atomic_load_explicit(&gw->generation, memory_order_acquire) == w->seen) return;
+    pthread_mutex_lock(&gw->gen_mu);
+    policy_gen *g = gen_retain(gw->current);
+    unsigned long seen = atomic_load(&gw->generation);
+    pthread_mutex_unlock(&gw->gen_mu);
+    int first = w->gen == NULL;
+    gen_release(w->gen);
+    w->gen = g;
+    w->seen = seen;
+    w->policy = g->policies[w->index];
+    w->site.universe = sg_policy_universe(w->policy);
+    w->site.realm = sg_policy_realm(w->policy);
+    w->site.resource_metadata = g->resource_metadata_url;
+    /* A new policy may bind tokens differently, and keys may have been
+     * re-read (sg_gateway_forget_tokens): tokens are verified again. */
+    if (!first) sg_tcache_clear(w->tcache);
+}
+
 /* ---- construction ------------------------------------------------------------- */
 
 sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errlen)
 {
     if (cfg->workers == 0 || !cfg->policy_path || !cfg->verifier) {
-        snprintf(err, errlen, "gateway: a policy, a verifier and at least one worker are needed");
+        sg_errf(err, errlen, "gateway: a policy, a verifier and at least one worker are needed");
         return NULL;
     }
     sg_gateway *gw = calloc(1, sizeof *gw);
     if (!gw || !(gw->workers = calloc(cfg->workers, sizeof *gw->workers))) {
         free(gw);
-        snprintf(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         return NULL;
     }
+    pthread_mutex_init(&gw->gen_mu, NULL);
     gw->nworkers = cfg->workers;
     gw->annotate = cfg->annotate;
     gw->nidentity =
@@ -115,67 +260,101 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
         gw->identity[i] = cfg->identity[i]; /* borrowed: the config outlives the gateway */
     sg_mcp_limits defaults = SG_MCP_LIMITS_DEFAULT;
     gw->mcp_limits = cfg->mcp_limits.max_body ? cfg->mcp_limits : defaults;
+    gw->policy_path = strdup(cfg->policy_path);
+    gw->public_url = cfg->public_url ? strdup(cfg->public_url) : NULL;
+    if (!gw->policy_path || (cfg->public_url && !gw->public_url)) {
+        sg_errf(err, errlen, "out of memory");
+        goto fail;
+    }
     for (unsigned i = 0; i < cfg->workers; i++) {
         worker *w = &gw->workers[i];
+        w->index = i;
         sg_arena_init(&w->arena, ARENA_BLOCK);
         sg_decision_init(&w->decision);
-    }
-    for (unsigned i = 0; i < cfg->workers; i++) {
-        worker *w = &gw->workers[i];
-        char *perr = NULL;
-        w->policy = sg_policy_load(cfg->policy_path, NULL, &perr);
-        if (!w->policy) {
-            snprintf(err, errlen, "%s", perr ? perr : "policy failed to load");
-            size_t n = strlen(err);
-            while (n > 0 && err[n - 1] == '\n')
-                err[--n] = 0;
-            free(perr);
-            goto fail;
-        }
-        free(perr);
         if (!(w->tcache = sg_tcache_new(cfg->verifier, cfg->token_cache_entries))) {
-            snprintf(err, errlen, "out of memory");
+            sg_errf(err, errlen, "out of memory");
             goto fail;
         }
     }
-    const sg_policy *p0 = gw->workers[0].policy;
-    const char *resource = sg_policy_resource(p0);
-    if (!resource) resource = cfg->public_url;
-    if (!resource) {
-        snprintf(err, errlen,
-                 "%s: the policy has no `resource` and no --public-url was given: the protected "
-                 "resource metadata needs one",
-                 cfg->policy_path);
-        goto fail;
-    }
-    /* Challenges point at the metadata of the endpoint clients use. */
-    const char *endpoint = cfg->public_url ? cfg->public_url : resource;
-    sg_buf u = SG_BUF_INIT;
-    if (sg_metadata_url(endpoint, &u) != 0) {
-        sg_buf_free(&u);
-        snprintf(err, errlen, "'%s' is not an absolute http(s) URL", endpoint);
-        goto fail;
-    }
-    gw->resource_metadata_url = sg_buf_steal(&u);
-    sg_buf_free(&u);
-    sg_buf m = SG_BUF_INIT;
-    sg_metadata_document(p0, resource, &m);
-    gw->metadata_json = sg_buf_steal(&m);
-    sg_buf_free(&m);
-    if (!gw->resource_metadata_url || !gw->metadata_json) {
-        snprintf(err, errlen, "out of memory");
-        goto fail;
-    }
-    for (unsigned i = 0; i < cfg->workers; i++) {
-        worker *w = &gw->workers[i];
-        w->site.universe = sg_policy_universe(w->policy);
-        w->site.realm = sg_policy_realm(w->policy);
-        w->site.resource_metadata = gw->resource_metadata_url;
-    }
+    if (!(gw->current = gen_load(gw, NULL, err, errlen))) goto fail;
+    atomic_store(&gw->generation, 1);
+    for (unsigned i = 0; i < cfg->workers; i++)
+        worker_refresh(gw, &gw->workers[i]);
     return gw;
 fail:
     sg_gateway_free(gw);
     return NULL;
+}
+
+int sg_gateway_reload(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_LEN + 1])
+{
+    char checked[SG_POLICY_HASH_LEN + 1];
+    sg_buf findings = SG_BUF_INIT;
+    int nerrors = sg_policy_check_hashed(gw->policy_path, NULL, &findings, checked);
+    snprintf(hash, SG_POLICY_HASH_LEN + 1, "%s", checked);
+    if (nerrors > 0 || !checked[0]) {
+        /* Only the errors: warnings do not stop a reload. */
+        for (const char *line = findings.data; line && *line;) {
+            const char *end = strchr(line, '\n');
+            size_t n = end ? (size_t)(end - line + 1) : strlen(line);
+            const char *hit = strstr(line, ": error: ");
+            if (hit && hit < line + n) sg_buf_append(report, line, n);
+            line += n;
+        }
+        if (report->len == 0) sg_buf_append(report, findings.data, findings.len);
+        sg_buf_free(&findings);
+        return -1;
+    }
+    sg_buf_free(&findings);
+    pthread_mutex_lock(&gw->gen_mu);
+    int same = strcmp(sg_policy_hash(gw->current->policies[0]), checked) == 0;
+    pthread_mutex_unlock(&gw->gen_mu);
+    if (same) return 1;
+    char err[4096];
+    policy_gen *g = gen_load(gw, checked, err, sizeof err);
+    if (!g) {
+        sg_buf_puts(report, err);
+        return -1;
+    }
+    pthread_mutex_lock(&gw->gen_mu);
+    policy_gen *old = gw->current;
+    gw->current = g;
+    atomic_fetch_add_explicit(&gw->generation, 1, memory_order_release);
+    pthread_mutex_unlock(&gw->gen_mu);
+    gen_release(old);
+    return 0;
+}
+
+void sg_gateway_forget_tokens(sg_gateway *gw)
+{
+    pthread_mutex_lock(&gw->gen_mu);
+    atomic_fetch_add_explicit(&gw->generation, 1, memory_order_release);
+    pthread_mutex_unlock(&gw->gen_mu);
+}
+
+void sg_gateway_policy_hash(sg_gateway *gw, char hash[SG_POLICY_HASH_LEN + 1])
+{
+    pthread_mutex_lock(&gw->gen_mu);
+    snprintf(hash, SG_POLICY_HASH_LEN + 1, "%s", sg_policy_hash(gw->current->policies[0]));
+    pthread_mutex_unlock(&gw->gen_mu);
+}
+
+char **sg_gateway_policy_files(sg_gateway *gw)
+{
+    pthread_mutex_lock(&gw->gen_mu);
+    policy_gen *g = gen_retain(gw->current);
+    pthread_mutex_unlock(&gw->gen_mu);
+    const sg_sandbox_source *src;
+    int n = sg_sandbox_sources(sg_policy_sandbox(g->policies[0]), &src);
+    char **files = calloc((size_t)n + 1, sizeof *files);
+    for (int i = 0; files && i < n; i++) {
+        if (!(files[i] = strdup(src[i].path))) {
+            sg_strv_free(files);
+            files = NULL;
+        }
+    }
+    gen_release(g);
+    return files;
 }
 
 void sg_gateway_free(sg_gateway *gw)
@@ -183,20 +362,25 @@ void sg_gateway_free(sg_gateway *gw)
     if (!gw) return;
     for (unsigned i = 0; i < gw->nworkers; i++) {
         worker *w = &gw->workers[i];
-        sg_policy_free(w->policy);
+        gen_release(w->gen);
         sg_tcache_free(w->tcache);
         sg_arena_free(&w->arena);
         sg_decision_free(&w->decision);
     }
+    gen_release(gw->current);
+    pthread_mutex_destroy(&gw->gen_mu);
     free(gw->workers);
-    free(gw->resource_metadata_url);
-    free(gw->metadata_json);
+    free(gw->policy_path);
+    free(gw->public_url);
     free(gw);
 }
 
-int sg_gateway_metadata(sg_gateway *gw, sg_buf *out)
+int sg_gateway_metadata(sg_gateway *gw, unsigned worker_index, sg_buf *out)
 {
-    sg_buf_puts(out, gw->metadata_json);
+    if (worker_index >= gw->nworkers) return -1;
+    worker *w = &gw->workers[worker_index];
+    worker_refresh(gw, w);
+    sg_buf_puts(out, w->gen->metadata_json);
     return sg_buf_ok(out) ? 0 : -1;
 }
 
@@ -423,6 +607,8 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
         plan_identity(gw, token, out);
         if (plan_lists(&body, header_get(req, "Authorization"), version, out) != 0)
             result = answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
+        else if (out->filter)
+            out->policy_gen = gen_retain(w->gen); /* filtered by the policy that allowed it */
     } else {
         answer(out, d->status, id, id_len,
                d->outcome == SG_UNAUTHORIZED ? GW_ERR_UNAUTHORIZED : GW_ERR_FORBIDDEN,
@@ -477,6 +663,7 @@ int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_
     if (req->worker >= gw->nworkers)
         return answer(out, 503, NULL, 0, SG_JSONRPC_INTERNAL_ERROR, "No worker available");
     worker *w = &gw->workers[req->worker];
+    worker_refresh(gw, w);
     sg_arena_reset(&w->arena);
     if (strcmp(req->method, "POST") == 0) return handle_post(w, gw, req, out);
     if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "DELETE") == 0)
@@ -490,6 +677,7 @@ int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_
 
 typedef struct list_ctx {
     worker *w;
+    sg_policy *policy; /* the one the request started with */
     const sg_gateway *gw;
     const sg_gateway_reply *plan;
     const sg_token *token;
@@ -637,7 +825,7 @@ static int filter_result(list_ctx *c, int kind, cJSON *result)
     };
     cJSON *list = cJSON_GetObjectItemCaseSensitive(result, lists[kind].key);
     if (!cJSON_IsArray(list)) return -1;
-    const sg_universe *u = sg_policy_universe(c->w->policy);
+    const sg_universe *u = sg_policy_universe(c->policy);
     cJSON *item = list->child;
     while (item) {
         cJSON *next = item->next;
@@ -654,7 +842,7 @@ static int filter_result(list_ctx *c, int kind, cJSON *result)
                                   .protocol_version = c->plan->protocol_version,
                                   .annotations = cJSON_IsObject(ann) ? ann : NULL};
             sg_policy_decision d;
-            sg_policy_decide(c->w->policy, &in, &c->w->arena, &d);
+            sg_policy_decide(c->policy, &in, &c->w->arena, &d);
             const sg_req *r = d.req ? d.req : &sg_req_deny;
             keep = sg_req_satisfied(r, c->token != NULL, &c->effective);
             if (keep && kind == SG_FILTER_TOOLS) annotate(c->gw->annotate, u, item, r);
@@ -811,6 +999,8 @@ int sg_gateway_filter(sg_gateway *gw, unsigned worker_index, const sg_gateway_re
     if (worker_index >= gw->nworkers || !content_type) return -1;
     list_ctx c;
     c.w = &gw->workers[worker_index];
+    /* The policy the request was decided with, even if a reload came since. */
+    c.policy = plan->policy_gen ? plan->policy_gen->policies[worker_index] : c.w->policy;
     c.gw = gw;
     c.plan = plan;
     sg_arena_reset(&c.w->arena);
@@ -819,7 +1009,7 @@ int sg_gateway_filter(sg_gateway *gw, unsigned worker_index, const sg_gateway_re
      * time belonged to the cache, which other requests have used since. */
     authenticate(c.w, plan->authorization, &c.token, &token_error);
     sg_scopeset granted;
-    const sg_universe *u = sg_policy_universe(c.w->policy);
+    const sg_universe *u = sg_policy_universe(c.policy);
     sg_token_granted(u, c.token, &granted);
     sg_universe_effective(u, &granted, &c.effective);
     int rc;

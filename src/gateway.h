@@ -17,6 +17,7 @@
 #include <stddef.h>
 
 #include "mcp.h"
+#include "policy.h"
 #include "proxy.h"
 #include "sg.h"
 #include "token.h"
@@ -59,6 +60,30 @@ typedef struct sg_gateway sg_gateway;
 /* Loads the policy once per worker. Returns NULL with a message (naming the
  * file and line for a policy error) in err. */
 sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errlen);
+
+/* Hot reload. Runs everything `scopegate check` runs on the policy file
+ * (and the modules it requires), then loads a fresh copy per worker and
+ * makes it current: each worker switches at its next request boundary, and
+ * a request in flight finishes on the policy it started with (its list
+ * answer is filtered by that policy). The metadata document and challenges
+ * follow the new policy. Writes the hash of the text it read into hash.
+ * Returns 0 when the new policy is in force, 1 when the text is the one
+ * already in force (nothing changed), and -1 when it is refused: the
+ * previous policy stays, and report holds one "file:line: ..." line per
+ * error. Thread-safe against requests; call from one thread at a time. */
+int sg_gateway_reload(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_LEN + 1]);
+/* Makes every worker forget its verified tokens at its next request, so
+ * each token is verified again with the keys in force (after SIGHUP re-read
+ * them: a token of a removed key must stop working at once). Thread-safe;
+ * can't fail. */
+void sg_gateway_forget_tokens(sg_gateway *gw);
+/* The files the policy in force ran (the policy file first, then each
+ * module it required), for the reloader's watch list: a NULL-terminated
+ * malloc'd array of malloc'd paths (free it with sg_strv_free). Returns
+ * NULL when out of memory. Thread-safe. */
+char **sg_gateway_policy_files(sg_gateway *gw);
+/* The hash of the policy in force. Thread-safe; can't fail. */
+void sg_gateway_policy_hash(sg_gateway *gw, char hash[SG_POLICY_HASH_LEN + 1]);
 /* NULL is fine. */
 void sg_gateway_free(sg_gateway *gw);
 
@@ -91,6 +116,7 @@ typedef struct sg_gateway_reply {
     size_t nlists;
     sg_header identity[SG_GATEWAY_MAX_IDENTITY]; /* verified-identity headers (values owned) */
     size_t nidentity;
+    struct sg_policy_gen *policy_gen; /* with filter: the policy that decided (a reference) */
 } sg_gateway_reply;
 
 /* Which list result a request's answer carries. */
@@ -127,9 +153,10 @@ int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_
 int sg_gateway_filter(sg_gateway *gw, unsigned worker, const sg_gateway_reply *plan,
                       const char *content_type, const char *body, size_t len, sg_buf *out);
 
-/* Appends the RFC 9728 protected resource metadata JSON. Returns 0, or -1
- * when out of memory. Thread-safe (the data is immutable after load). */
-int sg_gateway_metadata(sg_gateway *gw, sg_buf *out);
+/* Appends the RFC 9728 protected resource metadata JSON of the policy in
+ * force. Returns 0, or -1 when out of memory. Must be called on the thread
+ * that owns `worker` (it may switch that worker to a reloaded policy). */
+int sg_gateway_metadata(sg_gateway *gw, unsigned worker, sg_buf *out);
 
 /* Renders the answer for a forwarded request whose upstream failed before a
  * response: status (502 or 504, 503 on shutdown) and a JSON-RPC error body

@@ -467,7 +467,7 @@ static enum MHD_Result first_call(sg_http *h, exchange *ex, const char *url, con
                                "GET, HEAD", 0);
         sg_buf b = SG_BUF_INIT;
         enum MHD_Result ok = MHD_NO;
-        if (sg_gateway_metadata(h->cfg.gateway, &b) == 0)
+        if (sg_gateway_metadata(h->cfg.gateway, ex->worker, &b) == 0)
             ok = queue_bytes(conn, 200, "application/json", b.data, b.len, NULL, NULL, 0);
         sg_buf_free(&b);
         return ok;

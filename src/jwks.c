@@ -780,6 +780,25 @@ const sg_keyset *sg_keys_refetch_for_kid(sg_keys *k, const sg_keyset *seen)
     return acquire_current(k);
 }
 
+int sg_keys_replace_static(sg_keys *k, sg_keys *from)
+{
+    pthread_mutex_lock(&k->fetch_mu);
+    sg_jwk *old = k->static_keys;
+    int nold = k->nstatic;
+    k->static_keys = from->static_keys;
+    k->nstatic = from->nstatic;
+    int rc = publish(k);
+    if (rc == 0) {
+        from->static_keys = old;
+        from->nstatic = nold;
+    } else { /* keep serving the old keys */
+        k->static_keys = old;
+        k->nstatic = nold;
+    }
+    pthread_mutex_unlock(&k->fetch_mu);
+    return rc;
+}
+
 int sg_keys_refresh(sg_keys *k, char *err, size_t errlen)
 {
     if (!k->url) {

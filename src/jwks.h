@@ -125,6 +125,13 @@ const sg_keyset *sg_keys_refetch_for_kid(sg_keys *k, const sg_keyset *seen);
  * sg_keys_free. Returns 0 (also without a URL), or -1 with a message. */
 int sg_keys_start_refresher(sg_keys *k, char *err, size_t errlen);
 
+/* Replaces k's configured keys (PEM files, secrets, JWKS files) with those
+ * of `from`, a key set configured the same way moments ago (SIGHUP re-reads
+ * the files), and publishes the result; `from` gets the old ones, to be
+ * freed with it. URL keys are untouched. Thread-safe against readers.
+ * Returns 0, or -1 when out of memory (then nothing changed). */
+int sg_keys_replace_static(sg_keys *k, sg_keys *from);
+
 /* Forces a fetch of the URL now, ignoring the intervals (tests, SIGHUP).
  * Returns 0, or -1 with a message; on failure the old keys stay. */
 int sg_keys_refresh(sg_keys *k, char *err, size_t errlen);

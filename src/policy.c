@@ -304,6 +304,7 @@ struct sg_policy {
     int nfunctions;
     rule **functions; /* every function rule, for check */
     size_t functions_cap;
+    char hash[SG_POLICY_HASH_LEN + 1]; /* sg_policy_hash */
 };
 
 static const char *const builtin_methods[] = {
@@ -1184,6 +1185,7 @@ sg_policy *sg_policy_load(const char *path, const sg_policy_limits *limits, char
 {
     loader ld;
     sg_policy *p = load_policy(path, limits, &ld);
+    if (p) sg_policy_sources_hash(p->sb, p->hash);
     if (!p && err) {
         if (ld.errors.len && ld.errors.data[ld.errors.len - 1] == '\n')
             ld.errors.data[--ld.errors.len] = '\0';
@@ -1192,6 +1194,24 @@ sg_policy *sg_policy_load(const char *path, const sg_policy_limits *limits, char
     }
     loader_free(&ld);
     return p;
+}
+
+void sg_policy_sources_hash(const sg_sandbox *sb, char out[SG_POLICY_HASH_LEN + 1])
+{
+    const sg_sandbox_source *src;
+    int n = sg_sandbox_sources(sb, &src);
+    unsigned char all[32];
+    sg_buf digests = SG_BUF_INIT;
+    for (int i = 0; i < n; i++)
+        sg_buf_append(&digests, src[i].sha256, sizeof src[i].sha256);
+    sg_sha256(digests.data ? digests.data : "", digests.len, all);
+    sg_buf_free(&digests);
+    sg_hex(all, SG_POLICY_HASH_LEN / 2, out);
+}
+
+const char *sg_policy_hash(const sg_policy *p)
+{
+    return p->hash;
 }
 
 void sg_policy_free(sg_policy *p)
@@ -1501,8 +1521,16 @@ static int by_line(const void *a, const void *b)
 
 int sg_policy_check(const char *path, const sg_policy_limits *limits, sg_buf *report)
 {
+    return sg_policy_check_hashed(path, limits, report, NULL);
+}
+
+int sg_policy_check_hashed(const char *path, const sg_policy_limits *limits, sg_buf *report,
+                           char hash[SG_POLICY_HASH_LEN + 1])
+{
     loader ld;
     sg_policy *p = load_policy(path, limits, &ld);
+    if (hash) hash[0] = '\0';
+    if (p && hash) sg_policy_sources_hash(p->sb, hash);
     int nerrors = ld.nerrors;
     if (ld.report.data) sg_buf_append(report, ld.report.data, ld.report.len);
     loader_free(&ld);

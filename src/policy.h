@@ -94,7 +94,16 @@ const sg_req *sg_policy_tool_requirement(const sg_policy *p, const char *name, i
 /* 1 when some static rule is "public" (then protocol plumbing is public
  * too, so anonymous callers can reach the public tools). */
 int sg_policy_has_public_rule(const sg_policy *p);
-/* The sandbox, for memory statistics. */
+/* The policy's content hash: SG_POLICY_HASH_LEN hex digits of a SHA-256
+ * over the digests of every file it ran (the policy, then each module it
+ * required), so the same text always has the same hash and any edit to a
+ * module changes it. Every decision can name the policy that made it. */
+#define SG_POLICY_HASH_LEN 12
+const char *sg_policy_hash(const sg_policy *p);
+/* The same hash for the files a sandbox has run (used by hot reload to tell
+ * a real change from a touch). Can't fail. */
+void sg_policy_sources_hash(const sg_sandbox *sb, char out[SG_POLICY_HASH_LEN + 1]);
+/* The sandbox, for memory statistics and the list of source files. */
 sg_sandbox *sg_policy_sandbox(sg_policy *p);
 
 /* Loads the policy, lints it and calls every function rule once with a
@@ -103,5 +112,10 @@ sg_sandbox *sg_policy_sandbox(sg_policy *p);
  * finding to report: "file:line: error: ..." or "file:line: warning: ...".
  * Returns the number of errors (0 = the policy is usable). */
 int sg_policy_check(const char *path, const sg_policy_limits *limits, sg_buf *report);
+/* The same, also writing the hash (sg_policy_hash) of the text it checked
+ * into hash ("" when the policy did not load), so that a caller can make
+ * sure the copies it loads afterwards are the text that was checked. */
+int sg_policy_check_hashed(const char *path, const sg_policy_limits *limits, sg_buf *report,
+                           char hash[SG_POLICY_HASH_LEN + 1]);
 
 #endif

@@ -54,6 +54,10 @@ struct sg_sandbox {
     double pattern_left;
     int budget_tripped, memory_tripped;
     char trip_msg[256];
+
+    /* Every file run (sg_sandbox_sources), with its path owned here. */
+    sg_sandbox_source *sources;
+    int nsources;
 };
 
 static char registry_loaded_key; /* address used as a registry key */
@@ -669,6 +673,21 @@ static int module_name_valid(const char *s, size_t len)
     return segment > 0;
 }
 
+/* Remembers a source file and the digest of the bytes run from it. Returns
+ * 0, or -1 when out of memory. */
+static int record_source(sg_sandbox *sb, const char *path, const char *src, size_t len)
+{
+    sg_sandbox_source *grown = realloc(sb->sources, (size_t)(sb->nsources + 1) * sizeof *grown);
+    if (!grown) return -1;
+    sb->sources = grown;
+    char *copy = strdup(path);
+    if (!copy) return -1;
+    sg_sandbox_source *s = &sb->sources[sb->nsources++];
+    s->path = copy;
+    sg_sha256(src, len, s->sha256);
+    return 0;
+}
+
 /* Reads the first candidate file that exists. Returns the malloc'd source,
  * with its path in found; NULL when none exists (searched lists them). */
 static char *find_module(sg_sandbox *sb, const char *rel, char *found, size_t found_size,
@@ -745,6 +764,11 @@ static int safe_require(lua_State *L)
         return lua_error(L);
     }
     sg_buf_free(&searched);
+    if (record_source(sb, path, src, srclen) != 0) {
+        free(src);
+        raise_memory(L, sb); /* does not return */
+        return 0;
+    }
     lua_pushfstring(L, "@%s", path);
     int status = luaL_loadbufferx(L, src, srclen, lua_tostring(L, -1), "t");
     free(src);
@@ -969,9 +993,18 @@ void sg_sandbox_free(sg_sandbox *sb)
         sb->cap = SIZE_MAX;
         lua_close(sb->L);
     }
+    for (int i = 0; i < sb->nsources; i++)
+        free((char *)sb->sources[i].path);
+    free(sb->sources);
     free(sb->path);
     free(sb->dir);
     free(sb);
+}
+
+int sg_sandbox_sources(const sg_sandbox *sb, const sg_sandbox_source **out)
+{
+    *out = sb->sources;
+    return sb->nsources;
 }
 
 lua_State *sg_sandbox_lua(sg_sandbox *sb)
@@ -1079,6 +1112,11 @@ int sg_sandbox_run_file(sg_sandbox *sb, const char *path, sg_buf *err)
     char *src = sg_read_file(path, SG_SANDBOX_MAX_SOURCE, &len);
     if (!src) {
         sg_buf_printf(err, "%s: cannot read policy: %s", path, strerror(errno));
+        return -1;
+    }
+    if (record_source(sb, path, src, len) != 0) {
+        free(src);
+        sg_buf_printf(err, "%s: out of memory", path);
         return -1;
     }
     sg_buf chunkname = SG_BUF_INIT;

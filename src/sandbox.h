@@ -81,6 +81,19 @@ int sg_sandbox_seal(sg_sandbox *sb);
 int sg_sandbox_call(sg_sandbox *sb, lua_CFunction fn, void *ud, int nargs, int nresults,
                     sg_buf *err);
 
+/* One source file the state ran: the policy file first, then every module
+ * in the order `require` read them. The digest is of the bytes that were
+ * actually run, so a file edited after loading does not change it. */
+typedef struct sg_sandbox_source {
+    const char *path; /* as opened: the policy path, or the module's found path */
+    unsigned char sha256[32];
+} sg_sandbox_source;
+
+/* Sets *out to the sources run so far (owned by the sandbox, valid until it
+ * is freed or runs another file) and returns their number. Can't fail: a
+ * source that could not be recorded (out of memory) fails its load instead. */
+int sg_sandbox_sources(const sg_sandbox *sb, const sg_sandbox_source **out);
+
 /* Bytes the state holds now, the peak since the last call started, and
  * the post-load baseline (0 before seal). Can't fail. */
 size_t sg_sandbox_memory(const sg_sandbox *sb);

@@ -23,6 +23,7 @@
 #include "jwks.h"
 #include "policy.h"
 #include "proxy.h"
+#include "reload.h"
 #include "sg.h"
 #include "token.h"
 
@@ -44,6 +45,7 @@ typedef struct serve_opts {
     unsigned long max_body, max_header, max_connections, timeout_s, threads;
     unsigned long upstream_timeout_ms, connect_timeout_ms, token_cache;
     unsigned long jwks_ttl_s, jwks_refetch_s;
+    int no_watch;
     int config_argc; /* --config FILE as flags; the strings above may point here */
     char **config_argv;
 } serve_opts;
@@ -59,6 +61,8 @@ static void serve_usage(FILE *f)
           "  --upstream-ca FILE         CA bundle that verifies an https:// upstream [system]\n"
           "  --jwks-ttl SECONDS         refresh a JWKS URL this often [300]\n"
           "  --jwks-refetch SECONDS     at most one unknown-kid refetch this often [30]\n"
+          "  --no-watch                 do not reload the policy when its files change\n"
+          "                             (SIGHUP still reloads the policy and the keys)\n"
           "  --path PATH                MCP endpoint path [/mcp]\n"
           "  --allowed-host HOST[:PORT] accepted Host header (repeatable; '*' = any)\n"
           "                             [the listen address, localhost, the public URL's host]\n"
@@ -137,7 +141,7 @@ typedef struct serve_lists {
 } serve_lists;
 
 /* Fills flags[] (SERVE_NFLAGS entries) with the table of serve's flags. */
-#define SERVE_NFLAGS 27
+#define SERVE_NFLAGS 28
 static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_flag *flags)
 {
     const sg_flag table[SERVE_NFLAGS] = {
@@ -168,6 +172,7 @@ static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_fl
         {"--jwks-ttl", SG_FLAG_ULONG, &o->jwks_ttl_s, 1, 86400},
         {"--jwks-refetch", SG_FLAG_ULONG, &o->jwks_refetch_s, 1, 86400},
         {"--upstream-ca", SG_FLAG_STRING, &o->upstream_ca, 0, 0},
+        {"--no-watch", SG_FLAG_BOOL, &o->no_watch, 0, 0},
     };
     memcpy(flags, table, sizeof table);
 }
@@ -310,6 +315,47 @@ static int set_log_level(const char *name)
 
 static int serve(serve_opts *opts);
 
+/* What SIGHUP re-reads: the configured key files into a fresh key set whose
+ * keys then replace the live ones (a file that no longer parses leaves the
+ * old keys in force), and a JWKS URL fetched again now. */
+typedef struct key_sources {
+    sg_keys *keys;
+    const char *jwks, *public_key, *key_alg;
+    int jwks_is_url;
+} key_sources;
+
+static int reload_keys(void *ud, char *err, size_t errlen)
+{
+    key_sources *ks = ud;
+    if (ks->public_key || (ks->jwks && !ks->jwks_is_url)) {
+        sg_keys *fresh = sg_keys_new();
+        if (!fresh) {
+            sg_errf(err, errlen, "out of memory");
+            return -1;
+        }
+        char why[512] = "";
+        int rc = 0;
+        if (ks->jwks && !ks->jwks_is_url &&
+            sg_keys_add_jwks_file(fresh, ks->jwks, why, sizeof why) != 0) {
+            sg_errf(err, errlen, "--jwks %s: %s", ks->jwks, why);
+            rc = -1;
+        }
+        if (rc == 0 && ks->public_key &&
+            sg_keys_add_pem_file(fresh, ks->public_key, ks->key_alg, NULL, why, sizeof why) != 0) {
+            sg_errf(err, errlen, "--public-key %s: %s", ks->public_key, why);
+            rc = -1;
+        }
+        if (rc == 0 && sg_keys_replace_static(ks->keys, fresh) != 0) {
+            sg_errf(err, errlen, "out of memory");
+            rc = -1;
+        }
+        sg_keys_free(fresh);
+        if (rc != 0) return -1;
+    }
+    if (ks->jwks_is_url && sg_keys_refresh(ks->keys, err, errlen) != 0) return -1;
+    return 0;
+}
+
 int sg_cmd_serve(int argc, char **argv)
 {
     serve_opts o;
@@ -352,6 +398,8 @@ static int serve(serve_opts *opts)
     sg_gateway *gw = NULL;
     sg_proxy *proxy = NULL;
     sg_http *http = NULL;
+    sg_reloader *reloader = NULL;
+    key_sources ks = {NULL, o.jwks, o.public_key, o.key_alg ? o.key_alg : "RS256", 0};
     char *audience_owned = NULL;
     char *default_hosts[4] = {NULL, NULL, NULL, NULL};
     char *public_origin = NULL;
@@ -360,9 +408,11 @@ static int serve(serve_opts *opts)
         fprintf(stderr, "scopegate serve: out of memory\n");
         goto out;
     }
+    ks.keys = keys;
     if (o.jwks) {
         int is_url =
             strncasecmp(o.jwks, "http://", 7) == 0 || strncasecmp(o.jwks, "https://", 8) == 0;
+        ks.jwks_is_url = is_url;
         int r = is_url ? sg_keys_set_jwks_url(keys, o.jwks, (uint64_t)o.jwks_ttl_s * 1000,
                                               (uint64_t)o.jwks_refetch_s * 1000, err, sizeof err)
                        : sg_keys_add_jwks_file(keys, o.jwks, err, sizeof err);
@@ -485,16 +535,24 @@ static int serve(serve_opts *opts)
         fprintf(stderr, "scopegate serve: %s\n", err);
         goto out;
     }
-    sg_log(SG_LOG_INFO, "listening on %s%s%s:%u (MCP endpoint %s, upstream %s)",
+    sg_reloader_config rc_cfg = {
+        .gateway = gw, .watch = !o.no_watch, .reload_keys = reload_keys, .keys_ud = &ks};
+    if (!(reloader = sg_reloader_start(&rc_cfg, err, sizeof err))) {
+        fprintf(stderr, "scopegate serve: %s\n", err);
+        goto out;
+    }
+    char hash[SG_POLICY_HASH_LEN + 1];
+    sg_gateway_policy_hash(gw, hash);
+    sg_log(SG_LOG_INFO, "listening on %s%s%s:%u (MCP endpoint %s, upstream %s, policy %s %s%s)",
            strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "",
-           (unsigned)sg_http_port(http), mcp_path, o.upstream);
+           (unsigned)sg_http_port(http), mcp_path, o.upstream, o.policy, hash,
+           o.no_watch ? ", reload on SIGHUP" : ", reload on change or SIGHUP");
 
     for (;;) {
         int sig = 0;
         if (sigwait(&sigs, &sig) != 0) continue;
         if (sig == SIGHUP) {
-            sg_log(SG_LOG_WARN, "SIGHUP: policy reload is not implemented yet; keeping the "
-                                "current policy");
+            sg_reloader_sighup(reloader);
             continue;
         }
         sg_log(SG_LOG_INFO, "signal %d: shutting down", sig);
@@ -502,6 +560,7 @@ static int serve(serve_opts *opts)
     }
     rc = 0;
 out:
+    sg_reloader_stop(reloader);
     sg_http_stop(http);
     sg_proxy_free(proxy);
     sg_gateway_free(gw);

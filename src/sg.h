@@ -88,6 +88,16 @@ typedef struct sg_header {
  * written). Can't fail; long messages are cut. */
 void sg_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* SHA-256 of n bytes into out[32] (OpenSSL). Can't fail on the sizes we
+ * hash (aborts only if OpenSSL cannot run SHA-256 at all). */
+void sg_sha256(const void *p, size_t n, unsigned char out[32]);
+/* Lower-case hex of n bytes into out[2n + 1]. Can't fail. */
+void sg_hex(const unsigned char *p, size_t n, char *out);
+
+/* Frees a NULL-terminated array of malloc'd strings and the array. NULL is
+ * fine. */
+void sg_strv_free(char **v);
+
 /* Reads a whole file into a NUL-terminated malloc'd buffer (free() it).
  * Returns NULL and sets errno on failure; files over max_bytes fail with
  * EFBIG. */

@@ -747,6 +747,12 @@ static void tc_remove(sg_tcache *c, int32_t i)
     c->size--;
 }
 
+void sg_tcache_clear(sg_tcache *c)
+{
+    for (size_t i = 0; i < c->capacity; i++)
+        if (c->slots[i].token) tc_remove(c, (int32_t)i);
+}
+
 /* Takes a free slot, evicting with CLOCK when full. */
 static int32_t tc_take_slot(sg_tcache *c)
 {

@@ -122,6 +122,10 @@ void sg_tcache_free(sg_tcache *c);
 sg_token_err sg_tcache_verify(sg_tcache *c, const char *token, size_t len, int64_t now,
                               const sg_token **out);
 
+/* Forgets every cached token (after a reload, keys may have changed), so
+ * each is verified again on its next use. Can't fail. */
+void sg_tcache_clear(sg_tcache *c);
+
 typedef struct sg_tcache_stats {
     unsigned long hits, misses, evictions, expired;
     size_t size, capacity;

@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 /* ---- sg_buf ---------------------------------------------------------------- */
 
 void sg_buf_free(sg_buf *b)
@@ -258,4 +260,30 @@ char *sg_read_file(const char *path, size_t max_bytes, size_t *len_out)
     if (!b.data) sg_buf_append(&b, "", 0);
     if (len_out) *len_out = b.len;
     return sg_buf_steal(&b);
+}
+
+void sg_strv_free(char **v)
+{
+    if (!v) return;
+    for (char **p = v; *p; p++)
+        free(*p);
+    free(v);
+}
+
+/* ---- digests ----------------------------------------------------------------- */
+
+void sg_sha256(const void *p, size_t n, unsigned char out[32])
+{
+    unsigned int len = 32;
+    if (EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) != 1) abort();
+}
+
+void sg_hex(const unsigned char *p, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[p[i] >> 4];
+        out[2 * i + 1] = digits[p[i] & 15];
+    }
+    out[2 * n] = '\0';
 }

@@ -305,6 +305,7 @@ struct sg_policy {
     rule **functions; /* every function rule, for check */
     size_t functions_cap;
     char hash[SG_POLICY_HASH_LEN + 1]; /* sg_policy_hash */
+    int annotations_from_upstream;     /* tool_annotations = "upstream" */
 };
 
 static const char *const builtin_methods[] = {
@@ -635,7 +636,7 @@ static const sg_req *compile_req(loader *ld, int idx, const char *where, size_t 
 static const char *const top_keys[] = {"realm",   "resource",  "authorization_servers",
                                        "scopes",  "advertise", "implies",
                                        "tools",   "resources", "prompts",
-                                       "methods", "default"};
+                                       "methods", "default",   "tool_annotations"};
 
 static size_t key_offset(loader *ld, const char *key)
 {
@@ -1032,12 +1033,20 @@ static int compile_policy(lua_State *L)
                            : 1;
             finding(ld, 1, line, "",
                     "unknown top-level key %s (expected realm, resource, authorization_servers, "
-                    "scopes, advertise, implies, tools, resources, prompts, methods or default)",
+                    "scopes, advertise, implies, tools, resources, prompts, methods, default or "
+                    "tool_annotations)",
                     q);
         }
     }
     p->realm = get_string_field(ld, policy, "realm");
     p->resource = get_string_field(ld, policy, "resource");
+    const char *annotations_from = get_string_field(ld, policy, "tool_annotations");
+    if (annotations_from && strcmp(annotations_from, "upstream") != 0)
+        finding(ld, 1, line_near(ld, SRC_KEY, "tool_annotations", 16, 0), "tool_annotations",
+                "must be \"upstream\" (learn tools' MCP annotations from the upstream's "
+                "tools/list), not \"%s\"",
+                annotations_from);
+    p->annotations_from_upstream = annotations_from != NULL;
     if (get_top(ld, policy, "authorization_servers") != LUA_TNIL) {
         const char **list = NULL;
         int n = string_list(ld, "authorization_servers", key_offset(ld, "authorization_servers"),
@@ -1207,6 +1216,11 @@ void sg_policy_sources_hash(const sg_sandbox *sb, char out[SG_POLICY_HASH_LEN + 
     sg_sha256(digests.data ? digests.data : "", digests.len, all);
     sg_buf_free(&digests);
     sg_hex(all, SG_POLICY_HASH_LEN / 2, out);
+}
+
+int sg_policy_annotations_from_upstream(const sg_policy *p)
+{
+    return p->annotations_from_upstream;
 }
 
 const char *sg_policy_hash(const sg_policy *p)

@@ -94,6 +94,10 @@ const sg_req *sg_policy_tool_requirement(const sg_policy *p, const char *name, i
 /* 1 when some static rule is "public" (then protocol plumbing is public
  * too, so anonymous callers can reach the public tools). */
 int sg_policy_has_public_rule(const sg_policy *p);
+/* 1 when the policy says `tool_annotations = "upstream"`: its rules read
+ * req.annotations in the call phase, so the gateway keeps a catalogue of
+ * the upstream's tools (catalog.h). */
+int sg_policy_annotations_from_upstream(const sg_policy *p);
 /* The policy's content hash: SG_POLICY_HASH_LEN hex digits of a SHA-256
  * over the digests of every file it ran (the policy, then each module it
  * required), so the same text always has the same hash and any edit to a

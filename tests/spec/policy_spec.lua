@@ -139,7 +139,15 @@ return {
     local err, path = load_error('return {\n  realm = "x",\n  tols = {},\n}\n')
     assert.equal(path .. ':3: unknown top-level key "tols" (expected realm, resource, '
       .. 'authorization_servers, scopes, advertise, implies, tools, resources, prompts, '
-      .. 'methods or default)', err)
+      .. 'methods, default or tool_annotations)', err)
+  end)
+
+  it("accepts tool_annotations = \"upstream\" and nothing else", function()
+    local p = assert(load_src('return { tool_annotations = "upstream", default = "deny" }\n'))
+    p:close()
+    local err, path = load_error('return {\n  tool_annotations = "server",\n}\n')
+    assert.equal(path .. ':2: tool_annotations: must be "upstream" (learn tools\' MCP annotations '
+      .. 'from the upstream\'s tools/list), not "server"', err)
   end)
 
   it("reports several typos at once, each with its line", function()

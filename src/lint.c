@@ -199,6 +199,75 @@ char *sg_findings_to_json(const char *path, const sg_findings *f)
 
 /* ---- check ------------------------------------------------------------------------ */
 
+/* The text of line `line` (1-based) of src, or NULL. */
+static const char *line_text(const char *src, int line, size_t *len)
+{
+    const char *s = src;
+    for (int n = 1; n < line; n++) {
+        s = strchr(s, '\n');
+        if (!s) return NULL;
+        s++;
+    }
+    const char *nl = strchr(s, '\n');
+    *len = nl ? (size_t)(nl - s) : strlen(s);
+    return s;
+}
+
+/* 1 when the line says "scopegate-lint: ignore" followed by code among its
+ * words (separated by spaces or commas). */
+static int line_ignores(const char *s, size_t len, const char *code)
+{
+    static const char marker[] = "scopegate-lint: ignore";
+    size_t mlen = sizeof marker - 1, clen = strlen(code);
+    for (size_t i = 0; i + mlen <= len; i++) {
+        if (memcmp(s + i, marker, mlen) != 0) continue;
+        for (size_t j = i + mlen; j < len;) {
+            while (j < len && (s[j] == ' ' || s[j] == ',' || s[j] == '\t'))
+                j++;
+            size_t k = j;
+            while (k < len && s[k] != ' ' && s[k] != ',' && s[k] != '\t')
+                k++;
+            if (k - j == clen && memcmp(s + j, code, clen) == 0) return 1;
+            j = k;
+        }
+    }
+    return 0;
+}
+
+/* Drops the warnings that a "-- scopegate-lint: ignore CODE" comment on
+ * their line, or on the line above, waives. Errors are never waived. */
+static void drop_ignored(sg_findings *f)
+{
+    char *src = NULL, *src_file = NULL; /* the file last read, and its name */
+    size_t kept = 0;
+    for (size_t i = 0; i < f->n; i++) {
+        sg_finding *x = &f->items[i];
+        int ignored = 0;
+        if (!x->is_error) {
+            if (!src_file || strcmp(src_file, x->file) != 0) {
+                free(src);
+                free(src_file);
+                src = sg_read_file(x->file, SG_SANDBOX_MAX_SOURCE, NULL);
+                src_file = strdup(x->file);
+            }
+            for (int l = x->line; src && !ignored && l >= x->line - 1 && l >= 1; l--) {
+                size_t len;
+                const char *t = line_text(src, l, &len);
+                ignored = t && line_ignores(t, len, x->code);
+            }
+        }
+        if (ignored) {
+            free(x->file);
+            free(x->message);
+            continue;
+        }
+        f->items[kept++] = *x;
+    }
+    f->n = kept;
+    free(src);
+    free(src_file);
+}
+
 static void run_scope_design(sg_policy *p, void *ctx)
 {
     sg_lint_scope_design(p, ctx);
@@ -219,6 +288,7 @@ int sg_check_policy(const char *path, const sg_policy_limits *limits, sg_finding
     if (design.oom) out->oom = 1;
     sg_findings_free(&design);
     sg_findings_sort(out);
+    drop_ignored(out);
     return errors + (out->oom ? 1 : 0);
 }
 

@@ -597,8 +597,9 @@ static void lint_not_advertised(lint *l)
             sg_universe_format(l->u, &add, &missing);
         WARN(l, r->info.line, "scope-not-advertised",
              "%s: %s is protocol plumbing, but the advertised scopes do not grant what it "
-             "requires (missing: %s): a client that asks for scopes_supported cannot even "
-             "start; add it to `advertise` or make the method \"authenticated\"",
+             "requires (missing: %s): a client that authorizes for scopes_supported must step "
+             "up before its very first request; add the scope to "
+             "`advertise` (or have an advertised scope imply it)",
              r->info.name, r->info.key, missing.data ? missing.data : "?");
         sg_buf_free(&missing);
     }

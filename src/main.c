@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 
 #include "cli.h"
+#include "lint.h"
 #include "policy.h"
 #include "sg.h"
 #include "token.h"
@@ -22,7 +23,7 @@ static int usage(FILE *f)
 {
     fputs("usage: scopegate <command> [options]\n"
           "  serve    run the gateway in front of an MCP server\n"
-          "  check    load and lint a policy: scopegate check POLICY\n"
+          "  check    load and lint a policy: scopegate check POLICY [--format json] [--strict]\n"
           "  explain  show the decision for one message: scopegate explain POLICY --message JSON\n"
           "  token    mint a development token: scopegate token --key FILE --scope \"a b\"\n"
           "  version  print the version\n"
@@ -35,24 +36,60 @@ static int usage(FILE *f)
 
 static int cmd_check(int argc, char **argv)
 {
+    const char *format = "text";
+    int strict = 0;
+    const sg_flag flags[] = {
+        {"--format", SG_FLAG_STRING, &format, 0, 0},
+        {"--strict", SG_FLAG_BOOL, &strict, 0, 0},
+    };
     const char *pos[1];
     int npos;
-    int rc = sg_flags_parse("check", argc, argv, 2, NULL, 0, pos, 1, &npos);
+    int rc = sg_flags_parse("check", argc, argv, 2, flags, SG_ARRAY_LEN(flags), pos, 1, &npos);
     if (rc == 1 || (rc == 0 && npos != 1)) {
-        fputs("usage: scopegate check POLICY\n"
-              "Loads the policy, lints it and runs every function rule once in the list\n"
-              "phase. Prints one 'file:line: error|warning: ...' line per finding; exits 1\n"
-              "when there is any error.\n",
-              rc == 1 ? stdout : stderr);
+        fputs(
+            "usage: scopegate check POLICY [--format text|json] [--strict]\n"
+            "Loads the policy, lints it (load errors, then scope design: see 'Lint codes'\n"
+            "in docs/policy.md) and runs every function rule once in the list phase.\n"
+            "Text: one 'file:line: error|warning: ...' line per finding (warnings end with\n"
+            "their [code]). JSON: {\"file\", \"errors\", \"warnings\", \"findings\": [{\"file\",\n"
+            "\"line\", \"severity\", \"code\", \"message\"}]}. Exits 1 when there is any\n"
+            "error (or, with --strict, any warning), 0 otherwise, 2 on bad usage.\n",
+            rc == 1 ? stdout : stderr);
         return rc == 1 ? 0 : 2;
     }
     if (rc < 0) return 2;
-    sg_buf report = SG_BUF_INIT;
-    int errors = sg_policy_check(pos[0], NULL, &report);
-    if (report.len) fputs(report.data, stdout);
-    if (errors == 0) printf("%s: ok\n", pos[0]);
-    sg_buf_free(&report);
-    return errors ? 1 : 0;
+    int json = strcmp(format, "json") == 0;
+    if (!json && strcmp(format, "text") != 0) {
+        fprintf(stderr, "scopegate check: --format takes text or json, not '%s'\n", format);
+        return 2;
+    }
+    sg_findings findings = SG_FINDINGS_INIT;
+    int errors = sg_check_policy(pos[0], NULL, &findings);
+    size_t warnings = sg_findings_count(&findings, 0);
+    int failed = errors > 0 || (strict && warnings > 0);
+    if (json) {
+        char *doc = sg_findings_to_json(pos[0], &findings);
+        if (!doc) {
+            fputs("scopegate check: out of memory\n", stderr);
+            sg_findings_free(&findings);
+            return 1;
+        }
+        printf("%s\n", doc);
+        free(doc);
+    } else {
+        sg_buf report = SG_BUF_INIT;
+        sg_findings_format_text(&findings, &report);
+        if (report.len) fputs(report.data, stdout);
+        sg_buf_free(&report);
+        if (findings.oom) fputs("scopegate check: out of memory (findings are missing)\n", stderr);
+        if (!failed)
+            printf("%s: ok\n", pos[0]);
+        else if (errors == 0)
+            printf("%s: %zu warning%s (failing: --strict)\n", pos[0], warnings,
+                   warnings == 1 ? "" : "s");
+    }
+    sg_findings_free(&findings);
+    return failed ? 1 : 0;
 }
 
 /* ---- token ----------------------------------------------------------------- */

@@ -301,6 +301,9 @@ struct sg_policy {
     rule default_rule;
     int any_public;
     sg_scopeset declared; /* scopes listed in `scopes` */
+    int *declared_lines;  /* by scope id (declared ones come first): line of its key */
+    int ndeclared_lines;
+    int advertise_line; /* 0 when `advertise` is absent */
     int nfunctions;
     rule **functions; /* every function rule, for check */
     size_t functions_cap;
@@ -789,6 +792,16 @@ static void load_scopes(loader *ld, int policy)
         if (id < 0) luaL_error(L, "out of memory");
         sg_scopeset_add(&ld->p->declared, id);
     }
+    /* The line of each declared scope's key, by id (for check's lint). */
+    int *lines = n ? sg_arena_alloc(&ld->p->arena, n * sizeof *lines) : NULL;
+    if (lines) memset(lines, 0, n * sizeof *lines);
+    for (size_t i = 0; lines && i < n; i++) {
+        int id = sg_universe_find(ld->p->u, names[i], strlen(names[i]));
+        if (id >= 0 && (size_t)id < n)
+            lines[id] = line_near(ld, SRC_KEY, names[i], strlen(names[i]), from);
+    }
+    ld->p->declared_lines = lines;
+    ld->p->ndeclared_lines = lines ? (int)n : 0;
     lua_pop(L, 2);
 }
 
@@ -850,6 +863,7 @@ static void load_advertise(loader *ld, int policy)
     size_t from = key_offset(ld, "advertise");
     int t = get_top(ld, policy, "advertise");
     if (t != LUA_TNIL) {
+        ld->p->advertise_line = src_line(&ld->idx, from);
         const char **list = NULL;
         int n = string_list(ld, "advertise", from, &list);
         for (int i = 0; i < n; i++)
@@ -1535,11 +1549,18 @@ static int by_line(const void *a, const void *b)
 
 int sg_policy_check(const char *path, const sg_policy_limits *limits, sg_buf *report)
 {
-    return sg_policy_check_hashed(path, limits, report, NULL);
+    return sg_policy_check_with(path, limits, report, NULL, NULL, NULL);
 }
 
 int sg_policy_check_hashed(const char *path, const sg_policy_limits *limits, sg_buf *report,
                            char hash[SG_POLICY_HASH_LEN + 1])
+{
+    return sg_policy_check_with(path, limits, report, NULL, NULL, hash);
+}
+
+int sg_policy_check_with(const char *path, const sg_policy_limits *limits, sg_buf *report,
+                         void (*lint)(sg_policy *p, void *ctx), void *ctx,
+                         char hash[SG_POLICY_HASH_LEN + 1])
 {
     loader ld;
     sg_policy *p = load_policy(path, limits, &ld);
@@ -1602,6 +1623,94 @@ int sg_policy_check_hashed(const char *path, const sg_policy_limits *limits, sg_
     sg_arena_free(&a);
     free(scopes);
     cJSON_Delete(claims);
+    if (lint) lint(p, ctx);
     sg_policy_free(p);
     return nerrors;
+}
+
+/* ---- introspection for linters ----------------------------------------------------- */
+
+void sg_policy_each_rule(const sg_policy *p,
+                         void (*visit)(const sg_policy_rule_info *rule, void *ctx), void *ctx)
+{
+    for (int w = 0; w < T_COUNT; w++) {
+        const rule_map *m = &p->maps[w];
+        for (size_t i = 0; i < m->cap; i++) {
+            const rule *r = m->slots[i];
+            if (!r) continue;
+            sg_policy_rule_info info = {table_names[w], r->key, r->name, r->line, r->req};
+            visit(&info, ctx);
+        }
+    }
+    for (size_t i = 0; i < p->nglobs; i++) {
+        const rule *r = p->globs[i];
+        sg_policy_rule_info info = {"resources", r->key, r->name, r->line, r->req};
+        visit(&info, ctx);
+    }
+    /* An absent default has line 0; a written one has its key's line. */
+    if (p->default_rule.line > 0) {
+        const rule *r = &p->default_rule;
+        sg_policy_rule_info info = {"default", r->key, r->name, r->line, r->req};
+        visit(&info, ctx);
+    }
+}
+
+int sg_policy_scope_declared(const sg_policy *p, int id, int *line)
+{
+    int declared = id >= 0 && id < SG_MAX_SCOPES && sg_scopeset_has(&p->declared, id);
+    if (line) *line = declared && id < p->ndeclared_lines ? p->declared_lines[id] : 0;
+    return declared;
+}
+
+int sg_policy_advertise_line(const sg_policy *p)
+{
+    return p->advertise_line;
+}
+
+static const rule *find_function_rule(const sg_policy *p, const char *name)
+{
+    for (int i = 0; i < p->nfunctions; i++)
+        if (strcmp(p->functions[i]->name, name) == 0) return p->functions[i];
+    return NULL;
+}
+
+int sg_policy_function_scopes(sg_policy *p, const char *name, sg_scopeset *out)
+{
+    const rule *r = find_function_rule(p, name);
+    if (!r) return -1;
+    lua_State *L = sg_sandbox_lua(p->sb);
+    lua_Debug ar;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+    if (!lua_getinfo(L, ">S", &ar) || ar.source[0] != '@' || ar.linedefined <= 0) return -1;
+    size_t len = 0;
+    char *src = sg_read_file(ar.source + 1, SG_SANDBOX_MAX_SOURCE, &len);
+    if (!src) return -1;
+    /* The bytes from the start of line linedefined to the end of
+     * lastlinedefined: the function's text (and whatever shares its lines). */
+    size_t start = 0, end = len;
+    int line = 1;
+    for (size_t i = 0; i < len; i++) {
+        if (src[i] != '\n') continue;
+        line++;
+        if (line == ar.linedefined) start = i + 1;
+        if (line == ar.lastlinedefined + 1) {
+            end = i;
+            break;
+        }
+    }
+    src_index idx;
+    memset(&idx, 0, sizeof idx);
+    int rc = -1;
+    if (start <= end && src_index_build(&idx, src + start, end - start) == 0) {
+        for (size_t k = 0; k < idx.n; k++) {
+            const src_entry *e = &idx.e[k];
+            if (e->kind != SRC_STRING) continue;
+            int id = sg_universe_find(p->u, src + start + e->text, e->len);
+            if (id >= 0) sg_scopeset_add(out, id);
+        }
+        rc = 0;
+    }
+    src_index_free(&idx);
+    free(src);
+    return rc;
 }

@@ -110,6 +110,52 @@ void sg_policy_sources_hash(const sg_sandbox *sb, char out[SG_POLICY_HASH_LEN + 
 /* The sandbox, for memory statistics and the list of source files. */
 sg_sandbox *sg_policy_sandbox(sg_policy *p);
 
+/* ---- introspection for linters (lint.c) ------------------------------------
+ * Read-only views of what the file wrote. Strings and requirements are owned
+ * by the policy and valid until it is freed. */
+
+/* One rule as the policy file wrote it. */
+typedef struct sg_policy_rule_info {
+    const char *table; /* "tools", "prompts", "resources", "methods", or "default" */
+    const char *key;   /* tool or prompt name, resource URI or pattern, method; "default" */
+    const char *name;  /* "tools.delete_entry", "default" */
+    int line;          /* where the rule is written */
+    const sg_req *req; /* the static requirement; NULL for a function rule */
+} sg_policy_rule_info;
+
+/* Calls visit once for every rule in tools, prompts, resources and methods
+ * (in no particular order), then for `default` when the file sets it. The
+ * info is only valid during the call. Can't fail. */
+void sg_policy_each_rule(const sg_policy *p,
+                         void (*visit)(const sg_policy_rule_info *rule, void *ctx), void *ctx);
+
+/* 1 when scope id (of sg_policy_universe) is a key of `scopes`, with *line
+ * (when line is not NULL) set to the line of that key; else 0 and *line = 0.
+ * Can't fail. */
+int sg_policy_scope_declared(const sg_policy *p, int id, int *line);
+
+/* The line of the `advertise` key, or 0 when the policy does not set it
+ * (then scopes_supported is every declared scope). Can't fail. */
+int sg_policy_advertise_line(const sg_policy *p);
+
+/* Adds to *out the scopes the function rule called `name` ("tools.x",
+ * "default") may return, as far as its source text tells: every string
+ * literal between the lines where the function starts and ends (in whatever
+ * file defines it, the policy or a module) that names a scope of the
+ * universe. Scopes built at run time (concatenation) or returned by a helper
+ * defined outside the function are not seen. Returns 0; or -1, with *out
+ * unchanged, when `name` is not a function rule or its source cannot be
+ * read (out of memory, file gone). */
+int sg_policy_function_scopes(sg_policy *p, const char *name, sg_scopeset *out);
+
+/* sg_policy_check, and then lint(p, ctx) on the loaded policy (after every
+ * function rule ran once, before the policy is freed) when the policy loaded;
+ * lint may be NULL. lint must not keep p. Same return value and report as
+ * sg_policy_check; hash (when not NULL) as sg_policy_check_hashed. */
+int sg_policy_check_with(const char *path, const sg_policy_limits *limits, sg_buf *report,
+                         void (*lint)(sg_policy *p, void *ctx), void *ctx,
+                         char hash[SG_POLICY_HASH_LEN + 1]);
+
 /* Loads the policy, lints it and calls every function rule once with a
  * synthetic token (tools, prompts and resources in the list phase; methods
  * and default in the call phase with empty arguments). Appends one line per

@@ -4,8 +4,8 @@
  * token whose payload is read WITHOUT verification) and one MCP body, print
  * each message's rule and requirement, then the decision, the HTTP status,
  * the exact WWW-Authenticate value and the JSON-RPC error the gateway would
- * send. It runs the same code as the gateway: sg_mcp_parse, the policy
- * bridge and sg_decide. */
+ * send. It runs the same code as the gateway: sg_mcp_parse and
+ * sg_bridge_decide (the policy bridge, then sg_decide). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +16,6 @@
 #include "challenge.h"
 #include "cli.h"
 #include "mcp.h"
-#include "metadata.h"
 #include "policy.h"
 #include "sg.h"
 #include "token.h"
@@ -156,9 +155,15 @@ int sg_cmd_explain(int argc, char **argv)
     }
     version = version ? version : SG_MCP_DEFAULT_VERSION;
     sg_policy_decision *each = calloc(body.nmsgs, sizeof *each);
-    const sg_req *r =
-        sg_bridge_requirement(p, &body, token, hdrs, (size_t)headers.n, version, &arena, each);
-    const sg_universe *u = sg_policy_universe(p);
+    sg_buf rm = SG_BUF_INIT;
+    sg_site site;
+    sg_bridge_site(p, public_url, &rm, &site);
+    sg_bridge_caller caller = {.token = token,
+                               .headers = hdrs,
+                               .nheaders = (size_t)headers.n,
+                               .protocol_version = version};
+    sg_bridge_decide(p, &body, &caller, &site, &arena, each, &d);
+    const sg_universe *u = site.universe;
     sg_buf text = SG_BUF_INIT;
     for (size_t i = 0; i < body.nmsgs; i++) {
         const sg_mcp_msg *m = &body.msgs[i];
@@ -178,11 +183,6 @@ int sg_cmd_explain(int argc, char **argv)
     sg_buf_free(&text);
     free(each);
 
-    sg_buf rm = SG_BUF_INIT;
-    const char *base = public_url ? public_url : sg_policy_resource(p);
-    if (base) sg_metadata_url(base, &rm);
-    sg_site site = {u, sg_policy_realm(p), rm.len ? rm.data : NULL};
-    sg_decide(&site, r, token, NULL, &d);
     printf("decision:    %s\n", outcome_names[d.outcome]);
     if (d.challenge.len) printf("challenge:   WWW-Authenticate: %s\n", d.challenge.data);
     if (d.outcome != SG_ALLOW) printf("message:     %s\n", d.message.data ? d.message.data : "");

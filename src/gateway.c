@@ -579,10 +579,16 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
     authenticate(w, header_get(req, "Authorization"), &token, &token_error);
     sg_header *hdrs;
     size_t nhdrs;
-    const sg_req *r = &sg_req_deny;
-    if (policy_headers(req, &w->arena, &hdrs, &nhdrs) == 0)
-        r = sg_bridge_requirement(w->policy, &body, token, hdrs, nhdrs, version, &w->arena, NULL);
-    sg_decide(&w->site, r, token, token_error, &w->decision);
+    if (policy_headers(req, &w->arena, &hdrs, &nhdrs) == 0) {
+        sg_bridge_caller caller = {.token = token,
+                                   .token_error = token_error,
+                                   .headers = hdrs,
+                                   .nheaders = nhdrs,
+                                   .protocol_version = version};
+        sg_bridge_decide(w->policy, &body, &caller, &w->site, &w->arena, NULL, &w->decision);
+    } else {
+        sg_decide(&w->site, &sg_req_deny, token, token_error, &w->decision);
+    }
 
     /* The id answered with: a single request's; null for a batch. */
     const sg_mcp_msg *single = body.is_batch ? NULL : &body.msgs[0];
@@ -842,10 +848,8 @@ static int filter_result(list_ctx *c, int kind, cJSON *result)
                                   .protocol_version = c->plan->protocol_version,
                                   .annotations = cJSON_IsObject(ann) ? ann : NULL};
             sg_policy_decision d;
-            sg_policy_decide(c->policy, &in, &c->w->arena, &d);
-            const sg_req *r = d.req ? d.req : &sg_req_deny;
-            keep = sg_req_satisfied(r, c->token != NULL, &c->effective);
-            if (keep && kind == SG_FILTER_TOOLS) annotate(c->gw->annotate, u, item, r);
+            keep = sg_bridge_list_visible(c->policy, &in, &c->effective, &c->w->arena, &d);
+            if (keep && kind == SG_FILTER_TOOLS) annotate(c->gw->annotate, u, item, d.req);
         }
         if (!keep) cJSON_Delete(cJSON_DetachItemViaPointer(list, item));
         item = next;

@@ -8,6 +8,16 @@
  *                  token = { sub=, client_id=, scopes = {...}, claims_json=, exp= },
  *                  headers = { name = value } }
  *       -> { rule=, line=, file=, requirement=<policy notation>, why=, error= }
+ *   policy:evaluate{ message = <table or JSON text>, claims = <table or JSON>,
+ *                    annotations = { [tool] = {...} }, protocol_version=,
+ *                    public_url= }
+ *       -> { outcome = "allow"|"401"|"403"|"deny"|"400", status=, challenge=,
+ *            scope = {...}, message=, decisions = { {rule=, line=, file=,
+ *            requirement=, error=}, ... } }
+ *       the whole gateway decision (sg_bridge_decide), for scopegate.testing
+ *   policy:visible{ name=, annotations = {...}, claims = ..., protocol_version= }
+ *       -> shown (boolean), { rule=, line=, file=, requirement=, error= }
+ *       a tools/list item as the gateway filters it (sg_bridge_list_visible)
  *   policy:info(), policy:stats(), policy:tool_requirement(name), policy:close()
  *   core.policy_check(path [, limits]) -> number of errors, report
  *   core.policy_clock() -> monotonic seconds (for timing specs)
@@ -22,6 +32,9 @@
 
 #include <cjson/cJSON.h>
 
+#include "bridge.h"
+#include "luajson.h"
+#include "mcp.h"
 #include "policy.h"
 #include "sandbox.h"
 
@@ -273,6 +286,194 @@ static int l_policy_decide(lua_State *L)
     return 1;
 }
 
+/* ---- the whole gateway decision (evaluate, visible) ------------------------ */
+
+/* Field key of the table at t as JSON (a table or JSON text); NULL when
+ * absent. Raises on bad input, so call it before taking C resources other
+ * than those listed in *owned (freed first). */
+static cJSON *json_field(lua_State *L, int t, const char *key, cJSON **owned, int nowned)
+{
+    char err[256];
+    cJSON *j = NULL;
+    int type = lua_getfield(L, t, key);
+    if (type == LUA_TSTRING) {
+        j = parse_json(lua_tostring(L, -1));
+        snprintf(err, sizeof err, "not valid JSON");
+    } else if (type == LUA_TTABLE) {
+        j = sg_lua_to_json(L, -1, err, sizeof err);
+    } else if (type != LUA_TNIL) {
+        snprintf(err, sizeof err, "must be a table or JSON text");
+    }
+    lua_pop(L, 1);
+    if (!j && type != LUA_TNIL) {
+        for (int i = 0; i < nowned; i++)
+            cJSON_Delete(owned[i]);
+        luaL_error(L, "%s: %s", key, err);
+    }
+    return j;
+}
+
+static const cJSON *annotations_by_name(void *ud, const char *tool)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(ud, tool);
+    return cJSON_IsObject(a) ? a : NULL;
+}
+
+/* Pushes { rule=, line=, file=, requirement=, error= } for one decision. */
+static void push_decision(lua_State *L, sg_policy *p, const sg_policy_decision *d)
+{
+    sg_buf req = SG_BUF_INIT;
+    sg_req_to_lua(sg_policy_universe(p), d->req ? d->req : &sg_req_deny, &req);
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, d->rule ? d->rule : "");
+    lua_setfield(L, -2, "rule");
+    lua_pushinteger(L, d->line);
+    lua_setfield(L, -2, "line");
+    lua_pushstring(L, d->file ? d->file : sg_policy_path(p));
+    lua_setfield(L, -2, "file");
+    lua_pushstring(L, req.data ? req.data : "false");
+    sg_buf_free(&req);
+    lua_setfield(L, -2, "requirement");
+    if (d->error) {
+        lua_pushstring(L, d->error);
+        lua_setfield(L, -2, "error");
+    }
+}
+
+/* Parses the claims into a token (NULL for none). Frees owned and raises
+ * when they are refused. */
+static sg_token *claims_token(lua_State *L, cJSON *claims, cJSON **owned, int nowned)
+{
+    if (!claims) return NULL;
+    char *text = cJSON_PrintUnformatted(claims);
+    sg_token *token = NULL;
+    sg_token_err e = text ? sg_token_from_claims(text, strlen(text), &token) : SG_TOKEN_MALFORMED;
+    free(text);
+    if (e != SG_TOKEN_OK) {
+        for (int i = 0; i < nowned; i++)
+            cJSON_Delete(owned[i]);
+        luaL_error(L, "claims are refused: %s", sg_token_error_message(e));
+    }
+    return token;
+}
+
+static int l_policy_evaluate(lua_State *L)
+{
+    static const char *const outcomes[] = {"allow", "401", "403", "deny"};
+    sg_policy *p = check_policy(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const char *version = opt_string_field(L, 2, "protocol_version");
+    const char *public_url = opt_string_field(L, 2, "public_url");
+    cJSON *owned[3] = {NULL, NULL, NULL};
+    owned[0] = json_field(L, 2, "message", owned, 0);
+    if (!owned[0]) return luaL_error(L, "message is required");
+    owned[1] = json_field(L, 2, "claims", owned, 1);
+    owned[2] = json_field(L, 2, "annotations", owned, 2);
+    char *body_text = cJSON_PrintUnformatted(owned[0]);
+    sg_token *token = claims_token(L, owned[1], owned, 3);
+
+    /* From here C resources are held: build the answer in C, then push. */
+    sg_mcp_body body;
+    memset(&body, 0, sizeof body);
+    int prc = body_text ? sg_mcp_parse(body_text, strlen(body_text), NULL, &body) : -1;
+    sg_arena arena;
+    sg_arena_init(&arena, 4096);
+    sg_decision d;
+    sg_decision_init(&d);
+    sg_buf rm = SG_BUF_INIT, scope = SG_BUF_INIT;
+    sg_policy_decision *each = NULL;
+    if (prc == 0) {
+        sg_site site;
+        sg_bridge_site(p, public_url, &rm, &site);
+        sg_bridge_caller caller = {.token = token,
+                                   .protocol_version = version ? version : SG_MCP_DEFAULT_VERSION,
+                                   .annotations = owned[2] ? annotations_by_name : NULL,
+                                   .annotations_ud = owned[2]};
+        each = calloc(body.nmsgs, sizeof *each);
+        sg_bridge_decide(p, &body, &caller, &site, &arena, each, &d);
+        if (d.challenge.len) sg_universe_format(site.universe, &d.scope, &scope);
+    }
+    lua_createtable(L, 0, 6);
+    if (prc != 0) {
+        lua_pushstring(L, "400");
+        lua_setfield(L, -2, "outcome");
+        lua_pushinteger(L, 400);
+        lua_setfield(L, -2, "status");
+        lua_pushstring(L, body.error_message[0] ? body.error_message : "out of memory");
+        lua_setfield(L, -2, "message");
+    } else {
+        lua_pushstring(L, outcomes[d.outcome]);
+        lua_setfield(L, -2, "outcome");
+        lua_pushinteger(L, d.status);
+        lua_setfield(L, -2, "status");
+        if (d.challenge.len) {
+            lua_pushstring(L, d.challenge.data);
+            lua_setfield(L, -2, "challenge");
+        }
+        lua_newtable(L);
+        int n = 0;
+        for (char *tok = scope.data ? strtok(scope.data, " ") : NULL; tok;
+             tok = strtok(NULL, " ")) {
+            lua_pushstring(L, tok);
+            lua_rawseti(L, -2, ++n);
+        }
+        lua_setfield(L, -2, "scope");
+        lua_pushstring(L, d.message.data ? d.message.data : "");
+        lua_setfield(L, -2, "message");
+        lua_createtable(L, (int)body.nmsgs, 0);
+        for (size_t i = 0; each && i < body.nmsgs; i++) {
+            push_decision(L, p, &each[i]);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        lua_setfield(L, -2, "decisions");
+    }
+    free(each);
+    sg_buf_free(&rm);
+    sg_buf_free(&scope);
+    sg_decision_free(&d);
+    sg_arena_free(&arena);
+    sg_mcp_body_free(&body);
+    sg_token_free(token);
+    free(body_text);
+    for (int i = 0; i < 3; i++)
+        cJSON_Delete(owned[i]);
+    return 1;
+}
+
+static int l_policy_visible(lua_State *L)
+{
+    sg_policy *p = check_policy(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const char *name = opt_string_field(L, 2, "name");
+    if (!name) return luaL_error(L, "name is required");
+    const char *version = opt_string_field(L, 2, "protocol_version");
+    cJSON *owned[2] = {NULL, NULL};
+    owned[0] = json_field(L, 2, "annotations", owned, 0);
+    owned[1] = json_field(L, 2, "claims", owned, 1);
+    sg_token *token = claims_token(L, owned[1], owned, 2);
+    const sg_universe *u = sg_policy_universe(p);
+    sg_scopeset granted, effective;
+    sg_token_granted(u, token, &granted);
+    sg_universe_effective(u, &granted, &effective);
+    sg_arena arena;
+    sg_arena_init(&arena, 4096);
+    sg_policy_input in = {.phase = SG_PHASE_LIST,
+                          .method = "tools/call",
+                          .name = name,
+                          .token = token,
+                          .protocol_version = version ? version : SG_MCP_DEFAULT_VERSION,
+                          .annotations = cJSON_IsObject(owned[0]) ? owned[0] : NULL};
+    sg_policy_decision d;
+    int shown = sg_bridge_list_visible(p, &in, &effective, &arena, &d);
+    lua_pushboolean(L, shown);
+    push_decision(L, p, &d);
+    sg_arena_free(&arena);
+    sg_token_free(token);
+    cJSON_Delete(owned[0]);
+    cJSON_Delete(owned[1]);
+    return 2;
+}
+
 static void push_string_list(lua_State *L, const char *const *list, int n)
 {
     lua_createtable(L, n, 0);
@@ -395,9 +596,10 @@ static int l_policy_pattern_cost(lua_State *L)
 void sg_lmod_policy(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"decide", l_policy_decide}, {"info", l_policy_info},
-        {"stats", l_policy_stats},   {"tool_requirement", l_policy_tool_requirement},
-        {"close", l_policy_gc},      {NULL, NULL},
+        {"decide", l_policy_decide},   {"info", l_policy_info},
+        {"stats", l_policy_stats},     {"tool_requirement", l_policy_tool_requirement},
+        {"close", l_policy_gc},        {"evaluate", l_policy_evaluate},
+        {"visible", l_policy_visible}, {NULL, NULL},
     };
     if (luaL_newmetatable(L, POLICY_MT)) {
         luaL_newlib(L, methods);

@@ -1,7 +1,12 @@
-/* luajson.c -- cJSON to Lua (see luajson.h). */
+/* luajson.c -- cJSON to Lua and Lua to cJSON (see luajson.h). */
 #include "luajson.h"
 
+#include <math.h>
+#include <string.h>
+
 #include <lauxlib.h>
+
+#include "sg.h"
 
 static void push(lua_State *L, const cJSON *j, int null_sentinel, int depth)
 {
@@ -49,4 +54,97 @@ static void push(lua_State *L, const cJSON *j, int null_sentinel, int depth)
 void sg_lua_push_json(lua_State *L, const cJSON *j, int null_sentinel)
 {
     push(L, j, null_sentinel, 0);
+}
+
+/* 1 when the table at idx (absolute) has exactly the keys 1..n, n > 0. */
+static int is_array(lua_State *L, int idx)
+{
+    lua_Unsigned n = lua_rawlen(L, idx), count = 0;
+    if (n == 0) return 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 ||
+            (lua_Unsigned)lua_tointeger(L, -1) > n) {
+            lua_pop(L, 1);
+            return 0;
+        }
+        count++;
+    }
+    return count == n;
+}
+
+static cJSON *to_json(lua_State *L, int idx, int depth, char *err, size_t errlen)
+{
+    if (depth > SG_LUAJSON_MAX_DEPTH || !lua_checkstack(L, 4)) {
+        sg_errf(err, errlen, "nested deeper than %d", SG_LUAJSON_MAX_DEPTH);
+        return NULL;
+    }
+    idx = lua_absindex(L, idx);
+    switch (lua_type(L, idx)) {
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        if (strlen(s) != len) {
+            sg_errf(err, errlen, "a string holds a NUL byte");
+            return NULL;
+        }
+        return cJSON_CreateString(s);
+    }
+    case LUA_TBOOLEAN:
+        return cJSON_CreateBool(lua_toboolean(L, idx));
+    case LUA_TNUMBER: {
+        double d = lua_isinteger(L, idx) ? (double)lua_tointeger(L, idx) : lua_tonumber(L, idx);
+        if (!isfinite(d)) {
+            sg_errf(err, errlen, "a number is not finite");
+            return NULL;
+        }
+        return cJSON_CreateNumber(d);
+    }
+    case LUA_TTABLE:
+        break;
+    default:
+        sg_errf(err, errlen, "a %s cannot be JSON", luaL_typename(L, idx));
+        return NULL;
+    }
+    int array = is_array(L, idx);
+    cJSON *out = array ? cJSON_CreateArray() : cJSON_CreateObject();
+    if (!out) goto oom;
+    if (array) {
+        lua_Unsigned n = lua_rawlen(L, idx);
+        for (lua_Unsigned i = 1; i <= n; i++) {
+            lua_rawgeti(L, idx, (lua_Integer)i);
+            cJSON *v = to_json(L, -1, depth + 1, err, errlen);
+            lua_pop(L, 1);
+            if (!v) goto fail;
+            cJSON_AddItemToArray(out, v);
+        }
+        return out;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            sg_errf(err, errlen, "an object key must be a string, not a %s", luaL_typename(L, -2));
+            lua_pop(L, 2);
+            goto fail;
+        }
+        cJSON *v = to_json(L, -1, depth + 1, err, errlen);
+        lua_pop(L, 1);
+        if (!v) {
+            lua_pop(L, 1);
+            goto fail;
+        }
+        cJSON_AddItemToObject(out, lua_tostring(L, -1), v);
+    }
+    return out;
+oom:
+    sg_errf(err, errlen, "out of memory");
+fail:
+    cJSON_Delete(out);
+    return NULL;
+}
+
+cJSON *sg_lua_to_json(lua_State *L, int idx, char *err, size_t errlen)
+{
+    return to_json(L, idx, 0, err, errlen);
 }

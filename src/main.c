@@ -1,8 +1,9 @@
-/* main.c -- the scopegate command line: serve, check, explain, token, version.
+/* main.c -- the scopegate command line: serve, check, explain, test, token, version.
  *
  * Each subcommand is a thin shell over the core; parsing flags and
  * reporting their errors (one line, naming the flag) is this file's job.
- * `serve` lives in serve.c because it owns the gateway's whole lifetime. */
+ * `serve` lives in serve.c because it owns the gateway's whole lifetime;
+ * `explain` and `test` have their own files (explain.c, policytest.c). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 
 int sg_cmd_serve(int argc, char **argv);
 int sg_cmd_explain(int argc, char **argv);
+int sg_cmd_test(int argc, char **argv);
 
 static int usage(FILE *f)
 {
@@ -25,6 +27,7 @@ static int usage(FILE *f)
           "  serve    run the gateway in front of an MCP server\n"
           "  check    load and lint a policy: scopegate check POLICY [--format json] [--strict]\n"
           "  explain  show the decision for one message: scopegate explain POLICY --message JSON\n"
+          "  test     run policy tests: scopegate test FILE.test.lua|DIR...\n"
           "  token    mint a development token: scopegate token --key FILE --scope \"a b\"\n"
           "  version  print the version\n"
           "Run scopegate <command> --help for the options of a command.\n",
@@ -172,6 +175,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "serve") == 0) return sg_cmd_serve(argc, argv);
     if (strcmp(cmd, "check") == 0) return cmd_check(argc, argv);
     if (strcmp(cmd, "explain") == 0) return sg_cmd_explain(argc, argv);
+    if (strcmp(cmd, "test") == 0) return sg_cmd_test(argc, argv);
     if (strcmp(cmd, "token") == 0) return cmd_token(argc, argv);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0) return usage(stdout);
     fprintf(stderr, "scopegate: unknown command '%s'\n", cmd);

@@ -23,9 +23,12 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -688,15 +691,47 @@ static int record_source(sg_sandbox *sb, const char *path, const char *src, size
     return 0;
 }
 
+/* The shipped Lua library of an installed binary, <exe>/../share/scopegate/lua,
+ * found from /proc/self/exe so that `cmake --install --prefix X` works
+ * whatever prefix the build was configured with. */
+static char installed_lib[2048];
+static pthread_once_t installed_lib_once = PTHREAD_ONCE_INIT;
+
+static void find_installed_lib(void)
+{
+    char exe[1536];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash) return;
+    *slash = '\0';
+    char dir[2048];
+    snprintf(dir, sizeof dir, "%s/../share/scopegate/lua", exe);
+    struct stat st;
+    if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode))
+        snprintf(installed_lib, sizeof installed_lib, "%s", dir);
+}
+
+/* Where the shipped library is searched, ';'-separated: an installed
+ * binary's own share/scopegate/lua when it exists (so an installed binary
+ * never reads a source tree), else SG_LUA_DIRS (the source tree, then the
+ * configured install prefix). */
+static const char *shipped_lib_dirs(void)
+{
+    pthread_once(&installed_lib_once, find_installed_lib);
+    return installed_lib[0] ? installed_lib : SG_LUA_DIRS;
+}
+
 /* Reads the first candidate file that exists. Returns the malloc'd source,
  * with its path in found; NULL when none exists (searched lists them). */
 static char *find_module(sg_sandbox *sb, const char *rel, char *found, size_t found_size,
                          size_t *len, sg_buf *searched, int *read_errno)
 {
     static const char *const suffixes[] = {".lua", "/init.lua"};
-    const char *dirs = SG_LUA_DIRS;
+    const char *dirs = shipped_lib_dirs();
     *read_errno = 0;
-    /* Candidate 0 is the policy directory; then each SG_LUA_DIRS entry. */
+    /* Candidate 0 is the policy directory; then each shipped library dir. */
     for (int candidate = 0;; candidate++) {
         char dir[2048];
         if (candidate == 0) {

@@ -1,0 +1,36 @@
+-- scopegate test policies/examples/journal.test.lua
+return {
+  policy = "journal.lua",
+  upstream_tools = {
+    { name = "list_entries" }, { name = "get_entry" }, { name = "create_entry" },
+    { name = "tag_entry" }, { name = "delete_entry" }, { name = "ping" },
+  },
+  cases = {
+    { "a reader lists entries", tool = "list_entries", scopes = { "journal:entries:read" },
+      expect = "allow", rule = "tools.list_entries" },
+    { "get_entry takes read or write", tool = "get_entry", arguments = { id = "1" },
+      scopes = { "journal:entries:write" }, expect = "allow" },
+    { "tag_entry needs read and write", tool = "tag_entry", arguments = { id = "1", tags = { "a" } },
+      scopes = { "journal:entries:read" },
+      expect = "403", challenge = { "journal:entries:read", "journal:entries:write" } },
+    { "deleting needs write", tool = "delete_entry", arguments = { id = "1" },
+      scopes = { "journal:entries:write" }, expect = "allow" },
+    { "permanent deletion needs admin", tool = "delete_entry",
+      arguments = { id = "1", permanent = true }, scopes = { "journal:entries:write" },
+      expect = "403", challenge = { "journal:admin", "journal:entries:write" },
+      rule = "tools.delete_entry" },
+    { "ping is public", tool = "ping", expect = "allow" },
+    { "no token: 401 with the read scope", tool = "list_entries",
+      expect = "401", challenge = { "journal:entries:read" } },
+    { "logging/setLevel needs admin", method = "logging/setLevel", params = { level = "debug" },
+      scopes = { "journal:entries:write" },
+      expect = "403", challenge = { "journal:admin", "journal:entries:write" } },
+    { "entry resources need read", resource = "journal://entries/3",
+      claims = { sub = "alice", scope = "journal:entries:read" }, expect = "allow" },
+    { "an unnamed tool is denied", tool = "drop_tables", scopes = { "journal:admin" },
+      expect = "deny" },
+    { "anonymous callers see ping only", token = false, visible = { "ping" } },
+    { "a reader sees what read allows", scopes = { "journal:entries:read" },
+      visible = { "get_entry", "list_entries", "ping" } }, -- delete_entry needs write
+  },
+}

@@ -378,6 +378,36 @@ static const char *quoted(char *buf, size_t size, const char *s, size_t len)
 static const sg_req *compile_req(loader *ld, int idx, const char *where, size_t from, int depth,
                                  int top, int *is_function);
 
+/* The requirement words of docs/policy.md, which no scope may be named
+ * after: a rule naming one means the requirement, never the scope. Returns
+ * what the word means, or NULL when s is not reserved. */
+static const char *reserved_meaning(const char *s, size_t len)
+{
+    static const struct {
+        const char *word, *meaning;
+    } reserved[] = {
+        {"public", "the requirement for no token at all"},
+        {"authenticated", "the requirement for any valid token"},
+        {"deny", "the requirement that always refuses"},
+    };
+    for (size_t i = 0; i < SG_ARRAY_LEN(reserved); i++)
+        if (strlen(reserved[i].word) == len && memcmp(reserved[i].word, s, len) == 0)
+            return reserved[i].meaning;
+    return NULL;
+}
+
+/* Reports a reserved word used where a scope name belongs. Returns 1 when
+ * s was reserved (and reported), else 0. */
+static int refuse_reserved(loader *ld, int line, const char *where, const char *s, size_t len)
+{
+    const char *meaning = reserved_meaning(s, len);
+    if (!meaning) return 0;
+    char q[160];
+    finding(ld, 1, line, where, "%s is a reserved word (%s), not a scope name",
+            quoted(q, sizeof q, s, len), meaning);
+    return 1;
+}
+
 /* A scope named in a requirement, advertise or implies. Returns its id or
  * -1 after reporting. */
 static int scope_ref(loader *ld, const char *s, size_t len, const char *where, size_t from,
@@ -391,6 +421,7 @@ static int scope_ref(loader *ld, const char *s, size_t len, const char *where, s
                 quoted(q, sizeof q, s, len), context, SG_MAX_SCOPE_LEN);
         return -1;
     }
+    if (refuse_reserved(ld, line_near(ld, SRC_STRING, s, len, from), where, s, len)) return -1;
     int id = sg_universe_find(ld->p->u, s, len);
     if (ld->runtime) {
         if (id < 0)
@@ -759,7 +790,7 @@ static void load_scopes(loader *ld, int policy)
                     "invalid scope %s (scope tokens are 1-%d printable ASCII characters without "
                     "spaces, double quotes or backslashes)",
                     quoted(q, sizeof q, s, len), SG_MAX_SCOPE_LEN);
-        else
+        else if (!refuse_reserved(ld, line, "scopes", s, len))
             nvalid++;
         lua_pop(L, 1);
     }
@@ -773,7 +804,7 @@ static void load_scopes(loader *ld, int policy)
         size_t len;
         if (lua_type(L, -1) == LUA_TSTRING && n < nvalid) {
             const char *s = lua_tolstring(L, -1, &len);
-            if (sg_scope_token_valid(s, len)) names[n++] = s;
+            if (sg_scope_token_valid(s, len) && !reserved_meaning(s, len)) names[n++] = s;
         }
     }
     qsort(names, n, sizeof *names, by_name);

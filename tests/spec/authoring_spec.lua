@@ -50,3 +50,37 @@ return {
     assert.equal(path .. ':3: implies: "public" is a reserved word (the requirement for no token at all), not a scope name', err)
   end)
 end)
+
+describe("descriptions a caller reads", function()
+  local RM = "https://journal.example.com/.well-known/oauth-protected-resource/mcp"
+  local u = core.universe({ "j:read", "j:write", "j:admin", "a", "b", "c" },
+    { { "j:admin", "j:write" }, { "j:write", "j:read" } })
+
+  it("names only the missing scopes in error_description, not those held through implies", function()
+    local d = u:decide({ "all", "j:read", "j:admin" }, { "j:write" }, nil, "journal", RM)
+    assert.equal(403, d.status)
+    assert.equal('Bearer realm="journal", error="insufficient_scope", scope="j:admin j:write", ' ..
+      'resource_metadata="' .. RM .. '", error_description="Scope j:admin is required."', d.challenge)
+    assert.equal("Scope j:admin is required.", d.message)
+    -- an alternative keeps only what each branch still lacks
+    d = u:decide({ "any", { "all", "j:read", "a" }, { "all", "j:read", "b" } }, { "j:read" })
+    assert.equal("At least one of: a b is required.", d.message)
+    -- 401: nothing is held, everything is named
+    d = u:decide({ "all", "j:read", "j:admin" }, nil)
+    assert.equal("Authorization required. All of: j:read j:admin are required.", d.message)
+  end)
+
+  it("describes a batch without repeating itself", function()
+    assert.equal("All of: a b are required.", u:describe { "all", "a", { "all", "a", "b" } })
+    assert.equal("Scope a is required.", u:describe { "all", "a", "a" })
+    -- absorption: a and (a or b) = a; a or (a and b) = a
+    assert.equal("Scope a is required.", u:describe { "all", "a", { "any", "a", "b" } })
+    assert.equal("Scope a is required.", u:describe { "any", "a", { "all", "a", "b" } })
+    assert.equal("Required: (b or c) and a.",
+      u:describe { "all", { "any", "b", "c" }, "a", { "any", "b", "c" }, "a" })
+    -- public adds nothing to all_of, deny nothing to any_of
+    assert.equal("Scope a is required.", u:describe { "all", "public", "a" })
+    assert.equal("Scope a is required.", u:describe { "any", false, "a" })
+    assert.equal("Denied by policy.", u:describe { "all", false, "a" })
+  end)
+end)

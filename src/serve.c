@@ -196,23 +196,11 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     }
     if (rc < 0) return -1;
     if (config) {
-        const char *names[SERVE_NFLAGS + 1];
-        for (int i = 0; i < SERVE_NFLAGS; i++)
-            names[i] = flags[i].name;
-        names[SERVE_NFLAGS] = NULL;
-        if (sg_config_argv(config, names, &o->config_argc, &o->config_argv) != 0) return -1;
-        serve_opts cli = *o;
         memset(o, 0, sizeof *o);
-        o->config_argc = cli.config_argc;
-        o->config_argv = cli.config_argv;
         const char *ignored = NULL;
         flag_table(o, &from_file, &ignored, flags);
-        rc = sg_flags_parse("serve", o->config_argc, o->config_argv, 0, flags, SERVE_NFLAGS, NULL,
-                            0, &npos);
-        if (rc != 0) {
-            fprintf(stderr, "scopegate serve: (in %s)\n", config);
+        if (sg_config_parse(config, flags, SERVE_NFLAGS, &o->config_argc, &o->config_argv) != 0)
             return -1;
-        }
         memset(&from_cli, 0, sizeof from_cli);
         flag_table(o, &from_cli, &ignored, flags);
         if (sg_flags_parse("serve", argc, argv, 2, flags, SERVE_NFLAGS, NULL, 0, &npos) != 0)

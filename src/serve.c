@@ -61,9 +61,9 @@ static void serve_usage(FILE *f)
           "  --jwks-refetch SECONDS     at most one unknown-kid refetch this often [30]\n"
           "  --path PATH                MCP endpoint path [/mcp]\n"
           "  --allowed-host HOST[:PORT] accepted Host header (repeatable; '*' = any)\n"
-          "                             [the listen address, localhost, the public URL's host]\n"
+          "                             [the listen address, localhost, --public-url's host]\n"
           "  --allowed-origin ORIGIN    accepted Origin header (repeatable; '*' = any)\n"
-          "                             [the public URL's origin]\n"
+          "                             [--public-url's origin; without it, none]\n"
           "  --max-body BYTES           request body limit, 413 beyond [1048576]\n"
           "  --max-header BYTES         per-connection header memory, 431 beyond [32768]\n"
           "  --max-connections N        concurrent connections, 503 beyond [1000]\n"
@@ -431,7 +431,10 @@ static int serve(serve_opts *opts)
     }
 
     /* Host allow-list: explicit flags, else this listener's own names and
-     * the public URL's host (DNS-rebinding protection by default). */
+     * the host of an explicit --public-url (DNS-rebinding protection by
+     * default). The policy's `resource` never widens either list: it names
+     * the resource (the token audience), not where it is served, and the
+     * policy author is not the operator who decides which names reach it. */
     const char *const *hosts = o.hosts;
     if (o.nhosts == 0) {
         int n = 0;

@@ -128,6 +128,37 @@ describe("scopegate serve, as a policy author expects", function()
     if dir then os.execute(CLEAN .. "rm -rf " .. q(dir)) end
   end)
 
+  describe("Host and Origin defaults", function()
+    local POLICY = [[
+return {
+  resource = "https://cal.example.com/mcp",
+  scopes = { ["cal:read"] = "Read" },
+  tools = { echo = "cal:read" },
+}
+]]
+    local CALL = rpc(1, "tools/call", '{"name":"echo"}')
+
+    it("without --public-url, the policy's resource widens neither list", function()
+      with_gateway("hosts", POLICY, "", function(addr)
+        local tok = mint("cal:read")
+        assert.equal(200, (post(addr, CALL, tok)))
+        assert.equal(200, (post(addr, CALL, tok, { "Host: localhost:1234" })))
+        assert.equal(403, (post(addr, CALL, tok, { "Host: cal.example.com" })))
+        assert.equal(403, (post(addr, CALL, tok, { "Origin: https://cal.example.com" })))
+        assert.equal(403, (post(addr, CALL, tok, { "Origin: http://" .. addr })))
+      end)
+    end)
+
+    it("with --public-url, its host and origin are accepted", function()
+      with_gateway("hosts2", POLICY, "--public-url " .. q(AUD), function(addr)
+        local tok = mint("cal:read")
+        assert.equal(200, (post(addr, CALL, tok, { "Host: cal.example.com" })))
+        assert.equal(200, (post(addr, CALL, tok, { "Origin: https://cal.example.com" })))
+        assert.equal(403, (post(addr, CALL, tok, { "Host: other.example.com" })))
+      end)
+    end)
+  end)
+
   describe("--config errors", function()
     local function serve_config(body)
       local cfg = dir .. "/serve.lua"

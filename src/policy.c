@@ -232,14 +232,23 @@ static size_t location_prefix(const char *msg);
 
 /* ---- rules and their tables ----------------------------------------------- */
 
+/* One step of a compiled resource template (see compile_template). */
+enum { TP_LIT, TP_ANY1, TP_SEG1, TP_ANYSTAR, TP_SEGSTAR };
+typedef struct tmpl_part {
+    unsigned char kind, c; /* c: the byte of a TP_LIT */
+} tmpl_part;
+
 typedef struct rule {
     const char *key; /* tool/prompt name, resource URI or pattern, method */
     size_t keylen;
     const char *name; /* "tools.delete_entry" */
     int line;
-    const sg_req *req; /* static requirement; NULL for a function rule */
-    int ref;           /* registry reference of the function, or LUA_NOREF */
-    size_t literal;    /* resource globs: bytes of literal text */
+    const sg_req *req;     /* static requirement; NULL for a function rule */
+    int ref;               /* registry reference of the function, or LUA_NOREF */
+    size_t literal;        /* resource patterns: bytes of literal text */
+    size_t unrestricted;   /* resource patterns: `*` and {+var}, which cross '/' */
+    const tmpl_part *tmpl; /* resource templates ({var}): the compiled key, else NULL */
+    size_t ntmpl;
 } rule;
 
 typedef struct rule_map {
@@ -945,10 +954,135 @@ static int compile_rule(loader *ld, rule *r, size_t from)
     return 0;
 }
 
+/* In a resource template key, a byte a {var} never matches: it would
+ * leave the path segment (RFC 3986: '/' separates segments, '?' starts
+ * the query, '#' the fragment). */
+static int segment_byte(unsigned char c)
+{
+    return c != '/' && c != '?' && c != '#';
+}
+
+/* RFC 6570 varname: varchar *( ["."] varchar ), varchar = ALPHA / DIGIT /
+ * "_" / pct-encoded. Returns 1 when s[0..len) is one. */
+static int template_varname(const char *s, size_t len)
+{
+    if (len == 0 || s[0] == '.' || s[len - 1] == '.') return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '%') {
+            if (i + 2 >= len || !isxdigit((unsigned char)s[i + 1]) ||
+                !isxdigit((unsigned char)s[i + 2]))
+                return 0;
+            i += 2;
+        } else if (c == '.') {
+            if (s[i + 1] == '.') return 0;
+        } else if (!isalnum(c) && c != '_') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Compiles a resource key holding RFC 6570 expressions into r->tmpl: a
+ * literal byte matches itself, `*` any run (as in globs), {var} one or more
+ * bytes within a path segment (no '/', '?' or '#'), {+var} one or more of
+ * any bytes. Other operators, lists and modifiers are refused with a hint.
+ * Returns 0, or -1 after reporting. */
+static int compile_template(loader *ld, rule *r)
+{
+    const char *k = r->key;
+    size_t len = r->keylen;
+    tmpl_part *parts = sg_arena_alloc(&ld->p->arena, 2 * len * sizeof *parts);
+    if (!parts) luaL_error(ld->L, "out of memory");
+    size_t n = 0;
+    char q[160];
+    for (size_t i = 0; i < len; i++) {
+        if (k[i] == '}') {
+            finding(ld, 1, r->line, r->name, "'}' without '{' in resource template %s",
+                    quoted(q, sizeof q, k, len));
+            return -1;
+        }
+        if (k[i] != '{') {
+            r->literal += k[i] != '*';
+            r->unrestricted += k[i] == '*';
+            parts[n++] = (tmpl_part){k[i] == '*' ? TP_ANYSTAR : TP_LIT, (unsigned char)k[i]};
+            continue;
+        }
+        const char *close = memchr(k + i, '}', len - i);
+        const char *open = memchr(k + i + 1, '{', len - i - 1);
+        if (!close || (open && open < close)) {
+            finding(ld, 1, r->line, r->name, "unclosed '{' in resource template %s",
+                    quoted(q, sizeof q, k, len));
+            return -1;
+        }
+        size_t elen = (size_t)(close - (k + i)) + 1; /* "{...}" */
+        int reserved = k[i + 1] == '+';
+        const char *var = k + i + 1 + reserved;
+        if (!template_varname(var, (size_t)(close - var))) {
+            finding(ld, 1, r->line, r->name,
+                    "unsupported URI template expression %s in resource key (keys take RFC 6570 "
+                    "{name}, one path segment, and {+name}, any text across '/'; write * for "
+                    "anything else)",
+                    quoted(q, sizeof q, k + i, elen));
+            return -1;
+        }
+        parts[n++] = (tmpl_part){reserved ? TP_ANY1 : TP_SEG1, 0};
+        parts[n++] = (tmpl_part){reserved ? TP_ANYSTAR : TP_SEGSTAR, 0};
+        r->unrestricted += (size_t)reserved;
+        i += elen - 1;
+    }
+    r->tmpl = parts;
+    r->ntmpl = n;
+    return 0;
+}
+
+/* Matches s against a compiled template: a set-of-states simulation, so
+ * the cost is at most (template steps) x (URI bytes) whatever the shape. */
+static int template_match(const tmpl_part *t, size_t n, const char *s, size_t slen)
+{
+    unsigned char cur[2 * MAX_NAME_LEN + 1], next[2 * MAX_NAME_LEN + 1];
+    memset(cur, 0, n + 1);
+    cur[0] = 1;
+    for (size_t i = 0; i < n; i++) /* star steps may match nothing */
+        if (cur[i] && (t[i].kind == TP_ANYSTAR || t[i].kind == TP_SEGSTAR)) cur[i + 1] = 1;
+    for (size_t j = 0; j < slen; j++) {
+        unsigned char c = (unsigned char)s[j];
+        int any = 0;
+        memset(next, 0, n + 1);
+        for (size_t i = 0; i < n; i++) {
+            if (!cur[i]) continue;
+            switch (t[i].kind) {
+            case TP_LIT:
+                if (t[i].c == c) next[i + 1] = 1;
+                break;
+            case TP_ANY1:
+                next[i + 1] = 1;
+                break;
+            case TP_SEG1:
+                if (segment_byte(c)) next[i + 1] = 1;
+                break;
+            case TP_ANYSTAR:
+                next[i] = 1;
+                break;
+            case TP_SEGSTAR:
+                if (segment_byte(c)) next[i] = 1;
+                break;
+            }
+        }
+        for (size_t i = 0; i < n; i++)
+            if (next[i] && (t[i].kind == TP_ANYSTAR || t[i].kind == TP_SEGSTAR)) next[i + 1] = 1;
+        for (size_t i = 0; i <= n; i++)
+            any |= (cur[i] = next[i]);
+        if (!any) return 0;
+    }
+    return cur[n];
+}
+
 static int glob_order(const void *a, const void *b)
 {
     const rule *x = *(rule *const *)a, *y = *(rule *const *)b;
     if (x->literal != y->literal) return x->literal > y->literal ? -1 : 1;
+    if (x->unrestricted != y->unrestricted) return x->unrestricted < y->unrestricted ? -1 : 1;
     size_t n = x->keylen < y->keylen ? x->keylen : y->keylen;
     int c = memcmp(x->key, y->key, n);
     if (c) return c;
@@ -992,13 +1126,21 @@ static void load_rules(loader *ld, int policy, int which)
         }
         rule *r =
             new_rule(ld, tname, k, len, src_line(&ld->idx, kfrom != NO_OFFSET ? kfrom : from));
+        int is_template = which == T_RESOURCES && (memchr(k, '{', len) || memchr(k, '}', len));
+        if (is_template && compile_template(ld, r) != 0) {
+            lua_pop(L, 1);
+            continue;
+        }
         if (compile_rule(ld, r, kfrom != NO_OFFSET ? kfrom : from) == 0) {
             if (r->req && r->req->kind == SG_REQ_PUBLIC && which != T_METHODS) p->any_public = 1;
             size_t stars = 0;
             for (size_t i = 0; i < len; i++)
                 stars += k[i] == '*';
-            if (which == T_RESOURCES && stars) {
-                r->literal = len - stars;
+            /* A template is also found by its own text: the gateway decides
+             * a resources/templates/list item by its uriTemplate. */
+            if (is_template && map_put(&p->maps[which], r) != 0) luaL_error(L, "out of memory");
+            if (which == T_RESOURCES && (stars || is_template)) {
+                if (!is_template) r->literal = len - stars, r->unrestricted = stars;
                 if (p->nglobs == p->globcap) {
                     size_t cap = p->globcap ? p->globcap * 2 : 8;
                     rule **g = realloc(p->globs, cap * sizeof *g);
@@ -1144,7 +1286,8 @@ static sg_policy *load_policy(const char *path, const sg_policy_limits *limits, 
     if (!p) return NULL;
     ld->p = p;
     sg_arena_init(&p->arena, 16384);
-    p->default_rule = (rule){"default", 7, "default", 0, &sg_req_deny, LUA_NOREF, 0};
+    p->default_rule = (rule){
+        .key = "default", .keylen = 7, .name = "default", .req = &sg_req_deny, .ref = LUA_NOREF};
     p->path = strdup(path);
     p->u = sg_universe_new();
     p->sb = p->path ? sg_sandbox_new(path, limits) : NULL;
@@ -1268,8 +1411,12 @@ static const rule *find_resource(const sg_policy *p, const char *uri)
     size_t len = strlen(uri);
     const rule *r = map_get(&p->maps[T_RESOURCES], uri, len);
     if (r) return r;
-    for (size_t i = 0; i < p->nglobs; i++)
-        if (glob_match(p->globs[i]->key, p->globs[i]->keylen, uri, len)) return p->globs[i];
+    for (size_t i = 0; i < p->nglobs; i++) {
+        const rule *g = p->globs[i];
+        if (g->tmpl ? template_match(g->tmpl, g->ntmpl, uri, len)
+                    : glob_match(g->key, g->keylen, uri, len))
+            return g;
+    }
     return NULL;
 }
 

@@ -84,3 +84,75 @@ describe("descriptions a caller reads", function()
     assert.equal("Denied by policy.", u:describe { "all", false, "a" })
   end)
 end)
+
+describe("resource templates as keys (RFC 6570)", function()
+  before_each(function() dir = pt.tmpdir() end)
+  after_each(function() pt.rmdir(dir) end)
+
+  local SRC = [[
+return {
+  scopes = { a = "A", b = "B", c = "C", d = "D" },
+  resources = {
+    ["calendar://{id}"] = "a",
+    ["calendar://*"] = "b",
+    ["files://{+path}"] = "c",
+    ["mail://{box}/{id}"] = "d",
+  },
+}
+]]
+
+  it("{var} matches one path segment, {+var} any text, templates beat * at equal literal", function()
+    local p = assert(load_src(SRC))
+    local function req(uri, phase)
+      return p:decide { phase = phase, method = "resources/read", name = uri }.requirement
+    end
+    assert.equal('"a"', req("calendar://42"))
+    assert.equal('"b"', req("calendar://42/attendees")) -- {id} stops at '/', * does not
+    assert.equal('"b"', req("calendar://42?x=1"))
+    assert.equal('"b"', req("calendar://"))              -- {id} needs one byte at least
+    assert.equal('"c"', req("files://etc/hosts"))
+    assert.equal("false", req("files://"))
+    assert.equal('"d"', req("mail://inbox/7"))
+    assert.equal("false", req("mail://inbox/7/raw"))
+    -- a resources/templates/list item is decided by its uriTemplate: the key itself
+    assert.equal('"a"', req("calendar://{id}", "list"))
+    assert.equal('"c"', req("files://{+path}", "list"))
+    assert.equal("resources.calendar://{id}", p:decide { method = "resources/read", name = "calendar://1" }.rule)
+    p:close()
+  end)
+
+  it("refuses other template expressions with a hint and file:line", function()
+    local p, err, path = load_src([[
+return {
+  scopes = { a = "A" },
+  resources = {
+    ["search://{?q}"] = "a",
+  },
+}
+]])
+    assert.is_nil(p)
+    assert.equal(path .. ':4: resources.search://{?q}: unsupported URI template expression "{?q}" in ' ..
+      "resource key (keys take RFC 6570 {name}, one path segment, and {+name}, any text across '/'; " ..
+      "write * for anything else)", err)
+    for _, bad in ipairs { "x://{a,b}", "x://{a:3}", "x://{a*}", "x://{}", "x://{/a}" } do
+      p, err = load_src('return { scopes = { a = "A" }, resources = { ["' .. bad .. '"] = "a" } }')
+      assert.is_nil(p, bad)
+      assert.matches("unsupported URI template expression", err, 1, true)
+    end
+    p, err = load_src('return { scopes = { a = "A" }, resources = { ["x://{id"] = "a" } }')
+    assert.matches("unclosed '{' in resource template \"x://{id\"", err, 1, true)
+    p, err = load_src('return { scopes = { a = "A" }, resources = { ["x://id}"] = "a" } }')
+    assert.matches("'}' without '{' in resource template", err, 1, true)
+  end)
+
+  it("matches in time linear in the URI, whatever the template", function()
+    local p = assert(load_src([[
+return { scopes = { a = "A" }, resources = { ["x://{+a}{+b}{+c}{+d}{+e}{+f}/end"] = "a" } }
+]]))
+    local uri = "x://" .. ("ab/"):rep(100000)
+    local d, t = pt.timed(function() return p:decide { method = "resources/read", name = uri } end)
+    assert.equal("false", d.requirement)
+    assert.is_true(t < 1, "took " .. t .. " s")
+    p:close()
+  end)
+end)

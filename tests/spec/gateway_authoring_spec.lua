@@ -159,6 +159,41 @@ return {
     end)
   end)
 
+  describe("resource templates as keys", function()
+    it("decide reads of concrete URIs and filter resources/templates/list by uriTemplate", function()
+      with_gateway("templates", [[
+return {
+  resource = "https://cal.example.com/mcp",
+  scopes = { ["docs:read"] = "Read docs", ["private:read"] = "Read private" },
+  resources = {
+    ["echo://docs/{id}"] = "docs:read",
+    ["echo://private/{id}"] = "private:read",
+  },
+}
+]], "", function(addr)
+        local tok = mint("docs:read")
+        local code, _, body = post(addr, rpc(1, "resources/templates/list"), tok)
+        assert.equal(200, code)
+        assert.equal('{"jsonrpc":"2.0","id":1,"result":{"resourceTemplates":' ..
+          '[{"uriTemplate":"echo://docs/{id}","name":"docs"}],"nextCursor":"next-page"}}', body)
+        code, _, body = post(addr, rpc(2, "resources/list"), tok)
+        assert.equal(200, code)
+        assert.truthy(body:find('"uri":"echo://docs/1"', 1, true), body)
+        assert.falsy(body:find("echo://private/2", 1, true), body)
+        code = post(addr, rpc(3, "resources/read", '{"uri":"echo://docs/7"}'), tok)
+        assert.equal(200, code)
+        local headers
+        code, headers = post(addr, rpc(4, "resources/read", '{"uri":"echo://private/7"}'), tok)
+        assert.equal(403, code)
+        assert.matches('scope="docs:read private:read"', headers["www-authenticate"], 1, true)
+        -- {id} is one path segment: a deeper URI falls to default (deny)
+        code, headers = post(addr, rpc(5, "resources/read", '{"uri":"echo://docs/7/raw"}'), tok)
+        assert.equal(403, code)
+        assert.is_nil(headers["www-authenticate"])
+      end)
+    end)
+  end)
+
   describe("--config errors", function()
     local function serve_config(body)
       local cfg = dir .. "/serve.lua"

@@ -313,6 +313,8 @@ struct sg_policy {
     int nfunctions;
     rule **functions; /* every function rule, for check */
     size_t functions_cap;
+    sg_policy_scope_use *fscopes; /* scope constants of function rules */
+    int nfscopes;
 };
 
 static const char *const builtin_methods[] = {
@@ -335,6 +337,16 @@ typedef struct loader {
     sg_arena *arena;
     int nodes;
     sg_buf runtime_error;
+    /* String constants of function rules, collected while loading and
+     * sorted out once every scope is known (finish_function_scopes). */
+    struct fconst {
+        const char *text, *rule, *file;
+        size_t len;
+        int line, returned;
+    } * fconsts;
+    size_t nfconsts, fconsts_cap;
+    char *module_path, *module_src; /* the last module read for a scan */
+    size_t module_len;
 } loader;
 
 static void finding(loader *ld, int is_error, int line, const char *where, const char *fmt, ...)
@@ -925,6 +937,242 @@ static rule *new_rule(loader *ld, const char *table, const char *key, size_t key
     return r;
 }
 
+/* ---- scopes a function rule can return -----------------------------------------
+ *
+ * A function rule's requirement is known only when it runs, and `check`
+ * runs it once, in one phase: a misspelt scope in a branch taken only in
+ * the call phase would pass. So the function's source text (its span,
+ * lines linedefined..lastlinedefined, in the policy or in a module) is
+ * scanned with a rough Lua tokenizer for string constants. A constant is
+ * "returned" when it sits in a return expression (up to the end, else,
+ * elseif or until that closes the return's block) and is not an operand of
+ * a comparison or of `..`, not an index ([...]) or call argument, and not
+ * the text of `why =` or `deny =`. Constants that merely equal a scope the
+ * policy knows are kept too (`local need = "a:admin"`). Heuristic by
+ * nature: it can miss a scope built at run time, and it never executes
+ * anything. */
+
+enum { TK_NAME, TK_STRING, TK_OTHER };
+typedef struct lua_token {
+    size_t off, len; /* the token; for strings the text between the quotes */
+    int kind, line;
+} lua_token;
+
+static int token_is(const char *src, const lua_token *t, const char *text)
+{
+    return t && t->len == strlen(text) && memcmp(src + t->off, text, t->len) == 0 &&
+           t->kind != TK_STRING;
+}
+
+static int is_lua_keyword(const char *src, const lua_token *t)
+{
+    static const char *const kw[] = {"and",   "break", "do",       "else", "elseif", "end",
+                                     "false", "for",   "function", "goto", "if",     "in",
+                                     "local", "nil",   "not",      "or",   "repeat", "return",
+                                     "then",  "true",  "until",    "while"};
+    if (t->kind != TK_NAME) return 0;
+    for (size_t i = 0; i < SG_ARRAY_LEN(kw); i++)
+        if (token_is(src, t, kw[i])) return 1;
+    return 0;
+}
+
+/* Tokenizes src[from..to) (line numbers from first_line). Returns the
+ * token count; *out is malloc'd (free it), NULL when out of memory. */
+static size_t lua_tokens(const char *src, size_t from, size_t to, int first_line, lua_token **out)
+{
+    size_t n = 0, cap = 64, level;
+    lua_token *t = malloc(cap * sizeof *t);
+    int line = first_line;
+    for (size_t i = from; t && i < to;) {
+        char c = src[i];
+        size_t lo, start = i;
+        lua_token tok = {i, 1, TK_OTHER, line};
+        if (c == '\n' || isspace((unsigned char)c)) {
+            line += c == '\n';
+            i++;
+            continue;
+        }
+        if (c == '-' && i + 1 < to && src[i + 1] == '-') {
+            i += 2;
+            if ((lo = long_open(src, to, i, &level)) != 0)
+                i = long_close(src, to, i + lo, level);
+            else
+                while (i < to && src[i] != '\n')
+                    i++;
+            for (size_t k = start; k < i; k++)
+                line += src[k] == '\n';
+            continue;
+        }
+        if (c == '"' || c == '\'') {
+            i++;
+            while (i < to && src[i] != c && src[i] != '\n')
+                i += (src[i] == '\\' && i + 1 < to) ? 2 : 1;
+            tok = (lua_token){start + 1, (i < to ? i : to) - start - 1, TK_STRING, line};
+            if (i < to) i++;
+        } else if ((lo = long_open(src, to, i, &level)) != 0) {
+            i = long_close(src, to, i + lo, level);
+            size_t end = i >= level + 2 ? i - level - 2 : i;
+            tok = (lua_token){start + lo, end > start + lo ? end - start - lo : 0, TK_STRING, line};
+            for (size_t k = start; k < i; k++)
+                line += src[k] == '\n';
+        } else if (is_ident((unsigned char)c) && !isdigit((unsigned char)c)) {
+            while (i < to && is_ident((unsigned char)src[i]))
+                i++;
+            tok = (lua_token){start, i - start, TK_NAME, line};
+        } else if (isdigit((unsigned char)c)) {
+            while (i < to && (is_ident((unsigned char)src[i]) || src[i] == '.'))
+                i++;
+            tok = (lua_token){start, i - start, TK_OTHER, line};
+        } else {
+            static const char *const two[] = {"==", "~=", "<=", ">=", "..", "::", "//", "<<", ">>"};
+            size_t len = 1;
+            for (size_t k = 0; k < SG_ARRAY_LEN(two) && i + 1 < to; k++)
+                if (src[i] == two[k][0] && src[i + 1] == two[k][1]) len = 2;
+            if (len == 2 && src[i] == '.' && i + 2 < to && src[i + 2] == '.') len = 3;
+            i += len;
+            tok = (lua_token){start, len, TK_OTHER, line};
+        }
+        if (n == cap) {
+            lua_token *g = realloc(t, (cap *= 2) * sizeof *t);
+            if (!g) {
+                free(t);
+                t = NULL;
+                break;
+            }
+            t = g;
+        }
+        t[n++] = tok;
+    }
+    *out = t;
+    return t ? n : 0;
+}
+
+static void add_fconst(loader *ld, const char *src, const lua_token *t, const rule *r,
+                       const char *file, int returned)
+{
+    if (ld->nfconsts == ld->fconsts_cap) {
+        size_t cap = ld->fconsts_cap ? ld->fconsts_cap * 2 : 32;
+        struct fconst *f = realloc(ld->fconsts, cap * sizeof *f);
+        if (!f) luaL_error(ld->L, "out of memory");
+        ld->fconsts = f;
+        ld->fconsts_cap = cap;
+    }
+    ld->fconsts[ld->nfconsts++] =
+        (struct fconst){arena_copy(ld, &ld->p->arena, src + t->off, t->len),
+                        r->name,
+                        file,
+                        t->len,
+                        t->line,
+                        returned};
+}
+
+/* Collects the string constants of the function rule r, written in file
+ * (the policy or a module) at lines first..last. */
+static void scan_function(loader *ld, const rule *r, const char *file, int first, int last)
+{
+    const char *src;
+    size_t len;
+    if (strcmp(file, ld->p->path) == 0) {
+        src = ld->idx.src;
+        len = ld->idx.len;
+    } else {
+        if (!ld->module_path || strcmp(ld->module_path, file) != 0) {
+            free(ld->module_path);
+            free(ld->module_src);
+            ld->module_path = strdup(file);
+            ld->module_src = sg_read_file(file, SG_SANDBOX_MAX_SOURCE, &ld->module_len);
+        }
+        src = ld->module_src;
+        len = ld->module_len;
+    }
+    if (!src || first < 1 || last < first) return;
+    size_t from = 0, to = len;
+    int line = 1;
+    for (size_t i = 0; i < len && line < first; i++)
+        if (src[i] == '\n' && ++line == first) from = i + 1;
+    for (size_t i = from; i < len; i++)
+        if (src[i] == '\n' && ++line > last) {
+            to = i;
+            break;
+        }
+    const char *path = arena_copy(ld, &ld->p->arena, file, strlen(file));
+    lua_token *t = NULL;
+    size_t n = lua_tokens(src, from, to, first, &t);
+    /* Bracket kinds since the function's start: '(' grouping, 'c' call
+     * parentheses, '[' index, '{' table. */
+    char stack[256];
+    int depth = 0, ret_depth = -1;
+    for (size_t i = 0; i < n; i++) {
+        const lua_token *k = &t[i], *prev = i ? &t[i - 1] : NULL,
+                        *next = i + 1 < n ? &t[i + 1] : NULL;
+        if (token_is(src, k, "return")) {
+            ret_depth = depth;
+        } else if (ret_depth == depth && (token_is(src, k, "end") || token_is(src, k, "else") ||
+                                          token_is(src, k, "elseif") || token_is(src, k, "until") ||
+                                          token_is(src, k, ";"))) {
+            ret_depth = -1;
+        } else if (k->kind == TK_OTHER && k->len == 1 && strchr("([{", src[k->off])) {
+            char kind = src[k->off];
+            if (kind == '(' && prev &&
+                ((prev->kind == TK_NAME && !is_lua_keyword(src, prev)) || prev->kind == TK_STRING ||
+                 token_is(src, prev, ")") || token_is(src, prev, "]")))
+                kind = 'c';
+            if (depth < (int)sizeof stack) stack[depth] = kind;
+            depth++;
+        } else if (k->kind == TK_OTHER && k->len == 1 && strchr(")]}", src[k->off])) {
+            if (depth > 0) depth--;
+            if (ret_depth > depth) ret_depth = -1;
+        } else if (k->kind == TK_STRING) {
+            char inner = depth > 0 && depth <= (int)sizeof stack ? stack[depth - 1] : 0;
+            static const char *const ops[] = {"==", "~=", "..", "<", ">", "<=", ">="};
+            int operand = 0;
+            for (size_t o = 0; o < SG_ARRAY_LEN(ops); o++)
+                operand |= token_is(src, prev, ops[o]) || token_is(src, next, ops[o]);
+            int reason = token_is(src, prev, "=") && i >= 2 &&
+                         (token_is(src, &t[i - 2], "why") || token_is(src, &t[i - 2], "deny"));
+            int call_arg = prev && ((prev->kind == TK_NAME && !is_lua_keyword(src, prev)) ||
+                                    token_is(src, prev, ")"));
+            int returned = ret_depth >= 0 && depth >= ret_depth && inner != 'c' && inner != '[' &&
+                           !operand && !reason && !call_arg;
+            if (!memchr(src + k->off, '\\', k->len) && sg_scope_token_valid(src + k->off, k->len))
+                add_fconst(ld, src, k, r, path, returned);
+        }
+    }
+    free(t);
+}
+
+/* Sorts the collected constants into p->fscopes once every scope is
+ * known: returned constants (reserved words aside) and constants naming a
+ * known scope. A returned constant the policy does not know is a warning (returning it
+ * would be a policy error at run time). */
+static void finish_function_scopes(loader *ld)
+{
+    sg_policy *p = ld->p;
+    if (!ld->nfconsts) return;
+    p->fscopes = sg_arena_alloc(&p->arena, ld->nfconsts * sizeof *p->fscopes);
+    if (!p->fscopes) luaL_error(ld->L, "out of memory");
+    for (size_t i = 0; i < ld->nfconsts; i++) {
+        const struct fconst *c = &ld->fconsts[i];
+        if (reserved_meaning(c->text, c->len)) continue;
+        int known = sg_universe_find(p->u, c->text, c->len) >= 0;
+        if (!c->returned && !known) continue;
+        int dup = 0;
+        for (int j = 0; j < p->nfscopes && !dup; j++)
+            dup = p->fscopes[j].rule == c->rule && strcmp(p->fscopes[j].scope, c->text) == 0 &&
+                  p->fscopes[j].returned >= c->returned;
+        if (dup) continue;
+        p->fscopes[p->nfscopes++] =
+            (sg_policy_scope_use){c->text, c->rule, c->file, c->line, c->returned, known};
+        if (c->returned && !known) {
+            char q[160];
+            sg_buf_printf(&ld->report,
+                          "%s:%d: warning: %s: scope %s returned by this function is not declared "
+                          "(a typo? returning it would be a policy error; list it in `scopes`)\n",
+                          c->file, c->line, c->rule, quoted(q, sizeof q, c->text, c->len));
+        }
+    }
+}
+
 /* Compiles the rule value on top of the stack into r (static or function).
  * Returns 0, or -1 after reporting. */
 static int compile_rule(loader *ld, rule *r, size_t from)
@@ -935,7 +1183,11 @@ static int compile_rule(loader *ld, rule *r, size_t from)
     if (fn) {
         lua_Debug ar;
         lua_pushvalue(L, -1);
-        if (lua_getinfo(L, ">S", &ar) && ar.linedefined > 0) r->line = ar.linedefined;
+        if (lua_getinfo(L, ">S", &ar) && ar.linedefined > 0) {
+            r->line = ar.linedefined;
+            if (ar.source && ar.source[0] == '@')
+                scan_function(ld, r, ar.source + 1, ar.linedefined, ar.lastlinedefined);
+        }
         lua_pushvalue(L, -1);
         r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
         sg_policy *p = ld->p;
@@ -1226,6 +1478,7 @@ static int compile_policy(lua_State *L)
     for (int w = 0; w < T_COUNT; w++)
         load_rules(ld, policy, w);
     load_default(ld, policy);
+    finish_function_scopes(ld);
 
     if (!p->supported) {
         int n = 0;
@@ -1276,6 +1529,9 @@ static void loader_free(loader *ld)
     sg_buf_free(&ld->errors);
     sg_buf_free(&ld->report);
     sg_buf_free(&ld->runtime_error);
+    free(ld->fconsts);
+    free(ld->module_path);
+    free(ld->module_src);
 }
 
 /* Loads into *out; the findings stay in ld. Returns the policy or NULL. */
@@ -1661,6 +1917,12 @@ const sg_req *sg_policy_tool_requirement(const sg_policy *p, const char *name, i
 int sg_policy_has_public_rule(const sg_policy *p)
 {
     return p->any_public;
+}
+
+int sg_policy_function_scopes(const sg_policy *p, const sg_policy_scope_use **out)
+{
+    *out = p->fscopes;
+    return p->nfscopes;
 }
 
 sg_sandbox *sg_policy_sandbox(sg_policy *p)

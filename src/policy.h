@@ -94,6 +94,23 @@ const sg_req *sg_policy_tool_requirement(const sg_policy *p, const char *name, i
 /* 1 when some static rule is "public" (then protocol plumbing is public
  * too, so anonymous callers can reach the public tools). */
 int sg_policy_has_public_rule(const sg_policy *p);
+/* A string constant in a function rule's source that the rule may return
+ * as a scope (see docs/policy.md, "Scopes in function rules"). */
+typedef struct sg_policy_scope_use {
+    const char *scope; /* the constant's text, a valid scope token */
+    const char *rule;  /* "tools.delete_entry", "default" */
+    const char *file;  /* where it is written: the policy or a module */
+    int line;
+    int returned; /* 1: in a return expression; 0: elsewhere, naming a known scope */
+    int known;    /* 1 when the policy knows the scope (declared or used statically) */
+} sg_policy_scope_use;
+/* The scopes function rules can return, found in their source text at load
+ * (a heuristic: scopes built at run time are not seen): every constant in
+ * a return expression that is a scope token and not a reserved word, and
+ * every constant anywhere in a function rule that names a scope the policy
+ * knows. One entry per rule and scope, in load order. Sets *out (owned by
+ * the policy) and returns the count. Can't fail. */
+int sg_policy_function_scopes(const sg_policy *p, const sg_policy_scope_use **out);
 /* The sandbox, for memory statistics. */
 sg_sandbox *sg_policy_sandbox(sg_policy *p);
 

@@ -156,3 +156,71 @@ return { scopes = { a = "A" }, resources = { ["x://{+a}{+b}{+c}{+d}{+e}{+f}/end"
     p:close()
   end)
 end)
+
+describe("scopes in function rules", function()
+  before_each(function() dir = pt.tmpdir() end)
+  after_each(function() pt.rmdir(dir) end)
+
+  local SRC = [[
+return {
+  scopes = { ["notes:read"] = "r", ["notes:write"] = "w", ["notes:admin"] = "a" },
+  tools = {
+    delete_note = function(req)
+      if req.phase == "call" and req.arguments.everything then
+        return { all_of = { "notes:admn" }, why = "bulk" }   -- typo, call phase only
+      end
+      if req.token and req.token.scopes["notes:admin"] then return "notes:write" end
+      return req.headers["x-mode"] == "fast" and "notes:read" or { deny = "slow" }
+    end,
+    lookup = function(req)
+      local need = "notes:admin"
+      return string.format("%s", need) == "x" and "public" or "notes:read"
+    end,
+  },
+  default = function(req) if req.method == "x/y" then return ("notes:wirte") end return false end,
+}
+]]
+
+  it("warns (check) about an undeclared scope constant in a return, with its line", function()
+    local path = pt.write(dir, "p.lua", SRC)
+    local n, report = core.policy_check(path)
+    assert.equal(0, n, report)
+    assert.matches(path .. ":6: warning: tools.delete_note: scope \"notes:admn\" returned by this " ..
+      "function is not declared (a typo? returning it would be a policy error; list it in `scopes`)\n",
+      report, 1, true)
+    assert.matches(path .. ":16: warning: default: scope \"notes:wirte\" returned", report, 1, true)
+    -- nothing else: comparisons, indexes, call arguments, why/deny texts are not scopes
+    local count = select(2, report:gsub("warning:", ""))
+    assert.equal(2, count, report)
+  end)
+
+  it("exposes every scope a function rule can return (policy:info().function_scopes)", function()
+    local p = assert(load_src(SRC))
+    local got = {}
+    for _, u in ipairs(p:info().function_scopes) do
+      got[#got + 1] = table.concat({ u.rule, u.scope, u.line, tostring(u.returned), tostring(u.known) }, " ")
+    end
+    table.sort(got)
+    assert.same({
+      "default notes:wirte 16 true false",
+      "tools.delete_note notes:admin 8 false true",
+      "tools.delete_note notes:admn 6 true false",
+      "tools.delete_note notes:read 9 true true",
+      "tools.delete_note notes:write 8 true true",
+      "tools.lookup notes:admin 12 false true",
+      "tools.lookup notes:read 13 true true",
+    }, got)
+    p:close()
+  end)
+
+  it("scans functions defined in a required module, naming the module's file", function()
+    pt.write(dir, "lib/rules.lua", 'local M = {}\nfunction M.admin(req)\n  if req.phase == "call" then return "notes:admni" end\n  return "notes:admin"\nend\nreturn M\n')
+    local path = pt.write(dir, "p.lua", [[
+local rules = require "lib.rules"
+return { scopes = { ["notes:admin"] = "a" }, tools = { purge = rules.admin } }
+]])
+    local n, report = core.policy_check(path)
+    assert.equal(0, n, report)
+    assert.matches(dir .. "/lib/rules.lua:3: warning: tools.purge: scope \"notes:admni\" returned", report, 1, true)
+  end)
+end)

@@ -1143,8 +1143,9 @@ static void scan_function(loader *ld, const rule *r, const char *file, int first
 
 /* Sorts the collected constants into p->fscopes once every scope is
  * known: returned constants (reserved words aside) and constants naming a
- * known scope. A returned constant the policy does not know is a warning (returning it
- * would be a policy error at run time). */
+ * known scope. A returned "public" makes protocol plumbing public (the
+ * rule may let anonymous callers in). A returned constant the policy does not know is a warning
+ * (returning it would be a policy error at run time). */
 static void finish_function_scopes(loader *ld)
 {
     sg_policy *p = ld->p;
@@ -1153,6 +1154,7 @@ static void finish_function_scopes(loader *ld)
     if (!p->fscopes) luaL_error(ld->L, "out of memory");
     for (size_t i = 0; i < ld->nfconsts; i++) {
         const struct fconst *c = &ld->fconsts[i];
+        if (c->returned && c->len == 6 && memcmp(c->text, "public", 6) == 0) p->any_public = 1;
         if (reserved_meaning(c->text, c->len)) continue;
         int known = sg_universe_find(p->u, c->text, c->len) >= 0;
         if (!c->returned && !known) continue;
@@ -1341,6 +1343,16 @@ static int glob_order(const void *a, const void *b)
     return x->keylen < y->keylen ? -1 : x->keylen > y->keylen;
 }
 
+/* 1 when a caller without a token meets r (public, or an any_of with a
+ * public branch). Such a rule makes protocol plumbing public: anonymous
+ * callers must be able to initialize and list to reach it. */
+static int anonymous_allowed(const sg_req *r)
+{
+    sg_scopeset none;
+    sg_scopeset_clear(&none);
+    return sg_req_satisfied(r, 0, &none);
+}
+
 static void load_rules(loader *ld, int policy, int which)
 {
     lua_State *L = ld->L;
@@ -1384,7 +1396,7 @@ static void load_rules(loader *ld, int policy, int which)
             continue;
         }
         if (compile_rule(ld, r, kfrom != NO_OFFSET ? kfrom : from) == 0) {
-            if (r->req && r->req->kind == SG_REQ_PUBLIC && which != T_METHODS) p->any_public = 1;
+            if (r->req && anonymous_allowed(r->req)) p->any_public = 1;
             size_t stars = 0;
             for (size_t i = 0; i < len; i++)
                 stars += k[i] == '*';
@@ -1421,6 +1433,7 @@ static void load_default(loader *ld, int policy)
     if (t != LUA_TNIL) {
         rule *r = new_rule(ld, NULL, "default", 7, src_line(&ld->idx, from));
         if (compile_rule(ld, r, from) == 0) p->default_rule = *r;
+        if (r->req && anonymous_allowed(r->req)) p->any_public = 1;
         if (r->ref != LUA_NOREF) p->functions[p->nfunctions - 1] = &p->default_rule;
     }
     lua_pop(L, 1);

@@ -91,8 +91,13 @@ int sg_policy_scopes_supported(const sg_policy *p, const char *const **out);
 /* The static requirement of a tool; NULL when the tool is not named or its
  * rule is a function (then *dynamic is set to 1). dynamic may be NULL. */
 const sg_req *sg_policy_tool_requirement(const sg_policy *p, const char *name, int *dynamic);
-/* 1 when some static rule is "public" (then protocol plumbing is public
- * too, so anonymous callers can reach the public tools). */
+/* 1 when the policy may let an anonymous caller in anywhere: a static rule
+ * (in tools, prompts, resources, methods, or `default`) that a caller
+ * without a token meets, or a function rule with "public" in a return
+ * expression (see sg_policy_function_scopes). Then protocol plumbing
+ * (initialize, ping, lists, notifications, client responses, GET/DELETE)
+ * is public too, so anonymous callers can reach what is public; otherwise
+ * it needs a valid token. */
 int sg_policy_has_public_rule(const sg_policy *p);
 /* A string constant in a function rule's source that the rule may return
  * as a scope (see docs/policy.md, "Scopes in function rules"). */

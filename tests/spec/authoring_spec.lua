@@ -224,3 +224,67 @@ return { scopes = { ["notes:admin"] = "a" }, tools = { purge = rules.admin } }
     assert.matches(dir .. "/lib/rules.lua:3: warning: tools.purge: scope \"notes:admni\" returned", report, 1, true)
   end)
 end)
+
+describe("protocol plumbing follows what the policy makes public", function()
+  before_each(function() dir = pt.tmpdir() end)
+  after_each(function() pt.rmdir(dir) end)
+
+  local PLUMBING = { "initialize", "ping", "tools/list", "prompts/list", "resources/list",
+                     "resources/templates/list", "notifications/initialized", "completion/complete" }
+
+  local function plumbing(src)
+    local p = assert(load_src(src))
+    local seen = {}
+    for _, m in ipairs(PLUMBING) do
+      local d = p:decide { method = m }
+      assert.equal("builtin." .. m, d.rule)
+      seen[d.requirement] = true
+    end
+    local public = p:info().has_public_rule
+    p:close()
+    local only = next(seen)
+    assert.is_nil(next(seen, only), "plumbing rules disagree")
+    assert.equal(public and '"public"' or '"authenticated"', only)
+    return only
+  end
+
+  it("is public when default is public", function()
+    assert.equal('"public"', plumbing('return { tools = { x = "public" }, default = "public" }'))
+    assert.equal('"public"', plumbing('return { default = "public" }'))
+    assert.equal('"public"', plumbing('return { scopes = { a = "A" }, tools = { x = "a" }, default = "public" }'))
+  end)
+
+  it("is public when any static rule anywhere lets an anonymous caller in", function()
+    assert.equal('"public"', plumbing('return { methods = { ["logging/setLevel"] = "public" } }'))
+    assert.equal('"public"', plumbing('return { scopes = { a = "A" }, tools = { x = { any_of = { "a", "public" } } } }'))
+    assert.equal('"public"', plumbing('return { resources = { ["docs://*"] = "public" } }'))
+  end)
+
+  it("is public when a function rule returns the constant \"public\"", function()
+    assert.equal('"public"', plumbing([[
+return { scopes = { a = "A" },
+  tools = { x = function(req) if req.token == nil then return "public" end return "a" end } }
+]]))
+    assert.equal('"public"', plumbing([[
+return { scopes = { a = "A" }, default = function(req) return req.method == "ping" and "public" or "a" end }
+]]))
+  end)
+
+  it("needs a token otherwise, even when \"public\" appears in a comparison", function()
+    assert.equal('"authenticated"', plumbing('return { scopes = { a = "A" }, tools = { x = "a" }, default = "authenticated" }'))
+    assert.equal('"authenticated"', plumbing([[
+return { scopes = { a = "A" },
+  tools = { x = function(req)
+    if req.phase == "call" and req.arguments.visibility == "public" then return "a" end
+    return { deny = "public only" }
+  end } }
+]]))
+  end)
+
+  it("is overridden by methods", function()
+    local p = assert(load_src('return { default = "public", methods = { initialize = "authenticated" } }'))
+    assert.equal('"authenticated"', p:decide { method = "initialize" }.requirement)
+    assert.equal('"public"', p:decide { method = "ping" }.requirement)
+    p:close()
+  end)
+end)

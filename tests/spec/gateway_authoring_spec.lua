@@ -128,6 +128,49 @@ describe("scopegate serve, as a policy author expects", function()
     if dir then os.execute(CLEAN .. "rm -rf " .. q(dir)) end
   end)
 
+  describe("plumbing follows default", function()
+    local INIT = rpc(1, "initialize", '{"protocolVersion":"2025-06-18","capabilities":{},' ..
+                                      '"clientInfo":{"name":"t","version":"1"}}')
+
+    it("lets anonymous callers initialize, ping and list under default = \"public\"", function()
+      with_gateway("open", [[
+return {
+  resource = "https://cal.example.com/mcp",
+  scopes = { ["cal:write"] = "Write" },
+  tools = { write = "cal:write" },
+  default = "public",
+}
+]], "", function(addr)
+        assert.equal(200, (post(addr, INIT)))
+        assert.equal(200, (post(addr, rpc(2, "ping"))))
+        local code, _, body = post(addr, rpc(3, "tools/list"))
+        assert.equal(200, code)
+        assert.truthy(body:find('"name":"echo"', 1, true), body)  -- public by default
+        assert.falsy(body:find('"name":"write"', 1, true), body)  -- needs cal:write
+        assert.equal(200, (post(addr, rpc(4, "tools/call", '{"name":"echo"}'))))
+        local headers
+        code, headers = post(addr, rpc(5, "tools/call", '{"name":"write"}'))
+        assert.equal(401, code)
+        assert.matches('scope="cal:write"', headers["www-authenticate"], 1, true)
+      end)
+    end)
+
+    it("still asks for a token when nothing is public", function()
+      with_gateway("closed", [[
+return {
+  resource = "https://cal.example.com/mcp",
+  scopes = { ["cal:read"] = "Read" },
+  tools = { echo = "cal:read" },
+}
+]], "", function(addr)
+        local code, headers = post(addr, INIT)
+        assert.equal(401, code)
+        assert.truthy(headers["www-authenticate"]:find("resource_metadata=", 1, true))
+        assert.equal(200, (post(addr, INIT, mint("cal:read"))))
+      end)
+    end)
+  end)
+
   describe("Host and Origin defaults", function()
     local POLICY = [[
 return {

@@ -106,20 +106,20 @@ void sg_decide(const sg_site *site, const sg_req *req, const sg_token *token,
     sg_token_granted(u, token, &granted);
     sg_universe_effective(u, &granted, &effective);
 
+    /* Described only when refused: an allowed request pays for no text. */
     sg_buf desc = SG_BUF_INIT;
-    sg_req_describe(u, req, &desc);
-    const char *what = desc.data ? desc.data : "";
-
     if (!token_error && !sg_req_satisfiable(req)) {
         d->outcome = SG_DENIED;
         d->status = 403;
-        sg_buf_puts(&d->message, what);
+        sg_req_describe(u, req, &d->message);
     } else if (token_error || (!token && !sg_req_satisfied(req, 0, &effective))) {
         d->outcome = SG_UNAUTHORIZED;
         d->status = 401;
         sg_scopeset empty;
         sg_scopeset_clear(&empty);
         if (sg_req_stepup(u, req, &empty, &add) == 0) d->scope = add;
+        sg_req_describe(u, req, &desc);
+        const char *what = desc.data ? desc.data : "";
         if (token_error) {
             size_t n = strlen(token_error);
             sg_buf_printf(&d->message, "Invalid access token: %s%s %s", token_error,
@@ -133,14 +133,18 @@ void sg_decide(const sg_site *site, const sg_req *req, const sg_token *token,
         d->outcome = SG_ALLOW;
         d->status = 200;
     } else {
-        /* Satisfiable, so a step-up set exists. */
+        /* Satisfiable, so a step-up set exists. The description names
+         * only what is missing: scopes held (directly or through implies)
+         * are not news to the caller. */
         sg_req_stepup(u, req, &effective, &add);
         d->outcome = SG_FORBIDDEN;
         d->status = 403;
         d->scope = granted;
         sg_scopeset_union(&d->scope, &add);
-        sg_buf_puts(&d->message, what);
-        challenge(site, d, "insufficient_scope", what);
+        sg_req_describe_missing(u, req, &effective, &desc);
+        const char *lacks = desc.data ? desc.data : "";
+        sg_buf_puts(&d->message, lacks);
+        challenge(site, d, "insufficient_scope", lacks);
     }
     sg_buf_free(&desc);
 }

@@ -1,12 +1,18 @@
-/* conffile.c -- a Lua config file as flags (see conffile.h). */
+/* conffile.c -- a Lua config file as flags (see conffile.h).
+ *
+ * Every error names FILE:LINE. Lua reports its own errors with a line; for
+ * a setting, the line is where its key is written, found by a small scan of
+ * the source that skips comments and strings (`key =` or `["key"] =`). */
 #include "conffile.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <lua.h>
 
+#include "cli.h"
 #include "sandbox.h"
 #include "sg.h"
 
@@ -34,8 +40,116 @@ static int by_string(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* Offset just past a Lua string or comment starting at src[i], or i when
+ * none starts there. Long brackets ([[...]], [==[...]==]) included. */
+static size_t skip_lua_literal(const char *src, size_t len, size_t i)
+{
+    size_t j = i, level = 0;
+    int comment = src[i] == '-' && i + 1 < len && src[i + 1] == '-';
+    if (comment) j += 2;
+    if (j < len && src[j] == '[') {
+        size_t k = j + 1;
+        while (k < len && src[k] == '=')
+            k++;
+        if (k < len && src[k] == '[') {
+            level = k - j - 1;
+            for (k++; k < len; k++) {
+                if (src[k] != ']') continue;
+                size_t e = k + 1;
+                while (e < len && src[e] == '=')
+                    e++;
+                if (e < len && src[e] == ']' && e - k - 1 == level) return e + 1;
+            }
+            return len;
+        }
+    }
+    if (comment) {
+        while (j < len && src[j] != '\n')
+            j++;
+        return j;
+    }
+    if (src[i] == '"' || src[i] == '\'') {
+        for (j = i + 1; j < len && src[j] != src[i] && src[j] != '\n'; j++)
+            if (src[j] == '\\') j++;
+        return j < len ? j + 1 : len;
+    }
+    return i;
+}
+
+/* The line where `key = ...` or `["key"] = ...` is first written in src
+ * (outside comments and strings), or 0 when it is not found. */
+static int key_line(const char *src, size_t len, const char *key)
+{
+    size_t klen = strlen(key);
+    int line = 1;
+    for (size_t i = 0; i < len;) {
+        size_t after = skip_lua_literal(src, len, i);
+        if (after != i) {
+            /* ["key"] = : a string literal right after '[' and before ']' */
+            if ((src[i] == '"' || src[i] == '\'') && after - i - 2 == klen &&
+                memcmp(src + i + 1, key, klen) == 0) {
+                size_t b = i;
+                while (b > 0 && isspace((unsigned char)src[b - 1]))
+                    b--;
+                size_t e = after;
+                while (e < len && isspace((unsigned char)src[e]))
+                    e++;
+                if (b > 0 && src[b - 1] == '[' && e < len && src[e] == ']') {
+                    e++;
+                    while (e < len && isspace((unsigned char)src[e]))
+                        e++;
+                    if (e < len && src[e] == '=' && (e + 1 >= len || src[e + 1] != '='))
+                        return line;
+                }
+            }
+            for (size_t k = i; k < after; k++)
+                line += src[k] == '\n';
+            i = after;
+            continue;
+        }
+        if (isalpha((unsigned char)src[i]) || src[i] == '_') {
+            size_t start = i;
+            while (i < len && (isalnum((unsigned char)src[i]) || src[i] == '_'))
+                i++;
+            int field = start > 0 && (src[start - 1] == '.' || src[start - 1] == ':');
+            size_t e = i;
+            while (e < len && isspace((unsigned char)src[e]) && src[e] != '\n')
+                e++;
+            if (!field && i - start == klen && memcmp(src + start, key, klen) == 0 && e < len &&
+                src[e] == '=' && (e + 1 >= len || src[e + 1] != '='))
+                return line;
+            continue;
+        }
+        line += src[i] == '\n';
+        i++;
+    }
+    return 0;
+}
+
+/* The line of the last top-level `return` (where the settings table is
+ * built), or 1: for errors about the table as a whole. */
+static int return_line(const char *src, size_t len)
+{
+    int line = 1, found = 1;
+    for (size_t i = 0; i < len;) {
+        size_t after = skip_lua_literal(src, len, i);
+        if (after != i) {
+            for (size_t k = i; k < after; k++)
+                line += src[k] == '\n';
+            i = after;
+            continue;
+        }
+        if (strncmp(src + i, "return", 6) == 0 && (i == 0 || !isalnum((unsigned char)src[i - 1])) &&
+            !isalnum((unsigned char)src[i + 6]) && src[i + 6] != '_')
+            found = line;
+        line += src[i] == '\n';
+        i++;
+    }
+    return found;
+}
+
 /* One value: a string, an integer, or (for repeatable flags) a list. */
-static int push_value(lua_State *L, argv_builder *b, const char *flag, const char *path,
+static int push_value(lua_State *L, argv_builder *b, const char *flag, const char *where,
                       const char *key)
 {
     int t = lua_type(L, -1);
@@ -54,7 +168,7 @@ static int push_value(lua_State *L, argv_builder *b, const char *flag, const cha
             lua_pop(L, 1);
             if (rc) {
                 if (rc == -1)
-                    fprintf(stderr, "scopegate serve: %s: %s[%lld] must be a string\n", path, key,
+                    fprintf(stderr, "scopegate serve: %s: %s[%lld] must be a string\n", where, key,
                             (long long)i);
                 return rc;
             }
@@ -62,12 +176,12 @@ static int push_value(lua_State *L, argv_builder *b, const char *flag, const cha
         return 0;
     }
     fprintf(stderr, "scopegate serve: %s: %s must be a string, an integer or a list, not %s\n",
-            path, key, lua_typename(L, t));
+            where, key, lua_typename(L, t));
     return -1;
 }
 
-int sg_config_argv(const char *path, const char *const *known_flags, int *argc_out,
-                   char ***argv_out)
+int sg_config_parse(const char *path, const sg_flag *flags, size_t nflags, int *argc_out,
+                    char ***argv_out)
 {
     *argc_out = 0;
     *argv_out = NULL;
@@ -79,14 +193,20 @@ int sg_config_argv(const char *path, const char *const *known_flags, int *argc_o
     sg_buf err = SG_BUF_INIT;
     argv_builder b = {NULL, 0, 0};
     const char **keys = NULL;
+    size_t srclen = 0;
+    char *src = NULL;
     int rc = -1;
+    char where[1100];
     if (sg_sandbox_run_file(sb, path, &err) != 0) {
         fprintf(stderr, "scopegate serve: --config %s\n", err.data ? err.data : path);
         goto done;
     }
+    /* Evaluated, so readable: the text only serves to find lines. */
+    src = sg_read_file(path, SG_SANDBOX_MAX_SOURCE, &srclen);
     lua_State *L = sg_sandbox_lua(sb);
     if (!lua_istable(L, -1)) {
-        fprintf(stderr, "scopegate serve: %s: must return a table of settings\n", path);
+        fprintf(stderr, "scopegate serve: %s:%d: must return a table of settings\n", path,
+                src ? return_line(src, srclen) : 1);
         goto done;
     }
     /* Keys in sorted order, so errors and overrides are deterministic. */
@@ -95,7 +215,8 @@ int sg_config_argv(const char *path, const char *const *known_flags, int *argc_o
     while (lua_next(L, -2)) {
         lua_pop(L, 1);
         if (lua_type(L, -1) != LUA_TSTRING) {
-            fprintf(stderr, "scopegate serve: %s: every key must be a flag name\n", path);
+            fprintf(stderr, "scopegate serve: %s:%d: every key must be a flag name\n", path,
+                    src ? return_line(src, srclen) : 1);
             lua_pop(L, 1);
             goto done;
         }
@@ -109,29 +230,39 @@ int sg_config_argv(const char *path, const char *const *known_flags, int *argc_o
     }
     qsort(keys, nkeys, sizeof *keys, by_string);
     for (size_t i = 0; i < nkeys; i++) {
+        int line = src ? key_line(src, srclen, keys[i]) : 0;
+        snprintf(where, sizeof where, "%s:%d", path, line > 0 ? line : 1);
         char flag[96];
         int n = snprintf(flag, sizeof flag, "--%s", keys[i]);
         for (char *c = flag + 2; *c; c++)
             if (*c == '_') *c = '-';
-        int known = n > 0 && (size_t)n < sizeof flag && strcmp(flag, "--config") != 0;
-        for (const char *const *k = known_flags; known && *k; k++)
-            if (strcmp(*k, flag) == 0) break;
-            else if (!k[1]) known = 0;
+        int known = 0;
+        for (size_t k = 0; k < nflags && n > 0 && (size_t)n < sizeof flag; k++)
+            known |= strcmp(flags[k].name, flag) == 0 && strcmp(flag, "--config") != 0;
         if (!known) {
-            fprintf(stderr, "scopegate serve: %s: unknown setting '%s' (the flag names of "
-                            "scopegate serve --help, without dashes)\n",
-                    path, keys[i]);
+            fprintf(stderr,
+                    "scopegate serve: %s: unknown setting '%s' (the flag names of "
+                    "scopegate serve --help, without dashes)\n",
+                    where, keys[i]);
             goto done;
         }
+        int first = b.n;
         lua_getfield(L, -1, keys[i]);
-        int vr = push_value(L, &b, flag, path, keys[i]);
+        int vr = push_value(L, &b, flag, where, keys[i]);
         lua_pop(L, 1);
         if (vr == -2) goto oom;
         if (vr != 0) goto done;
+        /* Checked by the one flag parser, one setting at a time, so that
+         * its message carries this setting's file:line. */
+        char cmd[1200];
+        snprintf(cmd, sizeof cmd, "serve: %s", where);
+        int npos = 0;
+        if (sg_flags_parse(cmd, b.n, b.v, first, flags, nflags, NULL, 0, &npos) != 0) goto done;
     }
     *argc_out = b.n;
     *argv_out = b.v;
     b.v = NULL;
+    b.n = 0;
     rc = 0;
     goto done;
 oom:
@@ -139,6 +270,7 @@ oom:
 done:
     sg_config_argv_free(b.n, b.v);
     free(keys);
+    free(src);
     sg_buf_free(&err);
     sg_sandbox_free(sb);
     return rc;

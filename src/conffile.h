@@ -15,15 +15,21 @@
 #ifndef SG_CONFFILE_H
 #define SG_CONFFILE_H
 
-/* Evaluates the config file at path and returns a NULL-terminated argument
- * vector ("--listen", "0.0.0.0:8080", ...) in *argv_out with its length in
- * *argc_out, in key order. Free it with sg_config_argv_free. Returns 0, or
- * -1 after printing "scopegate serve: FILE: ..." (a Lua error with its
- * line, a value of the wrong type, or a key that is not a flag name; the
- * names in known_flags, a NULL-terminated list of "--flag" strings, are the
- * valid ones). */
-int sg_config_argv(const char *path, const char *const *known_flags, int *argc_out,
-                   char ***argv_out);
+#include <stddef.h>
+
+#include "cli.h"
+
+/* Evaluates the config file at path and parses its settings, in key order,
+ * into flags (nflags entries, the same table the command line uses) with
+ * sg_flags_parse. The strings the flags receive point into an argument
+ * vector returned in *argv_out (length *argc_out): free it with
+ * sg_config_argv_free only after the last use of the parsed values.
+ * Returns 0, or -1 after printing one "scopegate serve: FILE:LINE: ..."
+ * line (a Lua error at its line; an unknown setting, a value of the wrong
+ * type or a value the flag refuses at the line of its key; a file that
+ * does not return a table at its `return`); nothing is left to free then. */
+int sg_config_parse(const char *path, const sg_flag *flags, size_t nflags, int *argc_out,
+                    char ***argv_out);
 void sg_config_argv_free(int argc, char **argv);
 
 #endif

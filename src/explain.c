@@ -25,6 +25,23 @@ int sg_cmd_explain(int argc, char **argv);
 static const char *const outcome_names[] = {"allow", "401 unauthorized", "403 insufficient_scope",
                                             "403 denied"};
 
+/* The exit status per outcome, so scripts and CI can assert a decision
+ * without parsing the text (documented in the usage and docs/policy.md).
+ * 1 (could not decide) and 2 (usage) are taken by the CLI conventions. */
+enum {
+    EXPLAIN_EXIT_ALLOW = 0,
+    EXPLAIN_EXIT_UNAUTHORIZED = 3, /* 401: no token, or it lacks what is needed */
+    EXPLAIN_EXIT_FORBIDDEN = 4,    /* 403 insufficient_scope: a step-up can help */
+    EXPLAIN_EXIT_DENIED = 5,       /* 403 denied: the policy says never, or failed */
+    EXPLAIN_EXIT_INVALID = 6       /* 400: the body is refused before any policy */
+};
+static const int outcome_exit[] = {
+    [SG_ALLOW] = EXPLAIN_EXIT_ALLOW,
+    [SG_UNAUTHORIZED] = EXPLAIN_EXIT_UNAUTHORIZED,
+    [SG_FORBIDDEN] = EXPLAIN_EXIT_FORBIDDEN,
+    [SG_DENIED] = EXPLAIN_EXIT_DENIED,
+};
+
 static int explain_usage(FILE *f)
 {
     fputs("usage: scopegate explain POLICY --message JSON [--claims JSON | --token JWT]\n"
@@ -32,7 +49,10 @@ static int explain_usage(FILE *f)
           "                         [--public-url URL]\n"
           "Prints each message's rule and requirement and the decision the gateway would\n"
           "make. --token is decoded WITHOUT verifying its signature; omit both --claims and\n"
-          "--token for an anonymous caller. --message - reads the body from stdin.\n",
+          "--token for an anonymous caller. --message - reads the body from stdin.\n"
+          "Exit status: 0 allow, 3 401 unauthorized, 4 403 insufficient_scope,\n"
+          "5 403 denied (by the policy, or a policy error), 6 400 invalid body;\n"
+          "1 when it cannot decide (policy does not load, bad claims), 2 for usage.\n",
           f);
     return f == stderr ? 2 : 0;
 }
@@ -150,7 +170,7 @@ int sg_cmd_explain(int argc, char **argv)
     int prc = sg_mcp_parse(body_text, body_len, NULL, &body);
     if (prc != 0) {
         printf("decision:    400 (JSON-RPC %d)\nmessage:     %s\n", prc, body.error_message);
-        status = 0;
+        status = EXPLAIN_EXIT_INVALID;
         goto done;
     }
     version = version ? version : SG_MCP_DEFAULT_VERSION;
@@ -187,7 +207,7 @@ int sg_cmd_explain(int argc, char **argv)
     if (d.challenge.len) printf("challenge:   WWW-Authenticate: %s\n", d.challenge.data);
     if (d.outcome != SG_ALLOW) printf("message:     %s\n", d.message.data ? d.message.data : "");
     sg_buf_free(&rm);
-    status = 0;
+    status = outcome_exit[d.outcome];
 done:
     sg_mcp_body_free(&body);
     sg_decision_free(&d);

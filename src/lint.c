@@ -381,7 +381,7 @@ static void collect_rule(const sg_policy_rule_info *info, void *ctx)
     if (info->req)
         req_scopes(info->req, &r->scopes);
     else
-        r->scopes_known = sg_policy_function_scopes(l->p, info->name, &r->scopes) == 0;
+        r->scopes_known = sg_policy_rule_scopes(l->p, info->name, &r->scopes) == 0;
 }
 
 static int rule_order(const void *a, const void *b)

@@ -513,6 +513,26 @@ static int l_policy_info(lua_State *L)
     lua_setfield(L, -2, "universe");
     lua_pushboolean(L, sg_policy_has_public_rule(p));
     lua_setfield(L, -2, "has_public_rule");
+    const sg_policy_scope_use *uses;
+    int nuses = sg_policy_function_scopes(p, &uses);
+    lua_createtable(L, nuses, 0);
+    for (int i = 0; i < nuses; i++) {
+        lua_createtable(L, 0, 6);
+        lua_pushstring(L, uses[i].scope);
+        lua_setfield(L, -2, "scope");
+        lua_pushstring(L, uses[i].rule);
+        lua_setfield(L, -2, "rule");
+        lua_pushstring(L, uses[i].file);
+        lua_setfield(L, -2, "file");
+        lua_pushinteger(L, uses[i].line);
+        lua_setfield(L, -2, "line");
+        lua_pushboolean(L, uses[i].returned);
+        lua_setfield(L, -2, "returned");
+        lua_pushboolean(L, uses[i].known);
+        lua_setfield(L, -2, "known");
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "function_scopes");
     const sg_sandbox_limits *lim = sg_sandbox_limits_of(sg_policy_sandbox(p));
     lua_createtable(L, 0, 7);
     lua_pushinteger(L, (lua_Integer)lim->call_instructions);

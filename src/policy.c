@@ -232,14 +232,23 @@ static size_t location_prefix(const char *msg);
 
 /* ---- rules and their tables ----------------------------------------------- */
 
+/* One step of a compiled resource template (see compile_template). */
+enum { TP_LIT, TP_ANY1, TP_SEG1, TP_ANYSTAR, TP_SEGSTAR };
+typedef struct tmpl_part {
+    unsigned char kind, c; /* c: the byte of a TP_LIT */
+} tmpl_part;
+
 typedef struct rule {
     const char *key; /* tool/prompt name, resource URI or pattern, method */
     size_t keylen;
     const char *name; /* "tools.delete_entry" */
     int line;
-    const sg_req *req; /* static requirement; NULL for a function rule */
-    int ref;           /* registry reference of the function, or LUA_NOREF */
-    size_t literal;    /* resource globs: bytes of literal text */
+    const sg_req *req;     /* static requirement; NULL for a function rule */
+    int ref;               /* registry reference of the function, or LUA_NOREF */
+    size_t literal;        /* resource patterns: bytes of literal text */
+    size_t unrestricted;   /* resource patterns: `*` and {+var}, which cross '/' */
+    const tmpl_part *tmpl; /* resource templates ({var}): the compiled key, else NULL */
+    size_t ntmpl;
 } rule;
 
 typedef struct rule_map {
@@ -309,6 +318,8 @@ struct sg_policy {
     size_t functions_cap;
     char hash[SG_POLICY_HASH_LEN + 1]; /* sg_policy_hash */
     int annotations_from_upstream;     /* tool_annotations = "upstream" */
+    sg_policy_scope_use *fscopes; /* scope constants of function rules */
+    int nfscopes;
 };
 
 static const char *const builtin_methods[] = {
@@ -331,6 +342,16 @@ typedef struct loader {
     sg_arena *arena;
     int nodes;
     sg_buf runtime_error;
+    /* String constants of function rules, collected while loading and
+     * sorted out once every scope is known (finish_function_scopes). */
+    struct fconst {
+        const char *text, *rule, *file;
+        size_t len;
+        int line, returned;
+    } * fconsts;
+    size_t nfconsts, fconsts_cap;
+    char *module_path, *module_src; /* the last module read for a scan */
+    size_t module_len;
 } loader;
 
 static void finding(loader *ld, int is_error, int line, const char *where, const char *fmt, ...)
@@ -383,6 +404,36 @@ static const char *quoted(char *buf, size_t size, const char *s, size_t len)
 static const sg_req *compile_req(loader *ld, int idx, const char *where, size_t from, int depth,
                                  int top, int *is_function);
 
+/* The requirement words of docs/policy.md, which no scope may be named
+ * after: a rule naming one means the requirement, never the scope. Returns
+ * what the word means, or NULL when s is not reserved. */
+static const char *reserved_meaning(const char *s, size_t len)
+{
+    static const struct {
+        const char *word, *meaning;
+    } reserved[] = {
+        {"public", "the requirement for no token at all"},
+        {"authenticated", "the requirement for any valid token"},
+        {"deny", "the requirement that always refuses"},
+    };
+    for (size_t i = 0; i < SG_ARRAY_LEN(reserved); i++)
+        if (strlen(reserved[i].word) == len && memcmp(reserved[i].word, s, len) == 0)
+            return reserved[i].meaning;
+    return NULL;
+}
+
+/* Reports a reserved word used where a scope name belongs. Returns 1 when
+ * s was reserved (and reported), else 0. */
+static int refuse_reserved(loader *ld, int line, const char *where, const char *s, size_t len)
+{
+    const char *meaning = reserved_meaning(s, len);
+    if (!meaning) return 0;
+    char q[160];
+    finding(ld, 1, line, where, "%s is a reserved word (%s), not a scope name",
+            quoted(q, sizeof q, s, len), meaning);
+    return 1;
+}
+
 /* A scope named in a requirement, advertise or implies. Returns its id or
  * -1 after reporting. */
 static int scope_ref(loader *ld, const char *s, size_t len, const char *where, size_t from,
@@ -396,6 +447,7 @@ static int scope_ref(loader *ld, const char *s, size_t len, const char *where, s
                 quoted(q, sizeof q, s, len), context, SG_MAX_SCOPE_LEN);
         return -1;
     }
+    if (refuse_reserved(ld, line_near(ld, SRC_STRING, s, len, from), where, s, len)) return -1;
     int id = sg_universe_find(ld->p->u, s, len);
     if (ld->runtime) {
         if (id < 0)
@@ -764,7 +816,7 @@ static void load_scopes(loader *ld, int policy)
                     "invalid scope %s (scope tokens are 1-%d printable ASCII characters without "
                     "spaces, double quotes or backslashes)",
                     quoted(q, sizeof q, s, len), SG_MAX_SCOPE_LEN);
-        else
+        else if (!refuse_reserved(ld, line, "scopes", s, len))
             nvalid++;
         lua_pop(L, 1);
     }
@@ -778,7 +830,7 @@ static void load_scopes(loader *ld, int policy)
         size_t len;
         if (lua_type(L, -1) == LUA_TSTRING && n < nvalid) {
             const char *s = lua_tolstring(L, -1, &len);
-            if (sg_scope_token_valid(s, len)) names[n++] = s;
+            if (sg_scope_token_valid(s, len) && !reserved_meaning(s, len)) names[n++] = s;
         }
     }
     qsort(names, n, sizeof *names, by_name);
@@ -901,6 +953,244 @@ static rule *new_rule(loader *ld, const char *table, const char *key, size_t key
     return r;
 }
 
+/* ---- scopes a function rule can return -----------------------------------------
+ *
+ * A function rule's requirement is known only when it runs, and `check`
+ * runs it once, in one phase: a misspelt scope in a branch taken only in
+ * the call phase would pass. So the function's source text (its span,
+ * lines linedefined..lastlinedefined, in the policy or in a module) is
+ * scanned with a rough Lua tokenizer for string constants. A constant is
+ * "returned" when it sits in a return expression (up to the end, else,
+ * elseif or until that closes the return's block) and is not an operand of
+ * a comparison or of `..`, not an index ([...]) or call argument, and not
+ * the text of `why =` or `deny =`. Constants that merely equal a scope the
+ * policy knows are kept too (`local need = "a:admin"`). Heuristic by
+ * nature: it can miss a scope built at run time, and it never executes
+ * anything. */
+
+enum { TK_NAME, TK_STRING, TK_OTHER };
+typedef struct lua_token {
+    size_t off, len; /* the token; for strings the text between the quotes */
+    int kind, line;
+} lua_token;
+
+static int token_is(const char *src, const lua_token *t, const char *text)
+{
+    return t && t->len == strlen(text) && memcmp(src + t->off, text, t->len) == 0 &&
+           t->kind != TK_STRING;
+}
+
+static int is_lua_keyword(const char *src, const lua_token *t)
+{
+    static const char *const kw[] = {"and",   "break", "do",       "else", "elseif", "end",
+                                     "false", "for",   "function", "goto", "if",     "in",
+                                     "local", "nil",   "not",      "or",   "repeat", "return",
+                                     "then",  "true",  "until",    "while"};
+    if (t->kind != TK_NAME) return 0;
+    for (size_t i = 0; i < SG_ARRAY_LEN(kw); i++)
+        if (token_is(src, t, kw[i])) return 1;
+    return 0;
+}
+
+/* Tokenizes src[from..to) (line numbers from first_line). Returns the
+ * token count; *out is malloc'd (free it), NULL when out of memory. */
+static size_t lua_tokens(const char *src, size_t from, size_t to, int first_line, lua_token **out)
+{
+    size_t n = 0, cap = 64, level;
+    lua_token *t = malloc(cap * sizeof *t);
+    int line = first_line;
+    for (size_t i = from; t && i < to;) {
+        char c = src[i];
+        size_t lo, start = i;
+        lua_token tok = {i, 1, TK_OTHER, line};
+        if (c == '\n' || isspace((unsigned char)c)) {
+            line += c == '\n';
+            i++;
+            continue;
+        }
+        if (c == '-' && i + 1 < to && src[i + 1] == '-') {
+            i += 2;
+            if ((lo = long_open(src, to, i, &level)) != 0)
+                i = long_close(src, to, i + lo, level);
+            else
+                while (i < to && src[i] != '\n')
+                    i++;
+            for (size_t k = start; k < i; k++)
+                line += src[k] == '\n';
+            continue;
+        }
+        if (c == '"' || c == '\'') {
+            i++;
+            while (i < to && src[i] != c && src[i] != '\n')
+                i += (src[i] == '\\' && i + 1 < to) ? 2 : 1;
+            tok = (lua_token){start + 1, (i < to ? i : to) - start - 1, TK_STRING, line};
+            if (i < to) i++;
+        } else if ((lo = long_open(src, to, i, &level)) != 0) {
+            i = long_close(src, to, i + lo, level);
+            size_t end = i >= level + 2 ? i - level - 2 : i;
+            tok = (lua_token){start + lo, end > start + lo ? end - start - lo : 0, TK_STRING, line};
+            for (size_t k = start; k < i; k++)
+                line += src[k] == '\n';
+        } else if (is_ident((unsigned char)c) && !isdigit((unsigned char)c)) {
+            while (i < to && is_ident((unsigned char)src[i]))
+                i++;
+            tok = (lua_token){start, i - start, TK_NAME, line};
+        } else if (isdigit((unsigned char)c)) {
+            while (i < to && (is_ident((unsigned char)src[i]) || src[i] == '.'))
+                i++;
+            tok = (lua_token){start, i - start, TK_OTHER, line};
+        } else {
+            static const char *const two[] = {"==", "~=", "<=", ">=", "..", "::", "//", "<<", ">>"};
+            size_t len = 1;
+            for (size_t k = 0; k < SG_ARRAY_LEN(two) && i + 1 < to; k++)
+                if (src[i] == two[k][0] && src[i + 1] == two[k][1]) len = 2;
+            if (len == 2 && src[i] == '.' && i + 2 < to && src[i + 2] == '.') len = 3;
+            i += len;
+            tok = (lua_token){start, len, TK_OTHER, line};
+        }
+        if (n == cap) {
+            lua_token *g = realloc(t, (cap *= 2) * sizeof *t);
+            if (!g) {
+                free(t);
+                t = NULL;
+                break;
+            }
+            t = g;
+        }
+        t[n++] = tok;
+    }
+    *out = t;
+    return t ? n : 0;
+}
+
+static void add_fconst(loader *ld, const char *src, const lua_token *t, const rule *r,
+                       const char *file, int returned)
+{
+    if (ld->nfconsts == ld->fconsts_cap) {
+        size_t cap = ld->fconsts_cap ? ld->fconsts_cap * 2 : 32;
+        struct fconst *f = realloc(ld->fconsts, cap * sizeof *f);
+        if (!f) luaL_error(ld->L, "out of memory");
+        ld->fconsts = f;
+        ld->fconsts_cap = cap;
+    }
+    ld->fconsts[ld->nfconsts++] =
+        (struct fconst){arena_copy(ld, &ld->p->arena, src + t->off, t->len),
+                        r->name,
+                        file,
+                        t->len,
+                        t->line,
+                        returned};
+}
+
+/* Collects the string constants of the function rule r, written in file
+ * (the policy or a module) at lines first..last. */
+static void scan_function(loader *ld, const rule *r, const char *file, int first, int last)
+{
+    const char *src;
+    size_t len;
+    if (strcmp(file, ld->p->path) == 0) {
+        src = ld->idx.src;
+        len = ld->idx.len;
+    } else {
+        if (!ld->module_path || strcmp(ld->module_path, file) != 0) {
+            free(ld->module_path);
+            free(ld->module_src);
+            ld->module_path = strdup(file);
+            ld->module_src = sg_read_file(file, SG_SANDBOX_MAX_SOURCE, &ld->module_len);
+        }
+        src = ld->module_src;
+        len = ld->module_len;
+    }
+    if (!src || first < 1 || last < first) return;
+    size_t from = 0, to = len;
+    int line = 1;
+    for (size_t i = 0; i < len && line < first; i++)
+        if (src[i] == '\n' && ++line == first) from = i + 1;
+    for (size_t i = from; i < len; i++)
+        if (src[i] == '\n' && ++line > last) {
+            to = i;
+            break;
+        }
+    const char *path = arena_copy(ld, &ld->p->arena, file, strlen(file));
+    lua_token *t = NULL;
+    size_t n = lua_tokens(src, from, to, first, &t);
+    /* Bracket kinds since the function's start: '(' grouping, 'c' call
+     * parentheses, '[' index, '{' table. */
+    char stack[256];
+    int depth = 0, ret_depth = -1;
+    for (size_t i = 0; i < n; i++) {
+        const lua_token *k = &t[i], *prev = i ? &t[i - 1] : NULL,
+                        *next = i + 1 < n ? &t[i + 1] : NULL;
+        if (token_is(src, k, "return")) {
+            ret_depth = depth;
+        } else if (ret_depth == depth && (token_is(src, k, "end") || token_is(src, k, "else") ||
+                                          token_is(src, k, "elseif") || token_is(src, k, "until") ||
+                                          token_is(src, k, ";"))) {
+            ret_depth = -1;
+        } else if (k->kind == TK_OTHER && k->len == 1 && strchr("([{", src[k->off])) {
+            char kind = src[k->off];
+            if (kind == '(' && prev &&
+                ((prev->kind == TK_NAME && !is_lua_keyword(src, prev)) || prev->kind == TK_STRING ||
+                 token_is(src, prev, ")") || token_is(src, prev, "]")))
+                kind = 'c';
+            if (depth < (int)sizeof stack) stack[depth] = kind;
+            depth++;
+        } else if (k->kind == TK_OTHER && k->len == 1 && strchr(")]}", src[k->off])) {
+            if (depth > 0) depth--;
+            if (ret_depth > depth) ret_depth = -1;
+        } else if (k->kind == TK_STRING) {
+            char inner = depth > 0 && depth <= (int)sizeof stack ? stack[depth - 1] : 0;
+            static const char *const ops[] = {"==", "~=", "..", "<", ">", "<=", ">="};
+            int operand = 0;
+            for (size_t o = 0; o < SG_ARRAY_LEN(ops); o++)
+                operand |= token_is(src, prev, ops[o]) || token_is(src, next, ops[o]);
+            int reason = token_is(src, prev, "=") && i >= 2 &&
+                         (token_is(src, &t[i - 2], "why") || token_is(src, &t[i - 2], "deny"));
+            int call_arg = prev && ((prev->kind == TK_NAME && !is_lua_keyword(src, prev)) ||
+                                    token_is(src, prev, ")"));
+            int returned = ret_depth >= 0 && depth >= ret_depth && inner != 'c' && inner != '[' &&
+                           !operand && !reason && !call_arg;
+            if (!memchr(src + k->off, '\\', k->len) && sg_scope_token_valid(src + k->off, k->len))
+                add_fconst(ld, src, k, r, path, returned);
+        }
+    }
+    free(t);
+}
+
+/* Sorts the collected constants into p->fscopes once every scope is
+ * known: returned constants (reserved words aside) and constants naming a
+ * known scope. A returned "public" makes protocol plumbing public (the
+ * rule may let anonymous callers in). A returned constant the policy does not know is a warning
+ * (returning it would be a policy error at run time). */
+static void finish_function_scopes(loader *ld)
+{
+    sg_policy *p = ld->p;
+    if (!ld->nfconsts) return;
+    p->fscopes = sg_arena_alloc(&p->arena, ld->nfconsts * sizeof *p->fscopes);
+    if (!p->fscopes) luaL_error(ld->L, "out of memory");
+    for (size_t i = 0; i < ld->nfconsts; i++) {
+        const struct fconst *c = &ld->fconsts[i];
+        if (c->returned && c->len == 6 && memcmp(c->text, "public", 6) == 0) p->any_public = 1;
+        if (reserved_meaning(c->text, c->len)) continue;
+        int known = sg_universe_find(p->u, c->text, c->len) >= 0;
+        if (!c->returned && !known) continue;
+        int dup = 0;
+        for (int j = 0; j < p->nfscopes && !dup; j++)
+            dup = p->fscopes[j].rule == c->rule && strcmp(p->fscopes[j].scope, c->text) == 0 &&
+                  p->fscopes[j].returned >= c->returned;
+        if (dup) continue;
+        p->fscopes[p->nfscopes++] =
+            (sg_policy_scope_use){c->text, c->rule, c->file, c->line, c->returned, known};
+        if (c->returned && !known) {
+            char q[160];
+            sg_buf_printf(&ld->report,
+                          "%s:%d: warning: %s: scope %s returned by this function is not declared "
+                          "(a typo? returning it would be a policy error; list it in `scopes`)\n",
+                          c->file, c->line, c->rule, quoted(q, sizeof q, c->text, c->len));
+        }
+    }
+}
+
 /* Compiles the rule value on top of the stack into r (static or function).
  * Returns 0, or -1 after reporting. */
 static int compile_rule(loader *ld, rule *r, size_t from)
@@ -911,7 +1201,11 @@ static int compile_rule(loader *ld, rule *r, size_t from)
     if (fn) {
         lua_Debug ar;
         lua_pushvalue(L, -1);
-        if (lua_getinfo(L, ">S", &ar) && ar.linedefined > 0) r->line = ar.linedefined;
+        if (lua_getinfo(L, ">S", &ar) && ar.linedefined > 0) {
+            r->line = ar.linedefined;
+            if (ar.source && ar.source[0] == '@')
+                scan_function(ld, r, ar.source + 1, ar.linedefined, ar.lastlinedefined);
+        }
         lua_pushvalue(L, -1);
         r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
         sg_policy *p = ld->p;
@@ -930,14 +1224,149 @@ static int compile_rule(loader *ld, rule *r, size_t from)
     return 0;
 }
 
+/* In a resource template key, a byte a {var} never matches: it would
+ * leave the path segment (RFC 3986: '/' separates segments, '?' starts
+ * the query, '#' the fragment). */
+static int segment_byte(unsigned char c)
+{
+    return c != '/' && c != '?' && c != '#';
+}
+
+/* RFC 6570 varname: varchar *( ["."] varchar ), varchar = ALPHA / DIGIT /
+ * "_" / pct-encoded. Returns 1 when s[0..len) is one. */
+static int template_varname(const char *s, size_t len)
+{
+    if (len == 0 || s[0] == '.' || s[len - 1] == '.') return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '%') {
+            if (i + 2 >= len || !isxdigit((unsigned char)s[i + 1]) ||
+                !isxdigit((unsigned char)s[i + 2]))
+                return 0;
+            i += 2;
+        } else if (c == '.') {
+            if (s[i + 1] == '.') return 0;
+        } else if (!isalnum(c) && c != '_') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Compiles a resource key holding RFC 6570 expressions into r->tmpl: a
+ * literal byte matches itself, `*` any run (as in globs), {var} one or more
+ * bytes within a path segment (no '/', '?' or '#'), {+var} one or more of
+ * any bytes. Other operators, lists and modifiers are refused with a hint.
+ * Returns 0, or -1 after reporting. */
+static int compile_template(loader *ld, rule *r)
+{
+    const char *k = r->key;
+    size_t len = r->keylen;
+    tmpl_part *parts = sg_arena_alloc(&ld->p->arena, 2 * len * sizeof *parts);
+    if (!parts) luaL_error(ld->L, "out of memory");
+    size_t n = 0;
+    char q[160];
+    for (size_t i = 0; i < len; i++) {
+        if (k[i] == '}') {
+            finding(ld, 1, r->line, r->name, "'}' without '{' in resource template %s",
+                    quoted(q, sizeof q, k, len));
+            return -1;
+        }
+        if (k[i] != '{') {
+            r->literal += k[i] != '*';
+            r->unrestricted += k[i] == '*';
+            parts[n++] = (tmpl_part){k[i] == '*' ? TP_ANYSTAR : TP_LIT, (unsigned char)k[i]};
+            continue;
+        }
+        const char *close = memchr(k + i, '}', len - i);
+        const char *open = memchr(k + i + 1, '{', len - i - 1);
+        if (!close || (open && open < close)) {
+            finding(ld, 1, r->line, r->name, "unclosed '{' in resource template %s",
+                    quoted(q, sizeof q, k, len));
+            return -1;
+        }
+        size_t elen = (size_t)(close - (k + i)) + 1; /* "{...}" */
+        int reserved = k[i + 1] == '+';
+        const char *var = k + i + 1 + reserved;
+        if (!template_varname(var, (size_t)(close - var))) {
+            finding(ld, 1, r->line, r->name,
+                    "unsupported URI template expression %s in resource key (keys take RFC 6570 "
+                    "{name}, one path segment, and {+name}, any text across '/'; write * for "
+                    "anything else)",
+                    quoted(q, sizeof q, k + i, elen));
+            return -1;
+        }
+        parts[n++] = (tmpl_part){reserved ? TP_ANY1 : TP_SEG1, 0};
+        parts[n++] = (tmpl_part){reserved ? TP_ANYSTAR : TP_SEGSTAR, 0};
+        r->unrestricted += (size_t)reserved;
+        i += elen - 1;
+    }
+    r->tmpl = parts;
+    r->ntmpl = n;
+    return 0;
+}
+
+/* Matches s against a compiled template: a set-of-states simulation, so
+ * the cost is at most (template steps) x (URI bytes) whatever the shape. */
+static int template_match(const tmpl_part *t, size_t n, const char *s, size_t slen)
+{
+    unsigned char cur[2 * MAX_NAME_LEN + 1], next[2 * MAX_NAME_LEN + 1];
+    memset(cur, 0, n + 1);
+    cur[0] = 1;
+    for (size_t i = 0; i < n; i++) /* star steps may match nothing */
+        if (cur[i] && (t[i].kind == TP_ANYSTAR || t[i].kind == TP_SEGSTAR)) cur[i + 1] = 1;
+    for (size_t j = 0; j < slen; j++) {
+        unsigned char c = (unsigned char)s[j];
+        int any = 0;
+        memset(next, 0, n + 1);
+        for (size_t i = 0; i < n; i++) {
+            if (!cur[i]) continue;
+            switch (t[i].kind) {
+            case TP_LIT:
+                if (t[i].c == c) next[i + 1] = 1;
+                break;
+            case TP_ANY1:
+                next[i + 1] = 1;
+                break;
+            case TP_SEG1:
+                if (segment_byte(c)) next[i + 1] = 1;
+                break;
+            case TP_ANYSTAR:
+                next[i] = 1;
+                break;
+            case TP_SEGSTAR:
+                if (segment_byte(c)) next[i] = 1;
+                break;
+            }
+        }
+        for (size_t i = 0; i < n; i++)
+            if (next[i] && (t[i].kind == TP_ANYSTAR || t[i].kind == TP_SEGSTAR)) next[i + 1] = 1;
+        for (size_t i = 0; i <= n; i++)
+            any |= (cur[i] = next[i]);
+        if (!any) return 0;
+    }
+    return cur[n];
+}
+
 static int glob_order(const void *a, const void *b)
 {
     const rule *x = *(rule *const *)a, *y = *(rule *const *)b;
     if (x->literal != y->literal) return x->literal > y->literal ? -1 : 1;
+    if (x->unrestricted != y->unrestricted) return x->unrestricted < y->unrestricted ? -1 : 1;
     size_t n = x->keylen < y->keylen ? x->keylen : y->keylen;
     int c = memcmp(x->key, y->key, n);
     if (c) return c;
     return x->keylen < y->keylen ? -1 : x->keylen > y->keylen;
+}
+
+/* 1 when a caller without a token meets r (public, or an any_of with a
+ * public branch). Such a rule makes protocol plumbing public: anonymous
+ * callers must be able to initialize and list to reach it. */
+static int anonymous_allowed(const sg_req *r)
+{
+    sg_scopeset none;
+    sg_scopeset_clear(&none);
+    return sg_req_satisfied(r, 0, &none);
 }
 
 static void load_rules(loader *ld, int policy, int which)
@@ -977,13 +1406,21 @@ static void load_rules(loader *ld, int policy, int which)
         }
         rule *r =
             new_rule(ld, tname, k, len, src_line(&ld->idx, kfrom != NO_OFFSET ? kfrom : from));
+        int is_template = which == T_RESOURCES && (memchr(k, '{', len) || memchr(k, '}', len));
+        if (is_template && compile_template(ld, r) != 0) {
+            lua_pop(L, 1);
+            continue;
+        }
         if (compile_rule(ld, r, kfrom != NO_OFFSET ? kfrom : from) == 0) {
-            if (r->req && r->req->kind == SG_REQ_PUBLIC && which != T_METHODS) p->any_public = 1;
+            if (r->req && anonymous_allowed(r->req)) p->any_public = 1;
             size_t stars = 0;
             for (size_t i = 0; i < len; i++)
                 stars += k[i] == '*';
-            if (which == T_RESOURCES && stars) {
-                r->literal = len - stars;
+            /* A template is also found by its own text: the gateway decides
+             * a resources/templates/list item by its uriTemplate. */
+            if (is_template && map_put(&p->maps[which], r) != 0) luaL_error(L, "out of memory");
+            if (which == T_RESOURCES && (stars || is_template)) {
+                if (!is_template) r->literal = len - stars, r->unrestricted = stars;
                 if (p->nglobs == p->globcap) {
                     size_t cap = p->globcap ? p->globcap * 2 : 8;
                     rule **g = realloc(p->globs, cap * sizeof *g);
@@ -1012,6 +1449,7 @@ static void load_default(loader *ld, int policy)
     if (t != LUA_TNIL) {
         rule *r = new_rule(ld, NULL, "default", 7, src_line(&ld->idx, from));
         if (compile_rule(ld, r, from) == 0) p->default_rule = *r;
+        if (r->req && anonymous_allowed(r->req)) p->any_public = 1;
         if (r->ref != LUA_NOREF) p->functions[p->nfunctions - 1] = &p->default_rule;
     }
     lua_pop(L, 1);
@@ -1077,6 +1515,7 @@ static int compile_policy(lua_State *L)
     for (int w = 0; w < T_COUNT; w++)
         load_rules(ld, policy, w);
     load_default(ld, policy);
+    finish_function_scopes(ld);
 
     if (!p->supported) {
         int n = 0;
@@ -1127,6 +1566,9 @@ static void loader_free(loader *ld)
     sg_buf_free(&ld->errors);
     sg_buf_free(&ld->report);
     sg_buf_free(&ld->runtime_error);
+    free(ld->fconsts);
+    free(ld->module_path);
+    free(ld->module_src);
 }
 
 /* Loads into *out; the findings stay in ld. Returns the policy or NULL. */
@@ -1137,7 +1579,8 @@ static sg_policy *load_policy(const char *path, const sg_policy_limits *limits, 
     if (!p) return NULL;
     ld->p = p;
     sg_arena_init(&p->arena, 16384);
-    p->default_rule = (rule){"default", 7, "default", 0, &sg_req_deny, LUA_NOREF, 0};
+    p->default_rule = (rule){
+        .key = "default", .keylen = 7, .name = "default", .req = &sg_req_deny, .ref = LUA_NOREF};
     p->path = strdup(path);
     p->u = sg_universe_new();
     p->sb = p->path ? sg_sandbox_new(path, limits) : NULL;
@@ -1285,8 +1728,12 @@ static const rule *find_resource(const sg_policy *p, const char *uri)
     size_t len = strlen(uri);
     const rule *r = map_get(&p->maps[T_RESOURCES], uri, len);
     if (r) return r;
-    for (size_t i = 0; i < p->nglobs; i++)
-        if (glob_match(p->globs[i]->key, p->globs[i]->keylen, uri, len)) return p->globs[i];
+    for (size_t i = 0; i < p->nglobs; i++) {
+        const rule *g = p->globs[i];
+        if (g->tmpl ? template_match(g->tmpl, g->ntmpl, uri, len)
+                    : glob_match(g->key, g->keylen, uri, len))
+            return g;
+    }
     return NULL;
 }
 
@@ -1533,6 +1980,12 @@ int sg_policy_has_public_rule(const sg_policy *p)
     return p->any_public;
 }
 
+int sg_policy_function_scopes(const sg_policy *p, const sg_policy_scope_use **out)
+{
+    *out = p->fscopes;
+    return p->nfscopes;
+}
+
 sg_sandbox *sg_policy_sandbox(sg_policy *p)
 {
     return p->sb;
@@ -1674,43 +2127,15 @@ static const rule *find_function_rule(const sg_policy *p, const char *name)
     return NULL;
 }
 
-int sg_policy_function_scopes(sg_policy *p, const char *name, sg_scopeset *out)
+int sg_policy_rule_scopes(const sg_policy *p, const char *name, sg_scopeset *out)
 {
-    const rule *r = find_function_rule(p, name);
-    if (!r) return -1;
-    lua_State *L = sg_sandbox_lua(p->sb);
-    lua_Debug ar;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-    if (!lua_getinfo(L, ">S", &ar) || ar.source[0] != '@' || ar.linedefined <= 0) return -1;
-    size_t len = 0;
-    char *src = sg_read_file(ar.source + 1, SG_SANDBOX_MAX_SOURCE, &len);
-    if (!src) return -1;
-    /* The bytes from the start of line linedefined to the end of
-     * lastlinedefined: the function's text (and whatever shares its lines). */
-    size_t start = 0, end = len;
-    int line = 1;
-    for (size_t i = 0; i < len; i++) {
-        if (src[i] != '\n') continue;
-        line++;
-        if (line == ar.linedefined) start = i + 1;
-        if (line == ar.lastlinedefined + 1) {
-            end = i;
-            break;
-        }
+    if (!find_function_rule(p, name)) return -1;
+    const sg_policy_scope_use *uses;
+    int n = sg_policy_function_scopes(p, &uses);
+    for (int i = 0; i < n; i++) {
+        if (strcmp(uses[i].rule, name) != 0) continue;
+        int id = sg_universe_find(p->u, uses[i].scope, strlen(uses[i].scope));
+        if (id >= 0) sg_scopeset_add(out, id);
     }
-    src_index idx;
-    memset(&idx, 0, sizeof idx);
-    int rc = -1;
-    if (start <= end && src_index_build(&idx, src + start, end - start) == 0) {
-        for (size_t k = 0; k < idx.n; k++) {
-            const src_entry *e = &idx.e[k];
-            if (e->kind != SRC_STRING) continue;
-            int id = sg_universe_find(p->u, src + start + e->text, e->len);
-            if (id >= 0) sg_scopeset_add(out, id);
-        }
-        rc = 0;
-    }
-    src_index_free(&idx);
-    free(src);
-    return rc;
+    return 0;
 }

@@ -91,9 +91,31 @@ int sg_policy_scopes_supported(const sg_policy *p, const char *const **out);
 /* The static requirement of a tool; NULL when the tool is not named or its
  * rule is a function (then *dynamic is set to 1). dynamic may be NULL. */
 const sg_req *sg_policy_tool_requirement(const sg_policy *p, const char *name, int *dynamic);
-/* 1 when some static rule is "public" (then protocol plumbing is public
- * too, so anonymous callers can reach the public tools). */
+/* 1 when the policy may let an anonymous caller in anywhere: a static rule
+ * (in tools, prompts, resources, methods, or `default`) that a caller
+ * without a token meets, or a function rule with "public" in a return
+ * expression (see sg_policy_function_scopes). Then protocol plumbing
+ * (initialize, ping, lists, notifications, client responses, GET/DELETE)
+ * is public too, so anonymous callers can reach what is public; otherwise
+ * it needs a valid token. */
 int sg_policy_has_public_rule(const sg_policy *p);
+/* A string constant in a function rule's source that the rule may return
+ * as a scope (see docs/policy.md, "Scopes in function rules"). */
+typedef struct sg_policy_scope_use {
+    const char *scope; /* the constant's text, a valid scope token */
+    const char *rule;  /* "tools.delete_entry", "default" */
+    const char *file;  /* where it is written: the policy or a module */
+    int line;
+    int returned; /* 1: in a return expression; 0: elsewhere, naming a known scope */
+    int known;    /* 1 when the policy knows the scope (declared or used statically) */
+} sg_policy_scope_use;
+/* The scopes function rules can return, found in their source text at load
+ * (a heuristic: scopes built at run time are not seen): every constant in
+ * a return expression that is a scope token and not a reserved word, and
+ * every constant anywhere in a function rule that names a scope the policy
+ * knows. One entry per rule and scope, in load order. Sets *out (owned by
+ * the policy) and returns the count. Can't fail. */
+int sg_policy_function_scopes(const sg_policy *p, const sg_policy_scope_use **out);
 /* 1 when the policy says `tool_annotations = "upstream"`: its rules read
  * req.annotations in the call phase, so the gateway keeps a catalogue of
  * the upstream's tools (catalog.h). */
@@ -138,15 +160,12 @@ int sg_policy_scope_declared(const sg_policy *p, int id, int *line);
  * (then scopes_supported is every declared scope). Can't fail. */
 int sg_policy_advertise_line(const sg_policy *p);
 
-/* Adds to *out the scopes the function rule called `name` ("tools.x",
- * "default") may return, as far as its source text tells: every string
- * literal between the lines where the function starts and ends (in whatever
- * file defines it, the policy or a module) that names a scope of the
- * universe. Scopes built at run time (concatenation) or returned by a helper
- * defined outside the function are not seen. Returns 0; or -1, with *out
- * unchanged, when `name` is not a function rule or its source cannot be
- * read (out of memory, file gone). */
-int sg_policy_function_scopes(sg_policy *p, const char *name, sg_scopeset *out);
+/* Adds to *out the scopes of the universe that the function rule called
+ * `name` ("tools.x", "default") names in its source text, as
+ * sg_policy_function_scopes found them at load (scopes built at run time
+ * are not seen). Returns 0; or -1, with *out unchanged, when `name` is not
+ * a function rule. */
+int sg_policy_rule_scopes(const sg_policy *p, const char *name, sg_scopeset *out);
 
 /* sg_policy_check, and then lint(p, ctx) on the loaded policy (after every
  * function rule ran once, before the policy is freed) when the policy loaded;

@@ -378,9 +378,117 @@ static void describe_expr(const sg_universe *u, const sg_req *r, int nested, sg_
     if (nested) sg_buf_putc(out, ')');
 }
 
+/* Structural equality of two requirement trees (kids in order). */
+static int req_equal(const sg_req *x, const sg_req *y)
+{
+    if (x == y) return 1;
+    if (x->kind != y->kind) return 0;
+    if (x->kind == SG_REQ_SCOPE) return x->scope == y->scope;
+    if (x->kind != SG_REQ_ALL && x->kind != SG_REQ_ANY) return 1;
+    if (x->nkids != y->nkids) return 0;
+    for (int i = 0; i < x->nkids; i++)
+        if (!req_equal(x->kids[i], y->kids[i])) return 0;
+    return 1;
+}
+
+/* 1 when some kid of group g equals r. */
+static int has_kid(const sg_req *g, const sg_req *r)
+{
+    for (int i = 0; i < g->nkids; i++)
+        if (req_equal(g->kids[i], r)) return 1;
+    return 0;
+}
+
+/* An equivalent, shorter tree for describing r, built in arena a: nested
+ * groups of the same kind are flattened, repeats dropped, absorbed terms
+ * dropped (a and (a or b) = a; a or (a and b) = a), public dropped from
+ * all_of and deny from any_of. With `held` (a caller's effective scopes,
+ * a token being present), what the caller already satisfies is dropped
+ * too, so the result names only what is missing; a satisfied tree becomes
+ * public. Returns NULL when the arena is out of memory. */
+static const sg_req *simplify(sg_arena *a, const sg_req *r, const sg_scopeset *held, int depth)
+{
+    switch (r->kind) {
+    case SG_REQ_SCOPE:
+        return held && sg_scopeset_has(held, r->scope) ? &sg_req_public : r;
+    case SG_REQ_AUTHENTICATED:
+        return held ? &sg_req_public : r;
+    case SG_REQ_PUBLIC:
+    case SG_REQ_DENY:
+        return r;
+    case SG_REQ_ALL:
+    case SG_REQ_ANY:
+        break;
+    }
+    int all = r->kind == SG_REQ_ALL;
+    /* The unit of the group (dropped) and its zero (the whole answer). */
+    sg_req_kind unit = all ? SG_REQ_PUBLIC : SG_REQ_DENY, zero = all ? SG_REQ_DENY : SG_REQ_PUBLIC;
+    const sg_req **simple = sg_arena_alloc(a, (size_t)r->nkids * sizeof *simple);
+    if (!simple) return NULL;
+    size_t total = 0;
+    for (int i = 0; i < r->nkids; i++) {
+        const sg_req *k = depth < 64 ? simplify(a, r->kids[i], held, depth + 1) : r->kids[i];
+        if (!k) return NULL;
+        if (k->kind == zero) return k;
+        simple[i] = k;
+        total += k->kind == r->kind ? (size_t)k->nkids : 1;
+    }
+    const sg_req **kids = sg_arena_alloc(a, (total ? total : 1) * sizeof *kids);
+    if (!kids) return NULL;
+    int n = 0;
+    /* Flatten one level of simplified kids (they are flat themselves). */
+    for (int i = 0; i < r->nkids; i++) {
+        const sg_req *k = simple[i];
+        int nsub = k->kind == r->kind ? k->nkids : 1;
+        for (int j = 0; j < nsub; j++) {
+            const sg_req *x = k->kind == r->kind ? k->kids[j] : k;
+            if (x->kind == unit) continue;
+            int seen = 0;
+            for (int m = 0; m < n && !seen; m++)
+                seen = req_equal(kids[m], x);
+            if (!seen) kids[n++] = x;
+        }
+    }
+    /* Absorption: drop a kid of the other kind that contains a sibling. */
+    int keep = 0;
+    for (int i = 0; i < n; i++) {
+        int absorbed = 0;
+        if (kids[i]->kind == (all ? SG_REQ_ANY : SG_REQ_ALL))
+            for (int m = 0; m < n && !absorbed; m++)
+                absorbed = m != i && has_kid(kids[i], kids[m]);
+        if (!absorbed) kids[keep++] = kids[i];
+    }
+    n = keep;
+    if (n == 0) return all ? &sg_req_public : &sg_req_deny;
+    if (n == 1) return kids[0];
+    sg_req *g = sg_req_group(a, r->kind, n);
+    if (!g) return NULL;
+    for (int i = 0; i < n; i++)
+        g->kids[i] = kids[i];
+    return g;
+}
+
+static void describe_simplified(const sg_universe *u, const sg_req *r, const char *why,
+                                sg_buf *out);
+
 void sg_req_describe(const sg_universe *u, const sg_req *r, sg_buf *out)
 {
-    const char *why = r->why;
+    sg_req_describe_missing(u, r, NULL, out);
+}
+
+void sg_req_describe_missing(const sg_universe *u, const sg_req *r, const sg_scopeset *held,
+                             sg_buf *out)
+{
+    sg_arena a;
+    sg_arena_init(&a, 1024);
+    const sg_req *s = simplify(&a, r, held, 0);
+    describe_simplified(u, s ? s : r, r->why, out);
+    sg_arena_free(&a);
+}
+
+static void describe_simplified(const sg_universe *u, const sg_req *r, const char *why, sg_buf *out)
+{
+    if (!why) why = r->why;
     while ((r->kind == SG_REQ_ALL || r->kind == SG_REQ_ANY) && r->nkids == 1)
         r = r->kids[0];
     switch (r->kind) {

@@ -127,6 +127,13 @@ int sg_req_stepup(const sg_universe *u, const sg_req *r, const sg_scopeset *effe
 /* Appends a human-readable, deterministic description of r, e.g.
  * "At least one of: a b is required." Can't fail. */
 void sg_req_describe(const sg_universe *u, const sg_req *r, sg_buf *out);
+/* The same, simplified (nested groups flattened, repeats and absorbed terms
+ * dropped: "a and (a and b)" reads "All of: a b are required."), and, when
+ * `held` is not NULL, naming only what a caller holding `held` (effective
+ * scopes, closed under implication, with a token) still lacks. r's `why`
+ * is kept. sg_req_describe is this with held = NULL. Can't fail. */
+void sg_req_describe_missing(const sg_universe *u, const sg_req *r, const sg_scopeset *held,
+                             sg_buf *out);
 
 /* Appends r in the policy's own notation ("a", {any_of = {...}}) for logs
  * and `scopegate explain`. Can't fail. */

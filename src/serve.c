@@ -65,9 +65,9 @@ static void serve_usage(FILE *f)
           "                             (SIGHUP still reloads the policy and the keys)\n"
           "  --path PATH                MCP endpoint path [/mcp]\n"
           "  --allowed-host HOST[:PORT] accepted Host header (repeatable; '*' = any)\n"
-          "                             [the listen address, localhost, the public URL's host]\n"
+          "                             [the listen address, localhost, --public-url's host]\n"
           "  --allowed-origin ORIGIN    accepted Origin header (repeatable; '*' = any)\n"
-          "                             [the public URL's origin]\n"
+          "                             [--public-url's origin; without it, none]\n"
           "  --max-body BYTES           request body limit, 413 beyond [1048576]\n"
           "  --max-header BYTES         per-connection header memory, 431 beyond [32768]\n"
           "  --max-connections N        concurrent connections, 503 beyond [1000]\n"
@@ -201,23 +201,11 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     }
     if (rc < 0) return -1;
     if (config) {
-        const char *names[SERVE_NFLAGS + 1];
-        for (int i = 0; i < SERVE_NFLAGS; i++)
-            names[i] = flags[i].name;
-        names[SERVE_NFLAGS] = NULL;
-        if (sg_config_argv(config, names, &o->config_argc, &o->config_argv) != 0) return -1;
-        serve_opts cli = *o;
         memset(o, 0, sizeof *o);
-        o->config_argc = cli.config_argc;
-        o->config_argv = cli.config_argv;
         const char *ignored = NULL;
         flag_table(o, &from_file, &ignored, flags);
-        rc = sg_flags_parse("serve", o->config_argc, o->config_argv, 0, flags, SERVE_NFLAGS, NULL,
-                            0, &npos);
-        if (rc != 0) {
-            fprintf(stderr, "scopegate serve: (in %s)\n", config);
+        if (sg_config_parse(config, flags, SERVE_NFLAGS, &o->config_argc, &o->config_argv) != 0)
             return -1;
-        }
         memset(&from_cli, 0, sizeof from_cli);
         flag_table(o, &from_cli, &ignored, flags);
         if (sg_flags_parse("serve", argc, argv, 2, flags, SERVE_NFLAGS, NULL, 0, &npos) != 0)
@@ -493,7 +481,10 @@ static int serve(serve_opts *opts)
     }
 
     /* Host allow-list: explicit flags, else this listener's own names and
-     * the public URL's host (DNS-rebinding protection by default). */
+     * the host of an explicit --public-url (DNS-rebinding protection by
+     * default). The policy's `resource` never widens either list: it names
+     * the resource (the token audience), not where it is served, and the
+     * policy author is not the operator who decides which names reach it. */
     const char *const *hosts = o.hosts;
     if (o.nhosts == 0) {
         int n = 0;

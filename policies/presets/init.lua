@@ -201,13 +201,23 @@ M.per_resource = preset("per_resource", function(opts)
     local spec, where = families[family], "resources." .. family
     local base = prefix and (prefix .. ":" .. family) or family
     local read, write = base .. ":read", base .. ":write"
-    policy.scopes[read] = "Read " .. family
-    policy.scopes[write] = "Change " .. family .. " (includes read)"
-    policy.implies[write] = { read }
-    assign(policy.tools, check_list(where .. ".read", spec.read), read, where .. ".read", seen_tools)
-    assign(policy.tools, check_list(where .. ".write", spec.write), write, where .. ".write", seen_tools)
-    assign(policy.resources, check_list(where .. ".uris", spec.uris), read, where .. ".uris", seen_uris)
-    assign(policy.prompts, check_list(where .. ".prompts", spec.prompts), read, where .. ".prompts", seen_prompts)
+    local reads = check_list(where .. ".read", spec.read)
+    local writes = check_list(where .. ".write", spec.write)
+    local uris = check_list(where .. ".uris", spec.uris)
+    local prompts = check_list(where .. ".prompts", spec.prompts)
+    -- A family with nothing to read gets no read scope: a scope that no
+    -- rule requires is only something for users to consent to for nothing.
+    local readable = #reads + #uris + #prompts > 0
+    if readable then policy.scopes[read] = "Read " .. family end
+    if #writes > 0 then
+      policy.scopes[write] = readable and ("Change " .. family .. " (includes read)")
+                             or ("Change " .. family)
+      if readable then policy.implies[write] = { read } end
+    end
+    assign(policy.tools, reads, read, where .. ".read", seen_tools)
+    assign(policy.tools, writes, write, where .. ".write", seen_tools)
+    assign(policy.resources, uris, read, where .. ".uris", seen_uris)
+    assign(policy.prompts, prompts, read, where .. ".prompts", seen_prompts)
   end
   return finish(policy, opts, { resources = true })
 end)

@@ -67,7 +67,7 @@ describe("scopegate explain", function()
 
   it("shows the rule, the requirement and the exact step-up challenge", function()
     local out, _, code = sg("explain " .. JOURNAL .. " --claims '{\"sub\":\"u\",\"scope\":\"journal:entries:read\"}' --message " .. call)
-    assert.equal(0, code)
+    assert.equal(4, code)
     assert.matches("rule:      tools.delete_entry (" .. JOURNAL .. ":", out, 1, true)
     assert.matches('requires:  { all_of = { "journal:admin" }, why = "permanent deletion" }', out, 1, true)
     assert.matches("decision:    403 insufficient_scope", out, 1, true)
@@ -84,6 +84,23 @@ describe("scopegate explain", function()
     assert.matches("decision:    allow", out, 1, true)
   end)
 
+  it("exits with a status per outcome: 0 allow, 3 401, 4 403, 5 denied", function()
+    local function tool(name) return "'{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"" .. name .. "\"}}'" end
+    local reader = " --claims '{\"scope\":\"journal:entries:read\"}'"
+    local _, _, code = sg("explain " .. JOURNAL .. reader .. " --message " .. tool("list_entries"))
+    assert.equal(0, code)
+    _, _, code = sg("explain " .. JOURNAL .. " --message " .. tool("list_entries"))
+    assert.equal(3, code)
+    _, _, code = sg("explain " .. JOURNAL .. reader .. " --message " .. tool("tag_entry"))
+    assert.equal(4, code)
+    _, _, code = sg("explain " .. JOURNAL .. reader .. " --message " .. tool("no_such_tool"))
+    assert.equal(5, code)
+    local out
+    out, _, code = sg("explain --help")
+    assert.equal(0, code)
+    assert.matches("Exit status: 0 allow, 3 401 unauthorized, 4 403 insufficient_scope", out, 1, true)
+  end)
+
   it("decides a batch as a whole", function()
     local batch = '[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_entries"}},' ..
       '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"tag_entry"}}]'
@@ -94,7 +111,7 @@ describe("scopegate explain", function()
 
   it("reports a malformed body and refused claims precisely", function()
     local out, _, code = sg("explain " .. JOURNAL .. " --message '{\"jsonrpc\":\"2.0\",'")
-    assert.equal(0, code)
+    assert.equal(6, code)
     assert.matches("decision:    400 (JSON-RPC -32700)", out, 1, true)
     local _, err
     _, err, code = sg("explain " .. JOURNAL .. " --claims '{\"scope\":\"bad\\\\\\\"scope\"}' --message " .. call)

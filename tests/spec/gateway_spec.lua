@@ -278,10 +278,10 @@ describe("scopegate serve", function()
       assert.are.equal(403, r.status)
       assert.are.equal('Bearer realm="echo", error="insufficient_scope", ' ..
                        'scope="echo:read echo:write", resource_metadata="' .. RM .. '", ' ..
-                       'error_description="All of: echo:read echo:write are required."',
+                       'error_description="Scope echo:write is required."',
                        r.headers["www-authenticate"])
       assert.are.equal('{"jsonrpc":"2.0","id":"abc","error":{"code":-32003,' ..
-                       '"message":"All of: echo:read echo:write are required."}}', r.body)
+                       '"message":"Scope echo:write is required."}}', r.body)
     end)
 
     it("refuses a tampered token with 401 invalid_token", function()

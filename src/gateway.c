@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "bridge.h"
+#include "catalog.h"
 #include "challenge.h"
 #include "json.h"
 #include "metadata.h"
@@ -45,6 +46,7 @@ typedef struct sg_policy_gen policy_gen;
 static void gen_release(policy_gen *g);
 
 typedef struct worker {
+    struct sg_gateway *gw;
     unsigned index;
     policy_gen *gen;    /* the policy this worker decides with; a reference */
     sg_policy *policy;  /* gen->policies[index] */
@@ -53,6 +55,8 @@ typedef struct worker {
     sg_arena arena;
     sg_decision decision;
     sg_site site;
+    const sg_catalog_snap *tools; /* the tool catalogue as last seen, or NULL */
+    unsigned long tools_version;
 } worker;
 
 struct sg_gateway {
@@ -69,6 +73,10 @@ struct sg_gateway {
     pthread_mutex_t gen_mu;
     policy_gen *current;
     atomic_ulong generation;
+    /* The upstream's tools (catalog.h), started by the first policy that
+     * asks for it and kept until the gateway is freed. */
+    _Atomic(sg_catalog *) catalog;
+    char *upstream_url, *upstream_ca;
 };
 
 static const char *header_get(const sg_gateway_request *req, const char *name)
@@ -237,6 +245,57 @@ static void worker_refresh(sg_gateway *gw, worker *w)
     if (!first) sg_tcache_clear(w->tcache);
 }
 
+/* ---- the tool catalogue ---------------------------------------------------------- */
+
+/* Starts the catalogue when the policy asks for one, or asks the running
+ * one to fetch again (a reload may come with a new upstream tool list).
+ * Called from construction and from the reload thread only. Returns 0, or
+ * -1 with a message in err. */
+static int catalog_follow(sg_gateway *gw, const sg_policy *p, char *err, size_t errlen)
+{
+    sg_catalog *c = atomic_load(&gw->catalog);
+    if (c) {
+        sg_catalog_refresh(c);
+        return 0;
+    }
+    if (!sg_policy_annotations_from_upstream(p)) return 0;
+    if (!gw->upstream_url) {
+        sg_errf(err, errlen, "%s: tool_annotations = \"upstream\" needs the upstream URL",
+                gw->policy_path);
+        return -1;
+    }
+    sg_catalog_config cc = {.upstream_url = gw->upstream_url, .ca_file = gw->upstream_ca};
+    if (!(c = sg_catalog_start(&cc, err, errlen))) return -1;
+    atomic_store(&gw->catalog, c);
+    return 0;
+}
+
+/* The bridge's annotations lookup for a worker: the tool's annotations in
+ * the catalogue, taking a newer snapshot when there is one. */
+static const cJSON *worker_tool_annotations(void *ud, const char *tool)
+{
+    worker *w = ud;
+    sg_catalog *c = atomic_load_explicit(&w->gw->catalog, memory_order_acquire);
+    if (!c) return NULL;
+    unsigned long v = sg_catalog_version(c);
+    if (!w->tools || v != w->tools_version) {
+        sg_catalog_release(w->tools);
+        w->tools = sg_catalog_acquire(c);
+        w->tools_version = v;
+    }
+    return sg_catalog_annotations(w->tools, tool);
+}
+
+void sg_gateway_tools_changed(sg_gateway *gw)
+{
+    sg_catalog_refresh(atomic_load(&gw->catalog));
+}
+
+int sg_gateway_keeps_catalog(sg_gateway *gw)
+{
+    return atomic_load_explicit(&gw->catalog, memory_order_relaxed) != NULL;
+}
+
 /* ---- construction ------------------------------------------------------------- */
 
 sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errlen)
@@ -262,12 +321,16 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
     gw->mcp_limits = cfg->mcp_limits.max_body ? cfg->mcp_limits : defaults;
     gw->policy_path = strdup(cfg->policy_path);
     gw->public_url = cfg->public_url ? strdup(cfg->public_url) : NULL;
-    if (!gw->policy_path || (cfg->public_url && !gw->public_url)) {
+    gw->upstream_url = cfg->upstream_url ? strdup(cfg->upstream_url) : NULL;
+    gw->upstream_ca = cfg->upstream_ca ? strdup(cfg->upstream_ca) : NULL;
+    if (!gw->policy_path || (cfg->public_url && !gw->public_url) ||
+        (cfg->upstream_url && !gw->upstream_url) || (cfg->upstream_ca && !gw->upstream_ca)) {
         sg_errf(err, errlen, "out of memory");
         goto fail;
     }
     for (unsigned i = 0; i < cfg->workers; i++) {
         worker *w = &gw->workers[i];
+        w->gw = gw;
         w->index = i;
         sg_arena_init(&w->arena, ARENA_BLOCK);
         sg_decision_init(&w->decision);
@@ -277,6 +340,7 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
         }
     }
     if (!(gw->current = gen_load(gw, NULL, err, errlen))) goto fail;
+    if (catalog_follow(gw, gw->current->policies[0], err, errlen) != 0) goto fail;
     atomic_store(&gw->generation, 1);
     for (unsigned i = 0; i < cfg->workers; i++)
         worker_refresh(gw, &gw->workers[i]);
@@ -322,6 +386,8 @@ int sg_gateway_reload(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_L
     atomic_fetch_add_explicit(&gw->generation, 1, memory_order_release);
     pthread_mutex_unlock(&gw->gen_mu);
     gen_release(old);
+    if (catalog_follow(gw, g->policies[0], err, sizeof err) != 0)
+        sg_log(SG_LOG_ERROR, "tool catalogue: %s", err);
     return 0;
 }
 
@@ -363,11 +429,15 @@ void sg_gateway_free(sg_gateway *gw)
     for (unsigned i = 0; i < gw->nworkers; i++) {
         worker *w = &gw->workers[i];
         gen_release(w->gen);
+        sg_catalog_release(w->tools);
         sg_tcache_free(w->tcache);
         sg_arena_free(&w->arena);
         sg_decision_free(&w->decision);
     }
     gen_release(gw->current);
+    sg_catalog_stop(atomic_load(&gw->catalog));
+    free(gw->upstream_url);
+    free(gw->upstream_ca);
     pthread_mutex_destroy(&gw->gen_mu);
     free(gw->workers);
     free(gw->policy_path);
@@ -584,7 +654,9 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
                                    .token_error = token_error,
                                    .headers = hdrs,
                                    .nheaders = nhdrs,
-                                   .protocol_version = version};
+                                   .protocol_version = version,
+                                   .annotations = worker_tool_annotations,
+                                   .annotations_ud = w};
         sg_bridge_decide(w->policy, &body, &caller, &w->site, &w->arena, NULL, &w->decision);
     } else {
         sg_decide(&w->site, &sg_req_deny, token, token_error, &w->decision);
@@ -831,6 +903,9 @@ static int filter_result(list_ctx *c, int kind, cJSON *result)
     };
     cJSON *list = cJSON_GetObjectItemCaseSensitive(result, lists[kind].key);
     if (!cJSON_IsArray(list)) return -1;
+    sg_catalog *catalog = atomic_load(&((sg_gateway *)c->gw)->catalog);
+    if (catalog && kind == SG_FILTER_TOOLS && sg_catalog_learn(catalog, list) != 0)
+        sg_log(SG_LOG_WARN, "tool catalogue: could not learn from a tools/list answer");
     const sg_universe *u = sg_policy_universe(c->policy);
     cJSON *item = list->child;
     while (item) {
@@ -838,15 +913,19 @@ static int filter_result(list_ctx *c, int kind, cJSON *result)
         cJSON *name = cJSON_GetObjectItemCaseSensitive(item, lists[kind].name_key);
         int keep = 0;
         if (cJSON_IsString(name) && name->valuestring) {
-            const cJSON *ann = kind == SG_FILTER_TOOLS
-                                   ? cJSON_GetObjectItemCaseSensitive(item, "annotations")
-                                   : NULL;
+            /* A listed tool is known: without annotations it has no hints. */
+            static const cJSON no_hints = {.type = cJSON_Object};
+            const cJSON *ann = NULL;
+            if (kind == SG_FILTER_TOOLS) {
+                ann = cJSON_GetObjectItemCaseSensitive(item, "annotations");
+                if (!cJSON_IsObject(ann)) ann = &no_hints;
+            }
             sg_policy_input in = {.phase = SG_PHASE_LIST,
                                   .method = lists[kind].method,
                                   .name = name->valuestring,
                                   .token = c->token,
                                   .protocol_version = c->plan->protocol_version,
-                                  .annotations = cJSON_IsObject(ann) ? ann : NULL};
+                                  .annotations = ann};
             sg_policy_decision d;
             keep = sg_bridge_list_visible(c->policy, &in, &c->effective, &c->w->arena, &d);
             if (keep && kind == SG_FILTER_TOOLS) annotate(c->gw->annotate, u, item, d.req);

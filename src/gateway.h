@@ -53,6 +53,10 @@ typedef struct sg_gateway_config {
     const sg_identity_header
         *identity; /* at most SG_GATEWAY_MAX_IDENTITY; borrowed, must outlive the gateway */
     size_t nidentity;
+    /* For a policy with tool_annotations = "upstream": where the catalogue
+     * of the upstream's tools is fetched from (catalog.h). Borrowed. */
+    const char *upstream_url;
+    const char *upstream_ca; /* NULL: the system's CAs */
 } sg_gateway_config;
 
 typedef struct sg_gateway sg_gateway;
@@ -72,6 +76,15 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
  * previous policy stays, and report holds one "file:line: ..." line per
  * error. Thread-safe against requests; call from one thread at a time. */
 int sg_gateway_reload(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_LEN + 1]);
+/* The upstream said its tool list changed (a notifications/tools/list_changed
+ * passed through): refetch the tool catalogue, if the policy keeps one.
+ * Thread-safe; returns at once. */
+void sg_gateway_tools_changed(sg_gateway *gw);
+/* 1 when the gateway keeps a tool catalogue, so the HTTP layer should look
+ * for list_changed notifications in what the upstream streams. One atomic
+ * load; thread-safe. */
+int sg_gateway_keeps_catalog(sg_gateway *gw);
+
 /* Makes every worker forget its verified tokens at its next request, so
  * each token is verified again with the keys in force (after SIGHUP re-read
  * them: a token of a removed key must stop working at once). Thread-safe;

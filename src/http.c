@@ -80,6 +80,8 @@ typedef struct exchange {
     int sse_error_armed;
     sg_transfer_head head; /* PHASE_COLLECT: the upstream's status and headers */
     sg_buf answer;         /* PHASE_COLLECT: a list answer, whole, for filtering */
+    char carry[64];        /* last bytes from upstream, for a notification split in two */
+    size_t ncarry;
 } exchange;
 
 static _Thread_local const sg_http *tl_owner;
@@ -252,6 +254,33 @@ static void arm_sse_error(exchange *ex, sg_proxy_error e)
     sg_buf_free(&b);
 }
 
+/* The upstream says its tools changed (MCP notifications/tools/list_changed)
+ * in whatever stream it likes, split at any byte: look for the method name
+ * in what passes, across chunk boundaries, and have the tool catalogue
+ * refetched. A false alarm costs one refetch; nothing is decided by it. */
+static void watch_tools_changed(exchange *ex, const char *p, size_t n)
+{
+    static const char needle[] = "notifications/tools/list_changed";
+    enum { NEEDLE = sizeof needle - 1, KEEP = NEEDLE - 1 };
+    _Static_assert(KEEP <= sizeof ex->carry, "carry holds a needle less one byte");
+    if (!sg_gateway_keeps_catalog(ex->h->cfg.gateway)) return;
+    char joint[2 * KEEP];
+    size_t head = n < KEEP ? n : KEEP;
+    memcpy(joint, ex->carry, ex->ncarry);
+    memcpy(joint + ex->ncarry, p, head);
+    size_t nj = ex->ncarry + head;
+    int hit = sg_memmem(joint, nj, needle, NEEDLE) || sg_memmem(p, n, needle, NEEDLE);
+    if (n >= KEEP) {
+        memcpy(ex->carry, p + n - KEEP, KEEP);
+        ex->ncarry = KEEP;
+    } else {
+        size_t keep = nj < KEEP ? nj : KEEP;
+        memmove(ex->carry, joint + nj - keep, keep);
+        ex->ncarry = keep;
+    }
+    if (hit) sg_gateway_tools_changed(ex->h->cfg.gateway);
+}
+
 static ssize_t on_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
@@ -267,6 +296,7 @@ static ssize_t on_read(void *cls, uint64_t pos, char *buf, size_t max)
     for (;;) {
         long n = sg_transfer_read(ex->xfer, buf, max);
         if (n > 0) {
+            watch_tools_changed(ex, buf, (size_t)n);
             if (n >= 2) {
                 ex->tail[0] = buf[n - 2];
                 ex->tail[1] = buf[n - 1];
@@ -320,6 +350,7 @@ static enum MHD_Result advance_collect(exchange *ex)
                 return queue_upstream_error(ex, SG_PROXY_EUPSTREAM);
             sg_buf_append(&ex->answer, chunk, (size_t)n);
             if (!sg_buf_ok(&ex->answer)) return queue_upstream_error(ex, SG_PROXY_ENOMEM);
+            watch_tools_changed(ex, chunk, (size_t)n);
             continue;
         }
         if (n == SG_TRANSFER_FAILED) return queue_upstream_error(ex, sg_transfer_error(ex->xfer));

@@ -462,6 +462,8 @@ static int serve(serve_opts *opts)
     gc.annotate = !o.annotate || strcmp(o.annotate, "oauthScope") == 0 ? SG_ANNOTATE_OAUTH_SCOPE
                   : strcmp(o.annotate, "securitySchemes") == 0 ? SG_ANNOTATE_SECURITY_SCHEMES
                                                                : SG_ANNOTATE_NONE;
+    gc.upstream_url = o.upstream;
+    gc.upstream_ca = o.upstream_ca;
     gc.identity = o.identity;
     gc.nidentity = (size_t)o.nidentity;
     if (!(gw = sg_gateway_new(&gc, err, sizeof err))) {

@@ -94,6 +94,10 @@ void sg_sha256(const void *p, size_t n, unsigned char out[32]);
 /* Lower-case hex of n bytes into out[2n + 1]. Can't fail. */
 void sg_hex(const unsigned char *p, size_t n, char *out);
 
+/* The first occurrence of needle[0..nlen) in hay[0..hlen), or NULL. Can't
+ * fail. (glibc's memmem needs _GNU_SOURCE, which the tree does not set.) */
+const char *sg_memmem(const char *hay, size_t hlen, const char *needle, size_t nlen);
+
 /* Frees a NULL-terminated array of malloc'd strings and the array. NULL is
  * fine. */
 void sg_strv_free(char **v);

@@ -262,6 +262,18 @@ char *sg_read_file(const char *path, size_t max_bytes, size_t *len_out)
     return sg_buf_steal(&b);
 }
 
+const char *sg_memmem(const char *hay, size_t hlen, const char *needle, size_t nlen)
+{
+    if (nlen == 0) return hay;
+    const char *end = hay + hlen;
+    for (const char *p = hay; (size_t)(end - p) >= nlen; p++) {
+        p = memchr(p, needle[0], (size_t)(end - p) - nlen + 1);
+        if (!p) return NULL;
+        if (memcmp(p, needle, nlen) == 0) return p;
+    }
+    return NULL;
+}
+
 void sg_strv_free(char **v)
 {
     if (!v) return;

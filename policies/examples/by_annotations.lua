@@ -1,7 +1,7 @@
 -- policies/examples/by_annotations.lua -- the journal server classified by
 -- its own MCP tool annotations (presets.by_annotations): readOnlyHint ->
--- journal:tools:read, destructiveHint -> journal:admin, otherwise
--- journal:tools:write. A tool the gateway has no annotations for is denied.
+-- journal:tools:read, destructiveHint = false -> journal:tools:write,
+-- otherwise (destructive, or no hints: the MCP defaults) journal:admin. A tool the gateway has no annotations for is denied.
 -- Explicit rules win over the classification.
 local presets = require "presets"
 

@@ -226,7 +226,8 @@ end)
 -- <prefix>:tools:read, <prefix>:tools:write (implies read), <prefix>:admin
 -- (implies write). A tool is classified by the MCP annotations the gateway
 -- learned from the upstream (req.annotations): readOnlyHint == true -> read,
--- else destructiveHint == true -> admin, else write. A tool whose
+-- else destructiveHint == false -> write, else admin (destructiveHint
+-- defaults to true in the MCP specification). A tool whose
 -- annotations are not known is denied, never guessed. This is the policy's
 -- `default` rule, so an explicit tools[name] always wins. Prompts,
 -- resources and other methods are denied unless named (or `other` says).
@@ -246,8 +247,10 @@ M.by_annotations = preset("by_annotations", function(opts)
       return { deny = "tool not classified yet: the gateway has not seen its annotations in the upstream's tools/list" }
     end
     if a.readOnlyHint == true then return read end
-    if a.destructiveHint == true then return admin end
-    return write
+    -- The MCP specification's default for destructiveHint is true: only a
+    -- tool that says destructiveHint = false is a plain writer.
+    if a.destructiveHint == false then return write end
+    return admin
   end
   return finish({
     scopes = {
@@ -258,6 +261,9 @@ M.by_annotations = preset("by_annotations", function(opts)
     implies = { [admin] = { write }, [write] = { read } },
     tools = {}, resources = {}, prompts = {}, methods = {},
     default = classify,
+    -- tools/call carries no annotations: the gateway learns them from the
+    -- upstream's tools/list (docs/policy.md, "Tool annotations").
+    tool_annotations = "upstream",
   }, opts)
 end)
 

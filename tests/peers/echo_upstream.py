@@ -17,10 +17,15 @@ tools/call (or the JSON-RPC method "echo/<mode>"):
   big              a JSON result of arguments.bytes bytes (default 2 MiB)
   status           answers with HTTP status arguments.status and a JSON-RPC error
 
+  add_tool         adds tool arguments.name (with arguments.annotations) to
+                   tools/list and answers with an SSE stream that carries
+                   notifications/tools/list_changed before the response
+
 tools/list, prompts/list, resources/list and resources/templates/list
 answer fixed lists, alone or inside a batch (with
-nextCursor "next-page"); a cursor of "sse" makes the answer an SSE stream
-(a notification event first). Notifications and responses get 202 with no body. initialize answers with an
+nextCursor "next-page"; the cursor "next-page" gets a second page with
+the tools added by add_tool and no nextCursor); a cursor of "sse" makes
+the answer an SSE stream (a notification event first). Notifications and responses get 202 with no body. initialize answers with an
 Mcp-Session-Id header. GET opens a short SSE stream (one event, then ends);
 DELETE answers 200.
 
@@ -52,7 +57,9 @@ LISTS = {
                                   {"uriTemplate": "echo://private/{id}", "name": "private"}]),
 }
 
-MODES = {"sse", "slow", "die", "die_mid_stream", "garbage", "big", "status", "close_after"}
+MODES = {"sse", "slow", "die", "die_mid_stream", "garbage", "big", "status", "close_after",
+         "add_tool"}
+ADDED_TOOLS = []  # tools/list's second page: what add_tool added
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -177,10 +184,24 @@ class Handler(BaseHTTPRequestHandler):
                 self._chunk("id: ev-%d\nevent: message\ndata: %s\n\n" % (i + 2, json.dumps(r)))
             self._chunk("")
             return
+        if mode == "add_tool":
+            ADDED_TOOLS.append({"name": args.get("name", "added"), "inputSchema": {"type": "object"},
+                                "annotations": args.get("annotations") or {}})
+            self._start_sse()
+            note = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+            self._chunk("event: message\ndata: %s\n\n" % json.dumps(note))
+            self._chunk("data: %s\n\n" % json.dumps(response(first)))
+            self._chunk("")
+            return
         if mode == "big":
             size = int(args.get("bytes", 2 * 1024 * 1024))
             result = {"jsonrpc": "2.0", "id": first.get("id"), "result": {"blob": "x" * size}}
             self._send_json(200, result)
+            return
+        if (method == "tools/list" and len(requests) == 1 and isinstance(params, dict)
+                and params.get("cursor") == "next-page"):
+            resp = {"jsonrpc": "2.0", "id": first.get("id"), "result": {"tools": ADDED_TOOLS}}
+            self._send_json(200, resp)
             return
         if method in LISTS and len(requests) == 1:
             key, items = LISTS[method]

@@ -16,66 +16,19 @@ local SCOPEGATE = BUILD .. "/scopegate"
 local ISS = "https://auth.example.com"
 local AUD = "https://cal.example.com/mcp"
 
-local function sleep(s) os.execute(CLEAN .. "sleep " .. s) end
-
-local function wait_for(path, pattern, seconds)
-  for _ = 1, math.floor((seconds or 5) / 0.05) do
-    local s = keys.read(path)
-    local m = s and s:match(pattern)
-    if m then return m end
-    sleep(0.05)
-  end
-  error("timed out waiting for " .. pattern .. " in " .. path .. ":\n" .. (keys.read(path) or ""))
-end
-
--- Starts a background command; returns its pid.
-local function spawn(cmd, out, err)
-  local pid_file = os.tmpname()
-  os.execute(CLEAN .. "( " .. cmd .. " >" .. q(out) .. " 2>" .. q(err) .. " & echo $! >" ..
-             q(pid_file) .. "; wait $! ) >/dev/null 2>&1 &")
-  local pid
-  for _ = 1, 100 do
-    pid = (keys.read(pid_file) or ""):match("%d+")
-    if pid then break end
-    sleep(0.02)
-  end
-  os.remove(pid_file)
-  return assert(pid, "could not start: " .. cmd)
-end
-
-local function stop(pid)
-  if not pid then return end
-  os.execute(CLEAN .. "kill -TERM " .. pid .. " 2>/dev/null")
-  for _ = 1, 100 do
-    if os.execute(CLEAN .. "kill -0 " .. pid .. " 2>/dev/null") ~= true then return end
-    sleep(0.05)
-  end
-  os.execute(CLEAN .. "kill -KILL " .. pid .. " 2>/dev/null")
-end
+local procs = require "procs"
+local sleep, wait_for, spawn, stop = procs.sleep, procs.wait_for, procs.spawn, procs.stop
 
 local dir, key, up, up_pid
 
 -- One POST through curl; returns status, headers (lower-case names), body.
 local function post(addr, body, token, extra)
-  local hdr, out = dir .. "/resp.h", dir .. "/resp.b"
-  os.remove(hdr)
-  os.remove(out)
-  keys.write(dir .. "/req.b", body)
-  local cmd = { "curl -s -S --http1.1 --max-time 10 -o", q(out), "-D", q(hdr), "-w '%{http_code}'",
-                "-H 'Content-Type: application/json'",
-                "-H 'Accept: application/json, text/event-stream'",
-                "--data-binary @" .. q(dir .. "/req.b") }
-  if token then cmd[#cmd + 1] = "-H " .. q("Authorization: Bearer " .. token) end
-  for _, h in ipairs(extra or {}) do cmd[#cmd + 1] = "-H " .. q(h) end
-  cmd[#cmd + 1] = q("http://" .. addr .. "/mcp")
-  local p = io.popen(CLEAN .. table.concat(cmd, " ") .. " 2>/dev/null")
-  local code = p:read("a")
-  p:close()
-  local headers = {}
-  for name, value in (keys.read(hdr) or ""):gmatch("([%w%-]+): ([^\r\n]*)") do
-    headers[name:lower()] = value
-  end
-  return tonumber(code), headers, keys.read(out) or ""
+  local headers = { "Content-Type: application/json", "Accept: application/json, text/event-stream" }
+  if token then headers[#headers + 1] = "Authorization: Bearer " .. token end
+  for _, h in ipairs(extra or {}) do headers[#headers + 1] = h end
+  local r = procs.http { url = "http://" .. addr .. "/mcp", scratch = dir, headers = headers,
+                         body = body }
+  return r.status, r.headers, r.body
 end
 
 local function mint(scope)

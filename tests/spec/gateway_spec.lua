@@ -41,90 +41,19 @@ local METADATA = '{"resource":"https://echo.example.com/mcp",' ..
   '"authorization_servers":["https://auth.example.com"],"scopes_supported":["echo:read"],' ..
   '"bearer_methods_supported":["header"],"resource_name":"echo"}'
 
-local function sleep(s) os.execute(CLEAN .. "sleep " .. s) end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
--- Waits for a line matching pattern in a log file; returns the capture.
-local function wait_for(path, pattern, seconds)
-  for _ = 1, math.floor((seconds or 5) / 0.05) do
-    local s = read_file(path)
-    local m = s and s:match(pattern)
-    if m then return m end
-    sleep(0.05)
-  end
-  error("timed out waiting for " .. pattern .. " in " .. path .. ":\n" .. (read_file(path) or ""))
-end
-
-local function alive(pid)
-  return os.execute(CLEAN .. "kill -0 " .. pid .. " 2>/dev/null") == true
-end
-
--- Starts a background command; returns its pid. rc_file receives its exit
--- status (the subshell waits for it).
-local function spawn(cmd, out, err, rc_file)
-  local pid_file = os.tmpname()
-  os.execute(CLEAN .. "( " .. cmd .. " >" .. q(out) .. " 2>" .. q(err) .. " & echo $! >" ..
-             q(pid_file) .. "; wait $!; echo $? >" .. q(rc_file or "/dev/null") .. " ) " ..
-             ">/dev/null 2>&1 &")
-  local pid
-  for _ = 1, 100 do
-    pid = (read_file(pid_file) or ""):match("%d+")
-    if pid then break end
-    sleep(0.02)
-  end
-  os.remove(pid_file)
-  return assert(pid, "could not start: " .. cmd)
-end
-
-local function stop(pid, seconds)
-  if not pid then return end
-  os.execute(CLEAN .. "kill -TERM " .. pid .. " 2>/dev/null")
-  for _ = 1, math.floor((seconds or 5) / 0.05) do
-    if not alive(pid) then return true end
-    sleep(0.05)
-  end
-  os.execute(CLEAN .. "kill -KILL " .. pid .. " 2>/dev/null")
-  return false
-end
+local procs = require "procs"
+local sleep, wait_for, alive, spawn, stop = procs.sleep, procs.wait_for, procs.alive, procs.spawn,
+                                            procs.stop
+local read_file = procs.read_file
 
 local dir, key, up, gw, up_pid, gw_pid, gw_rc_file, gw_err
 
--- One HTTP exchange through the curl CLI. opts: method, path, headers
--- (list of "Name: value"), body, body_file, max_time, base.
+-- One HTTP exchange through the curl CLI (procs.http). opts: method, path,
+-- headers (list of "Name: value"), body, body_file, max_time, base.
 local function http(opts)
-  local hdr_file, body_file = dir .. "/resp.h", dir .. "/resp.b"
-  os.remove(hdr_file)
-  os.remove(body_file)
-  local cmd = { "curl -s -S --http1.1 -o", q(body_file), "-D", q(hdr_file),
-                "-w '%{http_code} %{time_starttransfer} %{time_total}'",
-                "--max-time", tostring(opts.max_time or 10) }
-  if opts.method then cmd[#cmd + 1] = "-X " .. opts.method end
-  for _, h in ipairs(opts.headers or {}) do cmd[#cmd + 1] = "-H " .. q(h) end
-  if opts.body then
-    local req_file = dir .. "/req.b"
-    keys.write(req_file, opts.body)
-    cmd[#cmd + 1] = "--data-binary @" .. q(req_file)
-  elseif opts.body_file then
-    cmd[#cmd + 1] = "--data-binary @" .. q(opts.body_file)
-  end
-  cmd[#cmd + 1] = q((opts.base or ("http://" .. gw)) .. (opts.path or "/mcp"))
-  local p = io.popen(CLEAN .. table.concat(cmd, " ") .. " 2>/dev/null")
-  local out = p:read("a")
-  p:close()
-  local code, t_first, t_total = out:match("^(%d+) ([%d.]+) ([%d.]+)")
-  local headers, raw = {}, read_file(hdr_file) or ""
-  -- Keep the last header block (after a 100 Continue).
-  local last = raw:match(".*\r\n\r\n(HTTP/.-\r\n\r\n)$") or raw
-  for name, value in last:gmatch("([%w%-]+): ([^\r\n]*)") do headers[name:lower()] = value end
-  return { status = tonumber(code), headers = headers, body = read_file(body_file) or "",
-           t_first = tonumber(t_first), t_total = tonumber(t_total) }
+  opts.url = (opts.base or ("http://" .. gw)) .. (opts.path or "/mcp")
+  opts.scratch = dir
+  return procs.http(opts)
 end
 
 local function mint(scope, extra)

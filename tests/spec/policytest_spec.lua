@@ -277,7 +277,9 @@ describe("presets", function()
     local f = p.default
     assert.equal("j:tools:read", f { method = "tools/call", annotations = { readOnlyHint = true } })
     assert.equal("j:admin", f { method = "tools/call", annotations = { destructiveHint = true } })
-    assert.equal("j:tools:write", f { method = "tools/call", annotations = {} })
+    assert.equal("j:tools:write", f { method = "tools/call", annotations = { destructiveHint = false } })
+    -- No hints: the MCP defaults (readOnlyHint false, destructiveHint true).
+    assert.equal("j:admin", f { method = "tools/call", annotations = {} })
     assert.equal("j:tools:read", f { method = "tools/call",
                                      annotations = { readOnlyHint = true, destructiveHint = true } })
     local d = f { method = "tools/call" }

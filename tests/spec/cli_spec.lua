@@ -68,6 +68,10 @@ describe("scopegate explain", function()
   it("shows the rule, the requirement and the exact step-up challenge", function()
     local out, _, code = sg("explain " .. JOURNAL .. " --claims '{\"sub\":\"u\",\"scope\":\"journal:entries:read\"}' --message " .. call)
     assert.equal(4, code)
+    -- The policy's content hash, as serve logs it: SHA-256 over the file's bytes.
+    local digest = K.run("openssl dgst -sha256 -binary " .. JOURNAL .. " | openssl dgst -sha256 -hex")
+    assert.matches("policy:      " .. JOURNAL .. " (policy " .. digest:match("= (%x+)"):sub(1, 12) .. ")",
+                   out, 1, true)
     assert.matches("rule:      tools.delete_entry (" .. JOURNAL .. ":", out, 1, true)
     assert.matches('requires:  { all_of = { "journal:admin" }, why = "permanent deletion" }', out, 1, true)
     assert.matches("decision:    403 insufficient_scope", out, 1, true)

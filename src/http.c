@@ -408,6 +408,7 @@ static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
             free(body);
             return queue_upstream_error(ex, SG_PROXY_ENOMEM);
         }
+        watch_tools_changed(ex, body, len);
         if (head->content_type)
             MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, head->content_type);
         if (head->session_id) MHD_add_response_header(r, "Mcp-Session-Id", head->session_id);

@@ -20,6 +20,7 @@ tools/call (or the JSON-RPC method "echo/<mode>"):
   add_tool         adds tool arguments.name (with arguments.annotations) to
                    tools/list and answers with an SSE stream that carries
                    notifications/tools/list_changed before the response
+                   (arguments.pause seconds between the two events; none: one write)
 
 tools/list, prompts/list, resources/list and resources/templates/list
 answer fixed lists, alone or inside a batch (with
@@ -187,11 +188,20 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "add_tool":
             ADDED_TOOLS.append({"name": args.get("name", "added"), "inputSchema": {"type": "object"},
                                 "annotations": args.get("annotations") or {}})
-            self._start_sse()
             note = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
-            self._chunk("event: message\ndata: %s\n\n" % json.dumps(note))
-            self._chunk("data: %s\n\n" % json.dumps(response(first)))
-            self._chunk("")
+            events = ("event: message\ndata: %s\n\n" % json.dumps(note),
+                      "data: %s\n\n" % json.dumps(response(first)))
+            if float(args.get("pause", 0)) > 0:  # streamed: the gateway relays piece by piece
+                self._start_sse()
+                self._chunk(events[0])
+                time.sleep(float(args["pause"]))
+                self._chunk(events[1])
+                self._chunk("")
+            else:  # head and body in one write: the gateway has the whole answer at once
+                body = (events[0] + events[1]).encode()
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                self.wfile.flush()
             return
         if mode == "big":
             size = int(args.get("bytes", 2 * 1024 * 1024))

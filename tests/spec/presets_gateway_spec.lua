@@ -210,21 +210,28 @@ return p
     assert.is_nil(challenge_scopes(r.headers["www-authenticate"]))
   end)
 
-  it("learns a tool the upstream announces with notifications/tools/list_changed", function()
-    local r = call("add_tool", "echo:tools:write", { name = "fresh", annotations = { destructiveHint = true } })
-    assert.are.equal(200, r.status, r.body)
-    assert.truthy(r.body:find("notifications/tools/list_changed", 1, true))
-    local status
-    for _ = 1, 40 do
-      status = call("fresh", "echo:tools:write").status
-      if status == 403 and challenge_scopes(call("fresh", "echo:tools:write").headers["www-authenticate"]) then
-        break
-      end
-      procs.sleep(0.05)
-    end
-    local w = call("fresh", "echo:tools:write")
-    assert.are.equal(403, w.status)
-    assert.are.same({ "echo:admin", "echo:tools:write" }, challenge_scopes(w.headers["www-authenticate"]))
-    assert.are.equal(200, call("fresh", "echo:admin").status)
-  end)
+  -- The notification may reach the gateway in a streamed answer (relayed
+  -- piece by piece) or in one that arrived whole: both must be seen.
+  for _, way in ipairs { { "streamed", "fresh", 0.3 }, { "whole", "fresh_too", 0 } } do
+    local how, tool, pause = way[1], way[2], way[3]
+    it("learns a tool announced with notifications/tools/list_changed (" .. how .. ")", function()
+      local function log() return "\n--- gateway log:\n" .. (procs.read_file(gw_err) or "") end
+      local r = call("add_tool", "echo:tools:write",
+                     { name = tool, annotations = { destructiveHint = true }, pause = pause })
+      assert.are.equal(200, r.status, r.body .. log())
+      assert.truthy(r.body:find("notifications/tools/list_changed", 1, true), r.body)
+      -- The refetch runs on the catalogue's thread: poll until it is in (10 s at most).
+      local w
+      local deadline = os.time() + 10
+      repeat
+        w = call(tool, "echo:tools:write")
+        if w.status == 403 and challenge_scopes(w.headers["www-authenticate"]) then break end
+        procs.sleep(0.05)
+      until os.time() > deadline
+      assert.are.equal(403, w.status, w.body .. log())
+      assert.are.same({ "echo:admin", "echo:tools:write" },
+                      challenge_scopes(w.headers["www-authenticate"]), log())
+      assert.are.equal(200, call(tool, "echo:admin").status, log())
+    end)
+  end
 end)

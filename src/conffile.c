@@ -1,11 +1,10 @@
 /* conffile.c -- a Lua config file as flags (see conffile.h).
  *
  * Every error names FILE:LINE. Lua reports its own errors with a line; for
- * a setting, the line is where its key is written, found by a small scan of
- * the source that skips comments and strings (`key =` or `["key"] =`). */
+ * a setting, the line is where its key is written (`key =` or `["key"] =`),
+ * found in the source text by luasrc.h. */
 #include "conffile.h"
 
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 #include <lua.h>
 
 #include "cli.h"
+#include "luasrc.h"
 #include "sandbox.h"
 #include "sg.h"
 
@@ -40,112 +40,28 @@ static int by_string(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Offset just past a Lua string or comment starting at src[i], or i when
- * none starts there. Long brackets ([[...]], [==[...]==]) included. */
-static size_t skip_lua_literal(const char *src, size_t len, size_t i)
-{
-    size_t j = i, level = 0;
-    int comment = src[i] == '-' && i + 1 < len && src[i + 1] == '-';
-    if (comment) j += 2;
-    if (j < len && src[j] == '[') {
-        size_t k = j + 1;
-        while (k < len && src[k] == '=')
-            k++;
-        if (k < len && src[k] == '[') {
-            level = k - j - 1;
-            for (k++; k < len; k++) {
-                if (src[k] != ']') continue;
-                size_t e = k + 1;
-                while (e < len && src[e] == '=')
-                    e++;
-                if (e < len && src[e] == ']' && e - k - 1 == level) return e + 1;
-            }
-            return len;
-        }
-    }
-    if (comment) {
-        while (j < len && src[j] != '\n')
-            j++;
-        return j;
-    }
-    if (src[i] == '"' || src[i] == '\'') {
-        for (j = i + 1; j < len && src[j] != src[i] && src[j] != '\n'; j++)
-            if (src[j] == '\\') j++;
-        return j < len ? j + 1 : len;
-    }
-    return i;
-}
-
 /* The line where `key = ...` or `["key"] = ...` is first written in src
  * (outside comments and strings), or 0 when it is not found. */
 static int key_line(const char *src, size_t len, const char *key)
 {
-    size_t klen = strlen(key);
-    int line = 1;
-    for (size_t i = 0; i < len;) {
-        size_t after = skip_lua_literal(src, len, i);
-        if (after != i) {
-            /* ["key"] = : a string literal right after '[' and before ']' */
-            if ((src[i] == '"' || src[i] == '\'') && after - i - 2 == klen &&
-                memcmp(src + i + 1, key, klen) == 0) {
-                size_t b = i;
-                while (b > 0 && isspace((unsigned char)src[b - 1]))
-                    b--;
-                size_t e = after;
-                while (e < len && isspace((unsigned char)src[e]))
-                    e++;
-                if (b > 0 && src[b - 1] == '[' && e < len && src[e] == ']') {
-                    e++;
-                    while (e < len && isspace((unsigned char)src[e]))
-                        e++;
-                    if (e < len && src[e] == '=' && (e + 1 >= len || src[e + 1] != '='))
-                        return line;
-                }
-            }
-            for (size_t k = i; k < after; k++)
-                line += src[k] == '\n';
-            i = after;
-            continue;
-        }
-        if (isalpha((unsigned char)src[i]) || src[i] == '_') {
-            size_t start = i;
-            while (i < len && (isalnum((unsigned char)src[i]) || src[i] == '_'))
-                i++;
-            int field = start > 0 && (src[start - 1] == '.' || src[start - 1] == ':');
-            size_t e = i;
-            while (e < len && isspace((unsigned char)src[e]) && src[e] != '\n')
-                e++;
-            if (!field && i - start == klen && memcmp(src + start, key, klen) == 0 && e < len &&
-                src[e] == '=' && (e + 1 >= len || src[e + 1] != '='))
-                return line;
-            continue;
-        }
-        line += src[i] == '\n';
-        i++;
-    }
-    return 0;
+    sg_luasrc x;
+    if (sg_luasrc_index(&x, src, len) != 0) return 0;
+    int line = sg_luasrc_line(&x, sg_luasrc_find(&x, SG_LUASRC_KEY, key, strlen(key), 0));
+    sg_luasrc_free(&x);
+    return line;
 }
 
-/* The line of the last top-level `return` (where the settings table is
- * built), or 1: for errors about the table as a whole. */
+/* The line of the last `return` (where the settings table is built), or
+ * 1: for errors about the table as a whole. */
 static int return_line(const char *src, size_t len)
 {
-    int line = 1, found = 1;
-    for (size_t i = 0; i < len;) {
-        size_t after = skip_lua_literal(src, len, i);
-        if (after != i) {
-            for (size_t k = i; k < after; k++)
-                line += src[k] == '\n';
-            i = after;
-            continue;
-        }
-        if (strncmp(src + i, "return", 6) == 0 && (i == 0 || !isalnum((unsigned char)src[i - 1])) &&
-            !isalnum((unsigned char)src[i + 6]) && src[i + 6] != '_')
-            found = line;
-        line += src[i] == '\n';
-        i++;
-    }
-    return found;
+    sg_luasrc_token *t = NULL;
+    size_t n = sg_luasrc_tokens(src, 0, len, 1, &t);
+    int line = 1;
+    for (size_t i = 0; i < n; i++)
+        if (sg_luasrc_token_is(src, &t[i], "return")) line = t[i].line;
+    free(t);
+    return line;
 }
 
 /* One value: a string, an integer, or (for repeatable flags) a list. */

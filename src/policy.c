@@ -15,6 +15,7 @@
 #include "policy.h"
 
 #include "luajson.h"
+#include "luasrc.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -31,202 +32,6 @@
 #define MAX_RUNTIME_NODES 4096
 #define MAX_NAME_LEN      1024
 #define MAX_WHY_LEN       512
-#define NO_OFFSET         ((size_t)-1)
-
-/* ---- source index: where keys and strings appear ----------------------------- */
-
-enum { SRC_KEY, SRC_STRING };
-
-typedef struct src_entry {
-    size_t off;       /* where the key or literal starts */
-    size_t text, len; /* its text (without quotes) */
-    int kind;
-    long next; /* next entry with the same hash bucket, in source order */
-} src_entry;
-
-typedef struct src_index {
-    const char *src;
-    size_t len;
-    src_entry *e;
-    size_t n, cap;
-    long *buckets;
-    size_t nbuckets;
-    size_t *line_starts;
-    size_t nlines;
-} src_index;
-
-static uint32_t fnv1a(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 16777619u;
-    }
-    return h;
-}
-
-static int src_add(src_index *x, int kind, size_t off, size_t text, size_t len)
-{
-    if (x->n == x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 256;
-        src_entry *e = realloc(x->e, cap * sizeof *e);
-        if (!e) return -1;
-        x->e = e;
-        x->cap = cap;
-    }
-    x->e[x->n++] = (src_entry){off, text, len, kind, -1};
-    return 0;
-}
-
-static int is_ident(int c)
-{
-    return isalnum(c) || c == '_';
-}
-
-/* Length of a long bracket opener "[==[" at s[i], or 0. Sets *level. */
-static size_t long_open(const char *s, size_t n, size_t i, size_t *level)
-{
-    if (s[i] != '[') return 0;
-    size_t j = i + 1;
-    while (j < n && s[j] == '=')
-        j++;
-    if (j < n && s[j] == '[') {
-        *level = j - i - 1;
-        return j - i + 1;
-    }
-    return 0;
-}
-
-/* Index of the byte after the long bracket closing at level, from i. */
-static size_t long_close(const char *s, size_t n, size_t i, size_t level)
-{
-    for (; i < n; i++) {
-        if (s[i] != ']') continue;
-        size_t j = i + 1;
-        while (j < n && s[j] == '=')
-            j++;
-        if (j < n && s[j] == ']' && j - i - 1 == level) return j + 1;
-    }
-    return n;
-}
-
-static size_t skip_space(const char *s, size_t n, size_t i)
-{
-    while (i < n && isspace((unsigned char)s[i]))
-        i++;
-    return i;
-}
-
-static int src_index_build(src_index *x, const char *s, size_t n)
-{
-    memset(x, 0, sizeof *x);
-    x->src = s;
-    x->len = n;
-    size_t nl = 1;
-    for (size_t i = 0; i < n; i++)
-        if (s[i] == '\n') nl++;
-    x->line_starts = malloc(nl * sizeof *x->line_starts);
-    if (!x->line_starts) return -1;
-    x->line_starts[x->nlines++] = 0;
-    for (size_t i = 0; i < n; i++)
-        if (s[i] == '\n') x->line_starts[x->nlines++] = i + 1;
-
-    size_t i = 0, level;
-    while (i < n) {
-        char c = s[i];
-        size_t lo;
-        if (c == '-' && i + 1 < n && s[i + 1] == '-') {
-            i += 2;
-            if ((lo = long_open(s, n, i, &level)) != 0)
-                i = long_close(s, n, i + lo, level);
-            else
-                while (i < n && s[i] != '\n')
-                    i++;
-        } else if (c == '"' || c == '\'') {
-            size_t start = i++;
-            while (i < n && s[i] != c && s[i] != '\n')
-                i += (s[i] == '\\' && i + 1 < n) ? 2 : 1;
-            size_t end = i < n ? i : n;
-            if (i < n) i++;
-            if (src_add(x, SRC_STRING, start, start + 1, end - start - 1) != 0) return -1;
-            /* ["key"] = ... */
-            size_t b = start;
-            while (b > 0 && isspace((unsigned char)s[b - 1]))
-                b--;
-            size_t a = skip_space(s, n, i);
-            if (b > 0 && s[b - 1] == '[' && a < n && s[a] == ']') {
-                a = skip_space(s, n, a + 1);
-                if (a < n && s[a] == '=' && (a + 1 >= n || s[a + 1] != '='))
-                    if (src_add(x, SRC_KEY, b - 1, start + 1, end - start - 1) != 0) return -1;
-            }
-        } else if ((lo = long_open(s, n, i, &level)) != 0) {
-            i = long_close(s, n, i + lo, level);
-        } else if (isdigit((unsigned char)c)) {
-            while (i < n && (is_ident((unsigned char)s[i]) || s[i] == '.'))
-                i++;
-        } else if (is_ident((unsigned char)c)) {
-            size_t start = i;
-            while (i < n && is_ident((unsigned char)s[i]))
-                i++;
-            int field = start > 0 && (s[start - 1] == '.' || s[start - 1] == ':');
-            size_t a = skip_space(s, n, i);
-            if (!field && a < n && s[a] == '=' && (a + 1 >= n || s[a + 1] != '='))
-                if (src_add(x, SRC_KEY, start, start, i - start) != 0) return -1;
-        } else {
-            i++;
-        }
-    }
-    x->nbuckets = 64;
-    while (x->nbuckets < x->n * 2)
-        x->nbuckets *= 2;
-    x->buckets = malloc(x->nbuckets * sizeof *x->buckets);
-    if (!x->buckets) return -1;
-    for (size_t b = 0; b < x->nbuckets; b++)
-        x->buckets[b] = -1;
-    /* Insert backwards at the head so each chain is in source order. */
-    for (size_t k = x->n; k-- > 0;) {
-        size_t b = fnv1a(s + x->e[k].text, x->e[k].len) & (x->nbuckets - 1);
-        x->e[k].next = x->buckets[b];
-        x->buckets[b] = (long)k;
-    }
-    return 0;
-}
-
-static void src_index_free(src_index *x)
-{
-    free(x->e);
-    free(x->buckets);
-    free(x->line_starts);
-    memset(x, 0, sizeof *x);
-}
-
-/* Offset of the first `kind` occurrence of text at or after from, or
- * NO_OFFSET. */
-static size_t src_find(const src_index *x, int kind, const char *text, size_t len, size_t from)
-{
-    if (!x->buckets || from == NO_OFFSET) return NO_OFFSET;
-    for (long k = x->buckets[fnv1a(text, len) & (x->nbuckets - 1)]; k >= 0; k = x->e[k].next) {
-        const src_entry *e = &x->e[k];
-        if (e->kind == kind && e->off >= from && e->len == len &&
-            memcmp(x->src + e->text, text, len) == 0)
-            return e->off;
-    }
-    return NO_OFFSET;
-}
-
-static int src_line(const src_index *x, size_t off)
-{
-    if (off == NO_OFFSET || x->nlines == 0) return 0;
-    size_t lo = 0, hi = x->nlines;
-    while (hi - lo > 1) {
-        size_t mid = (lo + hi) / 2;
-        if (x->line_starts[mid] <= off)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    return (int)lo + 1;
-}
 
 static size_t location_prefix(const char *msg);
 
@@ -259,7 +64,7 @@ typedef struct rule_map {
 static rule *map_get(const rule_map *m, const char *key, size_t len)
 {
     if (!m->cap) return NULL;
-    size_t i = fnv1a(key, len) & (m->cap - 1);
+    size_t i = sg_fnv1a(key, len) & (m->cap - 1);
     for (rule *r; (r = m->slots[i]) != NULL; i = (i + 1) & (m->cap - 1))
         if (r->keylen == len && memcmp(r->key, key, len) == 0) return r;
     return NULL;
@@ -274,7 +79,7 @@ static int map_put(rule_map *m, rule *r)
         for (size_t k = 0; k < m->cap; k++) {
             rule *o = m->slots[k];
             if (!o) continue;
-            size_t i = fnv1a(o->key, o->keylen) & (cap - 1);
+            size_t i = sg_fnv1a(o->key, o->keylen) & (cap - 1);
             while (slots[i])
                 i = (i + 1) & (cap - 1);
             slots[i] = o;
@@ -283,7 +88,7 @@ static int map_put(rule_map *m, rule *r)
         m->slots = slots;
         m->cap = cap;
     }
-    size_t i = fnv1a(r->key, r->keylen) & (m->cap - 1);
+    size_t i = sg_fnv1a(r->key, r->keylen) & (m->cap - 1);
     while (m->slots[i])
         i = (i + 1) & (m->cap - 1);
     m->slots[i] = r;
@@ -318,7 +123,7 @@ struct sg_policy {
     size_t functions_cap;
     char hash[SG_POLICY_HASH_LEN + 1]; /* sg_policy_hash */
     int annotations_from_upstream;     /* tool_annotations = "upstream" */
-    sg_policy_scope_use *fscopes; /* scope constants of function rules */
+    sg_policy_scope_use *fscopes;      /* scope constants of function rules */
     int nfscopes;
 };
 
@@ -332,7 +137,7 @@ static const char *const builtin_methods[] = {
 typedef struct loader {
     sg_policy *p;
     lua_State *L;
-    src_index idx;
+    sg_luasrc idx;
     sg_buf errors; /* "file:line: msg\n" */
     sg_buf report; /* "file:line: error|warning: msg\n" */
     int nerrors;
@@ -382,8 +187,8 @@ static void finding(loader *ld, int is_error, int line, const char *where, const
 
 static int line_near(loader *ld, int kind, const char *text, size_t len, size_t from)
 {
-    size_t off = src_find(&ld->idx, kind, text, len, from);
-    return src_line(&ld->idx, off != NO_OFFSET ? off : from);
+    size_t off = sg_luasrc_find(&ld->idx, kind, text, len, from);
+    return sg_luasrc_line(&ld->idx, off != SG_LUASRC_NONE ? off : from);
 }
 
 static const char *arena_copy(loader *ld, sg_arena *a, const char *s, size_t len)
@@ -441,13 +246,14 @@ static int scope_ref(loader *ld, const char *s, size_t len, const char *where, s
 {
     char q[160];
     if (!sg_scope_token_valid(s, len)) {
-        finding(ld, 1, line_near(ld, SRC_STRING, s, len, from), where,
+        finding(ld, 1, line_near(ld, SG_LUASRC_LITERAL, s, len, from), where,
                 "invalid scope %s%s (scope tokens are 1-%d printable ASCII characters without "
                 "spaces, double quotes or backslashes)",
                 quoted(q, sizeof q, s, len), context, SG_MAX_SCOPE_LEN);
         return -1;
     }
-    if (refuse_reserved(ld, line_near(ld, SRC_STRING, s, len, from), where, s, len)) return -1;
+    if (refuse_reserved(ld, line_near(ld, SG_LUASRC_LITERAL, s, len, from), where, s, len))
+        return -1;
     int id = sg_universe_find(ld->p->u, s, len);
     if (ld->runtime) {
         if (id < 0)
@@ -458,13 +264,13 @@ static int scope_ref(loader *ld, const char *s, size_t len, const char *where, s
     }
     if (id < 0) id = sg_universe_add(ld->p->u, s, len);
     if (id == SG_SCOPE_EFULL) {
-        finding(ld, 1, line_near(ld, SRC_STRING, s, len, from), where,
+        finding(ld, 1, line_near(ld, SG_LUASRC_LITERAL, s, len, from), where,
                 "too many distinct scopes (at most %d)", SG_MAX_SCOPES);
         return -1;
     }
     if (id < 0) luaL_error(ld->L, "out of memory");
     if (!sg_scopeset_has(&ld->p->declared, id))
-        finding(ld, 0, line_near(ld, SRC_STRING, s, len, from), where,
+        finding(ld, 0, line_near(ld, SG_LUASRC_LITERAL, s, len, from), where,
                 "scope %s is not declared in `scopes`%s", quoted(q, sizeof q, s, len), context);
     return id;
 }
@@ -475,7 +281,7 @@ static const sg_req *compile_list(loader *ld, int idx, const char *listname, sg_
 {
     lua_State *L = ld->L;
     /* Lines are looked up only when reporting: the index walk is not free. */
-#define LIST_LINE line_near(ld, SRC_KEY, listname, strlen(listname), from)
+#define LIST_LINE line_near(ld, SG_LUASRC_KEY, listname, strlen(listname), from)
     if (lua_type(L, idx) != LUA_TTABLE) {
         finding(ld, 1, LIST_LINE, where, "%s must be a list of requirements, got %s", listname,
                 luaL_typename(L, idx));
@@ -535,7 +341,7 @@ static const sg_req *compile_table(loader *ld, int idx, const char *where, size_
     while (lua_next(L, idx)) {
         lua_pop(L, 1);
         if (lua_type(L, -1) != LUA_TSTRING) {
-            finding(ld, 1, src_line(&ld->idx, from), where,
+            finding(ld, 1, sg_luasrc_line(&ld->idx, from), where,
                     "requirement tables take keys %s (found a %s key; did you mean "
                     "{ any_of = {...} }?)",
                     req_table_keys, luaL_typename(L, -1));
@@ -554,7 +360,7 @@ static const sg_req *compile_table(loader *ld, int idx, const char *where, size_
             why = 1;
         else {
             char q[160];
-            finding(ld, 1, line_near(ld, SRC_KEY, k, klen, from), where,
+            finding(ld, 1, line_near(ld, SG_LUASRC_KEY, k, klen, from), where,
                     "unknown key %s in requirement (expected %s)", quoted(q, sizeof q, k, klen),
                     req_table_keys);
             ok = 0;
@@ -562,7 +368,7 @@ static const sg_req *compile_table(loader *ld, int idx, const char *where, size_
     }
     if (!ok) return NULL;
     if (all + any + deny != 1) {
-        finding(ld, 1, src_line(&ld->idx, from), where,
+        finding(ld, 1, sg_luasrc_line(&ld->idx, from), where,
                 all + any + deny == 0 ? "requirement table needs one of %s"
                                       : "requirement table must use only one of %s (nest the "
                                         "others inside it)",
@@ -576,7 +382,7 @@ static const sg_req *compile_table(loader *ld, int idx, const char *where, size_
         size_t len;
         const char *w = lua_tolstring(L, -1, &len);
         if (lua_type(L, -1) != LUA_TSTRING || len > MAX_WHY_LEN) {
-            finding(ld, 1, line_near(ld, SRC_KEY, "why", 3, from), where,
+            finding(ld, 1, line_near(ld, SG_LUASRC_KEY, "why", 3, from), where,
                     "why must be a string of at most %d bytes", MAX_WHY_LEN);
             lua_pop(L, 1);
             return NULL;
@@ -593,13 +399,13 @@ static const sg_req *compile_table(loader *ld, int idx, const char *where, size_
         if (lua_type(L, -1) == LUA_TSTRING) {
             reason = lua_tolstring(L, -1, &len);
         } else if (!(lua_type(L, -1) == LUA_TBOOLEAN && lua_toboolean(L, -1))) {
-            finding(ld, 1, line_near(ld, SRC_KEY, "deny", 4, from), where,
+            finding(ld, 1, line_near(ld, SG_LUASRC_KEY, "deny", 4, from), where,
                     "deny takes a reason string (or true), got %s", luaL_typename(L, -1));
             lua_pop(L, 1);
             return NULL;
         }
         if (reason && len > MAX_WHY_LEN) {
-            finding(ld, 1, line_near(ld, SRC_KEY, "deny", 4, from), where,
+            finding(ld, 1, line_near(ld, SG_LUASRC_KEY, "deny", 4, from), where,
                     "deny reason is longer than %d bytes", MAX_WHY_LEN);
             lua_pop(L, 1);
             return NULL;
@@ -629,7 +435,7 @@ static const sg_req *compile_req(loader *ld, int idx, const char *where, size_t 
     lua_State *L = ld->L;
     *is_function = 0;
     if (depth > MAX_REQ_DEPTH) {
-        finding(ld, 1, src_line(&ld->idx, from), where, "requirement nested deeper than %d",
+        finding(ld, 1, sg_luasrc_line(&ld->idx, from), where, "requirement nested deeper than %d",
                 MAX_REQ_DEPTH);
         return NULL;
     }
@@ -653,7 +459,7 @@ static const sg_req *compile_req(loader *ld, int idx, const char *where, size_t 
     }
     case LUA_TBOOLEAN:
         if (!lua_toboolean(L, idx)) return &sg_req_deny;
-        finding(ld, 1, src_line(&ld->idx, from), where,
+        finding(ld, 1, sg_luasrc_line(&ld->idx, from), where,
                 "true is not a requirement (say \"public\" or \"authenticated\")");
         return NULL;
     case LUA_TTABLE:
@@ -663,7 +469,7 @@ static const sg_req *compile_req(loader *ld, int idx, const char *where, size_t 
             *is_function = 1;
             return NULL;
         }
-        finding(ld, 1, src_line(&ld->idx, from), where,
+        finding(ld, 1, sg_luasrc_line(&ld->idx, from), where,
                 ld->runtime ? "a rule function must return a requirement, not a function"
                             : "functions are only allowed as a whole rule, not inside "
                               "all_of/any_of");
@@ -678,7 +484,7 @@ static const sg_req *compile_req(loader *ld, int idx, const char *where, size_t 
         }
         /* fallthrough */
     default:
-        finding(ld, 1, src_line(&ld->idx, from), where,
+        finding(ld, 1, sg_luasrc_line(&ld->idx, from), where,
                 "expected a requirement (a scope string, \"public\", \"authenticated\", false or "
                 "a table with %s), got %s",
                 req_table_keys, luaL_typename(L, idx));
@@ -695,8 +501,8 @@ static const char *const top_keys[] = {"realm",   "resource",  "authorization_se
 
 static size_t key_offset(loader *ld, const char *key)
 {
-    size_t off = src_find(&ld->idx, SRC_KEY, key, strlen(key), 0);
-    return off == NO_OFFSET ? 0 : off;
+    size_t off = sg_luasrc_find(&ld->idx, SG_LUASRC_KEY, key, strlen(key), 0);
+    return off == SG_LUASRC_NONE ? 0 : off;
 }
 
 /* Pushes policy[key] (raw). Returns its Lua type. */
@@ -715,13 +521,13 @@ static const char *get_string_field(loader *ld, int policy, const char *key)
         size_t len;
         const char *s = lua_tolstring(L, -1, &len);
         if (len == 0 || len > MAX_NAME_LEN || strlen(s) != len)
-            finding(ld, 1, src_line(&ld->idx, key_offset(ld, key)), key,
+            finding(ld, 1, sg_luasrc_line(&ld->idx, key_offset(ld, key)), key,
                     "must be a non-empty string of at most %d bytes", MAX_NAME_LEN);
         else
             out = arena_copy(ld, &ld->p->arena, s, len);
     } else if (t != LUA_TNIL) {
-        finding(ld, 1, src_line(&ld->idx, key_offset(ld, key)), key, "must be a string, got %s",
-                luaL_typename(L, -1));
+        finding(ld, 1, sg_luasrc_line(&ld->idx, key_offset(ld, key)), key,
+                "must be a string, got %s", luaL_typename(L, -1));
     }
     lua_pop(L, 1);
     return out;
@@ -732,7 +538,7 @@ static const char *get_string_field(loader *ld, int policy, const char *key)
 static int string_list(loader *ld, const char *key, size_t from, const char ***out)
 {
     lua_State *L = ld->L;
-    int line = src_line(&ld->idx, from);
+    int line = sg_luasrc_line(&ld->idx, from);
     if (lua_type(L, -1) != LUA_TTABLE) {
         finding(ld, 1, line, key, "must be a list of strings, got %s", luaL_typename(L, -1));
         return -1;
@@ -788,7 +594,7 @@ static void load_scopes(loader *ld, int policy)
         return;
     }
     if (t != LUA_TTABLE) {
-        finding(ld, 1, src_line(&ld->idx, from), "scopes",
+        finding(ld, 1, sg_luasrc_line(&ld->idx, from), "scopes",
                 "must be a table of scope = \"description\", got %s", luaL_typename(L, -1));
         lua_pop(L, 1);
         return;
@@ -797,7 +603,7 @@ static void load_scopes(loader *ld, int policy)
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         if (lua_type(L, -2) != LUA_TSTRING) {
-            finding(ld, 1, src_line(&ld->idx, from), "scopes",
+            finding(ld, 1, sg_luasrc_line(&ld->idx, from), "scopes",
                     "keys must be scope names (found a %s key; write "
                     "[\"scope\"] = \"description\")",
                     luaL_typename(L, -2));
@@ -807,7 +613,7 @@ static void load_scopes(loader *ld, int policy)
         size_t len;
         const char *s = lua_tolstring(L, -2, &len);
         char q[160];
-        int line = line_near(ld, SRC_KEY, s, len, from);
+        int line = line_near(ld, SG_LUASRC_KEY, s, len, from);
         if (lua_type(L, -1) != LUA_TSTRING)
             finding(ld, 1, line, "scopes", "the description of %s must be a string, got %s",
                     quoted(q, sizeof q, s, len), luaL_typename(L, -1));
@@ -837,7 +643,7 @@ static void load_scopes(loader *ld, int policy)
     for (size_t i = 0; i < n; i++) {
         int id = sg_universe_add(ld->p->u, names[i], strlen(names[i]));
         if (id == SG_SCOPE_EFULL) {
-            finding(ld, 1, src_line(&ld->idx, from), "scopes", "too many scopes (at most %d)",
+            finding(ld, 1, sg_luasrc_line(&ld->idx, from), "scopes", "too many scopes (at most %d)",
                     SG_MAX_SCOPES);
             break;
         }
@@ -850,7 +656,7 @@ static void load_scopes(loader *ld, int policy)
     for (size_t i = 0; lines && i < n; i++) {
         int id = sg_universe_find(ld->p->u, names[i], strlen(names[i]));
         if (id >= 0 && (size_t)id < n)
-            lines[id] = line_near(ld, SRC_KEY, names[i], strlen(names[i]), from);
+            lines[id] = line_near(ld, SG_LUASRC_KEY, names[i], strlen(names[i]), from);
     }
     ld->p->declared_lines = lines;
     ld->p->ndeclared_lines = lines ? (int)n : 0;
@@ -867,7 +673,7 @@ static void load_implies(loader *ld, int policy)
         return;
     }
     if (t != LUA_TTABLE) {
-        finding(ld, 1, src_line(&ld->idx, from), "implies",
+        finding(ld, 1, sg_luasrc_line(&ld->idx, from), "implies",
                 "must be a table of scope = { implied scopes }, got %s", luaL_typename(L, -1));
         lua_pop(L, 1);
         return;
@@ -875,14 +681,14 @@ static void load_implies(loader *ld, int policy)
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         if (lua_type(L, -2) != LUA_TSTRING) {
-            finding(ld, 1, src_line(&ld->idx, from), "implies", "keys must be scope names");
+            finding(ld, 1, sg_luasrc_line(&ld->idx, from), "implies", "keys must be scope names");
             lua_pop(L, 1);
             continue;
         }
         size_t len;
         const char *s = lua_tolstring(L, -2, &len);
-        size_t kfrom = src_find(&ld->idx, SRC_KEY, s, len, from);
-        if (kfrom == NO_OFFSET) kfrom = from;
+        size_t kfrom = sg_luasrc_find(&ld->idx, SG_LUASRC_KEY, s, len, from);
+        if (kfrom == SG_LUASRC_NONE) kfrom = from;
         int id_from = scope_ref(ld, s, len, "implies", from, "");
         if (lua_type(L, -1) == LUA_TSTRING) {
             /* a single implied scope is fine too: { a = "b" } */
@@ -915,7 +721,7 @@ static void load_advertise(loader *ld, int policy)
     size_t from = key_offset(ld, "advertise");
     int t = get_top(ld, policy, "advertise");
     if (t != LUA_TNIL) {
-        ld->p->advertise_line = src_line(&ld->idx, from);
+        ld->p->advertise_line = sg_luasrc_line(&ld->idx, from);
         const char **list = NULL;
         int n = string_list(ld, "advertise", from, &list);
         for (int i = 0; i < n; i++)
@@ -968,102 +774,7 @@ static rule *new_rule(loader *ld, const char *table, const char *key, size_t key
  * nature: it can miss a scope built at run time, and it never executes
  * anything. */
 
-enum { TK_NAME, TK_STRING, TK_OTHER };
-typedef struct lua_token {
-    size_t off, len; /* the token; for strings the text between the quotes */
-    int kind, line;
-} lua_token;
-
-static int token_is(const char *src, const lua_token *t, const char *text)
-{
-    return t && t->len == strlen(text) && memcmp(src + t->off, text, t->len) == 0 &&
-           t->kind != TK_STRING;
-}
-
-static int is_lua_keyword(const char *src, const lua_token *t)
-{
-    static const char *const kw[] = {"and",   "break", "do",       "else", "elseif", "end",
-                                     "false", "for",   "function", "goto", "if",     "in",
-                                     "local", "nil",   "not",      "or",   "repeat", "return",
-                                     "then",  "true",  "until",    "while"};
-    if (t->kind != TK_NAME) return 0;
-    for (size_t i = 0; i < SG_ARRAY_LEN(kw); i++)
-        if (token_is(src, t, kw[i])) return 1;
-    return 0;
-}
-
-/* Tokenizes src[from..to) (line numbers from first_line). Returns the
- * token count; *out is malloc'd (free it), NULL when out of memory. */
-static size_t lua_tokens(const char *src, size_t from, size_t to, int first_line, lua_token **out)
-{
-    size_t n = 0, cap = 64, level;
-    lua_token *t = malloc(cap * sizeof *t);
-    int line = first_line;
-    for (size_t i = from; t && i < to;) {
-        char c = src[i];
-        size_t lo, start = i;
-        lua_token tok = {i, 1, TK_OTHER, line};
-        if (c == '\n' || isspace((unsigned char)c)) {
-            line += c == '\n';
-            i++;
-            continue;
-        }
-        if (c == '-' && i + 1 < to && src[i + 1] == '-') {
-            i += 2;
-            if ((lo = long_open(src, to, i, &level)) != 0)
-                i = long_close(src, to, i + lo, level);
-            else
-                while (i < to && src[i] != '\n')
-                    i++;
-            for (size_t k = start; k < i; k++)
-                line += src[k] == '\n';
-            continue;
-        }
-        if (c == '"' || c == '\'') {
-            i++;
-            while (i < to && src[i] != c && src[i] != '\n')
-                i += (src[i] == '\\' && i + 1 < to) ? 2 : 1;
-            tok = (lua_token){start + 1, (i < to ? i : to) - start - 1, TK_STRING, line};
-            if (i < to) i++;
-        } else if ((lo = long_open(src, to, i, &level)) != 0) {
-            i = long_close(src, to, i + lo, level);
-            size_t end = i >= level + 2 ? i - level - 2 : i;
-            tok = (lua_token){start + lo, end > start + lo ? end - start - lo : 0, TK_STRING, line};
-            for (size_t k = start; k < i; k++)
-                line += src[k] == '\n';
-        } else if (is_ident((unsigned char)c) && !isdigit((unsigned char)c)) {
-            while (i < to && is_ident((unsigned char)src[i]))
-                i++;
-            tok = (lua_token){start, i - start, TK_NAME, line};
-        } else if (isdigit((unsigned char)c)) {
-            while (i < to && (is_ident((unsigned char)src[i]) || src[i] == '.'))
-                i++;
-            tok = (lua_token){start, i - start, TK_OTHER, line};
-        } else {
-            static const char *const two[] = {"==", "~=", "<=", ">=", "..", "::", "//", "<<", ">>"};
-            size_t len = 1;
-            for (size_t k = 0; k < SG_ARRAY_LEN(two) && i + 1 < to; k++)
-                if (src[i] == two[k][0] && src[i + 1] == two[k][1]) len = 2;
-            if (len == 2 && src[i] == '.' && i + 2 < to && src[i + 2] == '.') len = 3;
-            i += len;
-            tok = (lua_token){start, len, TK_OTHER, line};
-        }
-        if (n == cap) {
-            lua_token *g = realloc(t, (cap *= 2) * sizeof *t);
-            if (!g) {
-                free(t);
-                t = NULL;
-                break;
-            }
-            t = g;
-        }
-        t[n++] = tok;
-    }
-    *out = t;
-    return t ? n : 0;
-}
-
-static void add_fconst(loader *ld, const char *src, const lua_token *t, const rule *r,
+static void add_fconst(loader *ld, const char *src, const sg_luasrc_token *t, const rule *r,
                        const char *file, int returned)
 {
     if (ld->nfconsts == ld->fconsts_cap) {
@@ -1112,42 +823,47 @@ static void scan_function(loader *ld, const rule *r, const char *file, int first
             break;
         }
     const char *path = arena_copy(ld, &ld->p->arena, file, strlen(file));
-    lua_token *t = NULL;
-    size_t n = lua_tokens(src, from, to, first, &t);
+    sg_luasrc_token *t = NULL;
+    size_t n = sg_luasrc_tokens(src, from, to, first, &t);
     /* Bracket kinds since the function's start: '(' grouping, 'c' call
      * parentheses, '[' index, '{' table. */
     char stack[256];
     int depth = 0, ret_depth = -1;
     for (size_t i = 0; i < n; i++) {
-        const lua_token *k = &t[i], *prev = i ? &t[i - 1] : NULL,
-                        *next = i + 1 < n ? &t[i + 1] : NULL;
-        if (token_is(src, k, "return")) {
+        const sg_luasrc_token *k = &t[i], *prev = i ? &t[i - 1] : NULL,
+                              *next = i + 1 < n ? &t[i + 1] : NULL;
+        if (sg_luasrc_token_is(src, k, "return")) {
             ret_depth = depth;
-        } else if (ret_depth == depth && (token_is(src, k, "end") || token_is(src, k, "else") ||
-                                          token_is(src, k, "elseif") || token_is(src, k, "until") ||
-                                          token_is(src, k, ";"))) {
+        } else if (ret_depth == depth &&
+                   (sg_luasrc_token_is(src, k, "end") || sg_luasrc_token_is(src, k, "else") ||
+                    sg_luasrc_token_is(src, k, "elseif") || sg_luasrc_token_is(src, k, "until") ||
+                    sg_luasrc_token_is(src, k, ";"))) {
             ret_depth = -1;
-        } else if (k->kind == TK_OTHER && k->len == 1 && strchr("([{", src[k->off])) {
+        } else if (k->kind == SG_LUASRC_OTHER && k->len == 1 && strchr("([{", src[k->off])) {
             char kind = src[k->off];
             if (kind == '(' && prev &&
-                ((prev->kind == TK_NAME && !is_lua_keyword(src, prev)) || prev->kind == TK_STRING ||
-                 token_is(src, prev, ")") || token_is(src, prev, "]")))
+                ((prev->kind == SG_LUASRC_NAME && !sg_luasrc_is_keyword(src, prev)) ||
+                 prev->kind == SG_LUASRC_STRING || sg_luasrc_token_is(src, prev, ")") ||
+                 sg_luasrc_token_is(src, prev, "]")))
                 kind = 'c';
             if (depth < (int)sizeof stack) stack[depth] = kind;
             depth++;
-        } else if (k->kind == TK_OTHER && k->len == 1 && strchr(")]}", src[k->off])) {
+        } else if (k->kind == SG_LUASRC_OTHER && k->len == 1 && strchr(")]}", src[k->off])) {
             if (depth > 0) depth--;
             if (ret_depth > depth) ret_depth = -1;
-        } else if (k->kind == TK_STRING) {
+        } else if (k->kind == SG_LUASRC_STRING) {
             char inner = depth > 0 && depth <= (int)sizeof stack ? stack[depth - 1] : 0;
             static const char *const ops[] = {"==", "~=", "..", "<", ">", "<=", ">="};
             int operand = 0;
             for (size_t o = 0; o < SG_ARRAY_LEN(ops); o++)
-                operand |= token_is(src, prev, ops[o]) || token_is(src, next, ops[o]);
-            int reason = token_is(src, prev, "=") && i >= 2 &&
-                         (token_is(src, &t[i - 2], "why") || token_is(src, &t[i - 2], "deny"));
-            int call_arg = prev && ((prev->kind == TK_NAME && !is_lua_keyword(src, prev)) ||
-                                    token_is(src, prev, ")"));
+                operand |=
+                    sg_luasrc_token_is(src, prev, ops[o]) || sg_luasrc_token_is(src, next, ops[o]);
+            int reason = sg_luasrc_token_is(src, prev, "=") && i >= 2 &&
+                         (sg_luasrc_token_is(src, &t[i - 2], "why") ||
+                          sg_luasrc_token_is(src, &t[i - 2], "deny"));
+            int call_arg =
+                prev && ((prev->kind == SG_LUASRC_NAME && !sg_luasrc_is_keyword(src, prev)) ||
+                         sg_luasrc_token_is(src, prev, ")"));
             int returned = ret_depth >= 0 && depth >= ret_depth && inner != 'c' && inner != '[' &&
                            !operand && !reason && !call_arg;
             if (!memchr(src + k->off, '\\', k->len) && sg_scope_token_valid(src + k->off, k->len))
@@ -1381,7 +1097,7 @@ static void load_rules(loader *ld, int policy, int which)
         return;
     }
     if (t != LUA_TTABLE) {
-        finding(ld, 1, src_line(&ld->idx, from), tname,
+        finding(ld, 1, sg_luasrc_line(&ld->idx, from), tname,
                 "must be a table of name = requirement, got %s", luaL_typename(L, -1));
         lua_pop(L, 1);
         return;
@@ -1389,7 +1105,7 @@ static void load_rules(loader *ld, int policy, int which)
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         if (lua_type(L, -2) != LUA_TSTRING) {
-            finding(ld, 1, src_line(&ld->idx, from), tname,
+            finding(ld, 1, sg_luasrc_line(&ld->idx, from), tname,
                     "keys must be names (found a %s key: write name = requirement, not a list)",
                     luaL_typename(L, -2));
             lua_pop(L, 1);
@@ -1397,21 +1113,21 @@ static void load_rules(loader *ld, int policy, int which)
         }
         size_t len;
         const char *k = lua_tolstring(L, -2, &len);
-        size_t kfrom = src_find(&ld->idx, SRC_KEY, k, len, from);
+        size_t kfrom = sg_luasrc_find(&ld->idx, SG_LUASRC_KEY, k, len, from);
         if (len == 0 || len > MAX_NAME_LEN || strlen(k) != len) {
-            finding(ld, 1, src_line(&ld->idx, kfrom != NO_OFFSET ? kfrom : from), tname,
+            finding(ld, 1, sg_luasrc_line(&ld->idx, kfrom != SG_LUASRC_NONE ? kfrom : from), tname,
                     "names must be 1-%d bytes without NUL", MAX_NAME_LEN);
             lua_pop(L, 1);
             continue;
         }
-        rule *r =
-            new_rule(ld, tname, k, len, src_line(&ld->idx, kfrom != NO_OFFSET ? kfrom : from));
+        rule *r = new_rule(ld, tname, k, len,
+                           sg_luasrc_line(&ld->idx, kfrom != SG_LUASRC_NONE ? kfrom : from));
         int is_template = which == T_RESOURCES && (memchr(k, '{', len) || memchr(k, '}', len));
         if (is_template && compile_template(ld, r) != 0) {
             lua_pop(L, 1);
             continue;
         }
-        if (compile_rule(ld, r, kfrom != NO_OFFSET ? kfrom : from) == 0) {
+        if (compile_rule(ld, r, kfrom != SG_LUASRC_NONE ? kfrom : from) == 0) {
             if (r->req && anonymous_allowed(r->req)) p->any_public = 1;
             size_t stars = 0;
             for (size_t i = 0; i < len; i++)
@@ -1447,7 +1163,7 @@ static void load_default(loader *ld, int policy)
     size_t from = key_offset(ld, "default");
     int t = get_top(ld, policy, "default");
     if (t != LUA_TNIL) {
-        rule *r = new_rule(ld, NULL, "default", 7, src_line(&ld->idx, from));
+        rule *r = new_rule(ld, NULL, "default", 7, sg_luasrc_line(&ld->idx, from));
         if (compile_rule(ld, r, from) == 0) p->default_rule = *r;
         if (r->req && anonymous_allowed(r->req)) p->any_public = 1;
         if (r->ref != LUA_NOREF) p->functions[p->nfunctions - 1] = &p->default_rule;
@@ -1481,7 +1197,7 @@ static int compile_policy(lua_State *L)
                 quoted(q, sizeof q, k, len);
             }
             int line = lua_type(L, -1) == LUA_TSTRING
-                           ? line_near(ld, SRC_KEY, lua_tostring(L, -1), len, 0)
+                           ? line_near(ld, SG_LUASRC_KEY, lua_tostring(L, -1), len, 0)
                            : 1;
             finding(ld, 1, line, "",
                     "unknown top-level key %s (expected realm, resource, authorization_servers, "
@@ -1494,7 +1210,7 @@ static int compile_policy(lua_State *L)
     p->resource = get_string_field(ld, policy, "resource");
     const char *annotations_from = get_string_field(ld, policy, "tool_annotations");
     if (annotations_from && strcmp(annotations_from, "upstream") != 0)
-        finding(ld, 1, line_near(ld, SRC_KEY, "tool_annotations", 16, 0), "tool_annotations",
+        finding(ld, 1, line_near(ld, SG_LUASRC_KEY, "tool_annotations", 16, 0), "tool_annotations",
                 "must be \"upstream\" (learn tools' MCP annotations from the upstream's "
                 "tools/list), not \"%s\"",
                 annotations_from);
@@ -1562,7 +1278,7 @@ static int make_list_meta(lua_State *L)
 
 static void loader_free(loader *ld)
 {
-    src_index_free(&ld->idx);
+    sg_luasrc_free(&ld->idx);
     sg_buf_free(&ld->errors);
     sg_buf_free(&ld->report);
     sg_buf_free(&ld->runtime_error);
@@ -1600,7 +1316,7 @@ static sg_policy *load_policy(const char *path, const sg_policy_limits *limits, 
     if (!src) {
         sg_buf_printf(&err, "%s: cannot read policy: %s", path, strerror(errno));
         failed = 1;
-    } else if (src_index_build(&ld->idx, src, srclen) != 0) {
+    } else if (sg_luasrc_index(&ld->idx, src, srclen) != 0) {
         sg_buf_printf(&err, "%s: out of memory", path);
         failed = 1;
     } else if (sg_sandbox_run_file(p->sb, path, &err) != 0) {
@@ -1639,7 +1355,7 @@ static sg_policy *load_policy(const char *path, const sg_policy_limits *limits, 
     }
     free(src);
     /* The index points into src: it is only good while loading. */
-    src_index_free(&ld->idx);
+    sg_luasrc_free(&ld->idx);
     if (ld->nerrors) {
         sg_policy_free(p);
         return NULL;
@@ -1861,7 +1577,7 @@ static int call_rule(lua_State *L)
     ld.runtime = 1;
     ld.arena = cc->arena;
     int fn;
-    cc->result = compile_req(&ld, lua_gettop(L), "", NO_OFFSET, 0, 1, &fn);
+    cc->result = compile_req(&ld, lua_gettop(L), "", SG_LUASRC_NONE, 0, 1, &fn);
     if (!cc->result) {
         lua_pushfstring(L, "rule returned an invalid requirement: %s",
                         ld.runtime_error.data ? ld.runtime_error.data : "out of memory");

@@ -33,6 +33,7 @@
 #include "bridge.h"
 #include "cli.h"
 #include "luajson.h"
+#include "luasrc.h"
 #include "mcp.h"
 #include "policy.h"
 #include "sandbox.h"
@@ -99,115 +100,33 @@ typedef struct case_span {
     size_t start, end;
 } case_span;
 
-/* Index after a comment, string or long string starting at s[i]; i when
- * none starts there. */
-static size_t skip_literal(const char *s, size_t n, size_t i)
-{
-    size_t j = i;
-    int comment = 0;
-    if (s[j] == '-' && j + 1 < n && s[j + 1] == '-') {
-        comment = 1;
-        j += 2;
-    }
-    if (j < n && s[j] == '[') {
-        size_t k = j + 1;
-        while (k < n && s[k] == '=')
-            k++;
-        if (k < n && s[k] == '[') {
-            size_t level = k - j - 1;
-            for (k++; k < n; k++) {
-                if (s[k] != ']') continue;
-                size_t e = k + 1;
-                while (e < n && s[e] == '=')
-                    e++;
-                if (e < n && s[e] == ']' && e - k - 1 == level) return e + 1;
-            }
-            return n;
-        }
-    }
-    if (comment) {
-        while (j < n && s[j] != '\n')
-            j++;
-        return j;
-    }
-    if (s[j] == '"' || s[j] == '\'') {
-        char q = s[j++];
-        while (j < n && s[j] != q && s[j] != '\n')
-            j += (s[j] == '\\' && j + 1 < n) ? 2 : 1;
-        return j < n ? j + 1 : n;
-    }
-    return i;
-}
-
-static int is_ident(int c)
-{
-    return isalnum(c) || c == '_';
-}
-
-/* Offset of the first `key =` in s[from, to) outside strings and comments,
- * or NO_OFFSET. */
-static size_t find_key(const char *s, size_t from, size_t to, const char *key)
-{
-    size_t klen = strlen(key);
-    for (size_t i = from; i < to;) {
-        size_t j = skip_literal(s, to, i);
-        if (j != i) {
-            i = j;
-            continue;
-        }
-        if (!is_ident((unsigned char)s[i])) {
-            i++;
-            continue;
-        }
-        size_t start = i;
-        while (i < to && is_ident((unsigned char)s[i]))
-            i++;
-        if (i - start != klen || memcmp(s + start, key, klen) != 0) continue;
-        if (start > 0 && (s[start - 1] == '.' || s[start - 1] == ':')) continue;
-        size_t a = i;
-        while (a < to && isspace((unsigned char)s[a]))
-            a++;
-        if (a < to && s[a] == '=' && (a + 1 >= to || s[a + 1] != '=')) return start;
-    }
-    return NO_OFFSET;
-}
-
-/* Fills spans with up to max case tables; returns how many were found. */
+/* Fills spans with up to max case tables (the `{ ... }` directly inside
+ * `cases = { ... }`, counted with the tokenizer so that braces in strings and
+ * comments do not count); returns how many were found. */
 static size_t scan_cases(const char *s, size_t n, size_t cases_key, case_span *spans, size_t max)
 {
-    if (cases_key == NO_OFFSET) return 0;
+    if (cases_key == SG_LUASRC_NONE) return 0;
+    sg_luasrc_token *t = NULL;
+    size_t nt = sg_luasrc_tokens(s, cases_key, n, 1, &t);
     size_t count = 0;
     int depth = 0, cases_depth = -1;
-    for (size_t i = cases_key; i < n;) {
-        size_t j = skip_literal(s, n, i);
-        if (j != i) {
-            i = j;
-            continue;
-        }
-        if (s[i] == '{') {
+    for (size_t i = 0; i < nt; i++) {
+        if (sg_luasrc_token_is(s, &t[i], "{")) {
             if (cases_depth < 0) {
                 cases_depth = depth + 1;
             } else if (depth == cases_depth) {
-                if (count < max) spans[count].start = i;
+                if (count < max) spans[count].start = t[i].at;
                 count++;
             }
             depth++;
-        } else if (s[i] == '}') {
+        } else if (sg_luasrc_token_is(s, &t[i], "}")) {
             depth--;
-            if (depth == cases_depth && count > 0 && count <= max) spans[count - 1].end = i;
+            if (depth == cases_depth && count > 0 && count <= max) spans[count - 1].end = t[i].at;
             if (depth < cases_depth) break;
         }
-        i++;
     }
+    free(t);
     return count;
-}
-
-static int line_of(const char *s, size_t off)
-{
-    int line = 1;
-    for (size_t i = 0; i < off; i++)
-        if (s[i] == '\n') line++;
-    return line;
 }
 
 /* ---- reading a test file -------------------------------------------------- */
@@ -219,6 +138,7 @@ typedef struct reader {
     size_t srclen;
     sg_buf *errors; /* one "file:line: problem" line each */
     int nerrors;
+    sg_luasrc idx; /* where keys are written in src */
 } reader;
 
 static void problem(reader *rd, int line, const char *fmt, ...)
@@ -237,8 +157,8 @@ static void problem(reader *rd, int line, const char *fmt, ...)
 /* The line of `key =` inside [from, to), else fallback. */
 static int key_line(reader *rd, size_t from, size_t to, const char *key, int fallback)
 {
-    size_t off = find_key(rd->src, from, to, key);
-    return off == NO_OFFSET ? fallback : line_of(rd->src, off);
+    size_t off = sg_luasrc_find(&rd->idx, SG_LUASRC_KEY, key, strlen(key), from);
+    return off == SG_LUASRC_NONE || off >= to ? fallback : sg_luasrc_line(&rd->idx, off);
 }
 
 static int in_list(const char *s, const char *const *list, size_t n)
@@ -609,7 +529,8 @@ static int read_test_file(const char *path, test_file *f, sg_buf *errors)
         return -1;
     }
     sg_buf_free(&err);
-    reader rd = {sg_sandbox_lua(sb), path, src, srclen, errors, 0};
+    reader rd = {sg_sandbox_lua(sb), path, src, srclen, errors, 0, {0}};
+    sg_luasrc_index(&rd.idx, src, srclen); /* out of memory: lines fall back */
     lua_State *L = rd.L;
     int top = lua_gettop(L);
     if (lua_type(L, top) != LUA_TTABLE) {
@@ -652,8 +573,8 @@ static int read_test_file(const char *path, test_file *f, sg_buf *errors)
         read_upstream_tools(&rd, f, lua_gettop(L), key_line(&rd, 0, srclen, "upstream_tools", 1));
     lua_pop(L, 1);
 
-    size_t cases_key = find_key(src, 0, srclen, "cases");
-    int cases_line = cases_key == NO_OFFSET ? 1 : line_of(src, cases_key);
+    size_t cases_key = sg_luasrc_find(&rd.idx, SG_LUASRC_KEY, "cases", 5, 0);
+    int cases_line = cases_key == SG_LUASRC_NONE ? 1 : sg_luasrc_line(&rd.idx, cases_key);
     if (field(L, top, "cases") != LUA_TTABLE || lua_rawlen(L, -1) == 0) {
         problem(&rd, cases_line, "cases must be a non-empty list of cases");
         goto out;
@@ -670,13 +591,14 @@ static int read_test_file(const char *path, test_file *f, sg_buf *errors)
     int exact = scan_cases(src, srclen, cases_key, spans, f->ncases) == f->ncases;
     for (size_t i = 0; i < f->ncases; i++) {
         test_case *c = &f->cases[i];
-        c->line = exact ? line_of(src, spans[i].start) : cases_line;
+        c->line = exact ? sg_luasrc_line(&rd.idx, spans[i].start) : cases_line;
         lua_rawgeti(L, ct, (lua_Integer)i + 1);
         read_case(&rd, c, (int)i + 1, exact ? &spans[i] : NULL);
         lua_settop(L, ct);
     }
     free(spans);
 out:
+    sg_luasrc_free(&rd.idx);
     sg_sandbox_free(sb);
     free(src);
     return rd.nerrors ? -1 : 0;

@@ -41,10 +41,7 @@ struct sg_universe {
 
 static uint32_t name_hash(const char *s, size_t len)
 {
-    uint32_t h = 2166136261u; /* FNV-1a: short ASCII keys, no adversary here */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)s[i]) * 16777619u;
-    return h;
+    return sg_fnv1a(s, len); /* short ASCII keys, no adversary here */
 }
 
 sg_universe *sg_universe_new(void)

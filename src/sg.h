@@ -88,6 +88,10 @@ typedef struct sg_header {
  * written). Can't fail; long messages are cut. */
 void sg_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* FNV-1a of n bytes: a fast hash for tables whose keys no adversary picks
+ * (policy names, source text). Can't fail. */
+uint32_t sg_fnv1a(const void *p, size_t n);
+
 /* SHA-256 of n bytes into out[32] (OpenSSL). Can't fail on the sizes we
  * hash (aborts only if OpenSSL cannot run SHA-256 at all). */
 void sg_sha256(const void *p, size_t n, unsigned char out[32]);

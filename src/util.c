@@ -284,6 +284,17 @@ void sg_strv_free(char **v)
 
 /* ---- digests ----------------------------------------------------------------- */
 
+uint32_t sg_fnv1a(const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= s[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
 void sg_sha256(const void *p, size_t n, unsigned char out[32])
 {
     unsigned int len = 32;

@@ -17,6 +17,21 @@ function M.read_file(path)
   return s
 end
 
+-- Runs a program to completion: returns its stdout, stderr and exit code.
+-- args is shell text (quote with keys.q); stdin (optional) is fed to it.
+function M.run(bin, args, stdin)
+  local dir = keys.tmpdir()
+  local cmd = CLEAN .. q(bin) .. " " .. args .. " >" .. dir .. "/out 2>" .. dir .. "/err"
+  if stdin then
+    keys.write(dir .. "/in", stdin)
+    cmd = cmd .. " <" .. dir .. "/in"
+  end
+  local _, _, code = os.execute(cmd)
+  local out, err = keys.read(dir .. "/out"), keys.read(dir .. "/err")
+  os.execute(CLEAN .. "rm -rf " .. q(dir))
+  return out, err, code
+end
+
 -- Waits for a line matching pattern in a file; returns the capture.
 function M.wait_for(path, pattern, seconds)
   for _ = 1, math.floor((seconds or 5) / 0.05) do

@@ -6,18 +6,8 @@ local core = require "scopegate.core"
 local BIN = os.getenv("SG_BUILD_DIR") .. "/scopegate"
 
 -- Runs the binary; returns stdout, stderr and the exit code.
-local function sg(args, stdin)
-  local dir = K.tmpdir()
-  local cmd = K.CLEAN .. K.q(BIN) .. " " .. args .. " >" .. dir .. "/out 2>" .. dir .. "/err"
-  if stdin then
-    K.write(dir .. "/in", stdin)
-    cmd = cmd .. " <" .. dir .. "/in"
-  end
-  local _, _, code = os.execute(cmd)
-  local out, err = K.read(dir .. "/out"), K.read(dir .. "/err")
-  os.execute(K.CLEAN .. "rm -rf " .. K.q(dir))
-  return out, err, code
-end
+local procs = require "procs"
+local function sg(args, stdin) return procs.run(BIN, args, stdin) end
 
 local JOURNAL = "policies/examples/journal.lua"
 local RM = "https://journal.example.com/.well-known/oauth-protected-resource/mcp"

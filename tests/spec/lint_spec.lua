@@ -19,14 +19,8 @@ local CODES = {
 }
 
 -- Runs the binary; returns stdout, stderr and the exit code.
-local function sg(args)
-  local dir = K.tmpdir()
-  local cmd = K.CLEAN .. K.q(BIN) .. " " .. args .. " >" .. dir .. "/out 2>" .. dir .. "/err"
-  local _, _, code = os.execute(cmd)
-  local out, err = K.read(dir .. "/out"), K.read(dir .. "/err")
-  os.execute(K.CLEAN .. "rm -rf " .. K.q(dir))
-  return out, err, code
-end
+local procs = require "procs"
+local function sg(args, stdin) return procs.run(BIN, args, stdin) end
 
 -- Parses a JSON document with python3 (an independent parser) and returns
 -- "errors warnings code,code,..." (codes sorted, deduplicated, one per line

@@ -9,14 +9,8 @@ local BIN = BUILD .. "/scopegate"
 local EXAMPLES = "policies/examples"
 
 -- Runs a scopegate binary; returns stdout, stderr and the exit code.
-local function run(bin, args)
-  local dir = K.tmpdir()
-  local cmd = K.CLEAN .. K.q(bin) .. " " .. args .. " >" .. dir .. "/out 2>" .. dir .. "/err"
-  local _, _, code = os.execute(cmd)
-  local out, err = K.read(dir .. "/out"), K.read(dir .. "/err")
-  os.execute(K.CLEAN .. "rm -rf " .. K.q(dir))
-  return out, err, code
-end
+local procs = require "procs"
+local run = procs.run
 
 local function sg(args) return run(BIN, args) end
 

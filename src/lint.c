@@ -26,15 +26,9 @@ static void add_finding(sg_findings *f, const char *file, int line, int is_error
 static void add_finding(sg_findings *f, const char *file, int line, int is_error, const char *code,
                         const char *fmt, ...)
 {
-    if (f->n == f->cap) {
-        size_t cap = f->cap ? f->cap * 2 : 16;
-        sg_finding *items = realloc(f->items, cap * sizeof *items);
-        if (!items) {
-            f->oom = 1;
-            return;
-        }
-        f->items = items;
-        f->cap = cap;
+    if (sg_array_reserve(&f->items, &f->cap, f->n, sizeof *f->items, 16) != 0) {
+        f->oom = 1;
+        return;
     }
     va_list ap;
     va_start(ap, fmt);
@@ -364,15 +358,9 @@ static void req_scopes(const sg_req *r, sg_scopeset *out)
 static void collect_rule(const sg_policy_rule_info *info, void *ctx)
 {
     lint *l = ctx;
-    if (l->nrules == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 32;
-        lint_rule *r = realloc(l->rules, cap * sizeof *r);
-        if (!r) {
-            l->oom = 1;
-            return;
-        }
-        l->rules = r;
-        l->cap = cap;
+    if (sg_array_reserve(&l->rules, &l->cap, l->nrules, sizeof *l->rules, 32) != 0) {
+        l->oom = 1;
+        return;
     }
     lint_rule *r = &l->rules[l->nrules++];
     memset(r, 0, sizeof *r);

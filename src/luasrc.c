@@ -147,13 +147,7 @@ struct sg_luasrc_entry {
 static int add_entry(sg_luasrc *x, size_t *cap, sg_luasrc_entry_kind kind, size_t off, size_t text,
                      size_t len)
 {
-    if (x->n == *cap) {
-        size_t grown = *cap ? *cap * 2 : 256;
-        struct sg_luasrc_entry *e = realloc(x->e, grown * sizeof *e);
-        if (!e) return -1;
-        x->e = e;
-        *cap = grown;
-    }
+    if (sg_array_reserve(&x->e, cap, x->n, sizeof *x->e, 256) != 0) return -1;
     x->e[x->n++] = (struct sg_luasrc_entry){off, text, len, kind, -1};
     return 0;
 }

@@ -88,6 +88,12 @@ typedef struct sg_header {
  * written). Can't fail; long messages are cut. */
 void sg_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* Makes room for one more element in a growable array: when n == *cap, the
+ * array (*items, elements of `size` bytes) is reallocated to twice the
+ * capacity (at least `first`). Returns 0, or -1 when out of memory (the
+ * array is then unchanged). */
+int sg_array_reserve(void *items, size_t *cap, size_t n, size_t size, size_t first);
+
 /* FNV-1a of n bytes: a fast hash for tables whose keys no adversary picks
  * (policy names, source text). Can't fail. */
 uint32_t sg_fnv1a(const void *p, size_t n);

@@ -284,6 +284,18 @@ void sg_strv_free(char **v)
 
 /* ---- digests ----------------------------------------------------------------- */
 
+int sg_array_reserve(void *items, size_t *cap, size_t n, size_t size, size_t first)
+{
+    if (n < *cap) return 0;
+    size_t grown = *cap ? *cap * 2 : first;
+    void **slot = items;
+    void *p = realloc(*slot, grown * size);
+    if (!p) return -1;
+    *slot = p;
+    *cap = grown;
+    return 0;
+}
+
 uint32_t sg_fnv1a(const void *p, size_t n)
 {
     const unsigned char *s = p;

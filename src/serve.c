@@ -46,6 +46,11 @@ typedef struct serve_opts {
     unsigned long upstream_timeout_ms, connect_timeout_ms, token_cache;
     unsigned long jwks_ttl_s, jwks_refetch_s;
     int no_watch;
+    /* Token verification (sg_verifier_config). */
+    const char *leeway, *token_algs;
+    unsigned long max_token_bytes;
+    const char *required_claims[SG_VERIFIER_MAX_REQUIRED_CLAIMS];
+    int nrequired_claims;
     int config_argc; /* --config FILE as flags; the strings above may point here */
     char **config_argv;
 } serve_opts;
@@ -61,6 +66,12 @@ static void serve_usage(FILE *f)
           "  --upstream-ca FILE         CA bundle that verifies an https:// upstream [system]\n"
           "  --jwks-ttl SECONDS         refresh a JWKS URL this often [300]\n"
           "  --jwks-refetch SECONDS     at most one unknown-kid refetch this often [30]\n"
+          "  --leeway SECONDS           clock skew allowed on exp, nbf and iat [60]\n"
+          "  --token-algs ALG[,ALG...]  the only JWS algorithms accepted (e.g. RS256,ES256)\n"
+          "                             [every algorithm a configured key is bound to]\n"
+          "  --require-claim NAME       refuse tokens without this claim (repeatable; e.g.\n"
+          "                             sub, client_id, jti)\n"
+          "  --max-token-bytes N        refuse larger tokens unparsed [16384]\n"
           "  --no-watch                 do not reload the policy when its files change\n"
           "                             (SIGHUP still reloads the policy and the keys)\n"
           "  --path PATH                MCP endpoint path [/mcp]\n"
@@ -137,11 +148,11 @@ static int parse_identity(const char *spec, serve_opts *o)
 /* The lists a parse fills, kept apart so the command line's lists replace
  * (not extend) the config file's. */
 typedef struct serve_lists {
-    sg_flag_list hosts, origins, identity;
+    sg_flag_list hosts, origins, identity, claims;
 } serve_lists;
 
 /* Fills flags[] (SERVE_NFLAGS entries) with the table of serve's flags. */
-#define SERVE_NFLAGS 28
+#define SERVE_NFLAGS 32
 static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_flag *flags)
 {
     const sg_flag table[SERVE_NFLAGS] = {
@@ -173,6 +184,10 @@ static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_fl
         {"--jwks-refetch", SG_FLAG_ULONG, &o->jwks_refetch_s, 1, 86400},
         {"--upstream-ca", SG_FLAG_STRING, &o->upstream_ca, 0, 0},
         {"--no-watch", SG_FLAG_BOOL, &o->no_watch, 0, 0},
+        {"--leeway", SG_FLAG_STRING, &o->leeway, 0, 0},
+        {"--token-algs", SG_FLAG_STRING, &o->token_algs, 0, 0},
+        {"--require-claim", SG_FLAG_LIST, &l->claims, 0, 0},
+        {"--max-token-bytes", SG_FLAG_ULONG, &o->max_token_bytes, 64, 1024 * 1024},
     };
     memcpy(flags, table, sizeof table);
 }
@@ -214,6 +229,14 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     const sg_flag_list *hosts = pick(&from_cli.hosts, &from_file.hosts);
     const sg_flag_list *origins = pick(&from_cli.origins, &from_file.origins);
     const sg_flag_list *identity = pick(&from_cli.identity, &from_file.identity);
+    const sg_flag_list *claims = pick(&from_cli.claims, &from_file.claims);
+    if (claims->n > SG_VERIFIER_MAX_REQUIRED_CLAIMS) {
+        fprintf(stderr, "scopegate serve: --require-claim: at most %d claims\n",
+                SG_VERIFIER_MAX_REQUIRED_CLAIMS);
+        return -1;
+    }
+    for (int i = 0; i < claims->n; i++)
+        o->required_claims[o->nrequired_claims++] = claims->items[i];
     for (int i = 0; i < hosts->n; i++)
         o->hosts[o->nhosts++] = hosts->items[i];
     for (int i = 0; i < origins->n; i++)
@@ -302,6 +325,43 @@ static int set_log_level(const char *name)
 }
 
 static int serve(serve_opts *opts);
+
+/* --leeway, --token-algs, --require-claim and --max-token-bytes into the
+ * verifier configuration. Returns 0, or -1 after printing why. */
+static int verifier_options(const serve_opts *o, sg_verifier_config *vc)
+{
+    unsigned long leeway;
+    if (o->leeway) {
+        if (sg_parse_ulong("serve", "--leeway", o->leeway, 0, 3600, &leeway) != 0) return -1;
+        vc->leeway_s = (int)leeway;
+    }
+    if (o->max_token_bytes) vc->max_token_bytes = o->max_token_bytes;
+    if (o->token_algs) {
+        vc->allowed_algs = 0;
+        for (const char *p = o->token_algs; *p;) {
+            size_t n = strcspn(p, ", ");
+            int alg = n ? sg_jws_alg_from_name(p, n) : 0;
+            if (n && alg <= SG_ALG_NONE) {
+                fprintf(stderr,
+                        "scopegate serve: --token-algs: '%.*s' is not a JWS signature algorithm "
+                        "(RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA, "
+                        "HS256, HS384, HS512)\n",
+                        (int)n, p);
+                return -1;
+            }
+            if (n) vc->allowed_algs |= SG_ALG_BIT(alg);
+            p += n;
+            p += strspn(p, ", ");
+        }
+        if (!vc->allowed_algs) {
+            fprintf(stderr, "scopegate serve: --token-algs names no algorithm\n");
+            return -1;
+        }
+    }
+    for (int i = 0; i < o->nrequired_claims; i++)
+        vc->required_claims[vc->nrequired_claims++] = o->required_claims[i];
+    return 0;
+}
 
 /* What SIGHUP re-reads: the configured key files into a fresh key set whose
  * keys then replace the live ones (a file that no longer parses leaves the
@@ -443,6 +503,10 @@ static int serve(serve_opts *opts)
     sg_verifier_config_init(&vc);
     vc.issuer = o.issuer;
     vc.audience = audience;
+    if (verifier_options(&o, &vc) != 0) {
+        rc = 2;
+        goto out;
+    }
     if (!(verifier = sg_verifier_new(&vc, keys, err, sizeof err))) {
         fprintf(stderr, "scopegate serve: %s\n", err);
         goto out;

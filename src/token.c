@@ -59,6 +59,7 @@ static const struct {
     [SG_TOKEN_TYP] = {"typ_not_allowed", "The token type is not accepted."},
     [SG_TOKEN_CLAIM_TYPE] = {"claim_wrong_type", "A token claim has the wrong type."},
     [SG_TOKEN_EXP_MISSING] = {"exp_missing", "The token has no expiration time."},
+    [SG_TOKEN_CLAIM_MISSING] = {"claim_missing", "The token lacks a claim this server requires."},
     [SG_TOKEN_INVALID_SCOPE] = {"invalid_scope_token", "The token carries an invalid scope."},
     [SG_TOKEN_DUPLICATE_KEY] = {"duplicate_key", "The token repeats a JSON member name."},
     [SG_TOKEN_INTERNAL] = {"internal_error", "The token could not be verified."},
@@ -254,6 +255,9 @@ struct sg_verifier {
     int leeway_s;
     size_t max_token_bytes;
     int require_exp;
+    unsigned allowed_algs; /* 0: any */
+    char *required_claims[SG_VERIFIER_MAX_REQUIRED_CLAIMS];
+    int nrequired_claims;
 };
 
 void sg_verifier_config_init(sg_verifier_config *c)
@@ -284,6 +288,15 @@ sg_verifier *sg_verifier_new(const sg_verifier_config *c, sg_keys *keys, char *e
     v->leeway_s = c->leeway_s;
     v->max_token_bytes = c->max_token_bytes;
     v->require_exp = c->require_exp;
+    v->allowed_algs = c->allowed_algs;
+    for (int i = 0; i < c->nrequired_claims && i < SG_VERIFIER_MAX_REQUIRED_CLAIMS; i++) {
+        if (!(v->required_claims[i] = strdup(c->required_claims[i]))) {
+            sg_verifier_free(v);
+            sg_errf(err, errlen, "out of memory");
+            return NULL;
+        }
+        v->nrequired_claims = i + 1;
+    }
     if (c->issuer && !(v->issuer = strdup(c->issuer))) goto oom;
     if (c->audience) {
         char canon[MAX_AUD_LEN];
@@ -307,6 +320,8 @@ void sg_verifier_free(sg_verifier *v)
     if (!v) return;
     free(v->issuer);
     free(v->audience);
+    for (int i = 0; i < v->nrequired_claims; i++)
+        free(v->required_claims[i]);
     free(v);
 }
 
@@ -372,6 +387,7 @@ static sg_token_err check_header_and_signature(const sg_verifier *v, const char 
     if (strcasecmp(alg_name, "none") == 0) return SG_TOKEN_ALG_NONE;
     int alg = sg_jws_alg_from_name(alg_name, strlen(alg_name));
     if (alg <= SG_ALG_NONE) return SG_TOKEN_ALG_NOT_ALLOWED;
+    if (v->allowed_algs && !(v->allowed_algs & SG_ALG_BIT(alg))) return SG_TOKEN_ALG_NOT_ALLOWED;
     if (cJSON_GetObjectItemCaseSensitive(header, "crit")) return SG_TOKEN_CRIT;
     const cJSON *typ = cJSON_GetObjectItemCaseSensitive(header, "typ");
     if (typ && (!cJSON_IsString(typ) || !typ_allowed(typ->valuestring))) return SG_TOKEN_TYP;
@@ -523,6 +539,9 @@ static sg_token_err check_claims(const sg_verifier *v, owned_token *o, int64_t n
 
     double t = (double)now, leeway = v->leeway_s;
     if (!has_exp && v->require_exp) return SG_TOKEN_EXP_MISSING;
+    for (int i = 0; i < v->nrequired_claims; i++)
+        if (!cJSON_GetObjectItemCaseSensitive(claims, v->required_claims[i]))
+            return SG_TOKEN_CLAIM_MISSING;
     if (has_exp && t >= exp + leeway) return SG_TOKEN_EXPIRED;
     if (has_nbf && t + leeway < nbf) return SG_TOKEN_NOT_YET_VALID;
     if (has_iat && iat > t + leeway) return SG_TOKEN_IAT_FUTURE;
@@ -593,7 +612,7 @@ sg_token_err sg_token_from_claims(const char *json, size_t len, sg_token **out)
 {
     /* Nothing to verify against: no issuer, audience or expiry rules, only
      * the shape of the claims and the scope tokens. */
-    static const sg_verifier unchecked = {NULL, NULL, NULL, INT32_MAX / 2, 0, 0};
+    static const sg_verifier unchecked = {.leeway_s = INT32_MAX / 2};
     *out = NULL;
     owned_token *o = calloc(1, sizeof *o);
     const char *end = NULL;

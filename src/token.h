@@ -55,6 +55,7 @@ typedef enum sg_token_err {
     SG_TOKEN_INVALID_SCOPE, /* a scope that is not an RFC 6749 scope-token, or too many */
     SG_TOKEN_DUPLICATE_KEY, /* a JSON object with a repeated member name */
     SG_TOKEN_INTERNAL,      /* out of memory or an OpenSSL failure: fail closed */
+    SG_TOKEN_CLAIM_MISSING, /* a claim the configuration requires is absent */
     SG_TOKEN_ERR_COUNT
 } sg_token_err;
 
@@ -67,12 +68,22 @@ const char *sg_token_error_message(sg_token_err e);
 #define SG_TOKEN_DEFAULT_MAX_BYTES 16384
 #define SG_TOKEN_MAX_SCOPES        256
 
+#define SG_VERIFIER_MAX_REQUIRED_CLAIMS 16
+
 typedef struct sg_verifier_config {
     const char *issuer;     /* exact match; NULL: not checked (not recommended) */
     const char *audience;   /* canonical resource URI the aud must contain; NULL: not checked */
-    int leeway_s;           /* clock skew allowed on exp, nbf and iat */
-    size_t max_token_bytes; /* larger tokens are refused unparsed */
-    int require_exp;        /* refuse tokens without exp */
+    int leeway_s;           /* clock skew allowed on exp, nbf and iat [60, at most 3600] */
+    size_t max_token_bytes; /* larger tokens are refused unparsed [16384] */
+    int require_exp;        /* refuse tokens without exp [1] */
+    /* Algorithms accepted at all (SG_ALG_BIT of sg_jws_alg); 0: every alg
+     * some key is bound to. A token whose alg is outside is refused before
+     * any key is looked at (alg_not_allowed). */
+    unsigned allowed_algs;
+    /* Claims every token must carry (e.g. "sub", "client_id", "jti"); a
+     * token without one is refused (claim_missing). Copied. */
+    const char *required_claims[SG_VERIFIER_MAX_REQUIRED_CLAIMS];
+    int nrequired_claims;
 } sg_verifier_config;
 
 /* Fills the defaults: no issuer or audience, leeway 60 s, 16 KiB, exp

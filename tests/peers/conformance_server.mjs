@@ -48,6 +48,9 @@ const MAX_SESSIONS = 200;        // oldest is closed beyond this: a test fixture
 const MAX_BODY_BYTES = 1 << 20;
 const MAX_EVENTS = 1000;         // per session, for resumption (oldest dropped)
 const RETRY_MS = 500;            // the SSE `retry` the priming events announce
+// How long a tool waits for the client's answer to sampling/elicitation. Short, so that a
+// gateway that loses the answer fails the scenario in seconds, not after the SDK's 60 s.
+const CLIENT_REQUEST_TIMEOUT_MS = 10000;
 
 // A 1x1 PNG and a tiny WAV (8 kHz, 8-bit mono, 8 samples of silence), base64.
 const PNG = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==';
@@ -143,7 +146,8 @@ async function callTool(server, request, extra) {
         }
     };
     const elicited = async (message, requestedSchema) => {
-        const r = await extra.sendRequest({ method: 'elicitation/create', params: { message, requestedSchema } }, ElicitResultSchema);
+        const r = await extra.sendRequest({ method: 'elicitation/create', params: { message, requestedSchema } }, ElicitResultSchema,
+            { timeout: CLIENT_REQUEST_TIMEOUT_MS });
         return `Elicitation completed: action=${r.action}, content=${JSON.stringify(r.content ?? {})}`;
     };
     switch (request.params.name) {
@@ -196,7 +200,7 @@ async function callTool(server, request, extra) {
             const r = await extra.sendRequest({
                 method: 'sampling/createMessage',
                 params: { messages: [{ role: 'user', content: text(args.prompt) }], maxTokens: 100 }
-            }, CreateMessageResultSchema);
+            }, CreateMessageResultSchema, { timeout: CLIENT_REQUEST_TIMEOUT_MS });
             return { content: [text(`LLM response: ${r.content?.type === 'text' ? r.content.text : JSON.stringify(r.content)}`)] };
         }
         case 'test_elicitation': {
@@ -215,7 +219,7 @@ async function callTool(server, request, extra) {
                         required: ['username', 'email']
                     }
                 }
-            }, ElicitResultSchema);
+            }, ElicitResultSchema, { timeout: CLIENT_REQUEST_TIMEOUT_MS });
             return { content: [text(`User response: action=${r.action}, content=${JSON.stringify(r.content ?? {})}`)] };
         }
         case 'test_elicitation_sep1034_defaults':

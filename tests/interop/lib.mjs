@@ -72,6 +72,7 @@ export function startPeer(script, args = []) {
 
 export const startAuthServer = (args = []) => startPeer(path.join(peersDir, 'auth_server.mjs'), args);
 export const startEverything = () => startPeer(path.join(peersDir, 'upstream_everything.mjs'), ['--port', '0']);
+export const startConformanceServer = () => startPeer(path.join(peersDir, 'conformance_server.mjs'), ['--port', '0']);
 export const startJournal = () => startPeer(path.join(root, 'examples', 'journal', 'server.mjs'), ['--port', '0']);
 
 // A loopback port that was free a moment ago. scopegate needs its public URL (and so its port)
@@ -227,12 +228,14 @@ export async function mintToken(as, scope, resource) {
 }
 
 // Runs the MCP conformance server suite (or one scenario) against url. Resolves with
-//   { code, stdout, scenarios: Map(name -> { passed, failed }), checks: Map("scenario/check" -> status) }
+//   { code, stdout, ms, scenarios: Map(name -> { passed, failed }), checks: Map("scenario/check" -> status) }
 // from the runner's SUMMARY lines and the checks.json files it writes under outDir.
-export function runConformance(url, outDir, scenario) {
+// suite: the runner's --suite ("active" when not given, "all" adds the pending scenarios).
+export function runConformance(url, outDir, scenario, { suite } = {}) {
     return new Promise((resolve, reject) => {
         const args = [path.join(peersDir, 'node_modules', '.bin', 'conformance'), 'server', '--url', url, '-o', outDir,
-            ...(scenario ? ['--scenario', scenario] : [])];
+            ...(scenario ? ['--scenario', scenario] : []), ...(suite ? ['--suite', suite] : [])];
+        const started = Date.now();
         const child = spawn(NODE, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
         let out = '';
         const timer = setTimeout(() => {
@@ -256,7 +259,7 @@ export function runConformance(url, outDir, scenario) {
                     checks.set(`${name}/${check.id}`, { status: check.status, error: check.errorMessage });
                 }
             }
-            resolve({ code, stdout: out, scenarios, checks });
+            resolve({ code, stdout: out, ms: Date.now() - started, scenarios, checks });
         });
     });
 }

@@ -303,7 +303,8 @@ describe("the code blocks of the docs", function()
   end)
 
   -- README's other blocks are a diagram, the two commands (which build and
-  -- run everything) and an HTTP exchange: its policy example is what is run.
+  -- run everything) and an HTTP exchange: its policy example is what is run
+  -- (cli_spec checks that it is policies/examples/minimal.lua as shipped).
   it("runs the Lua blocks of README.md", function()
     local counts = run_document("README.md", "lua")
     assert.is_true((counts.policy or 0) >= 1)

@@ -6,8 +6,10 @@
 --   ```lua file=PATH        written to PATH in the document's scratch directory
 --   ```lua                  a whole policy: `scopegate check` must accept it
 --                           (same-as=PATH: and it must equal that file of the repo)
---   ```lua test-of=POLICY   a test file for POLICY (a repo path): copied beside
---                           it into a temp dir, `scopegate test` must pass
+--   ```lua test-of=POLICY   a test file for POLICY (a repo path), put beside a
+--                           copy of it in a temp dir and run by `scopegate test`:
+--                           it must pass (exit=N: exit with N); an output block
+--                           after it is its stdout, then its stderr
 --   ```lua fragment         a piece of Lua: it must compile (load)
 --   ```lua busted           run here, from the repo root, with busted's assert
 --   ```sh                   run by `sh -e` in the scratch directory, scopegate on
@@ -88,7 +90,7 @@ local function mode_of(b)
     if b.attrs.file then
       if #b.flags == 0 and only("file") then return "file" end
     elseif b.attrs["test-of"] then
-      if #b.flags == 0 and only("test-of") then return "test-of" end
+      if #b.flags == 0 and only("test-of", "exit") then return "test-of" end
     elseif #b.flags == 0 then
       if only("same-as") then return "policy" end
     elseif #b.flags == 1 and (has(b, "fragment") or has(b, "busted")) and only() then
@@ -205,9 +207,16 @@ local function run_document(path, only_lang)
         local base = policy:match("([^/]+)%.lua$")
         K.run("cp " .. K.q(ROOT .. "/" .. policy) .. " " .. K.q(t .. "/"))
         K.write(t .. "/" .. base .. ".test.lua", b.text)
-        local out, code = sh(t, "scopegate test " .. base .. ".test.lua\n")
+        local out, code = sh(t, "scopegate test " .. base .. ".test.lua 2>.stderr\n")
+        out = out .. K.read(t .. "/.stderr")
         os.execute("rm -rf " .. K.q(t))
-        assert(code == 0, at .. "scopegate test fails:\n" .. out)
+        local want = tonumber(b.attrs.exit or "0")
+        assert(code == want, at .. "scopegate test: exit status " .. tostring(code)
+               .. ", expected " .. want .. "; output:\n" .. out)
+        if expected then
+          assert(matches(expected.text, out), at .. "output differs.\nexpected:\n"
+                 .. expected.text .. "actual:\n" .. out)
+        end
       elseif mode == "fragment" then
         local f, e = load(b.text, "=" .. at)
         assert(f, e)
@@ -243,7 +252,8 @@ local function run_document(path, only_lang)
       elseif mode == "output" then
         local prev = blocks[i - 1]
         local pm = prev and mode_of(prev)
-        assert(pm == "sh" or pm == "background", at .. "an output block must follow a sh block")
+        assert(pm == "sh" or pm == "background" or pm == "test-of",
+               at .. "an output block must follow a sh or test-of block")
       end
       i = i + 1
     end

@@ -310,6 +310,8 @@ describe("the code blocks of the docs", function()
     assert.is_true((counts.sh or 0) >= 8)
     assert.is_true((counts.output or 0) >= 8)
     assert.is_true((counts.background or 0) >= 1)
+    -- Nothing in it is an illustration left unrun.
+    assert.is_nil(counts.example)
   end)
 
   -- README's other blocks are a diagram, the two commands (which build and

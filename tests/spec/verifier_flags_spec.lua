@@ -30,9 +30,13 @@ describe("verifier settings", function()
     if dir then os.execute(CLEAN .. "rm -rf " .. q(dir)) end
   end)
 
-  -- Runs a gateway with extra flags, calls f(gw_address), stops it.
+  -- Runs a gateway with extra flags, calls f(gw_address), stops it. Each
+  -- gateway logs to a file of its own: a reused one could still show the
+  -- previous gateway's "listening on" line before the shell truncates it.
+  local started = 0
   local function with_gateway(extra, f)
-    local err = dir .. "/gw.err"
+    started = started + 1
+    local err = dir .. "/gw" .. started .. ".err"
     local pid = procs.spawn("exec " .. q(SCOPEGATE) .. " serve --listen 127.0.0.1:0 --upstream " ..
                             q("http://" .. up .. "/mcp") .. " --policy " .. q(dir .. "/policy.lua") ..
                             " --jwks " .. q(dir .. "/jwks.json") .. " " .. extra, dir .. "/gw.out", err)

@@ -125,7 +125,7 @@ typedef struct sg_gateway_reply {
     int filter;                         /* the answer must pass sg_gateway_filter */
     char *authorization;                /* copy of the credential, to re-check at filter time */
     char *protocol_version;
-    struct sg_gateway_list *lists; /* the list requests (id, kind) whose results to filter */
+    struct sg_gateway_list *lists; /* with filter: every request (id, kind) of the body */
     size_t nlists;
     sg_header identity[SG_GATEWAY_MAX_IDENTITY]; /* verified-identity headers (values owned) */
     size_t nidentity;

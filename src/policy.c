@@ -15,6 +15,7 @@
 #include "policy.h"
 
 #include "luajson.h"
+#include "uri.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -318,7 +319,7 @@ struct sg_policy {
     size_t functions_cap;
     char hash[SG_POLICY_HASH_LEN + 1]; /* sg_policy_hash */
     int annotations_from_upstream;     /* tool_annotations = "upstream" */
-    sg_policy_scope_use *fscopes; /* scope constants of function rules */
+    sg_policy_scope_use *fscopes;      /* scope constants of function rules */
     int nfscopes;
 };
 
@@ -1885,8 +1886,38 @@ static size_t location_prefix(const char *msg)
     return 0;
 }
 
+/* A resource method's URI, in the list phase too (a resources/list item
+ * is decided as resources/read of its uri; a template as its uriTemplate). */
+static int names_resource(const sg_policy_input *in)
+{
+    const char *m = in->method ? in->method : "";
+    return in->name && (strcmp(m, "resources/read") == 0 || strcmp(m, "resources/subscribe") == 0 ||
+                        strcmp(m, "resources/unsubscribe") == 0);
+}
+
 int sg_policy_decide(sg_policy *p, const sg_policy_input *in, sg_arena *a, sg_policy_decision *out)
 {
+    /* Resource rules match the URI's normal form (uri.h), and function
+     * rules see it as req.name; a URI without one is denied outright. */
+    sg_policy_input normal;
+    if (names_resource(in)) {
+        sg_buf b = SG_BUF_INIT;
+        const char *why;
+        int rc = sg_uri_normalize(in->name, strlen(in->name), &b, &why);
+        char *name = rc == 0 && sg_buf_ok(&b) ? sg_arena_strndup(a, b.data, b.len) : NULL;
+        sg_buf_free(&b);
+        if (!name) {
+            out->file = p->path;
+            out->req = &sg_req_deny;
+            out->rule = "resource-uri";
+            out->line = 0;
+            out->error = rc == 0 ? "policy error (out of memory)" : NULL;
+            return rc == 0 ? -1 : 0;
+        }
+        normal = *in;
+        normal.name = name;
+        in = &normal;
+    }
     const rule *r = select_rule(p, in);
     out->file = p->path;
     out->error = NULL;

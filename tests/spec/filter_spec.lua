@@ -1,4 +1,5 @@
--- filter_spec.lua -- black-box tests that list filtering fails closed.
+-- filter_spec.lua -- black-box tests that list filtering fails closed and
+-- that resource URIs are matched (and forwarded) in their normal form.
 --
 -- Starts the real binary in front of tests/peers/echo_upstream.py and has
 -- the upstream answer list requests with scripted bytes (params._meta.raw):
@@ -6,7 +7,9 @@
 -- multi-line data, comments), JSON the strict pre-scan refuses (duplicate
 -- keys) and answers that do not account for every list request. Each must
 -- come back filtered, or as 502 (JSON) / an error event (SSE): never with
--- the upstream's unfiltered list.
+-- the upstream's unfiltered list. Resource URIs with dot segments or
+-- percent-encodings are decided on their RFC 3986 normal form: refused when
+-- they have none or are not in it, dropped from lists when they have none.
 local core = require "scopegate.core"
 local keys = require "keys"
 local procs = require "procs"
@@ -24,7 +27,10 @@ return {
   scopes = { ["echo:read"] = "Read", ["echo:admin"] = "Admin" },
   tools = { echo = "echo:read", secret = "echo:admin" },
   prompts = { summarize = "echo:read" },
-  resources = { ["journal://entries/*"] = "echo:read", ["journal://admin/*"] = "echo:admin" },
+  resources = {
+    ["journal://entries/*"] = "echo:read", ["journal://admin/*"] = "echo:admin",
+    ["journal://fn/*"] = function(req) return req.name == "journal://fn/a" and "echo:read" or "deny" end,
+  },
   default = "deny",
 }
 ]]
@@ -79,7 +85,7 @@ local function refused_sse(r, id)
                              ',"error":{"code":%-32603,"message":"[^"\n]*"}}\n\n$'), r.body)
 end
 
-describe("list filtering fails closed", function()
+describe("upstream answers and resource URIs", function()
   setup(function()
     dir = keys.tmpdir()
     key = keys.gen(dir, "rsa", "rsa")
@@ -215,6 +221,65 @@ describe("list filtering fails closed", function()
                               "data: " .. req .. "\n\ndata: " .. resp(34, TOOLS) .. "\n\n"))
       filtered(r)
       assert.truthy(r.body:find("data: " .. req .. "\n\n", 1, true))
+    end)
+  end)
+
+  describe("resource URIs in their normal form", function()
+    local function read(id, uri, token)
+      return post(string.format('{"jsonrpc":"2.0","id":%d,"method":"resources/read",' ..
+                                '"params":{"uri":%s}}', id, keys.json(uri)), token)
+    end
+
+    local function invalid(r, id, why)
+      assert.are.equal(400, r.status, r.body)
+      assert.falsy(r.body:find('"echo"', 1, true), r.body) -- never reached the upstream
+      assert.truthy(r.body:match('^{"jsonrpc":"2.0","id":' .. id ..
+                                 ',"error":{"code":%-32602,"message":"Invalid params: '), r.body)
+      assert.truthy(r.body:find(why, 1, true), r.body)
+    end
+
+    it("refuses dot segments that climb out of the pattern's root", function()
+      invalid(read(40, "journal://entries/../../admin"), 40, "climbs above the root")
+      invalid(read(41, "journal://entries/%2e%2e/%2E%2E/admin"), 41, "climbs above the root")
+      invalid(read(42, "journal://entries/x/../../../admin/1"), 42, "climbs above the root")
+    end)
+
+    it("refuses what has no unambiguous normal form", function()
+      invalid(read(43, "journal://entries/a%2Fb"), 43, "encoded '/'")
+      invalid(read(44, "journal://entries/a%00"), 44, "encoded NUL")
+      invalid(read(45, "journal://entries/a%g1"), 45, "two hexadecimal digits")
+      invalid(read(46, "journal://entries/a\\..\\b"), 46, "'\\\\'")
+    end)
+
+    it("refuses a URI not in normal form, naming the normal form", function()
+      invalid(read(47, "journal://entries/x/../1"), 47, 'normal form is \\"journal://entries/1\\"')
+      invalid(read(48, "JOURNAL://admin/1"), 48, 'normal form is \\"journal://admin/1\\"')
+      invalid(read(49, "journal://entries/%7e1"), 49, 'normal form is \\"journal://entries/~1\\"')
+    end)
+
+    it("forwards a URI in normal form, decided as before", function()
+      local r = read(50, "journal://entries/1")
+      assert.are.equal(200, r.status, r.body)
+      assert.truthy(r.body:find('"echo"', 1, true), r.body)
+      assert.are.equal(403, read(51, "journal://admin/1").status)
+      assert.are.equal(200, read(52, "journal://admin/1", mint("echo:admin")).status)
+    end)
+
+    it("decides listed resources on their normal form, dropping those without one", function()
+      local items = {
+        "journal://entries/1", "journal://entries/%2e%2e/%2e%2e/admin/1",
+        "journal://entries/../admin/2", "journal://Entries/%7e3", "JOURNAL://admin/4",
+        "journal://entries/a%2Fb", "journal://fn/b/../a", "journal://fn/b",
+      }
+      local list = {}
+      for i, u in ipairs(items) do list[i] = '{"uri":' .. keys.json(u) .. ',"name":"r' .. i .. '"}' end
+      local r = post(scripted(53, "resources/list", "application/json",
+                              resp(53, '{"resources":[' .. table.concat(list, ",") .. "]}")))
+      assert.are.equal(200, r.status, r.body)
+      assert.are.equal('{"jsonrpc":"2.0","id":53,"result":{"resources":[' ..
+                       '{"uri":"journal://entries/1","name":"r1"},' ..
+                       '{"uri":"journal://Entries/%7e3","name":"r4"},' ..
+                       '{"uri":"journal://fn/b/../a","name":"r7"}]}}', r.body)
     end)
   end)
 end)

@@ -208,6 +208,22 @@ describe("upstream answers and resource URIs", function()
       refused_json(post(scripted(32, "tools/list", "application/json", body)), 32)
     end)
 
+    it("filters or refuses a list answer whatever its HTTP status (an error status too)", function()
+      local body = string.format('{"jsonrpc":"2.0","id":35,"method":"tools/list","params":{"_meta":' ..
+                                 '{"raw":%s}}}', keys.json { type = "application/json", status = 500,
+                                                              body = resp(35, TOOLS) })
+      local r = post(body)
+      assert.are.equal(500, r.status, r.body)
+      assert.falsy(r.body:find("secret", 1, true), r.body)
+      body = string.format('{"jsonrpc":"2.0","id":36,"method":"tools/list","params":{"_meta":' ..
+                           '{"raw":%s}}}', keys.json { type = "text/html", status = 404,
+                                                        body = "<p>" .. TOOLS .. "</p>" })
+      r = post(body) -- the status stays (a 404 still means "session gone"), the body is ours
+      assert.are.equal(404, r.status, r.body)
+      assert.falsy(r.body:find("secret", 1, true), r.body)
+      assert.truthy(r.body:match('^{"jsonrpc":"2.0","id":36,"error":{"code":%-32603,'), r.body)
+    end)
+
     it("passes an error response to a list request through", function()
       local err = '{"jsonrpc":"2.0","id":33,"error":{"code":-32601,"message":"no lists here"}}'
       local r = post(scripted(33, "tools/list", "application/json", err))

@@ -195,7 +195,7 @@ int sg_uri_normalize(const char *uri, size_t len, sg_buf *out, const char **why)
     sg_buf_free(&rest);
     if (rc == 0 && sg_buf_ok(out)) {
         sg_buf_putc(out, '\0');
-        out->len--;
+        if (sg_buf_ok(out)) out->len--; /* the NUL stays after the text */
     }
     return rc;
 }

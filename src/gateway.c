@@ -21,6 +21,7 @@
 #include "json.h"
 #include "metadata.h"
 #include "policy.h"
+#include "sse.h"
 
 /* JSON-RPC error codes in 401/403 bodies (implementation-defined range). */
 #define GW_ERR_UNAUTHORIZED (-32001)
@@ -91,7 +92,8 @@ void sg_gateway_reply_init(sg_gateway_reply *r)
     memset(r, 0, sizeof *r);
 }
 
-/* One list request of a forwarded body: its raw id and what it lists. */
+/* One request of a forwarded body whose answer is filtered: its raw id and
+ * what it lists (SG_FILTER_NONE for a request that lists nothing). */
 struct sg_gateway_list {
     char *id_raw;
     int kind;
@@ -539,27 +541,30 @@ static int list_kind(const sg_mcp_msg *m)
     return SG_FILTER_NONE;
 }
 
-/* Records every list request of the body (a batch may hold several), so
- * that their results in the answer can be found by id and filtered.
- * Returns 0, or -1 when out of memory. */
+/* When the body holds a list request (a batch may hold several), records
+ * every request of it (id and, for lists, what it lists), so that the
+ * answer can be checked to answer each exactly once and its list results
+ * found by id and filtered. Returns 0, or -1 when out of memory. */
 static int plan_lists(const sg_mcp_body *body, const char *authz, const char *version,
                       sg_gateway_reply *out)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < body->nmsgs; i++)
+    size_t n = 0, nreq = 0;
+    for (size_t i = 0; i < body->nmsgs; i++) {
         if (list_kind(&body->msgs[i]) != SG_FILTER_NONE) n++;
+        if (body->msgs[i].kind == SG_MCP_REQUEST && body->msgs[i].id_raw) nreq++;
+    }
     if (n == 0) return 0;
     out->filter = 1;
-    out->lists = calloc(n, sizeof *out->lists);
+    out->lists = calloc(nreq, sizeof *out->lists);
     out->authorization = authz ? strdup(authz) : NULL;
     out->protocol_version = strdup(version);
     if (!out->lists || (authz && !out->authorization) || !out->protocol_version) return -1;
     for (size_t i = 0; i < body->nmsgs; i++) {
-        int kind = list_kind(&body->msgs[i]);
-        if (kind == SG_FILTER_NONE) continue;
+        const sg_mcp_msg *m = &body->msgs[i];
+        if (m->kind != SG_MCP_REQUEST || !m->id_raw) continue;
         struct sg_gateway_list *l = &out->lists[out->nlists++];
-        l->kind = kind;
-        if (!(l->id_raw = strndup(body->msgs[i].id_raw, body->msgs[i].id_len))) return -1;
+        l->kind = list_kind(m);
+        if (!(l->id_raw = strndup(m->id_raw, m->id_len))) return -1;
     }
     return 0;
 }
@@ -760,6 +765,7 @@ typedef struct list_ctx {
     const sg_gateway_reply *plan;
     const sg_token *token;
     sg_scopeset effective;
+    unsigned *answered; /* per request of the plan: responses seen for it */
 } list_ctx;
 
 /* A requirement as an oauthScope value (seed 002): "s", {"anyOf":[...]} or
@@ -940,59 +946,90 @@ static int filter_result(list_ctx *c, int kind, cJSON *result)
     return 0;
 }
 
-/* The list request a response answers, found by id; NULL when none. */
-static const struct sg_gateway_list *list_for(const sg_gateway_reply *plan, const cJSON *id)
+/* The request a response answers, found by its id: the one whose raw id
+ * text is the same, else the one whose id is the same JSON value (an
+ * upstream may re-print a number rounded; the answer gets the raw text
+ * back). Sets *at to its index; returns 0, or -1 when none or more than
+ * one request fits (duplicate ids in a batch, numbers equal once rounded). */
+static int request_for(const list_ctx *c, const char *raw, size_t raw_len, const cJSON *id,
+                       size_t *at)
 {
+    const sg_gateway_reply *plan = c->plan;
+    size_t found = 0;
+    for (size_t i = 0; i < plan->nlists; i++)
+        if (raw_len > 0 && strlen(plan->lists[i].id_raw) == raw_len &&
+            memcmp(plan->lists[i].id_raw, raw, raw_len) == 0) {
+            *at = i;
+            found++;
+        }
+    if (found) return found == 1 ? 0 : -1;
     for (size_t i = 0; i < plan->nlists; i++) {
         cJSON *req_id = cJSON_Parse(plan->lists[i].id_raw);
-        int same = req_id && cJSON_Compare(req_id, id, 1);
+        if (req_id && cJSON_Compare(req_id, id, 1)) {
+            *at = i;
+            found++;
+        }
         cJSON_Delete(req_id);
-        if (same) return &plan->lists[i];
     }
-    return NULL;
+    return found == 1 ? 0 : -1;
 }
 
-/* Filters one response object in place. Its id is replaced by the
- * request's raw id text, which cJSON would otherwise re-print rounded.
- * Returns 1 when it was a list result, 0 when not, -1 on a bad list. */
-static int filter_response(list_ctx *c, cJSON *msg)
+/* Accounts for one message of the answer and filters it in place when it
+ * is a list result. A request or notification from the server (it has a
+ * method; its id is from the server's own id space) passes as it is. A
+ * response must answer a request of the body not answered before; a list
+ * request's answer is an error, or a result holding the list, which is
+ * filtered and gets the request's raw id text back (cJSON would re-print
+ * the id rounded). raw/raw_len: the id's bytes in the answer (0 when
+ * absent). Returns 1 when it changed msg, 0 when not, -1 when the message
+ * cannot be accounted for. */
+static int filter_response(list_ctx *c, cJSON *msg, const char *raw, size_t raw_len)
 {
+    if (!cJSON_IsObject(msg)) return -1;
+    if (cJSON_GetObjectItemCaseSensitive(msg, "method")) return 0;
     cJSON *result = cJSON_GetObjectItemCaseSensitive(msg, "result");
+    cJSON *error = cJSON_GetObjectItemCaseSensitive(msg, "error");
     cJSON *id = cJSON_GetObjectItemCaseSensitive(msg, "id");
-    if (!cJSON_IsObject(result) || !id || cJSON_GetObjectItemCaseSensitive(msg, "method")) return 0;
-    const struct sg_gateway_list *l = list_for(c->plan, id);
-    if (!l) return 0;
-    if (filter_result(c, l->kind, result) != 0) return -1;
-    cJSON *raw = cJSON_CreateRaw(l->id_raw);
-    if (!raw || !cJSON_ReplaceItemInObjectCaseSensitive(msg, "id", raw)) {
-        cJSON_Delete(raw);
+    size_t at;
+    if (!id || request_for(c, raw, raw_len, id, &at) != 0) return -1;
+    if (c->answered[at]++) return -1; /* answered twice */
+    const struct sg_gateway_list *l = &c->plan->lists[at];
+    if (l->kind == SG_FILTER_NONE) return 0;
+    if (!result == !error) return -1; /* JSON-RPC: exactly one of them */
+    if (error) return cJSON_IsObject(error) ? 0 : -1;
+    if (!cJSON_IsObject(result) || filter_result(c, l->kind, result) != 0) return -1;
+    cJSON *id_text = cJSON_CreateRaw(l->id_raw);
+    if (!id_text || !cJSON_ReplaceItemInObjectCaseSensitive(msg, "id", id_text)) {
+        cJSON_Delete(id_text);
         return -1;
     }
     return 1;
 }
 
-/* One JSON-RPC message or batch of the answer. Appends it (filtered when it
- * carries list results, else byte for byte) to out. -1 when it is not
- * JSON or a list result is malformed. */
+/* One JSON-RPC message or batch of the answer, read as strictly as a
+ * request body (sg_json_prescan: no duplicate keys, valid UTF-8, nothing
+ * after the value). Appends it (re-printed when a list result in it was
+ * filtered, else byte for byte) to out. -1 when it is refused. */
 static int filter_message(list_ctx *c, const char *json, size_t len, sg_buf *out)
 {
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
-    if (!root) return -1;
-    while (end && end < json + len && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
-        end++;
-    int changed = 0, rc = end == json + len ? 0 : -1;
-    if (rc == 0 && cJSON_IsArray(root)) {
-        for (cJSON *m = root->child; m && rc == 0; m = m->next) {
-            int r = cJSON_IsObject(m) ? filter_response(c, m) : 0;
-            if (r < 0) rc = -1;
-            changed |= r > 0;
+    static const sg_json_limits lim = {.max_depth = SG_JSON_MAX_DEPTH_CAP};
+    sg_json_scan scan = {0};
+    if (sg_json_prescan(json, len, &lim, &scan, NULL) != 0) return -1;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    int changed = 0, rc = root && (scan.top_is_array || scan.top_is_object) ? 0 : -1;
+    size_t i = 0;
+    for (cJSON *m = scan.top_is_array && root ? root->child : root; rc == 0 && m; i++) {
+        if (i >= scan.nmessages) {
+            rc = -1;
+            break;
         }
-    } else if (rc == 0 && cJSON_IsObject(root)) {
-        int r = filter_response(c, root);
+        sg_json_span sp = scan.id_spans[i];
+        int r = filter_response(c, m, json + sp.off, sp.len);
         if (r < 0) rc = -1;
-        changed = r > 0;
+        changed |= r > 0;
+        m = scan.top_is_array ? m->next : NULL;
     }
+    if (rc == 0 && scan.top_is_array && i == 0) rc = -1; /* [] answers nothing */
     if (rc == 0 && changed) {
         char *printed = cJSON_PrintUnformatted(root);
         if (printed)
@@ -1004,6 +1041,7 @@ static int filter_message(list_ctx *c, const char *json, size_t len, sg_buf *out
         sg_buf_append(out, json, len);
     }
     cJSON_Delete(root);
+    sg_json_scan_free(&scan);
     return rc;
 }
 
@@ -1020,60 +1058,52 @@ static void put_data_lines(sg_buf *out, const char *text, size_t len)
     }
 }
 
-/* Rewrites an SSE stream event by event: fields other than data keep their
- * order; an event's data lines are emitted together where the first one
- * was. An unterminated last event is dropped (clients never dispatch it). */
+/* Rewrites an SSE stream block by block, read by sg_sse_read (the one SSE
+ * reader): every block is kept in order with its other lines (id, event,
+ * retry, comments), LF-terminated; its data lines are emitted together
+ * where the first one was. A block with empty data (a resumability
+ * "priming" event) carries no message and passes as it is. An
+ * unterminated last block is dropped (clients never dispatch it). -1 when
+ * an event's message is refused. */
 static int filter_sse(list_ctx *c, const char *body, size_t len, sg_buf *out)
 {
-    sg_buf lines = SG_BUF_INIT, data = SG_BUF_INIT, msg = SG_BUF_INIT;
-    size_t data_at = 0;
-    int has_data = 0, rc = 0;
-    size_t i = 0;
-    while (i < len && rc == 0) {
-        size_t start = i;
-        while (i < len && body[i] != '\n' && body[i] != '\r')
-            i++;
-        if (i == len) break; /* unterminated line: the stream was cut */
-        size_t n = i - start;
-        if (body[i] == '\r' && i + 1 < len && body[i + 1] == '\n') i++;
-        i++;
-        const char *line = body + start;
-        if (n == 0) {
-            sg_buf_append(out, lines.data ? lines.data : "", data_at);
-            if (has_data) {
-                sg_buf_reset(&msg);
-                /* An event with empty data (a resumability "priming" event)
-                 * carries no message: pass it through as it is. */
-                if (data.len > 0 && filter_message(c, data.data, data.len, &msg) != 0) rc = -1;
-                put_data_lines(out, msg.data ? msg.data : "", msg.len);
-            }
-            sg_buf_append(out, lines.data ? lines.data + data_at : "", lines.len - data_at);
-            sg_buf_putc(out, '\n');
-            sg_buf_reset(&lines);
-            sg_buf_reset(&data);
-            has_data = 0;
-            data_at = 0;
-        } else if (n >= 5 && memcmp(line, "data:", 5) == 0) {
-            const char *v = line + 5;
-            size_t vn = n - 5;
-            if (vn > 0 && *v == ' ') v++, vn--;
-            if (has_data)
-                sg_buf_putc(&data, '\n');
-            else
-                data_at = lines.len;
-            sg_buf_append(&data, v, vn);
-            has_data = 1;
-        } else {
-            sg_buf_append(&lines, line, n);
-            sg_buf_putc(&lines, '\n');
-            if (!has_data) data_at = lines.len;
+    sg_sse_event ev = SG_SSE_EVENT_INIT;
+    sg_buf msg = SG_BUF_INIT;
+    size_t pos = 0;
+    int rc = 0, r;
+    while (rc == 0 && (r = sg_sse_read(body, len, &pos, &ev)) != 0) {
+        if (r < 0) {
+            rc = -1;
+            break;
         }
+        const char *other = ev.other.data ? ev.other.data : "";
+        sg_buf_append(out, other, ev.data_at);
+        if (ev.has_data) {
+            sg_buf_reset(&msg);
+            if (ev.data.len > 0 && filter_message(c, ev.data.data, ev.data.len, &msg) != 0) rc = -1;
+            put_data_lines(out, msg.data ? msg.data : "", msg.len);
+        }
+        sg_buf_append(out, other + ev.data_at, ev.other.len - ev.data_at);
+        sg_buf_putc(out, '\n');
     }
-    if (!sg_buf_ok(&lines) || !sg_buf_ok(&data) || !sg_buf_ok(&msg)) rc = -1;
-    sg_buf_free(&lines);
-    sg_buf_free(&data);
+    if (!sg_buf_ok(&msg)) rc = -1;
+    sg_sse_event_free(&ev);
     sg_buf_free(&msg);
     return rc;
+}
+
+/* The SSE answer that replaces a stream the gateway refused: one error
+ * event per request of the body, so that no client waits for an answer
+ * that will never come. */
+static void refused_sse(const sg_gateway_reply *plan, sg_buf *out)
+{
+    for (size_t i = 0; i < plan->nlists; i++) {
+        sg_buf_puts(out, "event: message\ndata: ");
+        sg_mcp_error_render(out, plan->lists[i].id_raw, strlen(plan->lists[i].id_raw),
+                            SG_JSONRPC_INTERNAL_ERROR,
+                            "Internal error: the upstream's answer could not be filtered", NULL);
+        sg_buf_puts(out, "\n\n");
+    }
 }
 
 int sg_gateway_filter(sg_gateway *gw, unsigned worker_index, const sg_gateway_reply *plan,
@@ -1086,6 +1116,8 @@ int sg_gateway_filter(sg_gateway *gw, unsigned worker_index, const sg_gateway_re
     c.policy = plan->policy_gen ? plan->policy_gen->policies[worker_index] : c.w->policy;
     c.gw = gw;
     c.plan = plan;
+    c.answered = calloc(plan->nlists ? plan->nlists : 1, sizeof *c.answered);
+    if (!c.answered) return -1;
     sg_arena_reset(&c.w->arena);
     const char *token_error;
     /* The token is checked again (a cache hit): the one seen at request
@@ -1095,12 +1127,27 @@ int sg_gateway_filter(sg_gateway *gw, unsigned worker_index, const sg_gateway_re
     const sg_universe *u = sg_policy_universe(c.policy);
     sg_token_granted(u, c.token, &granted);
     sg_universe_effective(u, &granted, &c.effective);
-    int rc;
-    if (strncasecmp(content_type, "application/json", 16) == 0)
+    int rc, sse = 0;
+    size_t start = out->len;
+    if (strncasecmp(content_type, "application/json", 16) == 0) {
         rc = filter_message(&c, body, len, out);
-    else if (strncasecmp(content_type, "text/event-stream", 17) == 0)
+    } else if (strncasecmp(content_type, "text/event-stream", 17) == 0) {
+        sse = 1;
         rc = filter_sse(&c, body, len, out);
-    else
+    } else {
         rc = -1;
+    }
+    /* Every list request must have been answered, exactly once (a request
+     * that lists nothing may go unanswered: the client learns that from
+     * its own timeout, as without the gateway). */
+    for (size_t i = 0; rc == 0 && i < plan->nlists; i++)
+        if (plan->lists[i].kind != SG_FILTER_NONE && c.answered[i] != 1) rc = -1;
+    free(c.answered);
+    if (rc != 0 && sse && sg_buf_ok(out)) {
+        sg_log(SG_LOG_WARN, "upstream list answer (event stream) could not be filtered: refused");
+        out->len = start;
+        refused_sse(plan, out);
+        rc = 0;
+    }
     return rc == 0 && sg_buf_ok(out) ? 0 : -1;
 }

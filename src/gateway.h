@@ -125,7 +125,7 @@ typedef struct sg_gateway_reply {
     int filter;                         /* the answer must pass sg_gateway_filter */
     char *authorization;                /* copy of the credential, to re-check at filter time */
     char *protocol_version;
-    struct sg_gateway_list *lists; /* the list requests (id, kind) whose results to filter */
+    struct sg_gateway_list *lists; /* with filter: every request (id, kind) of the body */
     size_t nlists;
     sg_header identity[SG_GATEWAY_MAX_IDENTITY]; /* verified-identity headers (values owned) */
     size_t nidentity;
@@ -155,14 +155,20 @@ void sg_gateway_reply_free(sg_gateway_reply *r);
 int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_reply *out);
 
 /* Filters a complete tools/prompts/resources list answer (application/json,
- * or text/event-stream whose events are kept in order with their id:,
- * event: and retry: lines) down to the items the caller's token satisfies in
- * the policy's list phase, annotating each kept tool with its requirement
- * (annotations.oauthScope: a scope, {"anyOf":[...]} or {"allOf":[...]}).
- * The response id is re-emitted from the request's raw id text. Must run on
- * the thread that owns `worker`. Appends the new body to out and returns 0;
- * returns -1 (the caller answers 502) when the answer cannot be read: a list
- * that cannot be filtered is never passed through. */
+ * or text/event-stream read by sse.h, whose blocks are kept in order with
+ * their id:, event:, retry: and comment lines) down to the items the
+ * caller's token satisfies in the policy's list phase, annotating each kept
+ * tool with its requirement (annotations.oauthScope: a scope,
+ * {"anyOf":[...]} or {"allOf":[...]}). The response id is re-emitted from
+ * the request's raw id text. Every JSON message must pass sg_json_prescan,
+ * every response must answer a request of the body once, and every list
+ * request must be answered once (an error, or a result holding its list).
+ * Must run on the thread that owns `worker`. Appends the new body to out
+ * and returns 0; an event stream that fails those checks is replaced by one
+ * JSON-RPC error event per request (still 0, logged). Returns -1 (the
+ * caller answers 502) when a JSON answer fails them, for any other content
+ * type, or when out of memory: a list that cannot be filtered is never
+ * passed through. */
 int sg_gateway_filter(sg_gateway *gw, unsigned worker, const sg_gateway_reply *plan,
                       const char *content_type, const char *body, size_t len, sg_buf *out);
 

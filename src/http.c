@@ -325,11 +325,14 @@ static ssize_t on_read(void *cls, uint64_t pos, char *buf, size_t max)
     }
 }
 
-static enum MHD_Result queue_upstream_error(exchange *ex, sg_proxy_error e)
+/* keep_status: the upstream's own error status (not 2xx) to answer with
+ * instead of 502, or 0. */
+static enum MHD_Result queue_upstream_error_status(exchange *ex, sg_proxy_error e, int keep_status)
 {
     int status = 502;
     sg_buf b = SG_BUF_INIT;
     sg_gateway_upstream_error(&ex->reply, e, &status, &b);
+    if (keep_status) status = keep_status;
     enum MHD_Result ok = sg_buf_ok(&b) ? queue_bytes(ex->conn, (unsigned)status, "application/json",
                                                      b.data, b.len, NULL, NULL, 0)
                                        : MHD_NO;
@@ -338,8 +341,16 @@ static enum MHD_Result queue_upstream_error(exchange *ex, sg_proxy_error e)
     return ok;
 }
 
+static enum MHD_Result queue_upstream_error(exchange *ex, sg_proxy_error e)
+{
+    return queue_upstream_error_status(ex, e, 0);
+}
+
 /* A list answer is read whole (bounded), filtered on this thread (it owns
- * the worker's policy state) and sent in one piece. */
+ * the worker's policy state) and sent in one piece. An error status is
+ * filtered too (its body could carry a list a client reads anyway); when
+ * its body cannot be accounted for, the status is kept (a 404 still tells
+ * the client its session is gone) and the body is the gateway's own. */
 static enum MHD_Result advance_collect(exchange *ex)
 {
     char chunk[16 * 1024];
@@ -362,7 +373,8 @@ static enum MHD_Result advance_collect(exchange *ex)
     if (sg_gateway_filter(ex->h->cfg.gateway, ex->worker, &ex->reply, ex->head.content_type,
                           ex->answer.data ? ex->answer.data : "", ex->answer.len, &filtered) != 0) {
         sg_log(SG_LOG_WARN, "upstream list answer could not be filtered: refused");
-        ok = queue_upstream_error(ex, SG_PROXY_EUPSTREAM);
+        int st = ex->head.status;
+        ok = queue_upstream_error_status(ex, SG_PROXY_EUPSTREAM, st >= 400 && st <= 599 ? st : 0);
     } else {
         struct MHD_Response *r = MHD_create_response_from_buffer(
             filtered.len, filtered.data ? filtered.data : (char *)"", MHD_RESPMEM_MUST_COPY);
@@ -385,7 +397,7 @@ static enum MHD_Result advance_collect(exchange *ex)
 /* The upstream's headers are in: start the streamed response. */
 static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
 {
-    if (ex->reply.filter && head->status >= 200 && head->status < 300) {
+    if (ex->reply.filter) {
         ex->head = *head; /* strings owned by the transfer, which we hold */
         ex->phase = PHASE_COLLECT;
         return advance_collect(ex);

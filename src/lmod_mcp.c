@@ -8,6 +8,7 @@
  *   core.mcp_error_body(id_raw_or_nil, code, message [, data_json]) -> string
  *   core.mcp_check_headers(body, version, mcp_method, mcp_name)
  *       -> true or nil, code, message
+ *   core.uri_normalize(uri) -> normal form, or nil, reason (uri.h)
  *   core.mcp_version_supported(v), core.mcp_effective_version(header_or_nil),
  *   core.mcp_versions(), core.mcp_codes, core.mcp_null (JSON null in
  *   arguments tables). */
@@ -16,6 +17,7 @@
 
 #include "json.h"
 #include "mcp.h"
+#include "uri.h"
 
 #include <string.h>
 
@@ -234,6 +236,27 @@ static int l_mcp_versions(lua_State *L)
     return 1;
 }
 
+static int l_uri_normalize(lua_State *L)
+{
+    size_t len;
+    const char *uri = luaL_checklstring(L, 1, &len);
+    sg_buf out = SG_BUF_INIT;
+    const char *why = NULL;
+    int rc = sg_uri_normalize(uri, len, &out, &why);
+    if (rc == 0 && !sg_buf_ok(&out)) {
+        sg_buf_free(&out);
+        return luaL_error(L, "out of memory");
+    }
+    if (rc == 0)
+        lua_pushlstring(L, out.data ? out.data : "", out.len);
+    else
+        lua_pushnil(L);
+    sg_buf_free(&out);
+    if (rc == 0) return 1;
+    lua_pushstring(L, why);
+    return 2;
+}
+
 void sg_lmod_mcp(lua_State *L)
 {
     static const luaL_Reg body_meta[] = {{"__gc", body_gc}, {NULL, NULL}};
@@ -241,6 +264,7 @@ void sg_lmod_mcp(lua_State *L)
         {"mcp_parse", l_mcp_parse},
         {"mcp_error_body", l_mcp_error_body},
         {"mcp_check_headers", l_mcp_check_headers},
+        {"uri_normalize", l_uri_normalize},
         {"mcp_version_supported", l_mcp_version_supported},
         {"mcp_effective_version", l_mcp_effective_version},
         {"mcp_versions", l_mcp_versions},

@@ -8,6 +8,7 @@
  * nothing after the value. Ids are never re-printed from cJSON's doubles:
  * the raw bytes recorded by the scan are kept and echoed. */
 #include "mcp.h"
+#include "uri.h"
 
 #include "json.h"
 
@@ -95,6 +96,42 @@ static const char *name_member_for(const char *method)
     return NULL;
 }
 
+/* A resource URI must be in its RFC 3986 normal form (uri.h), the form the
+ * policy matches: one without a normal form, or in another form, is refused
+ * rather than rewritten, so that what is forwarded is byte for byte what
+ * was decided (and still equals an Mcp-Name header). Returns 0 or the
+ * JSON-RPC error code (with m marked invalid). */
+static int check_uri(sg_mcp_msg *m)
+{
+    sg_buf norm = SG_BUF_INIT;
+    const char *why = NULL;
+    size_t len = strlen(m->name);
+    int rc = sg_uri_normalize(m->name, len, &norm, &why);
+    if (rc == 0 && !sg_buf_ok(&norm)) {
+        rc = SG_JSONRPC_INTERNAL_ERROR;
+        m->kind = SG_MCP_INVALID;
+        m->error_code = rc;
+        set_message(m->error_message, "Internal error: out of memory");
+    } else if (rc != 0) {
+        m->kind = SG_MCP_INVALID;
+        m->error_code = rc = SG_JSONRPC_INVALID_PARAMS;
+        set_message(m->error_message,
+                    "Invalid params: \"params.uri\" has no unambiguous normal form: %s", why);
+    } else if (norm.len != len || memcmp(norm.data, m->name, len) != 0) {
+        sg_buf msg = SG_BUF_INIT;
+        sg_json_append_string(&msg, norm.data, norm.len);
+        m->kind = SG_MCP_INVALID;
+        m->error_code = rc = SG_JSONRPC_INVALID_PARAMS;
+        set_message(m->error_message,
+                    "Invalid params: \"params.uri\" is not in normal form (RFC 3986 section "
+                    "6.2.2); its normal form is %s",
+                    sg_buf_ok(&msg) && msg.data ? msg.data : "\"\"");
+        sg_buf_free(&msg);
+    }
+    sg_buf_free(&norm);
+    return rc;
+}
+
 /* Fills in the method-specific fields of a request or notification. Returns
  * 0 or the JSON-RPC error code (with m marked invalid). */
 static int classify_params(sg_mcp_msg *m)
@@ -106,6 +143,10 @@ static int classify_params(sg_mcp_msg *m)
             snprintf(detail, sizeof detail, "%s needs a string \"params.%s\"", m->method, member);
             m->name = NULL;
             return invalid(m, SG_JSONRPC_INVALID_PARAMS, detail);
+        }
+        if (strcmp(member, "uri") == 0) {
+            int rc = check_uri(m);
+            if (rc != 0) return rc;
         }
         if (strcmp(member, "name") == 0) {
             const cJSON *args = cJSON_GetObjectItemCaseSensitive(m->params, "arguments");

@@ -16,6 +16,7 @@
 
 #include "luajson.h"
 #include "luasrc.h"
+#include "uri.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -1064,6 +1065,37 @@ static int template_match(const tmpl_part *t, size_t n, const char *s, size_t sl
     return cur[n];
 }
 
+/* URIs are decided in their normal form (uri.h), so a literal key or a
+ * pattern's text in another form would never match: an error that names
+ * the form to write. A pattern whose scheme is a wildcard is not checked
+ * (it has no scheme to normalise). Returns 1 when the key was refused. */
+static int resource_key_abnormal(loader *ld, const rule *r, const char *k, size_t len)
+{
+    size_t s = 0;
+    while (s < len && k[s] != ':' && k[s] != '/' && k[s] != '*')
+        s++;
+    if (s < len && k[s] == '*') return 0;
+    char q[160], q2[160];
+    sg_buf norm = SG_BUF_INIT;
+    const char *why = NULL;
+    int rc = sg_uri_normalize(k, len, &norm, &why);
+    if (rc == 0 && !sg_buf_ok(&norm)) {
+        sg_buf_free(&norm);
+        luaL_error(ld->L, "out of memory");
+    }
+    int bad = rc != 0 || norm.len != len || memcmp(norm.data, k, len) != 0;
+    if (rc != 0)
+        finding(ld, 1, r->line, r->name, "resource key %s has no RFC 3986 normal form: %s",
+                quoted(q, sizeof q, k, len), why);
+    else if (bad)
+        finding(ld, 1, r->line, r->name,
+                "resource key %s is not in RFC 3986 normal form, so it would never match "
+                "(URIs are matched in normal form): write %s",
+                quoted(q, sizeof q, k, len), quoted(q2, sizeof q2, norm.data, norm.len));
+    sg_buf_free(&norm);
+    return bad;
+}
+
 static int glob_order(const void *a, const void *b)
 {
     const rule *x = *(rule *const *)a, *y = *(rule *const *)b;
@@ -1124,6 +1156,10 @@ static void load_rules(loader *ld, int policy, int which)
                            sg_luasrc_line(&ld->idx, kfrom != SG_LUASRC_NONE ? kfrom : from));
         int is_template = which == T_RESOURCES && (memchr(k, '{', len) || memchr(k, '}', len));
         if (is_template && compile_template(ld, r) != 0) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (which == T_RESOURCES && !is_template && resource_key_abnormal(ld, r, k, len)) {
             lua_pop(L, 1);
             continue;
         }
@@ -1601,8 +1637,38 @@ static size_t location_prefix(const char *msg)
     return 0;
 }
 
+/* A resource method's URI, in the list phase too (a resources/list item
+ * is decided as resources/read of its uri; a template as its uriTemplate). */
+static int names_resource(const sg_policy_input *in)
+{
+    const char *m = in->method ? in->method : "";
+    return in->name && (strcmp(m, "resources/read") == 0 || strcmp(m, "resources/subscribe") == 0 ||
+                        strcmp(m, "resources/unsubscribe") == 0);
+}
+
 int sg_policy_decide(sg_policy *p, const sg_policy_input *in, sg_arena *a, sg_policy_decision *out)
 {
+    /* Resource rules match the URI's normal form (uri.h), and function
+     * rules see it as req.name; a URI without one is denied outright. */
+    sg_policy_input normal;
+    if (names_resource(in)) {
+        sg_buf b = SG_BUF_INIT;
+        const char *why;
+        int rc = sg_uri_normalize(in->name, strlen(in->name), &b, &why);
+        char *name = rc == 0 && sg_buf_ok(&b) ? sg_arena_strndup(a, b.data, b.len) : NULL;
+        sg_buf_free(&b);
+        if (!name) {
+            out->file = p->path;
+            out->req = &sg_req_deny;
+            out->rule = "resource-uri";
+            out->line = 0;
+            out->error = rc == 0 ? "policy error (out of memory)" : NULL;
+            return rc == 0 ? -1 : 0;
+        }
+        normal = *in;
+        normal.name = name;
+        in = &normal;
+    }
     const rule *r = select_rule(p, in);
     out->file = p->path;
     out->error = NULL;

@@ -23,33 +23,68 @@ static int next_line(const char *b, size_t len, size_t *pos, const char **line, 
     return 1;
 }
 
-int sg_sse_next(const char *body, size_t len, size_t *pos, sg_buf *data)
+int sg_sse_read(const char *body, size_t len, size_t *pos, sg_sse_event *ev)
 {
     static const char bom[] = "\xEF\xBB\xBF";
     if (*pos == 0 && len >= 3 && memcmp(body, bom, 3) == 0) *pos = 3;
-    sg_buf_reset(data);
-    int has_data = 0;
+    sg_buf_reset(&ev->data);
+    sg_buf_reset(&ev->other);
+    ev->has_data = 0;
+    ev->data_at = 0;
+    size_t start = *pos, p = *pos;
     const char *line;
     size_t n;
-    while (next_line(body, len, pos, &line, &n)) {
+    while (next_line(body, len, &p, &line, &n)) {
         if (n == 0) {
-            if (has_data && data->len > 0) return sg_buf_ok(data) ? 1 : -1;
-            sg_buf_reset(data);
-            has_data = 0;
+            *pos = p;
+            return sg_buf_ok(&ev->data) && sg_buf_ok(&ev->other) ? 1 : -1;
+        }
+        const char *colon = line[0] == ':' ? NULL : memchr(line, ':', n);
+        size_t name_len = colon ? (size_t)(colon - line) : n;
+        if (line[0] == ':' || name_len != 4 || memcmp(line, "data", 4) != 0) {
+            /* A comment, or a field other than data: kept as received. */
+            sg_buf_append(&ev->other, line, n);
+            sg_buf_putc(&ev->other, '\n');
+            if (!ev->has_data) ev->data_at = ev->other.len;
             continue;
         }
-        if (line[0] == ':') continue; /* a comment */
-        const char *colon = memchr(line, ':', n);
-        size_t name_len = colon ? (size_t)(colon - line) : n;
-        if (name_len != 4 || memcmp(line, "data", 4) != 0) continue; /* id, event, retry... */
         const char *v = colon ? colon + 1 : line + n;
         size_t vn = (size_t)(line + n - v);
         if (vn > 0 && *v == ' ') v++, vn--;
-        if (has_data) sg_buf_putc(data, '\n');
-        sg_buf_append(data, v, vn);
-        has_data = 1;
+        if (ev->has_data) sg_buf_putc(&ev->data, '\n');
+        sg_buf_append(&ev->data, v, vn);
+        ev->has_data = 1;
     }
-    if (!sg_buf_ok(data)) return -1;
-    sg_buf_reset(data);
-    return 0;
+    *pos = start; /* no blank line: an unterminated block */
+    int ok = sg_buf_ok(&ev->data) && sg_buf_ok(&ev->other);
+    sg_buf_reset(&ev->data);
+    sg_buf_reset(&ev->other);
+    ev->has_data = 0;
+    ev->data_at = 0;
+    return ok ? 0 : -1;
+}
+
+void sg_sse_event_free(sg_sse_event *ev)
+{
+    sg_buf_free(&ev->data);
+    sg_buf_free(&ev->other);
+    ev->has_data = 0;
+    ev->data_at = 0;
+}
+
+int sg_sse_next(const char *body, size_t len, size_t *pos, sg_buf *data)
+{
+    /* The event's data lands in the caller's buffer directly. */
+    sg_sse_event ev = SG_SSE_EVENT_INIT;
+    ev.data = *data;
+    int rc;
+    while ((rc = sg_sse_read(body, len, pos, &ev)) == 1)
+        if (ev.has_data && ev.data.len > 0) break;
+    *data = ev.data;
+    sg_buf_free(&ev.other);
+    if (rc == 0) {
+        *pos = len;
+        sg_buf_reset(data);
+    }
+    return rc;
 }

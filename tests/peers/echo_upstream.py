@@ -26,7 +26,10 @@ tools/list, prompts/list, resources/list and resources/templates/list
 answer fixed lists, alone or inside a batch (with
 nextCursor "next-page"; the cursor "next-page" gets a second page with
 the tools added by add_tool and no nextCursor); a cursor of "sse" makes
-the answer an SSE stream (a notification event first). Notifications and responses get 202 with no body. initialize answers with an
+the answer an SSE stream (a notification event first). Any request whose
+params._meta.raw is {"type": CONTENT_TYPE, "body": TEXT[, "status": N]}
+is answered with exactly that body (UTF-8), so a test can script a
+malformed or unusual upstream answer byte for byte. Notifications and responses get 202 with no body. initialize answers with an
 Mcp-Session-Id header. GET opens a short SSE stream (one event, then ends);
 DELETE answers 200.
 
@@ -154,6 +157,17 @@ class Handler(BaseHTTPRequestHandler):
                         "result": {key: items, "nextCursor": "next-page"}}
             return {"jsonrpc": "2.0", "id": m.get("id"), "result": {"echo": echo}}
 
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        raw_answer = meta.get("raw") if isinstance(meta, dict) else None
+        if isinstance(raw_answer, dict):
+            data = str(raw_answer.get("body", "")).encode("utf-8")
+            self.send_response(int(raw_answer.get("status", 200)))
+            self.send_header("Content-Type", raw_answer.get("type", "application/json"))
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+            return
         if mode == "die":
             self._drop()
             return

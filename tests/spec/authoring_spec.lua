@@ -145,6 +145,24 @@ return {
     assert.matches("'}' without '{' in resource template", err, 1, true)
   end)
 
+  it("refuses resource keys not in RFC 3986 normal form (they would never match)", function()
+    local p, err, path = load_src('return { scopes = { a = "A" }, resources = {\n' ..
+                                  '  ["Journal://entries/x/../%7e*"] = "a" } }')
+    assert.is_nil(p)
+    assert.equal(path .. ':2: resources.Journal://entries/x/../%7e*: resource key ' ..
+      '"Journal://entries/x/../%7e*" is not in RFC 3986 normal form, so it would never match ' ..
+      '(URIs are matched in normal form): write "journal://entries/~*"', err)
+    for bad, why in pairs { ["file:///../x"] = "climbs above the root", ["x://a%2Fb"] = "encoded '/'",
+                            ["file:///a/./b"] = "normal form", ["x://a/%zz*"] = "hexadecimal" } do
+      p, err = load_src('return { scopes = { a = "A" }, resources = { ["' .. bad .. '"] = "a" } }')
+      assert.is_nil(p, bad)
+      assert.matches(why, err, 1, true)
+    end
+    for _, good in ipairs { "*", "*://x/../y", "x://a/*", "journal://entries/%C3%A9", "docs/1" } do
+      assert(load_src('return { scopes = { a = "A" }, resources = { ["' .. good .. '"] = "a" } }'))
+    end
+  end)
+
   it("matches in time linear in the URI, whatever the template", function()
     local p = assert(load_src([[
 return { scopes = { a = "A" }, resources = { ["x://{+a}{+b}{+c}{+d}{+e}{+f}/end"] = "a" } }

@@ -78,6 +78,20 @@ describe("the journal example", function()
     assert.same({ "methods.logging/setLevel", '"journal:admin"' }, { d.rule, d.requirement })
   end)
 
+  it("matches resource URIs in their RFC 3986 normal form, denies those without one", function()
+    for _, phase in ipairs { "call", "list" } do
+      for _, uri in ipairs { "journal://entries/../../admin", "journal://entries/%2e%2e/%2E%2E/admin",
+                             "journal://entries/a%2Fb", "journal://entries/%zz" } do
+        local d = decide(p, { method = "resources/read", name = uri, phase = phase })
+        assert.same({ "resource-uri", "false" }, { d.rule, d.requirement }, uri)
+      end
+      local d = decide(p, { method = "resources/read", name = "JOURNAL://entries/x/./%7e", phase = phase })
+      assert.same({ "resources.journal://entries/*", '"journal:entries:read"' }, { d.rule, d.requirement })
+      d = decide(p, { method = "resources/read", name = "journal://entries/../drafts/1", phase = phase })
+      assert.same({ "resource-uri", "false" }, { d.rule, d.requirement })
+    end
+  end)
+
   it("sends what is not named to default", function()
     local d = call("drop_database")
     assert.same({ "default", "false", pt.line_of(JOURNAL, "default   =") },

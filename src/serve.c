@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -36,13 +37,14 @@ int sg_cmd_serve(int argc, char **argv);
 
 typedef struct serve_opts {
     const char *listen, *upstream, *policy, *jwks, *public_key, *key_alg, *issuer, *audience,
-        *public_url, *path, *log_level, *annotate, *upstream_ca;
+        *public_url, *path, *log_level, *annotate, *upstream_ca, *min_body_rate;
     const char *hosts[MAX_LIST + 1], *origins[MAX_LIST + 1];
     int nhosts, norigins;
     sg_identity_header identity[SG_GATEWAY_MAX_IDENTITY];
     char identity_names[SG_GATEWAY_MAX_IDENTITY][128];
     int nidentity;
     unsigned long max_body, max_header, max_connections, timeout_s, threads;
+    unsigned long header_timeout_s, body_grace_s, min_body_rate_bps;
     unsigned long upstream_timeout_ms, connect_timeout_ms, token_cache;
     unsigned long jwks_ttl_s, jwks_refetch_s;
     int no_watch;
@@ -72,6 +74,11 @@ static void serve_usage(FILE *f)
           "  --max-header BYTES         per-connection header memory, 431 beyond [32768]\n"
           "  --max-connections N        concurrent connections, 503 beyond [1000]\n"
           "  --timeout SECONDS          idle connection / slow upload limit [30]\n"
+          "  --header-timeout SECONDS   a request head must be complete within this, 408\n"
+          "                             after [5]\n"
+          "  --min-body-rate BYTES      a body must arrive at this many bytes per second\n"
+          "                             once --body-grace is over, 408 below; 0 = off [1024]\n"
+          "  --body-grace SECONDS       time a body gets before --min-body-rate applies [5]\n"
           "  --threads N                worker threads (one policy state each) [2]\n"
           "  --upstream-timeout-ms MS   wait for upstream response headers, 504 after [30000]\n"
           "  --connect-timeout-ms MS    upstream connect timeout [5000]\n"
@@ -141,7 +148,7 @@ typedef struct serve_lists {
 } serve_lists;
 
 /* Fills flags[] (SERVE_NFLAGS entries) with the table of serve's flags. */
-#define SERVE_NFLAGS 28
+#define SERVE_NFLAGS 31
 static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_flag *flags)
 {
     const sg_flag table[SERVE_NFLAGS] = {
@@ -165,6 +172,9 @@ static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_fl
         {"--max-header", SG_FLAG_ULONG, &o->max_header, 4096, 16ul << 20},
         {"--max-connections", SG_FLAG_ULONG, &o->max_connections, 1, 100000},
         {"--timeout", SG_FLAG_ULONG, &o->timeout_s, 1, 86400},
+        {"--header-timeout", SG_FLAG_ULONG, &o->header_timeout_s, 1, 3600},
+        {"--min-body-rate", SG_FLAG_STRING, &o->min_body_rate, 0, 0},
+        {"--body-grace", SG_FLAG_ULONG, &o->body_grace_s, 1, 3600},
         {"--threads", SG_FLAG_ULONG, &o->threads, 1, 256},
         {"--upstream-timeout-ms", SG_FLAG_ULONG, &o->upstream_timeout_ms, 1, 86400000},
         {"--connect-timeout-ms", SG_FLAG_ULONG, &o->connect_timeout_ms, 1, 600000},
@@ -237,6 +247,10 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     }
     for (int i = 0; i < identity->n; i++)
         if (parse_identity(identity->items[i], o) != 0) return -1;
+    o->min_body_rate_bps = 1024;
+    if (o->min_body_rate && sg_parse_ulong("serve", "--min-body-rate", o->min_body_rate, 0,
+                                           1000000000ul, &o->min_body_rate_bps) != 0)
+        return -1;
     if (o->path && o->path[0] != '/') {
         fprintf(stderr, "scopegate serve: --path must start with '/'\n");
         return -1;
@@ -302,6 +316,25 @@ static int set_log_level(const char *name)
 }
 
 static int serve(serve_opts *opts);
+
+/* Each client connection is a descriptor, and so is each upstream one: the
+ * soft RLIMIT_NOFILE (often 1024) is raised to the hard limit, with a
+ * warning when even that cannot hold --max-connections. */
+static void raise_fd_limit(unsigned long max_connections)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    rlim_t need = (rlim_t)(2 * max_connections + 64);
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+        sg_log(SG_LOG_WARN,
+               "open-file limit %llu is below %llu (two per connection): raise it (ulimit -n) or "
+               "lower --max-connections",
+               (unsigned long long)rl.rlim_cur, (unsigned long long)need);
+}
 
 /* What SIGHUP re-reads: the configured key files into a fresh key set whose
  * keys then replace the live ones (a file that no longer parses leaves the
@@ -521,6 +554,10 @@ static int serve(serve_opts *opts)
     hc.limits.max_header = o.max_header;
     hc.limits.max_connections = (unsigned)o.max_connections;
     hc.limits.timeout_s = (unsigned)o.timeout_s;
+    hc.limits.header_timeout_s = (unsigned)o.header_timeout_s;
+    hc.limits.body_grace_s = (unsigned)o.body_grace_s;
+    hc.limits.min_body_rate = (unsigned)o.min_body_rate_bps;
+    raise_fd_limit(o.max_connections ? o.max_connections : 1000);
     hc.limits.threads = threads;
     hc.gateway = gw;
     hc.proxy = proxy;

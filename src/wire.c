@@ -485,13 +485,16 @@ void sg_wire_refuse(sg_wire_conn *c, int status, const char *why)
                      "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
                      "Cache-Control: no-store\r\nContent-Length: %zu\r\n\r\n",
                      status, reason_phrase(status), sg_buf_ok(&body) ? body.len : 0);
+        sg_buf answer = SG_BUF_INIT;
         if (hn > 0 && (size_t)hn < sizeof head) {
-            /* Small and the connection has nothing else queued: one send
-             * fits the socket buffer; a client that does not read loses it. */
-            (void)send(c->fd, head, (size_t)hn, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_MORE);
-            if (sg_buf_ok(&body) && body.len)
-                (void)send(c->fd, body.data, body.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            sg_buf_append(&answer, head, (size_t)hn);
+            if (sg_buf_ok(&body)) sg_buf_append(&answer, body.data ? body.data : "", body.len);
         }
+        /* Small, and the connection has nothing else queued: one send fits
+         * the socket buffer (a client that does not read loses it). */
+        if (sg_buf_ok(&answer) && answer.len)
+            (void)send(c->fd, answer.data, answer.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        sg_buf_free(&answer);
         sg_buf_free(&body);
     }
     /* Both directions: the client sees the end of the answer, and the

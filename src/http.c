@@ -193,30 +193,69 @@ static int count_header(const header_list *l, const char *name)
     return n;
 }
 
-/* Host: "name[:port]" against the allow-list. */
+int sg_http_split_authority(const char *s, size_t *name_len, const char **port)
+{
+    if (!s || !*s) return -1;
+    const char *after;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close == s + 1) return -1;
+        after = close + 1;
+    } else {
+        after = s + strcspn(s, ":");
+        if (after == s) return -1;
+    }
+    *name_len = (size_t)(after - s);
+    if (*after == 0) {
+        *port = NULL;
+        return 0;
+    }
+    if (*after != ':' || after[1] == 0) return -1;
+    *port = after + 1;
+    if (strcmp(*port, "*") == 0) return 0;
+    for (const char *p = *port; *p; p++)
+        if (*p < '0' || *p > '9') return -1;
+    return 0;
+}
+
+/* Host "name[:port]" against one entry: the names compare without regard
+ * to letter case; an entry's port must equal the Host's, "*" takes any
+ * port, and an entry without a port takes only a Host without one (the
+ * scheme's default port, as the client wrote it). */
+static int host_matches(const char *entry, const char *host_name, size_t host_len,
+                        const char *host_port)
+{
+    size_t elen;
+    const char *eport;
+    if (sg_http_split_authority(entry, &elen, &eport) != 0) return 0;
+    if (elen != host_len || strncasecmp(entry, host_name, elen) != 0) return 0;
+    if (eport && strcmp(eport, "*") == 0) return 1;
+    if (!eport || !host_port) return !eport && !host_port;
+    return strcmp(eport, host_port) == 0;
+}
+
+/* Host against the allow-list and the listener's own names (which match
+ * with the bound port only). */
 static int host_allowed(const sg_http *h, const char *host)
 {
     const char *const *list = h->cfg.allowed_hosts;
-    if (!list) return 1;
-    for (; *list; list++) {
-        const char *a = *list;
-        if (strcmp(a, "*") == 0) return 1;
-        if (!host) continue;
-        size_t alen = strlen(a), hlen = strlen(host);
-        if (alen == hlen && strcasecmp(a, host) == 0) return 1;
-        /* An entry without a port matches any port: "localhost" ~ "localhost:8080".
-         * An IPv6 entry is bracketed, so its colons are inside the brackets. */
-        int entry_has_port = a[alen - 1] != ']' && strrchr(a, ':') &&
-                             (a[0] != '[' || strrchr(a, ':') > strchr(a, ']'));
-        if (!entry_has_port && hlen > alen && host[alen] == ':' &&
-            strncasecmp(a, host, alen) == 0) {
-            const char *p = host + alen + 1;
-            if (!*p) continue;
-            while (*p >= '0' && *p <= '9')
-                p++;
-            if (!*p) return 1;
-        }
-    }
+    const char *const *own = h->cfg.own_hosts;
+    if (!list && !own) return 1;
+    for (const char *const *a = list; a && *a; a++)
+        if (strcmp(*a, "*") == 0) return 1;
+    size_t nlen;
+    const char *port;
+    if (!host || sg_http_split_authority(host, &nlen, &port) != 0 ||
+        (port && strcmp(port, "*") == 0))
+        return 0;
+    for (const char *const *a = list; a && *a; a++)
+        if (host_matches(*a, host, nlen, port)) return 1;
+    char bound[8];
+    snprintf(bound, sizeof bound, "%u", (unsigned)h->port);
+    for (const char *const *a = own; a && *a; a++)
+        if (strlen(*a) == nlen && strncasecmp(*a, host, nlen) == 0 &&
+            ((port && strcmp(port, bound) == 0) || (!port && h->port == 80)))
+            return 1;
     return 0;
 }
 

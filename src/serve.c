@@ -66,8 +66,10 @@ static void serve_usage(FILE *f)
           "  --no-watch                 do not reload the policy when its files change\n"
           "                             (SIGHUP still reloads the policy and the keys)\n"
           "  --path PATH                MCP endpoint path [/mcp]\n"
-          "  --allowed-host HOST[:PORT] accepted Host header (repeatable; '*' = any)\n"
-          "                             [the listen address, localhost, --public-url's host]\n"
+          "  --allowed-host HOST[:PORT] accepted Host header (repeatable; '*' = any);\n"
+          "                             HOST alone: no port in Host; HOST:* any port\n"
+          "                             [the listen address and localhost with the bound\n"
+          "                             port, --public-url's host]\n"
           "  --allowed-origin ORIGIN    accepted Origin header (repeatable; '*' = any)\n"
           "                             [--public-url's origin; without it, none]\n"
           "  --max-body BYTES           request body limit, 413 beyond [1048576]\n"
@@ -224,8 +226,19 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     const sg_flag_list *hosts = pick(&from_cli.hosts, &from_file.hosts);
     const sg_flag_list *origins = pick(&from_cli.origins, &from_file.origins);
     const sg_flag_list *identity = pick(&from_cli.identity, &from_file.identity);
-    for (int i = 0; i < hosts->n; i++)
+    for (int i = 0; i < hosts->n; i++) {
+        size_t nl;
+        const char *port;
+        if (strcmp(hosts->items[i], "*") != 0 &&
+            sg_http_split_authority(hosts->items[i], &nl, &port) != 0) {
+            fprintf(stderr,
+                    "scopegate serve: --allowed-host needs NAME, NAME:PORT, NAME:* or *, not "
+                    "'%s'\n",
+                    hosts->items[i]);
+            return -1;
+        }
         o->hosts[o->nhosts++] = hosts->items[i];
+    }
     for (int i = 0; i < origins->n; i++)
         o->origins[o->norigins++] = origins->items[i];
     const char *missing = !o->listen                     ? "--listen"
@@ -521,20 +534,31 @@ static int serve(serve_opts *opts)
      * the resource (the token audience), not where it is served, and the
      * policy author is not the operator who decides which names reach it. */
     const char *const *hosts = o.hosts;
+    const char *own_hosts[3] = {NULL, NULL, NULL};
     if (o.nhosts == 0) {
+        /* The listener's own names count with its bound port only (known
+         * once bound); --public-url's authority as written, plus its
+         * scheme's default port spelled out when it has none. */
+        size_t l = strlen(host) + 3;
+        if ((default_hosts[0] = malloc(l)) != NULL)
+            snprintf(default_hosts[0], l, strchr(host, ':') ? "[%s]" : "%s", host);
+        own_hosts[0] = default_hosts[0] ? default_hosts[0] : "";
+        own_hosts[1] = "localhost";
         int n = 0;
-        default_hosts[n++] = strdup(host);
-        default_hosts[n++] = strdup("localhost");
-        if (strchr(host, ':')) {
-            size_t l = strlen(host) + 3;
-            char *b = malloc(l);
-            if (b) snprintf(b, l, "[%s]", host);
-            free(default_hosts[0]);
-            default_hosts[0] = b;
+        if (o.public_url && (default_hosts[1] = url_authority(o.public_url)) != NULL) {
+            o.hosts[n++] = default_hosts[1];
+            size_t nl;
+            const char *pp;
+            if (sg_http_split_authority(default_hosts[1], &nl, &pp) == 0 && !pp) {
+                int https = strncasecmp(o.public_url, "https:", 6) == 0;
+                size_t dl = nl + 5;
+                if ((default_hosts[2] = malloc(dl)) != NULL) {
+                    snprintf(default_hosts[2], dl, "%.*s:%s", (int)nl, default_hosts[1],
+                             https ? "443" : "80");
+                    o.hosts[n++] = default_hosts[2];
+                }
+            }
         }
-        if (o.public_url) default_hosts[n++] = url_authority(o.public_url);
-        for (int i = 0; i < n; i++)
-            o.hosts[i] = default_hosts[i] ? default_hosts[i] : "";
         o.hosts[n] = NULL;
     }
     if (o.norigins == 0 && o.public_url && (public_origin = url_origin(o.public_url))) {
@@ -549,6 +573,7 @@ static int serve(serve_opts *opts)
     hc.port = (uint16_t)port;
     hc.mcp_path = mcp_path;
     hc.allowed_hosts = hosts;
+    hc.own_hosts = o.nhosts == 0 ? own_hosts : NULL;
     hc.allowed_origins = o.origins;
     hc.limits.max_body = o.max_body;
     hc.limits.max_header = o.max_header;

@@ -188,6 +188,50 @@ describe("strict HTTP/1.1 request framing", function()
     end)
   end
 
+  -- The Host allow-list compares the port. Without --allowed-host the
+  -- listener's own names count with its bound port only.
+  local function host_status(host, addr)
+    local raw = "GET /.well-known/oauth-protected-resource HTTP/1.1\r\nHost: " .. host ..
+                "\r\nConnection: close\r\n\r\n"
+    local saved = gw
+    gw = addr or gw
+    local r = send(raw)
+    gw = saved
+    return r.statuses[1]
+  end
+
+  it("compares the Host port with the bound port by default", function()
+    local port = gw:match(":(%d+)$")
+    assert.are.equal(200, host_status("127.0.0.1:" .. port))
+    assert.are.equal(200, host_status("LocalHost:" .. port))
+    for _, bad in ipairs { "127.0.0.1", "localhost", "127.0.0.1:1", "localhost:" .. (port + 1),
+                           "localhost:0" .. port, "localhost:", "localhost:" .. port .. "x",
+                           "localhost:*", "evil.example:" .. port, ":" .. port } do
+      assert.are.equal(403, host_status(bad), bad)
+    end
+  end)
+
+  it("takes NAME (no port), NAME:PORT and NAME:* entries from --allowed-host", function()
+    local err = dir .. "/gw2.err"
+    local pid = procs.spawn(table.concat({ q(SCOPEGATE), "serve --listen 127.0.0.1:0 --upstream",
+      q("http://" .. up .. "/mcp"), "--policy", q(dir .. "/policy.lua"), "--public-key",
+      q(dir .. "/rsa.pub"), "--allowed-host mcp.example.com --allowed-host 'api.example.com:*'",
+      "--allowed-host '[::1]:8443'" }, " "), dir .. "/gw2.out", err)
+    local ok, e = pcall(function()
+      local addr = procs.wait_for(err, "listening on (127%.0%.0%.1:%d+)", 10)
+      local port = addr:match(":(%d+)$")
+      for host, want in pairs { ["mcp.example.com"] = 200, ["MCP.example.com"] = 200,
+                                ["mcp.example.com:443"] = 403, ["mcp.example.com:" .. port] = 403,
+                                ["api.example.com"] = 200, ["api.example.com:1234"] = 200,
+                                ["[::1]:8443"] = 200, ["[::1]"] = 403, ["[::1]:443"] = 403,
+                                ["127.0.0.1:" .. port] = 403 } do
+        assert.are.equal(want, host_status(host, addr), host)
+      end
+    end)
+    procs.stop(pid)
+    assert(ok, e)
+  end)
+
   it("answers the requests before a malformed one first, in order", function()
     local good = post("Content-Length: <CL>\r\n")
     local r = send(good .. good .. post("X-A: 1\nContent-Length: <CL>\r\n"))

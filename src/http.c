@@ -397,8 +397,8 @@ static void sweep_slow_clients(http_worker *w, uint64_t now)
             slot_shed(c, 0, NULL);
         } else if (c->collecting_body && phase == SG_WIRE_BODY && l->min_body_rate &&
                    c->wire.body_started_ns && now - c->wire.body_started_ns > grace_ns) {
-            uint64_t late_ns = now - c->wire.body_started_ns - grace_ns;
-            uint64_t owed = (uint64_t)l->min_body_rate * late_ns / 1000000000ull;
+            uint64_t late_ms = (now - c->wire.body_started_ns - grace_ns) / 1000000u;
+            uint64_t owed = (uint64_t)l->min_body_rate * late_ms / 1000u;
             if (c->wire.scan.body_bytes < owed) slot_shed(c, 408, "Request body too slow");
         }
     }

@@ -518,6 +518,9 @@ static ssize_t owe_or_refuse(sg_wire_conn *c)
 void sg_wire_answered(sg_wire_conn *c)
 {
     c->answered++;
+    /* A head the client sent while the previous answer was on its way gets
+     * its whole deadline from now. */
+    if (sg_wire_scan_phase(&c->scan) == SG_WIRE_HEAD) c->head_started_ns = sg_now_mono_ns();
     if (c->owed_status && !c->closed && c->scan.messages <= c->answered)
         sg_wire_refuse(c, c->owed_status, c->owed_why);
 }

@@ -4,7 +4,8 @@
 Why it exists: the framing attacks (bare LF, obs-fold, two Content-Lengths, ...)
 cannot be sent with curl or any HTTP client library, which all normalise them.
 Usage: raw_http.py HOST:PORT [WAIT_S] < request-bytes
-Sends stdin's bytes in one write, reads until the server closes or WAIT_S
+Sends stdin's bytes in one write (or in pieces: "<<PAUSE 2.5>>" in the input
+waits that many seconds between the bytes before and after it), reads until the server closes or WAIT_S
 (default 2) seconds pass without data, and prints one line
   statuses=400,200 closed=1 reset=0
 followed by the raw answer. `statuses` lists every status line found (so a
@@ -14,6 +15,7 @@ connection (reset: with a TCP reset).
 import re
 import socket
 import sys
+import time
 
 
 def main():
@@ -21,7 +23,12 @@ def main():
     wait = float(sys.argv[2]) if len(sys.argv) > 2 else 2.0
     data = sys.stdin.buffer.read()
     s = socket.create_connection((host, int(port)), timeout=5)
-    s.sendall(data)
+    pieces = re.split(rb"<<PAUSE ([0-9.]+)>>", data)
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            time.sleep(float(piece))
+        elif piece:
+            s.sendall(piece)
     s.settimeout(wait)
     out, closed, reset = b"", False, False
     try:

@@ -232,6 +232,30 @@ describe("strict HTTP/1.1 request framing", function()
     assert(ok, e)
   end)
 
+  it("times a head sent during a slow answer from when the answer is done", function()
+    -- libmicrohttpd reads the start of the second head with the first
+    -- request; its --header-timeout (2 s) must not run out while the first
+    -- is answered (2 s upstream).
+    local err = dir .. "/gw3.err"
+    local pid = procs.spawn(table.concat({ q(SCOPEGATE), "serve --listen 127.0.0.1:0 --upstream",
+      q("http://" .. up .. "/mcp"), "--policy", q(dir .. "/policy.lua"), "--public-key",
+      q(dir .. "/rsa.pub"), "--header-timeout 2" }, " "), dir .. "/gw3.out", err)
+    local ok, e = pcall(function()
+      local addr = procs.wait_for(err, "listening on (127%.0%.0%.1:%d+)", 10)
+      local slow = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":' ..
+                   '{"name":"slow","arguments":{"seconds":2}}}'
+      local saved = gw
+      gw = addr
+      local r = send(post("Content-Length: " .. #slow .. "\r\n", slow) ..
+                     "POST /mcp HTTP/1.1\r\nHost: <HOST>\r\n<<PAUSE 2.6>>" ..
+                     HEAD:gsub("^Host: <HOST>\r\n", "") .. "Content-Length: <CL>\r\n\r\n<B>", 3)
+      gw = saved
+      assert.are.same({ 200, 200 }, r.statuses)
+    end)
+    procs.stop(pid)
+    assert(ok, e)
+  end)
+
   it("answers the requests before a malformed one first, in order", function()
     local good = post("Content-Length: <CL>\r\n")
     local r = send(good .. good .. post("X-A: 1\nContent-Length: <CL>\r\n"))

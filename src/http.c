@@ -42,7 +42,9 @@
 #define DISCARD_FACTOR   4  /* an oversized chunked body is read this far, then dropped */
 #define SSE_ERROR_MAX    (SG_MCP_MAX_ID_LEN + 256)
 
-#define SWEEP_NS 250000000ull /* slow-client limits are checked this often */
+#define SWEEP_NS          250000000ull /* slow-client limits are checked this often */
+#define SHED_BATCH        64           /* at most this many closed per sweep... */
+#define SHED_BATCH_GAP_NS 5000000ull   /* ...the next batch this soon after */
 
 #define TAG_MHD  ((uint64_t)0)
 #define TAG_WAKE ((uint64_t)2 << 32)
@@ -380,28 +382,39 @@ static void slot_close(conn_slot *c)
 /* The slow-client limits, every SWEEP_NS: a request head must be complete
  * within --header-timeout of its first byte (a new connection's first head
  * within --header-timeout of the accept: silence is shed without an
- * answer); a body must keep up --min-body-rate after --body-grace. */
-static void sweep_slow_clients(http_worker *w, uint64_t now)
+ * answer); a body must keep up --min-body-rate after --body-grace. Returns
+ * 1 when it stopped at SHED_BATCH (sweep again soon). */
+static int sweep_slow_clients(http_worker *w, uint64_t now)
 {
+    /* Heads that arrived together run out together: shedding a thousand in
+     * one go would hold the loop (and honest requests) for tens of ms, so
+     * it goes in batches with the loop running in between. */
+    int shed = 0;
     const sg_http_limits *l = &w->h->cfg.limits;
     uint64_t head_ns = (uint64_t)l->header_timeout_s * 1000000000ull;
     uint64_t grace_ns = (uint64_t)l->body_grace_s * 1000000000ull;
-    for (conn_slot *c = w->oldest; c; c = c->next) {
+    for (conn_slot *c = w->oldest; c && shed < SHED_BATCH; c = c->next) {
         if (c->wire.closed) continue;
         sg_wire_phase phase = sg_wire_scan_phase(&c->wire.scan);
         if (!c->busy && phase == SG_WIRE_HEAD && c->wire.head_started_ns &&
             now - c->wire.head_started_ns > head_ns) {
             slot_shed(c, 408, "Request header timeout");
+            shed++;
         } else if (!c->busy && phase == SG_WIRE_IDLE && c->wire.answered == 0 &&
                    now - c->wire.accepted_ns > head_ns) {
             slot_shed(c, 0, NULL);
+            shed++;
         } else if (c->collecting_body && phase == SG_WIRE_BODY && l->min_body_rate &&
                    c->wire.body_started_ns && now - c->wire.body_started_ns > grace_ns) {
             uint64_t late_ms = (now - c->wire.body_started_ns - grace_ns) / 1000000u;
             uint64_t owed = (uint64_t)l->min_body_rate * late_ms / 1000u;
-            if (c->wire.scan.body_bytes < owed) slot_shed(c, 408, "Request body too slow");
+            if (c->wire.scan.body_bytes < owed) {
+                slot_shed(c, 408, "Request body too slow");
+                shed++;
+            }
         }
     }
+    return shed >= SHED_BATCH;
 }
 
 /* ---- suspend / resume glue for the proxy ----------------------------------- */
@@ -866,8 +879,8 @@ static void *worker_main(void *arg)
         }
         if (draining && (atomic_load(&h->forwarded) <= 0 || now >= drain_deadline)) break;
         if (now >= w->next_sweep_ns) {
-            sweep_slow_clients(w, now);
-            w->next_sweep_ns = now + SWEEP_NS;
+            int more = sweep_slow_clients(w, now);
+            w->next_sweep_ns = now + (more ? SHED_BATCH_GAP_NS : SWEEP_NS);
         }
         long timeout = sg_proxy_lane_timeout_ms(w->lane);
         long to_sweep = (long)((w->next_sweep_ns - now) / 1000000u) + 1;

@@ -10,10 +10,15 @@
  * never blocks its thread: the connection is suspended while the upstream
  * has nothing for it and resumed when it has; a content reader streams the
  * body back in pieces.
- * Limits are enforced before any parsing: connections (503), header memory
- * (431, by libmicrohttpd itself), body size (413, while uploading), time
- * (408 for a slow upload, idle connections closed). */
+ * Limits are enforced before any parsing: strict request framing (400/501,
+ * src/wire.c, on the raw bytes before libmicrohttpd reads them),
+ * connections (503; when full, the connections that have not delivered a
+ * request are shed first, oldest first), header memory (431, by
+ * libmicrohttpd itself), body size (413, while uploading), time (408 for a
+ * request head not complete within the header timeout or a body below the
+ * minimum rate, swept every 250 ms; idle connections closed). */
 #include "http.h"
+#include "wire.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -37,12 +42,31 @@
 #define DISCARD_FACTOR   4  /* an oversized chunked body is read this far, then dropped */
 #define SSE_ERROR_MAX    (SG_MCP_MAX_ID_LEN + 256)
 
+#define SWEEP_NS          250000000ull /* slow-client limits are checked this often */
+#define SHED_BATCH        64           /* at most this many closed per sweep... */
+#define SHED_BATCH_GAP_NS 5000000ull   /* ...the next batch this soon after */
+
 #define TAG_MHD  ((uint64_t)0)
 #define TAG_WAKE ((uint64_t)2 << 32)
+
+struct http_worker;
+
+/* One client connection, from accept to close: its raw-byte scanner and what
+ * the slow-client limits and the shedding order need. */
+typedef struct conn_slot {
+    sg_wire_conn wire;
+    struct http_worker *worker;
+    struct conn_slot *prev, *next; /* the worker's connections, oldest first */
+    int busy;                      /* libmicrohttpd holds a request head from it */
+    int collecting_body;           /* that request's body is arriving, nothing answered yet */
+    int counted;                   /* it counts against --max-connections */
+} conn_slot;
 
 typedef struct http_worker {
     struct sg_http *h;
     unsigned index;
+    conn_slot *oldest, *newest;
+    uint64_t next_sweep_ns;
     struct MHD_Daemon *daemon;
     sg_proxy_lane *lane;
     int epfd, evfd;
@@ -65,6 +89,7 @@ enum { PHASE_BODY, PHASE_HEAD, PHASE_COLLECT, PHASE_STREAM, PHASE_DONE };
 typedef struct exchange {
     sg_http *h;
     struct MHD_Connection *conn;
+    conn_slot *slot; /* NULL only if libmicrohttpd did not report the connection */
     unsigned worker;
     int phase;
     uint64_t started_ns;
@@ -170,30 +195,69 @@ static int count_header(const header_list *l, const char *name)
     return n;
 }
 
-/* Host: "name[:port]" against the allow-list. */
+int sg_http_split_authority(const char *s, size_t *name_len, const char **port)
+{
+    if (!s || !*s) return -1;
+    const char *after;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close == s + 1) return -1;
+        after = close + 1;
+    } else {
+        after = s + strcspn(s, ":");
+        if (after == s) return -1;
+    }
+    *name_len = (size_t)(after - s);
+    if (*after == 0) {
+        *port = NULL;
+        return 0;
+    }
+    if (*after != ':' || after[1] == 0) return -1;
+    *port = after + 1;
+    if (strcmp(*port, "*") == 0) return 0;
+    for (const char *p = *port; *p; p++)
+        if (*p < '0' || *p > '9') return -1;
+    return 0;
+}
+
+/* Host "name[:port]" against one entry: the names compare without regard
+ * to letter case; an entry's port must equal the Host's, "*" takes any
+ * port, and an entry without a port takes only a Host without one (the
+ * scheme's default port, as the client wrote it). */
+static int host_matches(const char *entry, const char *host_name, size_t host_len,
+                        const char *host_port)
+{
+    size_t elen;
+    const char *eport;
+    if (sg_http_split_authority(entry, &elen, &eport) != 0) return 0;
+    if (elen != host_len || strncasecmp(entry, host_name, elen) != 0) return 0;
+    if (eport && strcmp(eport, "*") == 0) return 1;
+    if (!eport || !host_port) return !eport && !host_port;
+    return strcmp(eport, host_port) == 0;
+}
+
+/* Host against the allow-list and the listener's own names (which match
+ * with the bound port only). */
 static int host_allowed(const sg_http *h, const char *host)
 {
     const char *const *list = h->cfg.allowed_hosts;
-    if (!list) return 1;
-    for (; *list; list++) {
-        const char *a = *list;
-        if (strcmp(a, "*") == 0) return 1;
-        if (!host) continue;
-        size_t alen = strlen(a), hlen = strlen(host);
-        if (alen == hlen && strcasecmp(a, host) == 0) return 1;
-        /* An entry without a port matches any port: "localhost" ~ "localhost:8080".
-         * An IPv6 entry is bracketed, so its colons are inside the brackets. */
-        int entry_has_port = a[alen - 1] != ']' && strrchr(a, ':') &&
-                             (a[0] != '[' || strrchr(a, ':') > strchr(a, ']'));
-        if (!entry_has_port && hlen > alen && host[alen] == ':' &&
-            strncasecmp(a, host, alen) == 0) {
-            const char *p = host + alen + 1;
-            if (!*p) continue;
-            while (*p >= '0' && *p <= '9')
-                p++;
-            if (!*p) return 1;
-        }
-    }
+    const char *const *own = h->cfg.own_hosts;
+    if (!list && !own) return 1;
+    for (const char *const *a = list; a && *a; a++)
+        if (strcmp(*a, "*") == 0) return 1;
+    size_t nlen;
+    const char *port;
+    if (!host || sg_http_split_authority(host, &nlen, &port) != 0 ||
+        (port && strcmp(port, "*") == 0))
+        return 0;
+    for (const char *const *a = list; a && *a; a++)
+        if (host_matches(*a, host, nlen, port)) return 1;
+    char bound[8];
+    snprintf(bound, sizeof bound, "%u", (unsigned)h->port);
+    for (const char *const *a = own; a && *a; a++)
+        if (strlen(*a) == nlen && strncasecmp(*a, host, nlen) == 0 &&
+            ((port && strcmp(port, bound) == 0) || (!port && h->port == 80)))
+            return 1;
     return 0;
 }
 
@@ -220,6 +284,137 @@ static int worker_index(sg_http *h, unsigned *out)
     if (tl_owner != h) return -1; /* only the workers' own threads serve */
     *out = tl_worker;
     return 0;
+}
+
+/* ---- connection slots: slow clients and shedding ------------------------------ */
+
+static conn_slot *slot_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static void slot_unlink(conn_slot *c)
+{
+    http_worker *w = c->worker;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->oldest = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        w->newest = c->prev;
+    c->prev = c->next = NULL;
+}
+
+/* Closes a connection from outside libmicrohttpd (status 0: silently); it
+ * no longer counts against --max-connections from this moment. */
+static void slot_shed(conn_slot *c, int status, const char *why)
+{
+    if (c->wire.closed) return;
+    sg_wire_refuse(&c->wire, status, why);
+    if (c->counted) {
+        c->counted = 0;
+        atomic_fetch_sub(&c->worker->h->connections, 1);
+    }
+}
+
+/* Shedding order when every slot is taken: first the connections that never
+ * delivered a request (a slow or silent client holds nothing else), then
+ * those waiting, after a request, on the next head; oldest first within
+ * each. A connection whose request is being served is never shed. */
+static conn_slot *shed_candidate(http_worker *w, const conn_slot *except)
+{
+    conn_slot *idle_after_request = NULL;
+    for (conn_slot *c = w->oldest; c; c = c->next) {
+        if (c == except || c->busy || c->wire.closed) continue;
+        if (c->wire.answered == 0) return c;
+        if (!idle_after_request) idle_after_request = c;
+    }
+    return idle_after_request;
+}
+
+static void slot_open(http_worker *w, struct MHD_Connection *conn, void **socket_context)
+{
+    sg_http *h = w->h;
+    conn_slot *c = calloc(1, sizeof *c);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (c) c->wire.fd = ci ? ci->connect_fd : -1;
+    if (!c || sg_wire_attach(&c->wire, sg_now_mono_ns()) != 0) {
+        /* Unchecked bytes must never reach libmicrohttpd: close it. */
+        if (ci) shutdown(ci->connect_fd, SHUT_RDWR);
+        free(c);
+        *socket_context = NULL;
+        return;
+    }
+    c->worker = w;
+    c->prev = w->newest;
+    if (w->newest)
+        w->newest->next = c;
+    else
+        w->oldest = c;
+    w->newest = c;
+    c->counted = 1;
+    *socket_context = c;
+    if (atomic_fetch_add(&h->connections, 1) + 1 > (int)h->cfg.limits.max_connections) {
+        conn_slot *victim = shed_candidate(w, c);
+        if (victim) {
+            int partial = sg_wire_scan_phase(&victim->wire.scan) != SG_WIRE_IDLE;
+            sg_log(SG_LOG_DEBUG, "http: connections full: shedding one that %s",
+                   victim->wire.answered ? "is between requests" : "never completed a request");
+            slot_shed(victim, partial ? 503 : 0, "Too many connections");
+        }
+    }
+}
+
+static void slot_close(conn_slot *c)
+{
+    if (!c) return;
+    sg_wire_detach(&c->wire);
+    slot_unlink(c);
+    if (c->counted) atomic_fetch_sub(&c->worker->h->connections, 1);
+    free(c);
+}
+
+/* The slow-client limits, every SWEEP_NS: a request head must be complete
+ * within --header-timeout of its first byte (a new connection's first head
+ * within --header-timeout of the accept: silence is shed without an
+ * answer); a body must keep up --min-body-rate after --body-grace. Returns
+ * 1 when it stopped at SHED_BATCH (sweep again soon). */
+static int sweep_slow_clients(http_worker *w, uint64_t now)
+{
+    /* Heads that arrived together run out together: shedding a thousand in
+     * one go would hold the loop (and honest requests) for tens of ms, so
+     * it goes in batches with the loop running in between. */
+    int shed = 0;
+    const sg_http_limits *l = &w->h->cfg.limits;
+    uint64_t head_ns = (uint64_t)l->header_timeout_s * 1000000000ull;
+    uint64_t grace_ns = (uint64_t)l->body_grace_s * 1000000000ull;
+    for (conn_slot *c = w->oldest; c && shed < SHED_BATCH; c = c->next) {
+        if (c->wire.closed) continue;
+        sg_wire_phase phase = sg_wire_scan_phase(&c->wire.scan);
+        if (!c->busy && phase == SG_WIRE_HEAD && c->wire.head_started_ns &&
+            now - c->wire.head_started_ns > head_ns) {
+            slot_shed(c, 408, "Request header timeout");
+            shed++;
+        } else if (!c->busy && phase == SG_WIRE_IDLE && c->wire.answered == 0 &&
+                   now - c->wire.accepted_ns > head_ns) {
+            slot_shed(c, 0, NULL);
+            shed++;
+        } else if (c->collecting_body && phase == SG_WIRE_BODY && l->min_body_rate &&
+                   c->wire.body_started_ns && now - c->wire.body_started_ns > grace_ns) {
+            uint64_t late_ms = (now - c->wire.body_started_ns - grace_ns) / 1000000u;
+            uint64_t owed = (uint64_t)l->min_body_rate * late_ms / 1000u;
+            if (c->wire.scan.body_bytes < owed) {
+                slot_shed(c, 408, "Request body too slow");
+                shed++;
+            }
+        }
+    }
+    return shed >= SHED_BATCH;
 }
 
 /* ---- suspend / resume glue for the proxy ----------------------------------- */
@@ -550,7 +745,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         ex->phase = PHASE_DONE;
         sg_gateway_reply_init(&ex->reply);
         *con_cls = ex;
-        return first_call(h, ex, url, method);
+        if ((ex->slot = slot_of(conn)) != NULL) ex->slot->busy = 1;
+        enum MHD_Result first = first_call(h, ex, url, method);
+        if (ex->slot) ex->slot->collecting_body = ex->phase == PHASE_BODY;
+        return first;
     }
     switch (ex->phase) {
     case PHASE_BODY:
@@ -586,6 +784,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
 
     /* The whole request is in. */
+    if (ex->slot) ex->slot->collecting_body = 0;
     if (ex->late_status == 413)
         return queue_error(conn, 413, SG_JSONRPC_INVALID_REQUEST, "Request body too large", NULL,
                            1);
@@ -626,10 +825,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     (void)cls;
     (void)conn;
-    (void)toe;
     exchange *ex = *con_cls;
     if (!ex) return;
     *con_cls = NULL;
+    if (ex->slot) {
+        ex->slot->busy = 0;
+        ex->slot->collecting_body = 0;
+        if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+            sg_wire_answered(&ex->slot->wire);
+        else
+            ex->slot->wire.closed = 1; /* closing: nothing more is written to it */
+    }
     if (ex->xfer) {
         sg_transfer_release(ex->xfer);
         atomic_fetch_sub(&ex->h->forwarded, 1);
@@ -643,13 +849,21 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
-    (void)conn;
-    (void)socket_context;
     sg_http *h = cls;
-    if (code == MHD_CONNECTION_NOTIFY_STARTED)
-        atomic_fetch_add(&h->connections, 1);
-    else
-        atomic_fetch_sub(&h->connections, 1);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        unsigned wi;
+        if (worker_index(h, &wi) == 0) {
+            slot_open(&h->workers[wi], conn, socket_context);
+        } else {
+            const union MHD_ConnectionInfo *ci =
+                MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+            if (ci) shutdown(ci->connect_fd, SHUT_RDWR); /* not a worker: never served */
+            *socket_context = NULL;
+        }
+    } else {
+        slot_close(*socket_context);
+        *socket_context = NULL;
+    }
 }
 
 /* ---- lifecycle ------------------------------------------------------------------ */
@@ -677,7 +891,13 @@ static void *worker_main(void *arg)
             sg_proxy_lane_shutdown(w->lane);
         }
         if (draining && (atomic_load(&h->forwarded) <= 0 || now >= drain_deadline)) break;
+        if (now >= w->next_sweep_ns) {
+            int more = sweep_slow_clients(w, now);
+            w->next_sweep_ns = now + (more ? SHED_BATCH_GAP_NS : SWEEP_NS);
+        }
         long timeout = sg_proxy_lane_timeout_ms(w->lane);
+        long to_sweep = (long)((w->next_sweep_ns - now) / 1000000u) + 1;
+        if (timeout < 0 || timeout > to_sweep) timeout = to_sweep;
         MHD_UNSIGNED_LONG_LONG mhd_ms;
         if (MHD_get_timeout(w->daemon, &mhd_ms) == MHD_YES && (long long)mhd_ms < timeout)
             timeout = (long)mhd_ms;
@@ -696,6 +916,7 @@ static void *worker_main(void *arg)
         sg_proxy_lane_run(w->lane);
         MHD_run(w->daemon);
     }
+    sg_wire_thread_free();
     return NULL;
 }
 
@@ -733,6 +954,14 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
     if (!l->max_header) l->max_header = 32 * 1024; /* MHD zeroes it per request: keep it small */
     if (!l->max_connections) l->max_connections = 1000;
     if (!l->timeout_s) l->timeout_s = 30;
+    if (!l->header_timeout_s) l->header_timeout_s = 5;
+    if (!l->body_grace_s) l->body_grace_s = 5;
+    if (!sg_wire_interposed()) {
+        /* Without it libmicrohttpd would read unchecked bytes: fail closed. */
+        snprintf(err, errlen, "the strict request scanner is not bound to libmicrohttpd's reads");
+        free(h);
+        return NULL;
+    }
     if (!l->threads) l->threads = 2;
     if (!h->cfg.mcp_path) h->cfg.mcp_path = "/mcp";
     if (!(h->workers = calloc(l->threads, sizeof *h->workers))) {

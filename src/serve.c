@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -36,13 +37,14 @@ int sg_cmd_serve(int argc, char **argv);
 
 typedef struct serve_opts {
     const char *listen, *upstream, *policy, *jwks, *public_key, *key_alg, *issuer, *audience,
-        *public_url, *path, *log_level, *annotate, *upstream_ca;
+        *public_url, *path, *log_level, *annotate, *upstream_ca, *min_body_rate;
     const char *hosts[MAX_LIST + 1], *origins[MAX_LIST + 1];
     int nhosts, norigins;
     sg_identity_header identity[SG_GATEWAY_MAX_IDENTITY];
     char identity_names[SG_GATEWAY_MAX_IDENTITY][128];
     int nidentity;
     unsigned long max_body, max_header, max_connections, timeout_s, threads;
+    unsigned long header_timeout_s, body_grace_s, min_body_rate_bps;
     unsigned long upstream_timeout_ms, connect_timeout_ms, token_cache;
     unsigned long jwks_ttl_s, jwks_refetch_s;
     int no_watch;
@@ -75,14 +77,21 @@ static void serve_usage(FILE *f)
           "  --no-watch                 do not reload the policy when its files change\n"
           "                             (SIGHUP still reloads the policy and the keys)\n"
           "  --path PATH                MCP endpoint path [/mcp]\n"
-          "  --allowed-host HOST[:PORT] accepted Host header (repeatable; '*' = any)\n"
-          "                             [the listen address, localhost, --public-url's host]\n"
+          "  --allowed-host HOST[:PORT] accepted Host header (repeatable; '*' = any);\n"
+          "                             HOST alone: no port in Host; HOST:* any port\n"
+          "                             [the listen address and localhost with the bound\n"
+          "                             port, --public-url's host]\n"
           "  --allowed-origin ORIGIN    accepted Origin header (repeatable; '*' = any)\n"
           "                             [--public-url's origin; without it, none]\n"
           "  --max-body BYTES           request body limit, 413 beyond [1048576]\n"
           "  --max-header BYTES         per-connection header memory, 431 beyond [32768]\n"
           "  --max-connections N        concurrent connections, 503 beyond [1000]\n"
           "  --timeout SECONDS          idle connection / slow upload limit [30]\n"
+          "  --header-timeout SECONDS   a request head must be complete within this, 408\n"
+          "                             after [5]\n"
+          "  --min-body-rate BYTES      a body must arrive at this many bytes per second\n"
+          "                             once --body-grace is over, 408 below; 0 = off [1024]\n"
+          "  --body-grace SECONDS       time a body gets before --min-body-rate applies [5]\n"
           "  --threads N                worker threads (one policy state each) [2]\n"
           "  --upstream-timeout-ms MS   wait for upstream response headers, 504 after [30000]\n"
           "  --connect-timeout-ms MS    upstream connect timeout [5000]\n"
@@ -152,7 +161,7 @@ typedef struct serve_lists {
 } serve_lists;
 
 /* Fills flags[] (SERVE_NFLAGS entries) with the table of serve's flags. */
-#define SERVE_NFLAGS 32
+#define SERVE_NFLAGS 35
 static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_flag *flags)
 {
     const sg_flag table[SERVE_NFLAGS] = {
@@ -176,6 +185,9 @@ static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_fl
         {"--max-header", SG_FLAG_ULONG, &o->max_header, 4096, 16ul << 20},
         {"--max-connections", SG_FLAG_ULONG, &o->max_connections, 1, 100000},
         {"--timeout", SG_FLAG_ULONG, &o->timeout_s, 1, 86400},
+        {"--header-timeout", SG_FLAG_ULONG, &o->header_timeout_s, 1, 3600},
+        {"--min-body-rate", SG_FLAG_STRING, &o->min_body_rate, 0, 0},
+        {"--body-grace", SG_FLAG_ULONG, &o->body_grace_s, 1, 3600},
         {"--threads", SG_FLAG_ULONG, &o->threads, 1, 256},
         {"--upstream-timeout-ms", SG_FLAG_ULONG, &o->upstream_timeout_ms, 1, 86400000},
         {"--connect-timeout-ms", SG_FLAG_ULONG, &o->connect_timeout_ms, 1, 600000},
@@ -237,8 +249,19 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     }
     for (int i = 0; i < claims->n; i++)
         o->required_claims[o->nrequired_claims++] = claims->items[i];
-    for (int i = 0; i < hosts->n; i++)
+    for (int i = 0; i < hosts->n; i++) {
+        size_t nl;
+        const char *port;
+        if (strcmp(hosts->items[i], "*") != 0 &&
+            sg_http_split_authority(hosts->items[i], &nl, &port) != 0) {
+            fprintf(stderr,
+                    "scopegate serve: --allowed-host needs NAME, NAME:PORT, NAME:* or *, not "
+                    "'%s'\n",
+                    hosts->items[i]);
+            return -1;
+        }
         o->hosts[o->nhosts++] = hosts->items[i];
+    }
     for (int i = 0; i < origins->n; i++)
         o->origins[o->norigins++] = origins->items[i];
     const char *missing = !o->listen                     ? "--listen"
@@ -260,6 +283,10 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     }
     for (int i = 0; i < identity->n; i++)
         if (parse_identity(identity->items[i], o) != 0) return -1;
+    o->min_body_rate_bps = 1024;
+    if (o->min_body_rate && sg_parse_ulong("serve", "--min-body-rate", o->min_body_rate, 0,
+                                           1000000000ul, &o->min_body_rate_bps) != 0)
+        return -1;
     if (o->path && o->path[0] != '/') {
         fprintf(stderr, "scopegate serve: --path must start with '/'\n");
         return -1;
@@ -361,6 +388,25 @@ static int verifier_options(const serve_opts *o, sg_verifier_config *vc)
     for (int i = 0; i < o->nrequired_claims; i++)
         vc->required_claims[vc->nrequired_claims++] = o->required_claims[i];
     return 0;
+}
+
+/* Each client connection is a descriptor, and so is each upstream one: the
+ * soft RLIMIT_NOFILE (often 1024) is raised to the hard limit, with a
+ * warning when even that cannot hold --max-connections. */
+static void raise_fd_limit(unsigned long max_connections)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    rlim_t need = (rlim_t)(2 * max_connections + 64);
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+        sg_log(SG_LOG_WARN,
+               "open-file limit %llu is below %llu (two per connection): raise it (ulimit -n) or "
+               "lower --max-connections",
+               (unsigned long long)rl.rlim_cur, (unsigned long long)need);
 }
 
 /* What SIGHUP re-reads: the configured key files into a fresh key set whose
@@ -552,20 +598,31 @@ static int serve(serve_opts *opts)
      * the resource (the token audience), not where it is served, and the
      * policy author is not the operator who decides which names reach it. */
     const char *const *hosts = o.hosts;
+    const char *own_hosts[3] = {NULL, NULL, NULL};
     if (o.nhosts == 0) {
+        /* The listener's own names count with its bound port only (known
+         * once bound); --public-url's authority as written, plus its
+         * scheme's default port spelled out when it has none. */
+        size_t l = strlen(host) + 3;
+        if ((default_hosts[0] = malloc(l)) != NULL)
+            snprintf(default_hosts[0], l, strchr(host, ':') ? "[%s]" : "%s", host);
+        own_hosts[0] = default_hosts[0] ? default_hosts[0] : "";
+        own_hosts[1] = "localhost";
         int n = 0;
-        default_hosts[n++] = strdup(host);
-        default_hosts[n++] = strdup("localhost");
-        if (strchr(host, ':')) {
-            size_t l = strlen(host) + 3;
-            char *b = malloc(l);
-            if (b) snprintf(b, l, "[%s]", host);
-            free(default_hosts[0]);
-            default_hosts[0] = b;
+        if (o.public_url && (default_hosts[1] = url_authority(o.public_url)) != NULL) {
+            o.hosts[n++] = default_hosts[1];
+            size_t nl;
+            const char *pp;
+            if (sg_http_split_authority(default_hosts[1], &nl, &pp) == 0 && !pp) {
+                int https = strncasecmp(o.public_url, "https:", 6) == 0;
+                size_t dl = nl + 5;
+                if ((default_hosts[2] = malloc(dl)) != NULL) {
+                    snprintf(default_hosts[2], dl, "%.*s:%s", (int)nl, default_hosts[1],
+                             https ? "443" : "80");
+                    o.hosts[n++] = default_hosts[2];
+                }
+            }
         }
-        if (o.public_url) default_hosts[n++] = url_authority(o.public_url);
-        for (int i = 0; i < n; i++)
-            o.hosts[i] = default_hosts[i] ? default_hosts[i] : "";
         o.hosts[n] = NULL;
     }
     if (o.norigins == 0 && o.public_url && (public_origin = url_origin(o.public_url))) {
@@ -580,11 +637,16 @@ static int serve(serve_opts *opts)
     hc.port = (uint16_t)port;
     hc.mcp_path = mcp_path;
     hc.allowed_hosts = hosts;
+    hc.own_hosts = o.nhosts == 0 ? own_hosts : NULL;
     hc.allowed_origins = o.origins;
     hc.limits.max_body = o.max_body;
     hc.limits.max_header = o.max_header;
     hc.limits.max_connections = (unsigned)o.max_connections;
     hc.limits.timeout_s = (unsigned)o.timeout_s;
+    hc.limits.header_timeout_s = (unsigned)o.header_timeout_s;
+    hc.limits.body_grace_s = (unsigned)o.body_grace_s;
+    hc.limits.min_body_rate = (unsigned)o.min_body_rate_bps;
+    raise_fd_limit(o.max_connections ? o.max_connections : 1000);
     hc.limits.threads = threads;
     hc.gateway = gw;
     hc.proxy = proxy;

@@ -675,27 +675,40 @@ static int guarded_pattern(lua_State *L)
     else
         cost = sg_sandbox_pattern_cost(p, plen, n, kind != PAT_GMATCH);
     charge_pattern(L, sb, cost, names[kind]);
-    if (kind == PAT_GSUB) {
-        /* One call cannot be interrupted: the worst case (a match at every
-         * position, or max_n of them) must fit in what is left. */
-        double worst = (double)slen + 1;
-        lua_Integer max_n;
-        int isnum;
-        if (!lua_isnoneornil(L, 4) && (max_n = lua_tointegerx(L, 4, &isnum), isnum) &&
-            (double)max_n < worst)
-            worst = max_n > 0 ? (double)max_n : 0;
-        if ((double)slen + worst * W_MATCH > sb->bytes_left)
-            charge_bytes(L, sb, (double)slen + worst * W_MATCH, names[kind]); /* raises */
-    }
+    /* Every pattern function reads its subject once at least. */
+    charge_bytes(L, sb, (double)n, names[kind]);
     int nargs = lua_gettop(L);
+    double affordable = 0, wanted = 0;
+    if (kind == PAT_GSUB) {
+        /* One gsub cannot be interrupted, so it runs with max_n set to the
+         * matches the budget can still pay for (a replacement string's
+         * bytes included); when it uses them all and the caller allowed
+         * more, the rest would have been over budget: refuse the call. */
+        lua_Integer max_n;
+        int isnum = 0;
+        wanted = (double)slen + 1;
+        if (!lua_isnoneornil(L, 4) && (max_n = lua_tointegerx(L, 4, &isnum), isnum) &&
+            (double)max_n < wanted)
+            wanted = max_n > 0 ? (double)max_n : 0;
+        double per_match = W_MATCH + (lua_type(L, 3) == LUA_TSTRING ? (double)lua_rawlen(L, 3) : 0);
+        affordable = floor(sb->bytes_left / per_match);
+        if (affordable < wanted) {
+            lua_settop(L, 4);
+            lua_pushinteger(L, (lua_Integer)affordable);
+            lua_replace(L, 4);
+            nargs = 4;
+        }
+    }
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, nargs, LUA_MULTRET);
     if (kind == PAT_GSUB) {
-        /* the subject read, the result written, the work per match */
+        /* the result written and the work per match */
         double matches = lua_gettop(L) >= 2 ? (double)lua_tointeger(L, 2) : 0;
-        charge_bytes(L, sb, (double)slen + (double)lua_rawlen(L, 1) + matches * W_MATCH,
-                     names[kind]);
+        double work = (double)lua_rawlen(L, 1) + matches * W_MATCH;
+        if (affordable < wanted && matches >= affordable)
+            work = sb->bytes_left + (wanted - matches) * W_MATCH; /* raises */
+        charge_bytes(L, sb, work, names[kind]);
     } else if (kind != PAT_GMATCH) {
         charge_strings(L, sb, 1, names[kind]); /* captures are copies */
     }

@@ -5,12 +5,13 @@ Python 3 standard library only. CONFIG_JSON names a file holding
   {"host": "127.0.0.1", "port": 8080, "path": "/mcp",
    "honest": {"headers": {...}, "body": "..."},     one request, repeated
    "attacks": [{"headers": {...}, "body": "..."}],  cycled by every attacker
-   "attackers": 4, "requests": 400, "warmup": 0.3}
+   "attackers": 4, "requests": 400, "warmup": 0.3, "duration": 0}
 Each attacker is a process of its own (no shared interpreter lock with the
 honest client) that sends its requests back to back on one keep-alive
 connection until told to stop. The honest client waits `warmup` seconds,
 then sends `requests` requests one after another on its own keep-alive
-connection and times each (send to last byte). Prints one JSON line:
+connection (or, with `duration`, as many as fit in that many seconds) and
+times each (send to last byte). Prints one JSON line:
   {"p50_ms":..,"p99_ms":..,"max_ms":..,"honest_status":{code:count},
    "attack_status":{code:count},"attacks":N}"""
 import json
@@ -108,7 +109,9 @@ def main():
     conn = Conn(cfg)
     conn.exchange(cfg["honest"])  # connect outside the timing
     lat, status = [], {}
-    for _ in range(cfg.get("requests", 400)):
+    n, duration = cfg.get("requests", 400), cfg.get("duration", 0)
+    end = time.perf_counter() + duration
+    while (len(lat) < n) if not duration else (time.perf_counter() < end):
         t0 = time.perf_counter()
         s = conn.exchange(cfg["honest"])
         lat.append((time.perf_counter() - t0) * 1000)

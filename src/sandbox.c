@@ -767,8 +767,8 @@ static int guarded_table(lua_State *L)
         visits = e >= f ? (double)(e - f) + 1 : 0;
     } else if (strcmp(fname, "sort") == 0) {
         visits = n > 1 ? n * log2(n) : 0;
-    } else if (nargs >= 3 || strcmp(fname, "remove") == 0) { /* insert/remove at a position */
-        visits = n;
+    } else if (nargs >= 3 || (nargs == 2 && strcmp(fname, "remove") == 0)) {
+        visits = n; /* insert/remove at a position shifts what follows it */
     }
     charge_bytes(L, sandbox_of(L), visits * W_VALUE, qualified);
     lua_pushvalue(L, lua_upvalueindex(1));
@@ -995,11 +995,13 @@ static int safe_require(lua_State *L)
         return lua_error(L);
     }
     sg_buf_free(&searched);
-    if ((double)srclen * W_SOURCE > sb->bytes_left) {
-        free(src);
-        charge_bytes(L, sb, (double)srclen * W_SOURCE, "require"); /* raises */
+    if (sb->sealed) { /* a rule's require compiles on the request's time */
+        if ((double)srclen * W_SOURCE > sb->bytes_left) {
+            free(src);
+            charge_bytes(L, sb, (double)srclen * W_SOURCE, "require"); /* raises */
+        }
+        charge_bytes(L, sb, (double)srclen * W_SOURCE, "require");
     }
-    charge_bytes(L, sb, (double)srclen * W_SOURCE, "require");
     if (record_source(sb, path, src, srclen) != 0) {
         free(src);
         raise_memory(L, sb); /* does not return */

@@ -234,6 +234,24 @@ describe("C library work (the byte budget)", function()
     q:close()
   end)
 
+  it("does not charge what does not grow with the arguments", function()
+    local dir = pt.tmpdir()
+    local path = pt.write(dir, "p.lua", [[
+return { scopes = { ["a:b"] = "x" }, tools = { busy = function(req)
+  local t = {}
+  for i = 1, 20000 do t[#t + 1] = ("%d"):format(i) end   -- short strings, appends
+  while #t > 0 do table.remove(t) end                     -- pops at the end
+  for i = 1, 20000 do local _ = ("abc"):upper() .. #t end
+  return "a:b"
+end } }
+]])
+    local q = assert(core.policy_load(path))
+    local d = q:decide { method = "tools/call", name = "busy" }
+    q:close()
+    pt.rmdir(dir)
+    assert.equal('"a:b"', d.requirement, d.error)
+  end)
+
   it("gives every call its own budget", function()
     for _ = 1, 20 do
       local d = p:decide { method = "tools/call", name = "rep", arguments_json = args { s = long, n = 15, width = 1 } }

@@ -5,13 +5,15 @@ Python 3 standard library only. CONFIG_JSON names a file holding
   {"host": "127.0.0.1", "port": 8080, "path": "/mcp",
    "honest": {"headers": {...}, "body": "..."},     one request, repeated
    "attacks": [{"headers": {...}, "body": "..."}],  cycled by every attacker
-   "attackers": 4, "requests": 400, "warmup": 0.3, "duration": 0}
+   "attackers": 4, "requests": 400, "warmup": 0.3, "duration": 0, "interval": 0}
 Each attacker is a process of its own (no shared interpreter lock with the
 honest client) that sends its requests back to back on one keep-alive
 connection until told to stop. The honest client waits `warmup` seconds,
 then sends `requests` requests one after another on its own keep-alive
-connection (or, with `duration`, as many as fit in that many seconds) and
-times each (send to last byte). Prints one JSON line:
+connection (or, with `duration`, as many as fit in that many seconds),
+starting one every `interval` seconds when that is set (so the samples are
+spread over the whole run whatever the latency), and times each (send to
+last byte). Prints one JSON line:
   {"p50_ms":..,"p99_ms":..,"max_ms":..,"honest_status":{code:count},
    "attack_status":{code:count},"attacks":N}"""
 import json
@@ -111,7 +113,13 @@ def main():
     lat, status = [], {}
     n, duration = cfg.get("requests", 400), cfg.get("duration", 0)
     end = time.perf_counter() + duration
+    interval, next_start = cfg.get("interval", 0), time.perf_counter()
     while (len(lat) < n) if not duration else (time.perf_counter() < end):
+        if interval:
+            next_start += interval
+            pause = next_start - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
         t0 = time.perf_counter()
         s = conn.exchange(cfg["honest"])
         lat.append((time.perf_counter() - t0) * 1000)

@@ -5,8 +5,8 @@
 -- front of tests/peers/echo_upstream.py. tests/peers/latency_probe.py runs
 -- four attacking connections (string.rep, gsub, format, table.concat,
 -- upper/lower/reverse, load, utf8, tostring on 60 KB arguments, each
--- repeated 100,000 times) and one honest connection calling a static rule,
--- and reports the honest requests' latency. Before the byte budget each
+-- repeated 100,000 times) and one honest connection calling a static rule
+-- every 5 ms for 2 s, and reports the honest requests' latency. Before the byte budget each
 -- attack held its worker for 50-130 ms and the honest p99 followed; now each
 -- attack is refused in under a millisecond. The machine is shared (its quiet
 -- p99 alone reaches 4 ms at times), so the probe runs up to five rounds and
@@ -78,8 +78,8 @@ return p
     local host, port = gw:match("^(.-):(%d+)$")
     local cfg = dir .. "/probe.json"
     keys.write(cfg, keys.json {
-      host = host, port = tonumber(port), path = "/mcp", attackers = attackers, requests = 400,
-      warmup = 0.3, honest = request(token, "ok", { note = "hello" }), attacks = attacks })
+      host = host, port = tonumber(port), path = "/mcp", attackers = attackers, duration = 2,
+      interval = 0.005, warmup = 0.3, honest = request(token, "ok", { note = "hello" }), attacks = attacks })
     local p = io.popen(CLEAN .. "python3 tests/peers/latency_probe.py " .. q(cfg))
     local out = p:read("a")
     p:close()
@@ -95,9 +95,10 @@ return p
       local out, p99 = probe(token, 4)
       report[#report + 1] = out
       -- every honest request was forwarded, every attack refused (403)
-      assert.matches('"honest_status": {"200": 400}', out)
+      assert.matches('"honest_status": {"200": %d+}', out)
+      assert.is_true(tonumber(out:match('"200": (%d+)')) >= 100, out)
       assert.matches('"attack_status": {"403": %d+}', out)
-      assert.is_true(tonumber(out:match('"attacks": (%d+)')) >= 50, out)
+      assert.is_true(tonumber(out:match('"attacks": (%d+)')) >= 20, out)
       best = math.min(best, p99)
       if best < P99_MS then break end
     end

@@ -78,6 +78,7 @@ struct sg_gateway {
     _Atomic(sg_catalog *) catalog;
     char *upstream_url, *upstream_ca;
     sg_keys *keys; /* the verifier's, for unknown-kid waits */
+    sg_policy_limits limits;
 };
 
 static const char *header_get(const sg_gateway_request *req, const char *name)
@@ -174,7 +175,7 @@ static policy_gen *gen_load(const sg_gateway *gw, const char *want_hash, char *e
     g->nworkers = gw->nworkers;
     for (unsigned i = 0; i < gw->nworkers; i++) {
         char *perr = NULL;
-        g->policies[i] = sg_policy_load(gw->policy_path, NULL, &perr);
+        g->policies[i] = sg_policy_load(gw->policy_path, &gw->limits, &perr);
         if (!g->policies[i]) {
             copy_report(err, errlen, perr);
             free(perr);
@@ -314,6 +315,7 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
     pthread_mutex_init(&gw->gen_mu, NULL);
     gw->nworkers = cfg->workers;
     gw->keys = sg_verifier_keys(cfg->verifier);
+    gw->limits = cfg->policy_limits;
     gw->annotate = cfg->annotate;
     gw->nidentity =
         cfg->nidentity < SG_GATEWAY_MAX_IDENTITY ? cfg->nidentity : SG_GATEWAY_MAX_IDENTITY;
@@ -356,7 +358,7 @@ int sg_gateway_reload(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_L
 {
     char checked[SG_POLICY_HASH_LEN + 1];
     sg_buf findings = SG_BUF_INIT;
-    int nerrors = sg_policy_check_hashed(gw->policy_path, NULL, &findings, checked);
+    int nerrors = sg_policy_check_hashed(gw->policy_path, &gw->limits, &findings, checked);
     snprintf(hash, SG_POLICY_HASH_LEN + 1, "%s", checked);
     if (nerrors > 0 || !checked[0]) {
         /* Only the errors: warnings do not stop a reload. */

@@ -57,6 +57,8 @@ typedef struct sg_gateway_config {
      * of the upstream's tools is fetched from (catalog.h). Borrowed. */
     const char *upstream_url;
     const char *upstream_ca; /* NULL: the system's CAs */
+    /* Sandbox limits for every policy state (zero fields: the defaults). */
+    sg_policy_limits policy_limits;
 } sg_gateway_config;
 
 typedef struct sg_gateway sg_gateway;

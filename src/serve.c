@@ -45,6 +45,7 @@ typedef struct serve_opts {
     unsigned long max_body, max_header, max_connections, timeout_s, threads;
     unsigned long upstream_timeout_ms, connect_timeout_ms, token_cache;
     unsigned long jwks_ttl_s, jwks_refetch_s;
+    unsigned long max_arguments, max_arguments_depth;
     int no_watch;
     int config_argc; /* --config FILE as flags; the strings above may point here */
     char **config_argv;
@@ -71,6 +72,9 @@ static void serve_usage(FILE *f)
           "  --max-body BYTES           request body limit, 413 beyond [1048576]\n"
           "  --max-header BYTES         per-connection header memory, 431 beyond [32768]\n"
           "  --max-connections N        concurrent connections, 503 beyond [1000]\n"
+          "  --max-arguments BYTES      req.arguments a policy rule may see (strings and keys,\n"
+          "                             8 per value); the request is denied beyond [65536]\n"
+          "  --max-arguments-depth N    req.arguments nesting, denied beyond [16]\n"
           "  --timeout SECONDS          idle connection / slow upload limit [30]\n"
           "  --threads N                worker threads (one policy state each) [2]\n"
           "  --upstream-timeout-ms MS   wait for upstream response headers, 504 after [30000]\n"
@@ -141,7 +145,7 @@ typedef struct serve_lists {
 } serve_lists;
 
 /* Fills flags[] (SERVE_NFLAGS entries) with the table of serve's flags. */
-#define SERVE_NFLAGS 28
+#define SERVE_NFLAGS 30
 static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_flag *flags)
 {
     const sg_flag table[SERVE_NFLAGS] = {
@@ -164,6 +168,8 @@ static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_fl
         {"--max-body", SG_FLAG_ULONG, &o->max_body, 1, SG_MCP_MAX_BODY_CAP},
         {"--max-header", SG_FLAG_ULONG, &o->max_header, 4096, 16ul << 20},
         {"--max-connections", SG_FLAG_ULONG, &o->max_connections, 1, 100000},
+        {"--max-arguments", SG_FLAG_ULONG, &o->max_arguments, 1, SG_MCP_MAX_BODY_CAP},
+        {"--max-arguments-depth", SG_FLAG_ULONG, &o->max_arguments_depth, 1, 512},
         {"--timeout", SG_FLAG_ULONG, &o->timeout_s, 1, 86400},
         {"--threads", SG_FLAG_ULONG, &o->threads, 1, 256},
         {"--upstream-timeout-ms", SG_FLAG_ULONG, &o->upstream_timeout_ms, 1, 86400000},
@@ -466,6 +472,8 @@ static int serve(serve_opts *opts)
     gc.upstream_ca = o.upstream_ca;
     gc.identity = o.identity;
     gc.nidentity = (size_t)o.nidentity;
+    gc.policy_limits.arguments_bytes = o.max_arguments;
+    gc.policy_limits.arguments_depth = (uint32_t)o.max_arguments_depth;
     if (!(gw = sg_gateway_new(&gc, err, sizeof err))) {
         fprintf(stderr, "scopegate serve: policy failed to load:\n%s\n", err);
         goto out;

@@ -86,6 +86,41 @@ return p
     return out, tonumber(out:match('"p99_ms": ([%d.]+)')), tonumber(out:match('"p50_ms": ([%d.]+)'))
   end
 
+  it("denies arguments over the limits before the rule runs, as configured", function()
+    local token = assert(core.mint { alg = "RS256", key_file = key.priv_file, claims = keys.json {
+      iss = ISS, aud = AUD, sub = "probe", scope = "demo:read", exp = os.time() + 600 } })
+    local function post(base, args)
+      local req = request(token, "depth", args)
+      local h = {}
+      for k, v in pairs(req.headers) do h[#h + 1] = k .. ": " .. v end
+      return procs.http { url = "http://" .. base .. "/mcp", scratch = dir, method = "POST",
+                          headers = h, body = req.body }
+    end
+    assert.equal(200, post(gw, { s = ("a"):rep(60000) }).status)
+    local r = post(gw, { s = ("a"):rep(70000) })
+    assert.equal(403, r.status)
+    assert.matches("req%.arguments is larger than a policy accepts %(more than 65536 bytes",
+                   procs.read_file(dir .. "/gw.err"))
+    -- configured: 100 bytes, 2 levels
+    local pid = procs.spawn(table.concat({
+      q(SCOPEGATE), "serve --listen 127.0.0.1:0 --upstream http://127.0.0.1:9/mcp",
+      "--policy", q(dir .. "/policy.lua"), "--public-key", q(key.pub_file), "--issuer", q(ISS),
+      "--public-url", q(AUD), "--threads 1 --max-arguments 100 --max-arguments-depth 2" }, " "),
+      dir .. "/gw2.out", dir .. "/gw2.err")
+    local ok, err = pcall(function()
+      local gw2 = procs.wait_for(dir .. "/gw2.err", "listening on (127%.0%.0%.1:%d+)", 10)
+      assert.equal(403, post(gw2, { s = ("a"):rep(100) }).status)
+      assert.equal(403, post(gw2, { a = { { 1 } } }).status)
+      local log = procs.read_file(dir .. "/gw2.err")
+      assert.matches("more than 100 bytes", log)
+      assert.matches("more than 2 levels", log)
+      -- within the limits the rule runs (and the request is forwarded: 502, no upstream)
+      assert.equal(502, post(gw2, { a = { 1 } }).status)
+    end)
+    procs.stop(pid)
+    assert(ok, err)
+  end)
+
   it("keeps an honest request's p99 under 5 ms while four connections attack", function()
     local token = assert(core.mint { alg = "RS256", key_file = key.priv_file, claims = keys.json {
       iss = ISS, aud = AUD, sub = "probe", scope = "demo:read", exp = os.time() + 600 } })

@@ -78,6 +78,8 @@ struct sg_gateway {
      * asks for it and kept until the gateway is freed. */
     _Atomic(sg_catalog *) catalog;
     char *upstream_url, *upstream_ca;
+    sg_keys *keys; /* the verifier's, for unknown-kid waits */
+    sg_policy_limits limits;
 };
 
 static const char *header_get(const sg_gateway_request *req, const char *name)
@@ -175,7 +177,7 @@ static policy_gen *gen_load(const sg_gateway *gw, const char *want_hash, char *e
     g->nworkers = gw->nworkers;
     for (unsigned i = 0; i < gw->nworkers; i++) {
         char *perr = NULL;
-        g->policies[i] = sg_policy_load(gw->policy_path, NULL, &perr);
+        g->policies[i] = sg_policy_load(gw->policy_path, &gw->limits, &perr);
         if (!g->policies[i]) {
             copy_report(err, errlen, perr);
             free(perr);
@@ -314,6 +316,8 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
     }
     pthread_mutex_init(&gw->gen_mu, NULL);
     gw->nworkers = cfg->workers;
+    gw->keys = sg_verifier_keys(cfg->verifier);
+    gw->limits = cfg->policy_limits;
     gw->annotate = cfg->annotate;
     gw->nidentity =
         cfg->nidentity < SG_GATEWAY_MAX_IDENTITY ? cfg->nidentity : SG_GATEWAY_MAX_IDENTITY;
@@ -356,7 +360,7 @@ int sg_gateway_reload(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_L
 {
     char checked[SG_POLICY_HASH_LEN + 1];
     sg_buf findings = SG_BUF_INIT;
-    int nerrors = sg_policy_check_hashed(gw->policy_path, NULL, &findings, checked);
+    int nerrors = sg_policy_check_hashed(gw->policy_path, &gw->limits, &findings, checked);
     snprintf(hash, SG_POLICY_HASH_LEN + 1, "%s", checked);
     if (nerrors > 0 || !checked[0]) {
         /* Only the errors: warnings do not stop a reload. */
@@ -479,16 +483,19 @@ void sg_gateway_upstream_error(const sg_gateway_reply *plan, sg_proxy_error e, i
 /* ---- authentication --------------------------------------------------------------- */
 
 /* RFC 6750 section 2.1: "Bearer" 1*SP token68. Sets *token_error (a fixed
- * phrase) when a credential is present but unusable. */
-static void authenticate(worker *w, const char *authz, const sg_token **token,
-                         const char **token_error)
+ * phrase) when a credential is present but unusable. With SG_KID_DEFER,
+ * returns the ticket of the key refetch to wait for before deciding (the
+ * token's kid is unknown and a refetch may bring it), else 0. */
+static uint64_t authenticate(worker *w, const char *authz, const sg_token **token,
+                             const char **token_error, sg_kid_wait kw)
 {
     *token = NULL;
     *token_error = NULL;
-    if (!authz) return;
+    uint64_t ticket = 0;
+    if (!authz) return 0;
     if (strncasecmp(authz, "Bearer ", 7) != 0) {
         *token_error = "The Authorization header must use the Bearer scheme";
-        return;
+        return 0;
     }
     const char *t = authz + 7;
     while (*t == ' ')
@@ -498,13 +505,22 @@ static void authenticate(worker *w, const char *authz, const sg_token **token,
         len--;
     if (len == 0) {
         *token_error = "The bearer token is empty";
-        return;
+        return 0;
     }
-    sg_token_err e = sg_tcache_verify(w->tcache, t, len, sg_now_unix(), token);
+    sg_token_err e = sg_tcache_verify_ex(w->tcache, t, len, sg_now_unix(), kw, &ticket, token);
     if (e != SG_TOKEN_OK) {
         *token = NULL;
         *token_error = sg_token_error_message(e);
     }
+    return ticket;
+}
+
+/* How a request verifies its token: the first time without waiting (an
+ * unknown kid is refetched off the thread and the request waits, suspended,
+ * for that), after the wait with the keys in force. */
+static sg_kid_wait kid_wait_for(const sg_gateway_request *req)
+{
+    return req->keys_waited ? SG_KID_NO_FETCH : SG_KID_DEFER;
 }
 
 /* ---- authorization ------------------------------------------------------------------ */
@@ -651,7 +667,12 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
 
     const sg_token *token;
     const char *token_error;
-    authenticate(w, header_get(req, "Authorization"), &token, &token_error);
+    out->keys_ticket =
+        authenticate(w, header_get(req, "Authorization"), &token, &token_error, kid_wait_for(req));
+    if (out->keys_ticket) {
+        sg_mcp_body_free(&body);
+        return 2;
+    }
     sg_header *hdrs;
     size_t nhdrs;
     if (policy_headers(req, &w->arena, &hdrs, &nhdrs) == 0) {
@@ -724,7 +745,9 @@ static int handle_stream_or_delete(worker *w, const sg_gateway *gw, const sg_gat
     }
     const sg_token *token;
     const char *token_error;
-    authenticate(w, header_get(req, "Authorization"), &token, &token_error);
+    out->keys_ticket =
+        authenticate(w, header_get(req, "Authorization"), &token, &token_error, kid_wait_for(req));
+    if (out->keys_ticket) return 2;
     const sg_req *r = sg_policy_has_public_rule(w->policy) ? &sg_req_public : &sg_req_authenticated;
     sg_decide(&w->site, r, token, token_error, &w->decision);
     sg_decision *d = &w->decision;
@@ -738,6 +761,16 @@ static int handle_stream_or_delete(worker *w, const sg_gateway *gw, const sg_gat
     if (d->challenge.len)
         sg_buf_append(&out->www_authenticate, d->challenge.data, d->challenge.len);
     return 1;
+}
+
+int sg_gateway_keys_ready(sg_gateway *gw, uint64_t ticket)
+{
+    return sg_keys_kid_done(gw->keys, ticket);
+}
+
+void sg_gateway_on_keys(sg_gateway *gw, void (*fn)(void *ud), void *ud)
+{
+    sg_keys_on_kid_fetched(gw->keys, fn, ud);
 }
 
 int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_reply *out)
@@ -1122,7 +1155,7 @@ int sg_gateway_filter(sg_gateway *gw, unsigned worker_index, const sg_gateway_re
     const char *token_error;
     /* The token is checked again (a cache hit): the one seen at request
      * time belonged to the cache, which other requests have used since. */
-    authenticate(c.w, plan->authorization, &c.token, &token_error);
+    authenticate(c.w, plan->authorization, &c.token, &token_error, SG_KID_NO_FETCH);
     sg_scopeset granted;
     const sg_universe *u = sg_policy_universe(c.policy);
     sg_token_granted(u, c.token, &granted);

@@ -57,6 +57,8 @@ typedef struct sg_gateway_config {
      * of the upstream's tools is fetched from (catalog.h). Borrowed. */
     const char *upstream_url;
     const char *upstream_ca; /* NULL: the system's CAs */
+    /* Sandbox limits for every policy state (zero fields: the defaults). */
+    sg_policy_limits policy_limits;
 } sg_gateway_config;
 
 typedef struct sg_gateway sg_gateway;
@@ -110,6 +112,10 @@ typedef struct sg_gateway_request {
     size_t nheaders;
     const char *body;
     size_t body_len;
+    /* 1 when this request already waited for a key refetch (a second call
+     * of sg_gateway_handle after it returned 2): decide with the keys in
+     * force, never wait again. */
+    int keys_waited;
 } sg_gateway_request;
 
 /* The answer: either a complete response (status != 0) or "forward". */
@@ -130,6 +136,8 @@ typedef struct sg_gateway_reply {
     sg_header identity[SG_GATEWAY_MAX_IDENTITY]; /* verified-identity headers (values owned) */
     size_t nidentity;
     struct sg_policy_gen *policy_gen; /* with filter: the policy that decided (a reference) */
+    /* sg_gateway_handle returned 2: the key refetch to wait for. */
+    uint64_t keys_ticket;
 } sg_gateway_reply;
 
 /* Which list result a request's answer carries. */
@@ -151,8 +159,21 @@ void sg_gateway_reply_free(sg_gateway_reply *r);
 
 /* Decides one request. Always fills *out (status 500 with a JSON-RPC error
  * when out of memory: fail closed). Returns 0 to forward, 1 when *out is the
- * answer. Must be called on the thread that owns req->worker. */
+ * answer, and 2 when the token's kid is unknown and a key refetch that may
+ * bring it is under way on the key refresher thread: the caller parks the
+ * request without blocking its thread until sg_gateway_keys_ready(gw,
+ * out->keys_ticket), then calls again with req->keys_waited = 1 (which
+ * never returns 2). Must be called on the thread that owns req->worker. */
 int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_reply *out);
+
+/* 1 once the key refetch with this ticket has finished (well or not). One
+ * atomic load; thread-safe. */
+int sg_gateway_keys_ready(sg_gateway *gw, uint64_t ticket);
+/* fn(ud) is called (on the key refresher thread; it must only wake
+ * someone) after every key refetch, so parked requests can be looked at.
+ * NULL removes it; once this returns no call of the old one is under way.
+ * Can't fail. */
+void sg_gateway_on_keys(sg_gateway *gw, void (*fn)(void *ud), void *ud);
 
 /* Filters a complete tools/prompts/resources list answer (application/json,
  * or text/event-stream read by sse.h, whose blocks are kept in order with

@@ -9,7 +9,10 @@
  * lock on the hot path and no hand-off between threads. A forwarded request
  * never blocks its thread: the connection is suspended while the upstream
  * has nothing for it and resumed when it has; a content reader streams the
- * body back in pieces.
+ * body back in pieces. A request whose token names a key not known yet is
+ * suspended the same way while the key refresher thread refetches the JWKS
+ * (the worker's event loop keeps serving everyone else) and decided when
+ * the refetch has finished.
  * Limits are enforced before any parsing: strict request framing (400/501,
  * src/wire.c, on the raw bytes before libmicrohttpd reads them),
  * connections (503; when full, the connections that have not delivered a
@@ -72,6 +75,7 @@ typedef struct http_worker {
     int epfd, evfd;
     pthread_t thread;
     int started;
+    struct exchange *key_waiters; /* suspended until a key refetch finishes */
 } http_worker;
 
 struct sg_http {
@@ -84,7 +88,7 @@ struct sg_http {
     atomic_int forwarded; /* exchanges holding a transfer */
 };
 
-enum { PHASE_BODY, PHASE_HEAD, PHASE_COLLECT, PHASE_STREAM, PHASE_DONE };
+enum { PHASE_BODY, PHASE_KEYS, PHASE_HEAD, PHASE_COLLECT, PHASE_STREAM, PHASE_DONE };
 
 typedef struct exchange {
     sg_http *h;
@@ -107,6 +111,8 @@ typedef struct exchange {
     sg_buf answer;         /* PHASE_COLLECT: a list answer, whole, for filtering */
     char carry[64];        /* last bytes from upstream, for a notification split in two */
     size_t ncarry;
+    uint64_t keys_ticket;               /* PHASE_KEYS: the key refetch waited for */
+    struct exchange *kw_prev, *kw_next; /* PHASE_KEYS: in the worker's key_waiters */
 } exchange;
 
 static _Thread_local const sg_http *tl_owner;
@@ -671,7 +677,64 @@ static enum MHD_Result forward(exchange *ex, const char *method, const header_li
     return advance_head(ex);
 }
 
+/* ---- waiting for a key refetch ------------------------------------------------- */
+
+/* Suspends the request until the worker loop sees its key refetch finished
+ * (resume_key_waiters). */
+static void park_for_keys(exchange *ex)
+{
+    http_worker *w = &ex->h->workers[ex->worker];
+    ex->keys_ticket = ex->reply.keys_ticket;
+    ex->phase = PHASE_KEYS;
+    ex->kw_prev = NULL;
+    ex->kw_next = w->key_waiters;
+    if (w->key_waiters) w->key_waiters->kw_prev = ex;
+    w->key_waiters = ex;
+    MHD_suspend_connection(ex->conn);
+}
+
+static void unlink_key_waiter(exchange *ex)
+{
+    http_worker *w = &ex->h->workers[ex->worker];
+    if (ex->kw_prev)
+        ex->kw_prev->kw_next = ex->kw_next;
+    else
+        w->key_waiters = ex->kw_next;
+    if (ex->kw_next) ex->kw_next->kw_prev = ex->kw_prev;
+    ex->kw_prev = ex->kw_next = NULL;
+}
+
+/* Resumes the parked requests whose refetch has finished (all of them when
+ * the worker is shutting down); they are decided in the next MHD_run.
+ * Returns how many. */
+static int resume_key_waiters(http_worker *w, int all)
+{
+    int n = 0;
+    for (exchange *ex = w->key_waiters, *next; ex; ex = next) {
+        next = ex->kw_next;
+        if (!all && !sg_gateway_keys_ready(w->h->cfg.gateway, ex->keys_ticket)) continue;
+        unlink_key_waiter(ex);
+        MHD_resume_connection(ex->conn);
+        n++;
+    }
+    return n;
+}
+
+/* The key refresher thread finished a refetch: wake every worker (they
+ * look at their own waiters). */
+static void wake_workers(void *ud)
+{
+    sg_http *h = ud;
+    for (unsigned i = 0; i < h->nworkers; i++) {
+        uint64_t one = 1;
+        ssize_t ignored = write(h->workers[i].evfd, &one, sizeof one);
+        (void)ignored;
+    }
+}
+
 /* ---- the request handler ------------------------------------------------------ */
+
+static enum MHD_Result decide(exchange *ex, const char *method, int keys_waited);
 
 static enum MHD_Result first_call(sg_http *h, exchange *ex, const char *url, const char *method)
 {
@@ -753,6 +816,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     switch (ex->phase) {
     case PHASE_BODY:
         break;
+    case PHASE_KEYS: /* resumed: the key refetch has finished */
+        ex->phase = PHASE_DONE;
+        return decide(ex, method, 1);
     case PHASE_HEAD:
         return advance_head(ex);
     case PHASE_COLLECT:
@@ -791,7 +857,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (ex->late_status == 408)
         return queue_error(conn, 408, SG_JSONRPC_INVALID_REQUEST, "Request timeout", NULL, 1);
     ex->phase = PHASE_DONE;
+    return decide(ex, method, 0);
+}
 
+/* Decides the whole request and answers, forwards, or (its token's key is
+ * being refetched) parks it until the refetch has finished. */
+static enum MHD_Result decide(exchange *ex, const char *method, int keys_waited)
+{
+    sg_http *h = ex->h;
+    struct MHD_Connection *conn = ex->conn;
     header_list *hl = malloc(sizeof *hl);
     if (!hl) return MHD_NO;
     hl->n = 0;
@@ -806,9 +880,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                          "Repeated Authorization or Host header", NULL, 1);
     } else {
         sg_gateway_request greq = {
-            ex->worker, method, hl->items, hl->n, ex->body.data ? ex->body.data : "", ex->body.len};
-        if (sg_gateway_handle(h->cfg.gateway, &greq, &ex->reply) == 0) {
+            ex->worker,   method,     hl->items, hl->n, ex->body.data ? ex->body.data : "",
+            ex->body.len, keys_waited};
+        int rc = sg_gateway_handle(h->cfg.gateway, &greq, &ex->reply);
+        if (rc == 0) {
             ok = forward(ex, method, hl);
+        } else if (rc == 2) {
+            park_for_keys(ex);
+            ok = MHD_YES;
         } else {
             sg_gateway_reply *r = &ex->reply;
             ok =
@@ -836,6 +915,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         else
             ex->slot->wire.closed = 1; /* closing: nothing more is written to it */
     }
+    if (ex->phase == PHASE_KEYS) unlink_key_waiter(ex);
     if (ex->xfer) {
         sg_transfer_release(ex->xfer);
         atomic_fetch_sub(&ex->h->forwarded, 1);
@@ -890,18 +970,21 @@ static void *worker_main(void *arg)
             if (ls != MHD_INVALID_SOCKET) close(ls);
             sg_proxy_lane_shutdown(w->lane);
         }
-        if (draining && (atomic_load(&h->forwarded) <= 0 || now >= drain_deadline)) break;
+        int resumed = w->key_waiters ? resume_key_waiters(w, draining) : 0;
+        if (draining && !resumed && (atomic_load(&h->forwarded) <= 0 || now >= drain_deadline))
+            break;
         if (now >= w->next_sweep_ns) {
             int more = sweep_slow_clients(w, now);
             w->next_sweep_ns = now + (more ? SHED_BATCH_GAP_NS : SWEEP_NS);
         }
-        long timeout = sg_proxy_lane_timeout_ms(w->lane);
+        long timeout = resumed ? 0 : sg_proxy_lane_timeout_ms(w->lane);
         long to_sweep = (long)((w->next_sweep_ns - now) / 1000000u) + 1;
         if (timeout < 0 || timeout > to_sweep) timeout = to_sweep;
         MHD_UNSIGNED_LONG_LONG mhd_ms;
         if (MHD_get_timeout(w->daemon, &mhd_ms) == MHD_YES && (long long)mhd_ms < timeout)
             timeout = (long)mhd_ms;
         if (draining && timeout > 10) timeout = 10;
+        if (resumed) timeout = 0;
         int n = epoll_wait(w->epfd, evs, (int)SG_ARRAY_LEN(evs), (int)timeout);
         for (int i = 0; i < n; i++) {
             uint64_t tag = evs[i].data.u64;
@@ -1036,6 +1119,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
         }
         sg_proxy_lane_attach(w->lane, w->epfd);
     }
+    sg_gateway_on_keys(cfg->gateway, wake_workers, h);
     for (unsigned i = 0; i < h->nworkers; i++) {
         http_worker *w = &h->workers[i];
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
@@ -1064,6 +1148,7 @@ void sg_http_stop(sg_http *h)
     }
     for (unsigned i = 0; i < h->nworkers; i++)
         if (h->workers[i].started) pthread_join(h->workers[i].thread, NULL);
+    sg_gateway_on_keys(h->cfg.gateway, NULL, NULL);
     /* Every transfer has failed and its connection was resumed: stopping the
      * daemons now closes what is left. */
     workers_free(h);

@@ -4,7 +4,12 @@
  * This exists because libjwt re-parses a PEM per verification and lets any
  * key verify any alg (stack-notes.md). Here a key is parsed when it arrives
  * and published in an immutable refcounted snapshot; see jwks.h for the
- * sharing rules and docs/tokens.md for which JWKs are skipped. */
+ * sharing rules and docs/tokens.md for which JWKs are skipped.
+ *
+ * Network fetches happen on the refresher thread once it runs: TTL
+ * refreshes, and unknown-kid refetches that request threads ask for with a
+ * ticket (sg_keys_want_kid) and wait for without blocking (their HTTP
+ * layer suspends the request and is woken by the listener). */
 #include "jwks.h"
 
 #include <errno.h>
@@ -68,16 +73,26 @@ struct sg_keys {
     char *url;
     uint64_t ttl_ns, refetch_ns;
     uint64_t next_refresh_ns; /* read without the lock on the hot path (atomically) */
-    uint64_t last_kid_fetch_ns;
-    int kid_fetched; /* 0 until the first unknown-kid refetch */
     unsigned long fetches, fetch_failures;
 
     /* The background refresher (sg_keys_start_refresher): when it runs,
-     * request threads never fetch for a TTL refresh. */
+     * request threads never fetch, neither for a TTL refresh nor for an
+     * unknown kid. wait_mu is never held across a fetch; it guards what
+     * follows and is what the refresher sleeps on. Lock order: fetch_mu,
+     * then wait_mu. */
+    pthread_mutex_t wait_mu;
     pthread_t refresher;
     int refresher_started;
-    int refresher_stop; /* under fetch_mu */
+    int refresher_stop;
     pthread_cond_t refresher_cv;
+    uint64_t last_kid_fetch_ns;
+    int kid_fetched;          /* 0 until the first unknown-kid refetch */
+    uint64_t kid_asked;       /* the ticket of the latest unknown-kid refetch asked for */
+    int kid_queued;           /* kid_asked is waiting for the refresher */
+    int kid_running;          /* kid_asked is being fetched */
+    uint64_t kid_done;        /* tickets up to this one are finished (read atomically) */
+    void (*on_kid)(void *ud); /* called after each unknown-kid refetch */
+    void *on_kid_ud;
 };
 
 static void jwk_clear(sg_jwk *j)
@@ -174,6 +189,7 @@ sg_keys *sg_keys_new(void)
     if (!k) return NULL;
     pthread_mutex_init(&k->snap_mu, NULL);
     pthread_mutex_init(&k->fetch_mu, NULL);
+    pthread_mutex_init(&k->wait_mu, NULL);
     if (publish(k) != 0) {
         sg_keys_free(k);
         return NULL;
@@ -185,10 +201,10 @@ void sg_keys_free(sg_keys *k)
 {
     if (!k) return;
     if (k->refresher_started) {
-        pthread_mutex_lock(&k->fetch_mu);
+        pthread_mutex_lock(&k->wait_mu);
         k->refresher_stop = 1;
         pthread_cond_signal(&k->refresher_cv);
-        pthread_mutex_unlock(&k->fetch_mu);
+        pthread_mutex_unlock(&k->wait_mu);
         pthread_join(k->refresher, NULL);
         pthread_cond_destroy(&k->refresher_cv);
     }
@@ -198,6 +214,7 @@ void sg_keys_free(sg_keys *k)
     free(k->url);
     pthread_mutex_destroy(&k->snap_mu);
     pthread_mutex_destroy(&k->fetch_mu);
+    pthread_mutex_destroy(&k->wait_mu);
     free(k);
 }
 
@@ -690,13 +707,32 @@ static const sg_keyset *acquire_current(sg_keys *k)
     return s;
 }
 
-/* The refresher thread: waits for the next refresh time (or the stop
- * signal) and fetches, so no request ever waits for a TTL refresh. */
+/* The refresher thread: waits for the next refresh time, an unknown-kid
+ * refetch someone asked for, or the stop signal, and fetches, so no request
+ * thread ever waits on the network for keys. */
 static void *refresher_main(void *arg)
 {
     sg_keys *k = arg;
-    pthread_mutex_lock(&k->fetch_mu);
+    pthread_mutex_lock(&k->wait_mu);
     while (!k->refresher_stop) {
+        if (k->kid_queued) {
+            uint64_t ticket = k->kid_asked;
+            k->kid_queued = 0;
+            k->kid_running = 1;
+            pthread_mutex_unlock(&k->wait_mu);
+            char err[256];
+            pthread_mutex_lock(&k->fetch_mu);
+            int rc = fetch_locked(k, err, sizeof err);
+            pthread_mutex_unlock(&k->fetch_mu);
+            if (rc != 0) sg_log(SG_LOG_WARN, "jwks: refetch for an unknown kid failed: %s", err);
+            pthread_mutex_lock(&k->wait_mu);
+            k->kid_running = 0;
+            __atomic_store_n(&k->kid_done, ticket, __ATOMIC_RELEASE);
+            /* Under wait_mu, so sg_keys_on_kid_fetched(k, NULL, NULL)
+             * returns only once no call is under way. */
+            if (k->on_kid) k->on_kid(k->on_kid_ud);
+            continue;
+        }
         uint64_t due = __atomic_load_n(&k->next_refresh_ns, __ATOMIC_ACQUIRE);
         uint64_t now = sg_now_mono_ns();
         if (now < due) {
@@ -709,14 +745,20 @@ static void *refresher_main(void *arg)
                 ts.tv_sec++;
                 ts.tv_nsec -= 1000000000L;
             }
-            pthread_cond_timedwait(&k->refresher_cv, &k->fetch_mu, &ts);
+            pthread_cond_timedwait(&k->refresher_cv, &k->wait_mu, &ts);
             continue;
         }
+        pthread_mutex_unlock(&k->wait_mu);
         char err[256];
-        if (fetch_locked(k, err, sizeof err) != 0)
-            sg_log(SG_LOG_WARN, "jwks: refresh failed, keeping the old keys: %s", err);
+        pthread_mutex_lock(&k->fetch_mu);
+        int rc = 0;
+        if (sg_now_mono_ns() >= __atomic_load_n(&k->next_refresh_ns, __ATOMIC_ACQUIRE))
+            rc = fetch_locked(k, err, sizeof err);
+        pthread_mutex_unlock(&k->fetch_mu);
+        if (rc != 0) sg_log(SG_LOG_WARN, "jwks: refresh failed, keeping the old keys: %s", err);
+        pthread_mutex_lock(&k->wait_mu);
     }
-    pthread_mutex_unlock(&k->fetch_mu);
+    pthread_mutex_unlock(&k->wait_mu);
     return NULL;
 }
 
@@ -764,12 +806,17 @@ const sg_keyset *sg_keys_refetch_for_kid(sg_keys *k, const sg_keyset *seen)
     }
     sg_keyset_release(cur);
     uint64_t now = sg_now_mono_ns();
-    if (!k->url || (k->kid_fetched && now - k->last_kid_fetch_ns < k->refetch_ns)) {
+    pthread_mutex_lock(&k->wait_mu);
+    int allowed = k->url && !(k->kid_fetched && now - k->last_kid_fetch_ns < k->refetch_ns);
+    if (allowed) {
+        k->kid_fetched = 1;
+        k->last_kid_fetch_ns = now;
+    }
+    pthread_mutex_unlock(&k->wait_mu);
+    if (!allowed) {
         pthread_mutex_unlock(&k->fetch_mu);
         return NULL;
     }
-    k->kid_fetched = 1;
-    k->last_kid_fetch_ns = now;
     char err[256];
     int rc = fetch_locked(k, err, sizeof err);
     pthread_mutex_unlock(&k->fetch_mu);
@@ -778,6 +825,53 @@ const sg_keyset *sg_keys_refetch_for_kid(sg_keys *k, const sg_keyset *seen)
         return NULL;
     }
     return acquire_current(k);
+}
+
+int sg_keys_want_kid(sg_keys *k, const sg_keyset *seen, const sg_keyset **newer, uint64_t *ticket)
+{
+    *newer = NULL;
+    *ticket = 0;
+    if (!k->url) return SG_KEYS_KID_UNKNOWN;
+    if (!k->refresher_started) { /* no thread to hand the fetch to: fetch here */
+        *newer = sg_keys_refetch_for_kid(k, seen);
+        return *newer ? SG_KEYS_KID_NEWER : SG_KEYS_KID_UNKNOWN;
+    }
+    pthread_mutex_lock(&k->wait_mu);
+    const sg_keyset *cur = acquire_current(k);
+    if (cur->generation != seen->generation) {
+        pthread_mutex_unlock(&k->wait_mu);
+        *newer = cur; /* published since the caller looked: try that first */
+        return SG_KEYS_KID_NEWER;
+    }
+    sg_keyset_release(cur);
+    int rc = SG_KEYS_KID_WAIT;
+    uint64_t now = sg_now_mono_ns();
+    if (k->kid_queued || k->kid_running) {
+        *ticket = k->kid_asked; /* one fetch at a time: wait for that one */
+    } else if (k->kid_fetched && now - k->last_kid_fetch_ns < k->refetch_ns) {
+        rc = SG_KEYS_KID_UNKNOWN;
+    } else {
+        k->kid_fetched = 1;
+        k->last_kid_fetch_ns = now;
+        *ticket = ++k->kid_asked;
+        k->kid_queued = 1;
+        pthread_cond_signal(&k->refresher_cv);
+    }
+    pthread_mutex_unlock(&k->wait_mu);
+    return rc;
+}
+
+int sg_keys_kid_done(sg_keys *k, uint64_t ticket)
+{
+    return __atomic_load_n(&k->kid_done, __ATOMIC_ACQUIRE) >= ticket;
+}
+
+void sg_keys_on_kid_fetched(sg_keys *k, void (*fn)(void *ud), void *ud)
+{
+    pthread_mutex_lock(&k->wait_mu);
+    k->on_kid = fn;
+    k->on_kid_ud = ud;
+    pthread_mutex_unlock(&k->wait_mu);
 }
 
 int sg_keys_replace_static(sg_keys *k, sg_keys *from)

@@ -11,8 +11,9 @@
  * Sharing: readers take an immutable, refcounted snapshot (sg_keyset) with
  * sg_keys_acquire and give it back with sg_keyset_release. A refresh builds
  * a new snapshot and swaps the pointer under a mutex held for a few
- * instructions, so verifications never wait for a fetch (except a caller
- * that itself asked for an unknown kid while a fetch is in flight). */
+ * instructions, so verifications never wait for a fetch; a caller that
+ * needs an unknown kid asks for a refetch with a ticket and waits for it
+ * the way its thread waits for anything (sg_keys_want_kid). */
 #ifndef SG_JWKS_H
 #define SG_JWKS_H
 
@@ -115,14 +116,39 @@ void sg_keyset_release(const sg_keyset *s);
 /* For a token whose kid is not in `seen`: returns a newer snapshot (a
  * reference to release) when one was published since `seen` or when a
  * refetch, allowed at most once per refetch interval, produced one;
- * otherwise NULL. Waits for a fetch already in flight. */
+ * otherwise NULL. Blocks: it waits for a fetch in flight and fetches on the
+ * caller's thread (command-line tools; never an event-loop thread). */
 const sg_keyset *sg_keys_refetch_for_kid(sg_keys *k, const sg_keyset *seen);
 
-/* Moves TTL refreshes of the JWKS URL to a thread of their own, so that no
- * request waits for one (without it, the first request after the TTL
- * fetches). Unknown-kid refetches stay on the asking request: that request
- * needs the answer. Call once, after sg_keys_set_jwks_url; stopped by
- * sg_keys_free. Returns 0 (also without a URL), or -1 with a message. */
+/* For a token whose kid is not in `seen`, without waiting on the network
+ * (the event-loop threads' way; sg_keys_refetch_for_kid is the blocking
+ * one). Returns
+ *   SG_KEYS_KID_NEWER:   *newer is a snapshot published since `seen` (a
+ *                        reference to release): try it;
+ *   SG_KEYS_KID_WAIT:    a refetch is queued or running (one at a time, at
+ *                        most one started per refetch interval): when
+ *                        sg_keys_kid_done(k, *ticket) turns 1, the keys in
+ *                        force are all there will be for this kid;
+ *   SG_KEYS_KID_UNKNOWN: no URL, or the interval has not passed: the kid
+ *                        is unknown.
+ * Without the refresher thread it fetches on the caller's thread (NEWER or
+ * UNKNOWN then). Thread-safe. */
+enum { SG_KEYS_KID_UNKNOWN = 0, SG_KEYS_KID_NEWER = 1, SG_KEYS_KID_WAIT = 2 };
+int sg_keys_want_kid(sg_keys *k, const sg_keyset *seen, const sg_keyset **newer, uint64_t *ticket);
+/* 1 once the refetch with this ticket has finished (well or not). One
+ * atomic load; thread-safe. */
+int sg_keys_kid_done(sg_keys *k, uint64_t ticket);
+/* fn(ud) runs on the refresher thread after every unknown-kid refetch (to
+ * wake the threads waiting for tickets); it must not block nor call back
+ * into k. NULL removes it; once this returns, no call of the old one is
+ * under way. Can't fail. */
+void sg_keys_on_kid_fetched(sg_keys *k, void (*fn)(void *ud), void *ud);
+
+/* Moves JWKS URL fetches to a thread of their own: TTL refreshes (without
+ * it, the first request after the TTL fetches) and the unknown-kid
+ * refetches asked for with sg_keys_want_kid. Call once, after
+ * sg_keys_set_jwks_url; stopped by sg_keys_free. Returns 0 (also without a
+ * URL), or -1 with a message. */
 int sg_keys_start_refresher(sg_keys *k, char *err, size_t errlen);
 
 /* Replaces k's configured keys (PEM files, secrets, JWKS files) with those

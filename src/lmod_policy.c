@@ -78,6 +78,9 @@ static void read_limits(lua_State *L, int idx, sg_policy_limits *lim)
     lim->load_time_ms = (uint32_t)opt_size_field(L, idx, "load_time_ms");
     lim->load_memory = opt_size_field(L, idx, "load_memory");
     lim->pattern_steps = opt_size_field(L, idx, "pattern_steps");
+    lim->call_bytes = opt_size_field(L, idx, "bytes");
+    lim->arguments_bytes = opt_size_field(L, idx, "arguments_bytes");
+    lim->arguments_depth = (uint32_t)opt_size_field(L, idx, "arguments_depth");
 }
 
 static int l_policy_load(lua_State *L)

@@ -1623,6 +1623,27 @@ static int call_rule(lua_State *L)
     return 0;
 }
 
+/* Measures req.arguments as the limits count it: the bytes of every string
+ * and key plus 8 per value, and the nesting of arrays and objects (the
+ * arguments object itself is level 1). Stops counting past max_bytes.
+ * Returns 0 when within both limits, else -1 with *bytes and *depth as far
+ * as counted. */
+static int measure_arguments(const cJSON *j, unsigned level, size_t max_bytes, unsigned max_depth,
+                             size_t *bytes, unsigned *depth)
+{
+    if (level > *depth) *depth = level;
+    if (level > max_depth) return -1;
+    for (const cJSON *c = j->child; c; c = c->next) {
+        *bytes += 8 + (c->string ? strlen(c->string) : 0);
+        if (cJSON_IsString(c)) *bytes += strlen(c->valuestring);
+        if (*bytes > max_bytes) return -1;
+        if ((cJSON_IsArray(c) || cJSON_IsObject(c)) &&
+            measure_arguments(c, level + 1, max_bytes, max_depth, bytes, depth) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* "file:12: rest" -> length of "file:12", or 0 when msg has no location. */
 static size_t location_prefix(const char *msg)
 {
@@ -1695,7 +1716,25 @@ int sg_policy_decide(sg_policy *p, const sg_policy_input *in, sg_arena *a, sg_po
     }
     call_ctx cc = {p, r, in, a, NULL};
     sg_buf err = SG_BUF_INIT;
-    if (sg_sandbox_call(p->sb, call_rule, &cc, 0, 0, &err) == 0) {
+    const sg_sandbox_limits *lim = sg_sandbox_limits_of(p->sb);
+    size_t abytes = 8;
+    unsigned adepth = 0;
+    if (in->phase == SG_PHASE_CALL && in->arguments &&
+        measure_arguments(in->arguments, 1, lim->arguments_bytes, lim->arguments_depth, &abytes,
+                          &adepth) != 0) {
+        /* Refused before the rule runs: a rule's C library work grows with
+         * what it is given, and the limits are what its budgets assume. */
+        if (adepth > lim->arguments_depth)
+            sg_buf_printf(&err,
+                          "req.arguments is nested deeper than a policy accepts (more than %u "
+                          "levels; see Limits in docs/policy.md)",
+                          (unsigned)lim->arguments_depth);
+        else
+            sg_buf_printf(&err,
+                          "req.arguments is larger than a policy accepts (more than %zu bytes of "
+                          "strings and keys, 8 per value; see Limits in docs/policy.md)",
+                          lim->arguments_bytes);
+    } else if (sg_sandbox_call(p->sb, call_rule, &cc, 0, 0, &err) == 0) {
         out->req = cc.result;
         sg_buf_free(&err);
         return 0;

@@ -11,6 +11,13 @@
  *   - guarded pattern functions, because hooks do not fire inside C and a
  *     backtracking pattern can run for seconds there; the cost model is our
  *     own (see pattern_cost below);
+ *   - a byte budget charged by every C library function whose work grows
+ *     with its arguments (string.rep, gsub, format, table.concat, load,
+ *     utf8, tostring...), for the same reason: one call of such a function
+ *     is not interruptible, so the work is priced before (or, for results
+ *     of unknown size, right after) it is done, and refused beyond the
+ *     call's allowance; the allocator also looks at the clock every MiB, so
+ *     the time limit holds within one bounded C call of the deadline;
  *   - read-only library tables and sealed globals, because the state is
  *     reused for every request and nothing may carry over between them;
  *   - a confined require and a text-only load, because a policy has no
@@ -41,6 +48,14 @@
 /* table.move over more elements than this is refused (it loops in C). */
 #define MAX_TABLE_MOVE  ((lua_Integer)1 << 20)
 #define MAX_MODULE_NAME 200
+/* The allocator looks at the clock after this many bytes of growth. */
+#define CLOCK_POLL_BYTES ((size_t)1 << 20)
+/* Byte-budget weights: what one unit of each kind of work costs, measured
+ * against copying one byte (see docs/decisions.md, "C library work"). */
+#define W_VALUE  16 /* a value pushed, moved or compared (byte, unpack, sort) */
+#define W_MATCH  64 /* one gsub match: a capture, a replacement, a buffer step */
+#define W_UTF8   2  /* one byte decoded as UTF-8 (utf8.len, utf8.offset) */
+#define W_SOURCE 24 /* one byte of source text compiled by load or require */
 
 struct sg_sandbox {
     lua_State *L;
@@ -55,6 +70,9 @@ struct sg_sandbox {
     uint64_t instr_limit, instr_used;
     uint64_t deadline_ns;
     double pattern_left;
+    double bytes_left;        /* what is left of the byte budget */
+    uint64_t bytes_limit;     /* the byte budget of this call (for messages) */
+    size_t alloc_since_clock; /* growth since the allocator last read the clock */
     int budget_tripped, memory_tripped;
     char trip_msg[256];
 
@@ -73,6 +91,8 @@ static sg_sandbox *sandbox_of(lua_State *L)
     return ud;
 }
 
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
 /* ---- memory ------------------------------------------------------------------ */
 
 static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -87,6 +107,14 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (nsize > old && (nsize - old > sb->cap || sb->used > sb->cap - (nsize - old))) return NULL;
     void *np = realloc(ptr, nsize);
     if (!np) return NULL;
+    if (sb->in_call && nsize > old && (sb->alloc_since_clock += nsize - old) >= CLOCK_POLL_BYTES) {
+        /* Work that allocates (`..` in a loop, a C function building its
+         * result) is paced by the clock too: past the deadline, the very
+         * next instruction runs the hook, which raises. Nothing else is
+         * safe here: the state may be half-way through a resize. */
+        sb->alloc_since_clock = 0;
+        if (sg_now_mono_ns() > sb->deadline_ns) lua_sethook(sb->L, budget_hook, LUA_MASKCOUNT, 1);
+    }
     sb->used = sb->used - old + nsize;
     if (sb->used > sb->peak) sb->peak = sb->used;
     return np;
@@ -149,12 +177,16 @@ static void budget_begin(sg_sandbox *sb)
         ms = sb->lim.call_time_ms;
         sb->cap = sb->baseline + sb->lim.call_memory;
         sb->pattern_left = (double)sb->lim.pattern_steps;
+        sb->bytes_limit = sb->lim.call_bytes;
     } else {
         sb->instr_limit = sb->lim.load_instructions;
         ms = sb->lim.load_time_ms;
         sb->cap = sb->lim.load_memory;
         sb->pattern_left = (double)sb->lim.pattern_steps * 10;
+        sb->bytes_limit = sb->lim.call_bytes * SG_SANDBOX_LOAD_BYTES_FACTOR;
     }
+    sb->bytes_left = (double)sb->bytes_limit;
+    sb->alloc_since_clock = 0;
     sb->deadline_ns = sg_now_mono_ns() + (uint64_t)ms * 1000000u;
     sb->peak = sb->used;
     int step = sb->instr_limit < HOOK_STEP ? (int)sb->instr_limit : HOOK_STEP;
@@ -173,6 +205,7 @@ static void budget_end(sg_sandbox *sb)
  * LUA_ERRMEM would otherwise be turned into an ordinary, catchable error. */
 static void raise_memory(lua_State *L, sg_sandbox *sb)
 {
+    if (sb->budget_tripped) raise_tripped(L, sb); /* the real cause, not its echo */
     sb->memory_tripped = 1;
     snprintf(sb->trip_msg, sizeof sb->trip_msg, "memory limit exceeded (%zu KiB %s)",
              (sb->sealed ? sb->lim.call_memory : sb->lim.load_memory) >> 10,
@@ -510,6 +543,111 @@ static void charge_pattern(lua_State *L, sg_sandbox *sb, double cost, const char
     luaL_error(L, "%s", msg);
 }
 
+/* Charges n units of C library work against the call's byte budget, or
+ * raises (a catchable error, as for patterns: a refused call did no work).
+ * Work counts toward the allocator's clock polling as well. */
+static void charge_bytes(lua_State *L, sg_sandbox *sb, double n, const char *fname)
+{
+    if (n <= sb->bytes_left) {
+        sb->bytes_left -= n;
+        size_t add = n < (double)CLOCK_POLL_BYTES ? (size_t)n : CLOCK_POLL_BYTES;
+        if ((sb->alloc_since_clock += add) >= CLOCK_POLL_BYTES) {
+            sb->alloc_since_clock = 0;
+            if (sg_now_mono_ns() > sb->deadline_ns) lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        }
+        return;
+    }
+    char msg[320];
+    snprintf(msg, sizeof msg,
+             "%s: too much work for a policy (about %.0f bytes to read or write, %.0f left of "
+             "this call's byte budget of %llu); work on shorter strings or fewer of them",
+             fname, n, sb->bytes_left < 0 ? 0.0 : sb->bytes_left,
+             (unsigned long long)sb->bytes_limit);
+    luaL_error(L, "%s", msg);
+}
+
+/* Charges the bytes of every string on the stack from index `from` up:
+ * results whose size is only known once the function has run. */
+static void charge_strings(lua_State *L, sg_sandbox *sb, int from, const char *fname)
+{
+    double n = 0;
+    for (int i = from; i <= lua_gettop(L); i++)
+        if (lua_type(L, i) == LUA_TSTRING) n += (double)lua_rawlen(L, i);
+    charge_bytes(L, sb, n, fname);
+}
+
+/* The number of positions i..j of a string of len bytes, as string.sub,
+ * string.byte and utf8 read them (i at arg `ia`, j at ia+1, each optional:
+ * i defaults to 1, j to -1 or, with j_is_i, to i). Non-integers count as
+ * the whole string; the function itself then raises. */
+static double arg_span(lua_State *L, int ia, int j_is_i, size_t len)
+{
+    int ok = 1;
+    lua_Integer i = lua_isnoneornil(L, ia) ? 1 : lua_tointegerx(L, ia, &ok);
+    if (!ok) return (double)len;
+    lua_Integer j = lua_isnoneornil(L, ia + 1) ? (j_is_i ? i : -1) : lua_tointegerx(L, ia + 1, &ok);
+    if (!ok) return (double)len;
+    lua_Integer l = (lua_Integer)len;
+    if (i < 0) i = i < -l ? 1 : l + i + 1;
+    if (i == 0) i = 1;
+    if (j < 0) j = j < -l ? 0 : l + j + 1;
+    if (j > l) j = l;
+    return j >= i ? (double)(j - i + 1) : 0;
+}
+
+enum {
+    G_RANGE_VALUES, /* string.byte, utf8.codepoint: one value per position */
+    G_RANGE_BYTES,  /* string.sub: a copy of the range */
+    G_SCAN,         /* upper, lower, reverse, tonumber: one pass */
+    G_SCAN_UTF8,    /* utf8.len, utf8.offset: one decoding pass */
+    G_BUILD,        /* format, char, pack, utf8.char, os.date: result size known after */
+    G_UNPACK,       /* string.unpack(fmt, s): reads s, returns strings */
+    G_TOSTRING      /* tostring: a new string unless it was one */
+};
+
+/* A C library function whose work grows with its arguments, priced before
+ * it runs (G_RANGE_*, G_SCAN, G_UNPACK) or by its results (G_BUILD,
+ * G_UNPACK, G_TOSTRING). Upvalues: the original, the G_* kind, the name. */
+static int guarded_work(lua_State *L)
+{
+    sg_sandbox *sb = sandbox_of(L);
+    int kind = (int)lua_tointeger(L, lua_upvalueindex(2));
+    const char *fname = lua_tostring(L, lua_upvalueindex(3));
+    int nargs = lua_gettop(L);
+    size_t len = lua_type(L, 1) == LUA_TSTRING ? lua_rawlen(L, 1) : 0;
+    double pre = 0;
+    switch (kind) {
+    case G_RANGE_VALUES:
+        pre = W_VALUE * arg_span(L, 2, 1, len);
+        break;
+    case G_RANGE_BYTES:
+        pre = arg_span(L, 2, 0, len);
+        break;
+    case G_SCAN:
+        pre = (double)len;
+        break;
+    case G_SCAN_UTF8:
+        pre = (double)len * W_UTF8;
+        break;
+    case G_BUILD: /* reads its format and its string arguments */
+        for (int i = 1; i <= nargs; i++)
+            pre += lua_type(L, i) == LUA_TSTRING ? (double)lua_rawlen(L, i) : 1;
+        break;
+    case G_UNPACK:
+        pre = lua_type(L, 2) == LUA_TSTRING ? (double)lua_rawlen(L, 2) : 0;
+        break;
+    default:
+        break;
+    }
+    charge_bytes(L, sb, pre, fname);
+    int tostring_copies = kind == G_TOSTRING && lua_type(L, 1) != LUA_TSTRING;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, nargs, LUA_MULTRET);
+    if (kind == G_BUILD || kind == G_UNPACK || tostring_copies) charge_strings(L, sb, 1, fname);
+    return lua_gettop(L);
+}
+
 static int guarded_pattern(lua_State *L)
 {
     static const char *const names[] = {"string.find", "string.match", "string.gmatch",
@@ -537,10 +675,43 @@ static int guarded_pattern(lua_State *L)
     else
         cost = sg_sandbox_pattern_cost(p, plen, n, kind != PAT_GMATCH);
     charge_pattern(L, sb, cost, names[kind]);
+    /* Every pattern function reads its subject once at least. */
+    charge_bytes(L, sb, (double)n, names[kind]);
     int nargs = lua_gettop(L);
+    double affordable = 0, wanted = 0;
+    if (kind == PAT_GSUB) {
+        /* One gsub cannot be interrupted, so it runs with max_n set to the
+         * matches the budget can still pay for (a replacement string's
+         * bytes included); when it uses them all and the caller allowed
+         * more, the rest would have been over budget: refuse the call. */
+        lua_Integer max_n;
+        int isnum = 0;
+        wanted = (double)slen + 1;
+        if (!lua_isnoneornil(L, 4) && (max_n = lua_tointegerx(L, 4, &isnum), isnum) &&
+            (double)max_n < wanted)
+            wanted = max_n > 0 ? (double)max_n : 0;
+        double per_match = W_MATCH + (lua_type(L, 3) == LUA_TSTRING ? (double)lua_rawlen(L, 3) : 0);
+        affordable = floor(sb->bytes_left / per_match);
+        if (affordable < wanted) {
+            lua_settop(L, 4);
+            lua_pushinteger(L, (lua_Integer)affordable);
+            lua_replace(L, 4);
+            nargs = 4;
+        }
+    }
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, nargs, LUA_MULTRET);
+    if (kind == PAT_GSUB) {
+        /* the result written and the work per match */
+        double matches = lua_gettop(L) >= 2 ? (double)lua_tointeger(L, 2) : 0;
+        double work = (double)lua_rawlen(L, 1) + matches * W_MATCH;
+        if (affordable < wanted && matches >= affordable)
+            work = sb->bytes_left + (wanted - matches) * W_MATCH; /* raises */
+        charge_bytes(L, sb, work, names[kind]);
+    } else if (kind != PAT_GMATCH) {
+        charge_strings(L, sb, 1, names[kind]); /* captures are copies */
+    }
     return lua_gettop(L);
 }
 
@@ -555,6 +726,8 @@ static int guarded_rep(lua_State *L)
         lua_pushliteral(L, "");
         return 1;
     }
+    charge_bytes(L, sandbox_of(L), (double)l * (double)n + (double)lsep * (double)(n - 1),
+                 "string.rep");
     int nargs = lua_gettop(L);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
@@ -578,9 +751,30 @@ static int guarded_table(lua_State *L)
         if (e >= f && (e - f >= MAX_TABLE_MOVE || e - f < 0))
             luaL_error(L, "table.move: too many elements (at most %d)", (int)MAX_TABLE_MOVE);
     }
+    /* Elements each function visits (the tables have no metatables, so
+     * their length is the raw one). */
+    double n = lua_type(L, 1) == LUA_TTABLE ? (double)lua_rawlen(L, 1) : 0, visits = 0;
+    char qualified[32];
+    snprintf(qualified, sizeof qualified, "table.%s", fname);
+    if (strcmp(fname, "concat") == 0 || strcmp(fname, "unpack") == 0) {
+        int ia = strcmp(fname, "concat") == 0 ? 3 : 2, ok1 = 1, ok2 = 1;
+        lua_Integer i = lua_isnoneornil(L, ia) ? 1 : lua_tointegerx(L, ia, &ok1);
+        lua_Integer j =
+            lua_isnoneornil(L, ia + 1) ? (lua_Integer)n : lua_tointegerx(L, ia + 1, &ok2);
+        visits = ok1 && ok2 && j >= i ? (double)j - (double)i + 1 : 0;
+    } else if (strcmp(fname, "move") == 0) {
+        lua_Integer f = lua_tointeger(L, 2), e = lua_tointeger(L, 3);
+        visits = e >= f ? (double)(e - f) + 1 : 0;
+    } else if (strcmp(fname, "sort") == 0) {
+        visits = n > 1 ? n * log2(n) : 0;
+    } else if (nargs >= 3 || (nargs == 2 && strcmp(fname, "remove") == 0)) {
+        visits = n; /* insert/remove at a position shifts what follows it */
+    }
+    charge_bytes(L, sandbox_of(L), visits * W_VALUE, qualified);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
     lua_call(L, nargs, LUA_MULTRET);
+    if (strcmp(fname, "concat") == 0) charge_strings(L, sandbox_of(L), 1, qualified);
     return lua_gettop(L);
 }
 
@@ -605,6 +799,7 @@ static int safe_print(lua_State *L)
 {
     sg_sandbox *sb = sandbox_of(L);
     int n = lua_gettop(L);
+    charge_strings(L, sb, 1, "print");
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     for (int i = 1; i <= n; i++) {
@@ -642,6 +837,7 @@ static int safe_load(lua_State *L)
         lua_pushliteral(L, "load: policies may only load text chunks (mode \"t\")");
         return 2;
     }
+    charge_bytes(L, sb, (double)len * W_SOURCE, "load"); /* compiling costs per byte */
     int status = luaL_loadbufferx(L, src, len, chunkname, "t");
     if (status == LUA_ERRMEM) raise_memory(L, sb);
     if (status != LUA_OK) {
@@ -799,6 +995,13 @@ static int safe_require(lua_State *L)
         return lua_error(L);
     }
     sg_buf_free(&searched);
+    if (sb->sealed) { /* a rule's require compiles on the request's time */
+        if ((double)srclen * W_SOURCE > sb->bytes_left) {
+            free(src);
+            charge_bytes(L, sb, (double)srclen * W_SOURCE, "require"); /* raises */
+        }
+        charge_bytes(L, sb, (double)srclen * W_SOURCE, "require");
+    }
     if (record_source(sb, path, src, srclen) != 0) {
         free(src);
         raise_memory(L, sb); /* does not return */
@@ -912,6 +1115,18 @@ static void wrap_field(lua_State *L, const char *field, lua_CFunction wrapper, i
     if (has_extra) lua_pop(L, 1);
 }
 
+/* Replaces t[field] (t on top) with a guarded_work closure of `kind`. */
+static void wrap_work(lua_State *L, const char *lib, const char *field, int kind)
+{
+    char name[48];
+    snprintf(name, sizeof name, "%s%s%s", lib, *lib ? "." : "", field);
+    lua_getfield(L, -1, field);
+    lua_pushinteger(L, kind);
+    lua_pushstring(L, name);
+    lua_pushcclosure(L, guarded_work, 3);
+    lua_setfield(L, -2, field);
+}
+
 static int open_libraries(lua_State *L)
 {
     luaL_requiref(L, "_G", luaopen_base, 1);
@@ -931,6 +1146,10 @@ static int open_libraries(lua_State *L)
     lua_getglobal(L, "setmetatable");
     lua_pushcclosure(L, safe_setmetatable, 1);
     lua_setglobal(L, "setmetatable");
+    lua_pushglobaltable(L);
+    wrap_work(L, "", "tostring", G_TOSTRING);
+    wrap_work(L, "", "tonumber", G_SCAN);
+    lua_pop(L, 1);
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &registry_loaded_key);
 
@@ -945,6 +1164,14 @@ static int open_libraries(lua_State *L)
         wrap_field(L, pattern_fns[i], guarded_pattern, 1);
     }
     wrap_field(L, "rep", guarded_rep, 0);
+    static const struct {
+        const char *name;
+        int kind;
+    } string_fns[] = {{"byte", G_RANGE_VALUES}, {"char", G_BUILD}, {"format", G_BUILD},
+                      {"lower", G_SCAN},        {"upper", G_SCAN}, {"reverse", G_SCAN},
+                      {"sub", G_RANGE_BYTES},   {"pack", G_BUILD}, {"unpack", G_UNPACK}};
+    for (size_t i = 0; i < SG_ARRAY_LEN(string_fns); i++)
+        wrap_work(L, "string", string_fns[i].name, string_fns[i].kind);
     lua_pushliteral(L, "");
     if (lua_getmetatable(L, -1)) {
         lua_pushboolean(L, 0);
@@ -965,6 +1192,10 @@ static int open_libraries(lua_State *L)
     luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 0);
     publish_readonly(L, LUA_MATHLIBNAME);
     luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 0);
+    wrap_work(L, "utf8", "char", G_BUILD);
+    wrap_work(L, "utf8", "codepoint", G_RANGE_VALUES);
+    wrap_work(L, "utf8", "len", G_SCAN_UTF8);
+    wrap_work(L, "utf8", "offset", G_SCAN_UTF8);
     publish_readonly(L, LUA_UTF8LIBNAME);
 
     /* os: only the clock and calendar functions. */
@@ -975,6 +1206,7 @@ static int open_libraries(lua_State *L)
         lua_getfield(L, -2, os_fns[i]);
         lua_setfield(L, -2, os_fns[i]);
     }
+    wrap_work(L, "os", "date", G_BUILD);
     publish_readonly(L, LUA_OSLIBNAME);
     lua_pop(L, 1);
     return 0;
@@ -993,6 +1225,9 @@ static void fill_limits(sg_sandbox_limits *l, const sg_sandbox_limits *in)
     if (!l->load_time_ms) l->load_time_ms = SG_SANDBOX_DEFAULT_LOAD_TIME_MS;
     if (!l->load_memory) l->load_memory = SG_SANDBOX_DEFAULT_LOAD_MEMORY;
     if (!l->pattern_steps) l->pattern_steps = SG_SANDBOX_DEFAULT_PATTERN_STEPS;
+    if (!l->call_bytes) l->call_bytes = SG_SANDBOX_DEFAULT_CALL_BYTES;
+    if (!l->arguments_bytes) l->arguments_bytes = SG_SANDBOX_DEFAULT_ARGUMENTS_BYTES;
+    if (!l->arguments_depth) l->arguments_depth = SG_SANDBOX_DEFAULT_ARGUMENTS_DEPTH;
 }
 
 sg_sandbox *sg_sandbox_new(const char *policy_path, const sg_sandbox_limits *limits)
@@ -1107,7 +1342,7 @@ int sg_sandbox_call(sg_sandbox *sb, lua_CFunction fn, void *ud, int nargs, int n
     budget_end(sb);
     sb->in_call = 0;
     if (status == LUA_OK && !sb->budget_tripped && !sb->memory_tripped) return 0;
-    if (status == LUA_ERRMEM && !sb->memory_tripped) {
+    if (status == LUA_ERRMEM && !sb->memory_tripped && !sb->budget_tripped) {
         sb->memory_tripped = 1;
         snprintf(sb->trip_msg, sizeof sb->trip_msg, "memory limit exceeded (%zu KiB %s)",
                  (sb->sealed ? sb->lim.call_memory : sb->lim.load_memory) >> 10,

@@ -27,6 +27,12 @@ typedef struct sg_sandbox_limits {
     uint32_t load_time_ms;      /* while the policy file runs [2000] */
     size_t load_memory;         /* total state size while loading [64 MiB] */
     uint64_t pattern_steps;     /* estimated pattern-matching work per call [10,000,000] */
+    /* Bytes C library functions may read or write per call (string.rep,
+     * gsub, format, table.concat, load, utf8, ...), weighted by their cost
+     * per byte; 256 times as much while the policy file loads [1 MiB]. */
+    uint64_t call_bytes;
+    size_t arguments_bytes;   /* req.arguments: string and key bytes, +8 per value [64 KiB] */
+    uint32_t arguments_depth; /* req.arguments: nesting of tables [16] */
 } sg_sandbox_limits;
 
 #define SG_SANDBOX_DEFAULT_CALL_INSTRUCTIONS 1000000u
@@ -36,6 +42,10 @@ typedef struct sg_sandbox_limits {
 #define SG_SANDBOX_DEFAULT_LOAD_TIME_MS      2000u
 #define SG_SANDBOX_DEFAULT_LOAD_MEMORY       ((size_t)64 << 20)
 #define SG_SANDBOX_DEFAULT_PATTERN_STEPS     10000000u
+#define SG_SANDBOX_DEFAULT_CALL_BYTES        ((uint64_t)1 << 20)
+#define SG_SANDBOX_LOAD_BYTES_FACTOR         256u
+#define SG_SANDBOX_DEFAULT_ARGUMENTS_BYTES   ((size_t)64 << 10)
+#define SG_SANDBOX_DEFAULT_ARGUMENTS_DEPTH   16u
 
 /* Largest source file `require` or the policy loader will read. */
 #define SG_SANDBOX_MAX_SOURCE ((size_t)16 << 20)

@@ -47,6 +47,7 @@ typedef struct serve_opts {
     unsigned long header_timeout_s, body_grace_s, min_body_rate_bps;
     unsigned long upstream_timeout_ms, connect_timeout_ms, token_cache;
     unsigned long jwks_ttl_s, jwks_refetch_s;
+    unsigned long max_arguments, max_arguments_depth;
     int no_watch;
     /* Token verification (sg_verifier_config). */
     const char *leeway, *token_algs;
@@ -86,6 +87,9 @@ static void serve_usage(FILE *f)
           "  --max-body BYTES           request body limit, 413 beyond [1048576]\n"
           "  --max-header BYTES         per-connection header memory, 431 beyond [32768]\n"
           "  --max-connections N        concurrent connections, 503 beyond [1000]\n"
+          "  --max-arguments BYTES      req.arguments a policy rule may see (strings and keys,\n"
+          "                             8 per value); the request is denied beyond [65536]\n"
+          "  --max-arguments-depth N    req.arguments nesting, denied beyond [16]\n"
           "  --timeout SECONDS          idle connection / slow upload limit [30]\n"
           "  --header-timeout SECONDS   a request head must be complete within this, 408\n"
           "                             after [5]\n"
@@ -161,7 +165,7 @@ typedef struct serve_lists {
 } serve_lists;
 
 /* Fills flags[] (SERVE_NFLAGS entries) with the table of serve's flags. */
-#define SERVE_NFLAGS 35
+#define SERVE_NFLAGS 37
 static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_flag *flags)
 {
     const sg_flag table[SERVE_NFLAGS] = {
@@ -184,6 +188,8 @@ static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_fl
         {"--max-body", SG_FLAG_ULONG, &o->max_body, 1, SG_MCP_MAX_BODY_CAP},
         {"--max-header", SG_FLAG_ULONG, &o->max_header, 4096, 16ul << 20},
         {"--max-connections", SG_FLAG_ULONG, &o->max_connections, 1, 100000},
+        {"--max-arguments", SG_FLAG_ULONG, &o->max_arguments, 1, SG_MCP_MAX_BODY_CAP},
+        {"--max-arguments-depth", SG_FLAG_ULONG, &o->max_arguments_depth, 1, 512},
         {"--timeout", SG_FLAG_ULONG, &o->timeout_s, 1, 86400},
         {"--header-timeout", SG_FLAG_ULONG, &o->header_timeout_s, 1, 3600},
         {"--min-body-rate", SG_FLAG_STRING, &o->min_body_rate, 0, 0},
@@ -576,6 +582,8 @@ static int serve(serve_opts *opts)
     gc.upstream_ca = o.upstream_ca;
     gc.identity = o.identity;
     gc.nidentity = (size_t)o.nidentity;
+    gc.policy_limits.arguments_bytes = o.max_arguments;
+    gc.policy_limits.arguments_depth = (uint32_t)o.max_arguments_depth;
     if (!(gw = sg_gateway_new(&gc, err, sizeof err))) {
         fprintf(stderr, "scopegate serve: policy failed to load:\n%s\n", err);
         goto out;

@@ -315,6 +315,11 @@ oom:
     return NULL;
 }
 
+sg_keys *sg_verifier_keys(const sg_verifier *v)
+{
+    return v->keys;
+}
+
 void sg_verifier_free(sg_verifier *v)
 {
     if (!v) return;
@@ -379,7 +384,8 @@ static int typ_allowed(const char *typ)
 static sg_token_err check_header_and_signature(const sg_verifier *v, const char *token,
                                                size_t signed_len, const char *sig_b64,
                                                size_t sig_b64_len, const cJSON *header,
-                                               unsigned char *scratch)
+                                               unsigned char *scratch, sg_kid_wait kw,
+                                               uint64_t *ticket)
 {
     const cJSON *alg_item = cJSON_GetObjectItemCaseSensitive(header, "alg");
     if (!cJSON_IsString(alg_item)) return SG_TOKEN_MALFORMED;
@@ -405,7 +411,7 @@ static sg_token_err check_header_and_signature(const sg_verifier *v, const char 
     }
     const sg_jwk *key = NULL;
     sg_token_err e = select_key(s, kid, alg, &key);
-    if (e == SG_TOKEN_UNKNOWN_KID) {
+    if (e == SG_TOKEN_UNKNOWN_KID && kw == SG_KID_BLOCK) {
         const sg_keyset *newer = sg_keys_refetch_for_kid(v->keys, s);
         if (newer) {
             sg_keyset_release(s);
@@ -413,6 +419,16 @@ static sg_token_err check_header_and_signature(const sg_verifier *v, const char 
             e = select_key(s, kid, alg, &key);
         }
     }
+    /* Deferred: a snapshot published meanwhile is tried at once (twice at
+     * most); otherwise the refetch is left to the refresher thread. */
+    for (int round = 0; e == SG_TOKEN_UNKNOWN_KID && kw == SG_KID_DEFER && round < 2; round++) {
+        const sg_keyset *newer;
+        if (sg_keys_want_kid(v->keys, s, &newer, ticket) != SG_KEYS_KID_NEWER) break;
+        sg_keyset_release(s);
+        s = newer;
+        e = select_key(s, kid, alg, &key);
+    }
+    if (e != SG_TOKEN_UNKNOWN_KID && ticket) *ticket = 0;
     if (e == SG_TOKEN_OK) {
         int ok = verify_signature(key, alg, (const unsigned char *)token, signed_len, scratch,
                                   (size_t)siglen);
@@ -574,7 +590,14 @@ static sg_token_err check_claims(const sg_verifier *v, owned_token *o, int64_t n
 sg_token_err sg_token_verify(const sg_verifier *v, const char *token, size_t len, int64_t now,
                              sg_token **out)
 {
+    return sg_token_verify_ex(v, token, len, now, SG_KID_BLOCK, NULL, out);
+}
+
+sg_token_err sg_token_verify_ex(const sg_verifier *v, const char *token, size_t len, int64_t now,
+                                sg_kid_wait kw, uint64_t *ticket, sg_token **out)
+{
     *out = NULL;
+    if (ticket) *ticket = 0;
     if (len > v->max_token_bytes) return SG_TOKEN_TOO_LARGE;
     const char *dot1 = memchr(token, '.', len);
     const char *dot2 = dot1 ? memchr(dot1 + 1, '.', len - (size_t)(dot1 + 1 - token)) : NULL;
@@ -592,7 +615,7 @@ sg_token_err sg_token_verify(const sg_verifier *v, const char *token, size_t len
     sg_token_err e = parse_segment(token, header_len, scratch, &header);
     if (e == SG_TOKEN_OK)
         e = check_header_and_signature(v, token, (size_t)(dot2 - token), sig, sig_len, header,
-                                       scratch);
+                                       scratch, kw, ticket);
     cJSON_Delete(header);
     if (e == SG_TOKEN_OK) {
         o = calloc(1, sizeof *o);
@@ -793,7 +816,14 @@ static int32_t tc_take_slot(sg_tcache *c)
 sg_token_err sg_tcache_verify(sg_tcache *c, const char *token, size_t len, int64_t now,
                               const sg_token **out)
 {
+    return sg_tcache_verify_ex(c, token, len, now, SG_KID_BLOCK, NULL, out);
+}
+
+sg_token_err sg_tcache_verify_ex(sg_tcache *c, const char *token, size_t len, int64_t now,
+                                 sg_kid_wait kw, uint64_t *ticket, const sg_token **out)
+{
     *out = NULL;
+    if (ticket) *ticket = 0;
     sg_token_free(c->uncached ? &c->uncached->pub : NULL);
     c->uncached = NULL;
     if (len > c->v->max_token_bytes) return SG_TOKEN_TOO_LARGE; /* before hashing it */
@@ -815,7 +845,7 @@ sg_token_err sg_tcache_verify(sg_tcache *c, const char *token, size_t len, int64
     c->stats.misses++;
 
     sg_token *fresh;
-    sg_token_err err = sg_token_verify(c->v, token, len, now, &fresh);
+    sg_token_err err = sg_token_verify_ex(c->v, token, len, now, kw, ticket, &fresh);
     if (err != SG_TOKEN_OK) return err;
     owned_token *o = (owned_token *)fresh;
     char *bytes = now < fresh->exp ? malloc(len ? len : 1) : NULL;

@@ -104,6 +104,27 @@ void sg_verifier_free(sg_verifier *v);
  * refusal *out is NULL. Thread-safe. */
 sg_token_err sg_token_verify(const sg_verifier *v, const char *token, size_t len, int64_t now,
                              sg_token **out);
+/* What verification does about a kid the key set does not hold (a key
+ * rotated in at the authorization server). */
+typedef enum sg_kid_wait {
+    SG_KID_BLOCK,   /* refetch on this thread, at most once per refetch interval */
+    SG_KID_DEFER,   /* never wait: have the refresher thread refetch (jwks.h,
+                       sg_keys_want_kid) and report SG_TOKEN_UNKNOWN_KID with a
+                       nonzero *ticket; verify again (SG_KID_NO_FETCH) once
+                       sg_keys_kid_done(keys, ticket) */
+    SG_KID_NO_FETCH /* the keys in force only */
+} sg_kid_wait;
+
+/* sg_token_verify with a choice of kw. ticket may be NULL except with
+ * SG_KID_DEFER; it is set to 0 unless a deferred refetch may still bring
+ * the token's key. Thread-safe. */
+sg_token_err sg_token_verify_ex(const sg_verifier *v, const char *token, size_t len, int64_t now,
+                                sg_kid_wait kw, uint64_t *ticket, sg_token **out);
+
+/* The verifier's key set (borrowed, as long as the verifier lives).
+ * Can't fail. */
+sg_keys *sg_verifier_keys(const sg_verifier *v);
+
 /* Frees a token from sg_token_verify. NULL is fine. */
 void sg_token_free(sg_token *t);
 
@@ -132,6 +153,11 @@ void sg_tcache_free(sg_tcache *c);
  * next call on this cache. */
 sg_token_err sg_tcache_verify(sg_tcache *c, const char *token, size_t len, int64_t now,
                               const sg_token **out);
+/* sg_tcache_verify with a choice of kw (see sg_token_verify_ex): what an
+ * event-loop thread uses, with SG_KID_DEFER, so it never waits on the
+ * network for a key. */
+sg_token_err sg_tcache_verify_ex(sg_tcache *c, const char *token, size_t len, int64_t now,
+                                 sg_kid_wait kw, uint64_t *ticket, const sg_token **out);
 
 /* Forgets every cached token (after a reload, keys may have changed), so
  * each is verified again on its next use. Can't fail. */

@@ -68,6 +68,10 @@ ADDED_TOOLS = []  # tools/list's second page: what add_tool added
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes: without TCP_NODELAY the
+    # body waits for the gateway's delayed ACK (40 ms), which latency specs
+    # would measure.
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):  # keep test output quiet
         pass

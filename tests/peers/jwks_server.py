@@ -5,11 +5,14 @@ Serves JWKS_FILE at /jwks.json, re-reading it on every request so a spec can
 rotate keys by rewriting the file. Binds 127.0.0.1 on a free port and writes
 the port number to PORT_FILE once listening; after every /jwks.json hit it
 writes the hit count to PORT_FILE.hits (also served at /hits). /status/500
-answers 500 for failure tests. Exits when killed."""
+answers 500 for failure tests. While a file JWKS_FILE.delay exists, each
+/jwks.json answer waits that many seconds first (a slow authorization
+server; other requests are served meanwhile). Exits when killed."""
 import http.server
 import os
 import sys
 import threading
+import time
 
 jwks_path, port_path = sys.argv[1], sys.argv[2]
 hits = 0
@@ -37,6 +40,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with lock:
                 hits += 1
                 write_atomically(port_path + ".hits", "%d\n" % hits)
+            try:
+                with open(jwks_path + ".delay") as f:
+                    time.sleep(float(f.read()))
+            except OSError:
+                pass
             try:
                 with open(jwks_path, "rb") as f:
                     body = f.read()

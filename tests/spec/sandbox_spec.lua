@@ -162,6 +162,143 @@ describe("policy sandbox", function()
   end)
 end)
 
+describe("C library work (the byte budget)", function()
+  -- tests/fixtures/policies/cwork.lua: rules whose C library calls grow with
+  -- the caller's arguments. Without a byte budget each ran to the 50 ms time
+  -- budget, or past it (string.rep 90 ms, gsub 130 ms: a C call cannot be
+  -- interrupted); now each is refused within a few milliseconds.
+  local CWORK = "tests/fixtures/policies/cwork.lua"
+  local FAST = 0.015 -- the attacks below stop in ~2 ms; room for a loaded machine
+  local p
+  setup(function() p = assert(core.policy_load(CWORK)) end)
+  teardown(function() p:close() end)
+
+  local function args(t)
+    local parts = {}
+    for k, v in pairs(t) do
+      parts[#parts + 1] = string.format("%q:%s", k, type(v) == "string" and string.format("%q", v) or tostring(v))
+    end
+    return "{" .. table.concat(parts, ",") .. "}"
+  end
+  local long = ("a"):rep(60000) -- within the 64 KiB arguments limit
+
+  local function decide(name, a)
+    return pt.timed(function()
+      return p:decide { method = "tools/call", name = name, arguments_json = args(a) }
+    end)
+  end
+
+  -- tools.<name> with a long string repeated n times must be refused by
+  -- `fname` at the line holding `at`, quickly, and the next call is normal.
+  local function refused(name, fname, at, width)
+    -- the fastest of three runs: the machine is shared, the bound is ours
+    local d, dt = decide(name, { s = long, n = 100000, width = width or 64 })
+    for _ = 1, 2 do
+      local d2, dt2 = decide(name, { s = long, n = 100000, width = width or 64 })
+      assert.equal(d.error, d2.error)
+      dt = math.min(dt, dt2)
+    end
+    assert.equal("false", d.requirement)
+    local prefix = CWORK .. ":" .. pt.line_of(CWORK, at) .. ": tools." .. name .. ": "
+    assert.equal(prefix, (d.error or ""):sub(1, #prefix), d.error)
+    assert.matches("^" .. fname .. ": too much work for a policy %(about %d+ bytes to read or write, %d+ left of this call's byte budget of 1048576%)",
+      d.error:sub(#prefix + 1))
+    assert.is_true(dt < FAST, name .. " took " .. dt .. " s")
+    local ok = p:decide { method = "tools/call", name = "sub", arguments_json = args { s = "xyz", n = 3 } }
+    assert.equal('"demo:read"', ok.requirement)
+    assert.is_nil(ok.error)
+  end
+
+  it("stops string.rep", function() refused("rep", "string%.rep", "a.s:rep(") end)
+  it("stops gsub replacement work", function() refused("gsub", "string%.gsub", 'a.s:gsub(".", "%0%0")') end)
+  it("stops string.format", function() refused("format", "string%.format", 'string.format("%s|%s|%q"') end)
+  it("stops table.concat", function() refused("concat", "table%.concat", "table.concat(parts") end)
+  it("stops upper/lower/reverse", function()
+    refused("upper", "string%.%l+", "a.s:upper()")
+  end)
+  it("stops load of generated source", function() refused("load", "load", "load((", 1) end)
+  it("stops utf8 functions", function() refused("utf8", "utf8%.len", "utf8.len(a.s)") end)
+  it("stops tostring of huge things", function() refused("tostring", "tostring", "tostring(t) ..") end)
+  it("stops string.sub copies", function() refused("sub", "string%.sub", "a.s:sub(2)") end)
+
+  it("stops one gsub when its matches run out of budget", function()
+    local q = assert(core.policy_load(CWORK, { bytes = 100000 }))
+    local d = q:decide { method = "tools/call", name = "gsub", arguments_json = args { s = ("b"):rep(2000), n = 1 } }
+    assert.matches("tools%.gsub: string%.gsub: too much work for a policy %(about %d+ bytes to read or write, %d+ left of this call's byte budget of 100000%)", d.error)
+    -- small work passes under the same budget
+    d = q:decide { method = "tools/call", name = "gsub", arguments_json = args { s = ("b"):rep(100), n = 3 } }
+    assert.equal('"demo:read"', d.requirement)
+    q:close()
+  end)
+
+  it("honours a configured byte budget", function()
+    local q = assert(core.policy_load(CWORK, { bytes = 1000 }))
+    local d = q:decide { method = "tools/call", name = "rep", arguments_json = args { s = "ab", n = 1, width = 600 } }
+    assert.matches("string%.rep: too much work for a policy %(about 1200 bytes to read or write, 1000 left of this call's byte budget of 1000%)", d.error)
+    d = q:decide { method = "tools/call", name = "rep", arguments_json = args { s = "ab", n = 1, width = 400 } }
+    assert.equal('"demo:read"', d.requirement)
+    q:close()
+  end)
+
+  it("does not charge what does not grow with the arguments", function()
+    local dir = pt.tmpdir()
+    local path = pt.write(dir, "p.lua", [[
+return { scopes = { ["a:b"] = "x" }, tools = { busy = function(req)
+  local t = {}
+  for i = 1, 5000 do t[#t + 1] = ("%d"):format(i) end    -- short strings, appends
+  while #t > 0 do table.remove(t) end                     -- pops at the end
+  for i = 1, 5000 do local _ = ("abc"):upper() .. #t end
+  return "a:b"
+end } }
+]])
+    local q = assert(core.policy_load(path))
+    local d = q:decide { method = "tools/call", name = "busy" }
+    q:close()
+    pt.rmdir(dir)
+    assert.equal('"a:b"', d.requirement, d.error)
+  end)
+
+  it("gives every call its own budget", function()
+    for _ = 1, 20 do
+      local d = p:decide { method = "tools/call", name = "rep", arguments_json = args { s = long, n = 15, width = 1 } }
+      assert.equal('"demo:read"', d.requirement, d.error)
+    end
+  end)
+
+  it("refuses arguments larger than the limit before the rule runs", function()
+    local d, dt = decide("depth", { s = ("a"):rep(70000) })
+    assert.equal("false", d.requirement)
+    assert.matches("^" .. CWORK .. ":%d+: tools%.depth: req%.arguments is larger than a policy accepts %(more than 65536 bytes", d.error)
+    assert.is_true(dt < FAST, "took " .. dt)
+    d = decide("depth", { s = ("a"):rep(60000), t = "x" })
+    assert.equal('"demo:read"', d.requirement)
+    -- many small values count 8 bytes each
+    local many = {}
+    for i = 1, 9000 do many[i] = "1" end
+    d = p:decide { method = "tools/call", name = "depth", arguments_json = '{"a":[' .. table.concat(many, ",") .. "]}" }
+    assert.matches("req%.arguments is larger than a policy accepts", d.error)
+  end)
+
+  it("refuses arguments nested deeper than the limit", function()
+    local deep = function(n) return '{"a":' .. ("["):rep(n - 1) .. ("]"):rep(n - 1) .. "}" end
+    local d = p:decide { method = "tools/call", name = "depth", arguments_json = deep(17) }
+    assert.matches("tools%.depth: req%.arguments is nested deeper than a policy accepts %(more than 16 levels", d.error)
+    d = p:decide { method = "tools/call", name = "depth", arguments_json = deep(16) }
+    assert.equal('"demo:read"', d.requirement, d.error)
+  end)
+
+  it("honours configured argument limits", function()
+    local q = assert(core.policy_load(CWORK, { arguments_bytes = 100, arguments_depth = 2 }))
+    local d = q:decide { method = "tools/call", name = "depth", arguments_json = args { s = ("a"):rep(100) } }
+    assert.matches("more than 100 bytes", d.error)
+    d = q:decide { method = "tools/call", name = "depth", arguments_json = '{"a":[[1]]}' }
+    assert.matches("more than 2 levels", d.error)
+    d = q:decide { method = "tools/call", name = "depth", arguments_json = '{"a":[1]}' }
+    assert.equal('"demo:read"', d.requirement)
+    q:close()
+  end)
+end)
+
 describe("policy print", function()
   it("writes to the gateway log, prefixed with the policy file", function()
     local dir = pt.tmpdir()

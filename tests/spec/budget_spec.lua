@@ -1,0 +1,146 @@
+-- budget_spec.lua -- black-box: rules doing C library work driven by hostile
+-- arguments cannot take a worker's time from honest requests.
+--
+-- The real binary (two workers) runs tests/fixtures/policies/cwork.lua in
+-- front of tests/peers/echo_upstream.py. tests/peers/latency_probe.py runs
+-- four attacking connections (string.rep, gsub, format, table.concat,
+-- upper/lower/reverse, load, utf8, tostring on 60 KB arguments, each
+-- repeated 100,000 times) and one honest connection calling a static rule
+-- every 5 ms for 2 s, and reports the honest requests' latency. Before the byte budget each
+-- attack held its worker for 50-130 ms and the honest p99 followed; now each
+-- attack is refused in under a millisecond. The machine is shared (its quiet
+-- p99 alone reaches 4 ms at times), so the probe runs up to five rounds and
+-- the best round must be under 5 ms.
+local core = require "scopegate.core"
+local keys = require "keys"
+local procs = require "procs"
+
+local q, CLEAN = keys.q, keys.CLEAN
+local BUILD = assert(os.getenv("SG_BUILD_DIR"), "SG_BUILD_DIR not set (use tests/busted.sh)")
+local SCOPEGATE = BUILD .. "/scopegate"
+local ISS = "https://auth.example.com"
+local AUD = "https://cwork.example.com/mcp"
+local P99_MS = 5
+local ROUNDS = 5
+-- An ASan+UBSan build runs everything three to five times slower, and its
+-- quiet p99 alone can pass 5 ms: there the bound is that no attack holds
+-- the worker for its whole 50 ms time budget, as every one did before.
+local cache = io.open(BUILD .. "/CMakeCache.txt")
+local sanitized = cache and cache:read("a"):find("SG_SANITIZE:BOOL=ON", 1, true)
+if cache then cache:close() end
+if sanitized then P99_MS = 40 end
+
+describe("C library work under attack (real binary)", function()
+  local dir, key, up_pid, gw_pid, gw
+
+  setup(function()
+    dir = keys.tmpdir()
+    key = keys.gen(dir, "rsa", "rsa")
+    keys.write(dir .. "/cwork.lua", assert(keys.read("tests/fixtures/policies/cwork.lua")))
+    keys.write(dir .. "/policy.lua", string.format([[
+local p = require "cwork"
+p.resource = %q
+p.authorization_servers = { %q }
+return p
+]], AUD, ISS))
+    up_pid = procs.spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
+                         dir .. "/up.err")
+    local up = procs.wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
+    gw_pid = procs.spawn(table.concat({
+      q(SCOPEGATE), "serve --listen 127.0.0.1:0 --upstream", q("http://" .. up .. "/mcp"),
+      "--policy", q(dir .. "/policy.lua"), "--public-key", q(key.pub_file), "--issuer", q(ISS),
+      "--public-url", q(AUD), "--threads 2" }, " "), dir .. "/gw.out", dir .. "/gw.err")
+    gw = procs.wait_for(dir .. "/gw.err", "listening on (127%.0%.0%.1:%d+)", 10)
+  end)
+
+  teardown(function()
+    procs.stop(gw_pid)
+    procs.stop(up_pid)
+    if dir then os.execute(CLEAN .. "rm -rf " .. q(dir)) end
+  end)
+
+  local function request(token, tool, args)
+    return {
+      headers = { ["Content-Type"] = "application/json",
+                  Accept = "application/json, text/event-stream",
+                  Authorization = "Bearer " .. token },
+      body = keys.json { jsonrpc = "2.0", id = 1, method = "tools/call",
+                         params = { name = tool, arguments = args } },
+    }
+  end
+
+  local function probe(token, attackers)
+    local long = ("a"):rep(60000)
+    local attacks = {}
+    for _, tool in ipairs { "rep", "gsub", "format", "concat", "upper", "load", "utf8", "tostring" } do
+      attacks[#attacks + 1] = request(token, tool, { s = long, n = 100000, width = 64 })
+    end
+    local host, port = gw:match("^(.-):(%d+)$")
+    local cfg = dir .. "/probe.json"
+    keys.write(cfg, keys.json {
+      host = host, port = tonumber(port), path = "/mcp", attackers = attackers, duration = 2,
+      interval = 0.005, warmup = 0.3, honest = request(token, "ok", { note = "hello" }), attacks = attacks })
+    local p = io.popen(CLEAN .. "python3 tests/peers/latency_probe.py " .. q(cfg))
+    local out = p:read("a")
+    p:close()
+    return out, tonumber(out:match('"p99_ms": ([%d.]+)')), tonumber(out:match('"p50_ms": ([%d.]+)'))
+  end
+
+  it("denies arguments over the limits before the rule runs, as configured", function()
+    local token = assert(core.mint { alg = "RS256", key_file = key.priv_file, claims = keys.json {
+      iss = ISS, aud = AUD, sub = "probe", scope = "demo:read", exp = os.time() + 600 } })
+    local function post(base, args)
+      local req = request(token, "depth", args)
+      local h = {}
+      for k, v in pairs(req.headers) do h[#h + 1] = k .. ": " .. v end
+      return procs.http { url = "http://" .. base .. "/mcp", scratch = dir, method = "POST",
+                          headers = h, body = req.body }
+    end
+    assert.equal(200, post(gw, { s = ("a"):rep(60000) }).status)
+    local r = post(gw, { s = ("a"):rep(70000) })
+    assert.equal(403, r.status)
+    assert.matches("req%.arguments is larger than a policy accepts %(more than 65536 bytes",
+                   procs.read_file(dir .. "/gw.err"))
+    -- configured: 100 bytes, 2 levels
+    local pid = procs.spawn(table.concat({
+      q(SCOPEGATE), "serve --listen 127.0.0.1:0 --upstream http://127.0.0.1:9/mcp",
+      "--policy", q(dir .. "/policy.lua"), "--public-key", q(key.pub_file), "--issuer", q(ISS),
+      "--public-url", q(AUD), "--threads 1 --max-arguments 100 --max-arguments-depth 2" }, " "),
+      dir .. "/gw2.out", dir .. "/gw2.err")
+    local ok, err = pcall(function()
+      local gw2 = procs.wait_for(dir .. "/gw2.err", "listening on (127%.0%.0%.1:%d+)", 10)
+      assert.equal(403, post(gw2, { s = ("a"):rep(100) }).status)
+      assert.equal(403, post(gw2, { a = { { 1 } } }).status)
+      local log = procs.read_file(dir .. "/gw2.err")
+      assert.matches("more than 100 bytes", log)
+      assert.matches("more than 2 levels", log)
+      -- within the limits the rule runs (and the request is forwarded: 502, no upstream)
+      assert.equal(502, post(gw2, { a = { 1 } }).status)
+    end)
+    procs.stop(pid)
+    assert(ok, err)
+  end)
+
+  it("keeps an honest request's p99 under 5 ms while four connections attack", function()
+    local token = assert(core.mint { alg = "RS256", key_file = key.priv_file, claims = keys.json {
+      iss = ISS, aud = AUD, sub = "probe", scope = "demo:read", exp = os.time() + 600 } })
+    local _, quiet99, quiet50 = probe(token, 0)
+    local best, report = math.huge, {}
+    for _ = 1, ROUNDS do
+      local out, p99 = probe(token, 4)
+      report[#report + 1] = out
+      -- every honest request was forwarded, every attack refused (403)
+      assert.matches('"honest_status": {"200": %d+}', out)
+      assert.is_true(tonumber(out:match('"200": (%d+)')) >= 100, out)
+      assert.matches('"attack_status": {"403": %d+}', out)
+      assert.is_true(tonumber(out:match('"attacks": (%d+)')) >= 20, out)
+      best = math.min(best, p99)
+      if best < P99_MS then break end
+    end
+    print(string.format("\n  honest latency: quiet p50 %.2f ms p99 %.2f ms; under attack best p99 %.2f ms\n  %s",
+      quiet50, quiet99, best, table.concat(report, "\n  ")))
+    assert.is_true(best < P99_MS, "honest p99 under attack: " .. table.concat(report, "\n"))
+    local err = procs.read_file(dir .. "/gw.err")
+    assert.matches("too much work for a policy", err)
+  end)
+end)

@@ -12,8 +12,9 @@
  * The caller holds notes:read, so of the tools only "search" and "ping" may
  * ever be listed, and of the prompts only "summarize". With
  * SG_FUZZ_STRICT_FILTER=1 in the environment, every answer the filter lets
- * through is read back as a client would (sg_sse_next, then cJSON) and
- * must list nothing else: a list that cannot be filtered must never pass. */
+ * through is read back as a client would (sg_sse_next, then cJSON): each
+ * message must be JSON and list nothing else. A list that cannot be
+ * filtered must never pass. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,10 +163,16 @@ static void check_message(const cJSON *m)
     }
 }
 
+/* What passed the filter is JSON (the filter re-prints what it changed and
+ * passes on only what it parsed), and lists nothing hidden. */
 static void check_json(const char *p, size_t len)
 {
     cJSON *root = cJSON_ParseWithLength(p, len);
-    if (root) check_message(root);
+    if (!root) {
+        fprintf(stderr, "fuzz_filter: an answer that is not JSON passed the filter\n");
+        abort();
+    }
+    check_message(root);
     cJSON_Delete(root);
 }
 
@@ -197,7 +204,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (sse) {
             pos = 0;
             while (sg_sse_next(out.data ? out.data : "", out.len, &pos, &ev) == 1)
-                check_json(ev.data ? ev.data : "", ev.len);
+                if (ev.len) check_json(ev.data, ev.len);
         } else {
             check_json(out.data ? out.data : "", out.len);
         }

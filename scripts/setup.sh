@@ -5,6 +5,9 @@
 # The Debian packages the C build needs.
 SG_BUILD_DEBS=(build-essential pkg-config cmake liblua5.4-dev lua5.4 libmicrohttpd-dev
                libcjson-dev libjwt-dev libssl-dev libcurl4-openssl-dev openssl curl)
+# What the libFuzzer targets (fuzz/, scripts/fuzz) add: clang, its
+# sanitizer and libFuzzer runtimes, and llvm-symbolizer for readable reports.
+SG_FUZZ_DEBS=(clang libclang-rt-dev llvm)
 
 # sg_install_debs PKG... -- apt-get installs the packages that are missing.
 sg_install_debs() {

@@ -336,8 +336,11 @@ static int close_object(scanner *s, const frame *f)
     size_t n = total - f->first_key;
     key_entry *k = keys ? keys + f->first_key : NULL;
     const key_entry *dup = NULL;
+    /* Only empty keys so far leave the store unallocated (NULL + 0 is
+     * undefined behaviour). */
+    const char *store = s->key_store.data ? s->key_store.data : "";
     for (size_t i = 0; i < n; i++)
-        k[i].bytes = s->key_store.data + k[i].store_off;
+        k[i].bytes = store + k[i].store_off;
     if (n > 1 && n <= PAIRWISE_KEY_LIMIT) {
         for (size_t j = 1; j < n; j++)
             for (size_t i = 0; i < j; i++)

@@ -1188,7 +1188,9 @@ char *sg_transfer_take_body(sg_transfer *t, size_t *len)
         if (t->data_off == 0 && t->data.data) {
             body = sg_buf_steal(&t->data);
         } else if ((body = malloc(*len + 1))) {
-            memcpy(body, t->data.data + t->data_off, *len);
+            /* An empty answer leaves the buffer unallocated: no NULL + 0. */
+            if (*len) memcpy(body, t->data.data + t->data_off, *len);
+            body[*len] = '\0';
             sg_buf_reset(&t->data);
         }
         t->data_off = 0;

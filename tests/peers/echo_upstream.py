@@ -62,7 +62,7 @@ LISTS = {
 }
 
 MODES = {"sse", "slow", "die", "die_mid_stream", "garbage", "big", "status", "close_after",
-         "add_tool"}
+         "add_tool", "empty"}
 ADDED_TOOLS = []  # tools/list's second page: what add_tool added
 
 
@@ -179,6 +179,13 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"\x00\x01garbage that is not HTTP\r\n\r\n")
             self.wfile.flush()
             self._drop()
+            return
+        if mode == "empty" or (method in LISTS and isinstance(params, dict)
+                               and params.get("cursor") == "empty"):
+            self.send_response(200)  # a 200 with an empty body
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if mode == "slow":
             time.sleep(float(args.get("seconds", 3)))

@@ -24,6 +24,7 @@ return {
   tools = {
     echo = "echo:read", sse = "echo:read", slow = "echo:read", die = "echo:read",
     die_mid_stream = "echo:read", garbage = "echo:read", big = "echo:read", close_after = "echo:read",
+    empty = "echo:read",
     write = "echo:write",
     both = { all_of = { "echo:read", "echo:write" } },
     ping = "public",
@@ -396,6 +397,15 @@ describe("scopegate serve", function()
       r = post(call(22, "garbage"), mint("echo:read"))
       assert.are.equal(502, r.status)
       assert.truthy(r.body:find('"id":22', 1, true))
+    end)
+
+    it("passes an empty answer through, and answers 502 for an empty list (fuzz_proxy found it)", function()
+      local r = post(call(23, "empty"), mint("echo:read"))
+      assert.are.equal(200, r.status)
+      assert.are.equal("", r.body)
+      r = post(rpc(24, "tools/list", '{"cursor":"empty"}'), mint("echo:read"))
+      assert.are.equal(502, r.status)
+      assert.truthy(r.body:find('"id":24', 1, true), r.body)
     end)
 
     it("ends a stream that dies mid-way with an error event carrying the id", function()

@@ -325,6 +325,14 @@ describe("mcp_parse: duplicate keys", function()
     assert.is_true(os.clock() - t0 < 2.0)
   end)
 
+  it("takes an empty key once and refuses it twice (fuzz/corpus/json/regress-empty-key)", function()
+    local m = single(req [[,"id":1,"method":"tools/call","params":{"name":"e","arguments":{"":{"":1}}}]])
+    assert.equal(1, m.arguments[""][""])
+    local body = req [[,"id":1,"method":"tools/call","params":{"name":"e","arguments":{"":1,"":2}}]]
+    local at = body:find('"":2', 1, true) - 1
+    assert.same({ INVALID, ('Invalid Request: duplicate key "" at byte %d'):format(at) }, { fails(body) })
+  end)
+
   it("quotes at most 64 bytes of a long key", function()
     local key = ("\xC3\xA9"):rep(40)
     local code, msg = fails('{"' .. key .. '":1,"' .. key .. '":2}')

@@ -1,0 +1,95 @@
+/* fuzz_json.c -- libFuzzer target: the strict JSON pre-scan (src/json.c) and
+ * the MCP message parse on top of it (src/mcp.c).
+ *
+ * The input is a request body. Besides the sanitizers, it checks what the
+ * gateway relies on: whatever the pre-scan accepts, cJSON accepts too (the
+ * parse never reports the two parsers disagreeing); every id span lies inside
+ * the body; what sg_json_append_string and sg_mcp_error_render produce is
+ * JSON the pre-scan accepts. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "mcp.h"
+#include "sg.h"
+
+#define CHECK(c)                                                                                   \
+    do {                                                                                           \
+        if (!(c)) abort();                                                                         \
+    } while (0)
+
+static void check_is_json(const sg_buf *b)
+{
+    if (!sg_buf_ok(b)) return; /* out of memory is not a finding */
+    sg_json_scan s;
+    sg_json_error e;
+    sg_json_limits lim = {SG_JSON_MAX_DEPTH_CAP, 0};
+    /* Valid JSON; a NUL byte is written as \u0000, which is JSON but which
+     * the pre-scan refuses on purpose (cJSON would truncate there). */
+    CHECK(sg_json_prescan(b->data, b->len, &lim, &s, &e) == 0 || e.kind == SG_JSON_ERR_NUL_ESCAPE);
+    sg_json_scan_free(&s);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    const char *body = (const char *)data;
+
+    /* The pre-scan alone, with a small element limit as a batch would have. */
+    sg_json_limits lim = {16, 8};
+    sg_json_scan scan;
+    sg_json_error err;
+    if (sg_json_prescan(body, size, &lim, &scan, &err) == 0) {
+        for (size_t i = 0; i < scan.nmessages; i++) {
+            const sg_json_span *sp = &scan.id_spans[i];
+            CHECK(sp->off <= size && sp->len <= size - sp->off);
+            if (sp->len) (void)sg_json_is_id_literal(body + sp->off, sp->len);
+        }
+    } else {
+        CHECK(err.kind != SG_JSON_OK && err.offset <= size);
+        CHECK(memchr(err.message, '\0', sizeof err.message) != NULL);
+    }
+    sg_json_scan_free(&scan);
+    (void)sg_json_is_id_literal(body, size);
+
+    /* Any bytes quoted as a JSON string are a valid JSON string. */
+    sg_buf quoted = SG_BUF_INIT;
+    sg_json_append_string(&quoted, body, size);
+    check_is_json(&quoted);
+    sg_buf_free(&quoted);
+
+    /* The MCP parse, with the gateway's default limits. */
+    sg_mcp_limits ml = SG_MCP_LIMITS_DEFAULT;
+    sg_mcp_body mb;
+    int rc = sg_mcp_parse(body, size, &ml, &mb);
+    /* The pre-scan accepted what cJSON then refused: the two disagree. */
+    CHECK(
+        !(rc == SG_JSONRPC_PARSE_ERROR && strstr(mb.error_message, "rejected by the JSON parser")));
+    sg_buf out = SG_BUF_INIT;
+    for (size_t i = 0; i < mb.nmsgs; i++) {
+        const sg_mcp_msg *m = &mb.msgs[i];
+        sg_buf_reset(&out);
+        sg_mcp_error_render(&out, m->id_raw, m->id_len, m->error_code ? m->error_code : -32000,
+                            m->kind == SG_MCP_INVALID ? m->error_message
+                                                      : (m->method ? m->method : "response"),
+                            m->params);
+        check_is_json(&out);
+    }
+    if (rc != 0) {
+        sg_buf_reset(&out);
+        sg_mcp_error_render(&out, mb.nmsgs ? mb.msgs[0].id_raw : NULL,
+                            mb.nmsgs ? mb.msgs[0].id_len : 0, rc, mb.error_message, NULL);
+        check_is_json(&out);
+    } else if (!mb.is_batch) {
+        char msg[128];
+        const sg_mcp_msg *m = &mb.msgs[0];
+        (void)sg_mcp_check_headers(&mb, SG_MCP_HEADERS_VERSION, m->method, m->name, msg,
+                                   sizeof msg);
+        (void)sg_mcp_check_headers(&mb, SG_MCP_HEADERS_VERSION, "tools/call",
+                                   "=?base64?eA==?=", msg, sizeof msg);
+    }
+    sg_buf_free(&out);
+    sg_mcp_body_free(&mb);
+    return 0;
+}

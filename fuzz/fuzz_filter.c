@@ -81,7 +81,12 @@ static void plan(sg_gateway_reply *out, const char *body, const char *authz)
         {"MCP-Protocol-Version", "2025-06-18"},
         {"Authorization", authz},
     };
-    sg_gateway_request req = {0, "POST", h, authz ? 4 : 3, body, strlen(body)};
+    sg_gateway_request req = {.worker = 0,
+                              .method = "POST",
+                              .headers = h,
+                              .nheaders = authz ? 4 : 3,
+                              .body = body,
+                              .body_len = strlen(body)};
     sg_gateway_reply_init(out);
     if (sg_gateway_handle(gw, &req, out) != 0 || !out->filter) {
         fprintf(stderr, "fuzz_filter: planning %s failed: %d %.*s\n", body, out->status,

@@ -81,6 +81,7 @@ typedef struct http_worker {
 struct sg_http {
     sg_http_config cfg;
     uint16_t port;
+    char port_text[8]; /* the bound port in decimal, for the Host check */
     unsigned nworkers;
     http_worker *workers;
     atomic_int stopping;
@@ -258,11 +259,9 @@ static int host_allowed(const sg_http *h, const char *host)
         return 0;
     for (const char *const *a = list; a && *a; a++)
         if (host_matches(*a, host, nlen, port)) return 1;
-    char bound[8];
-    snprintf(bound, sizeof bound, "%u", (unsigned)h->port);
     for (const char *const *a = own; a && *a; a++)
         if (strlen(*a) == nlen && strncasecmp(*a, host, nlen) == 0 &&
-            ((port && strcmp(port, bound) == 0) || (!port && h->port == 80)))
+            ((port && strcmp(port, h->port_text) == 0) || (!port && h->port == 80)))
             return 1;
     return 0;
 }
@@ -1106,6 +1105,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
             const union MHD_DaemonInfo *di =
                 MHD_get_daemon_info(w->daemon, MHD_DAEMON_INFO_BIND_PORT);
             h->port = di ? di->port : cfg->port;
+            snprintf(h->port_text, sizeof h->port_text, "%u", (unsigned)h->port);
         }
         const union MHD_DaemonInfo *ei = MHD_get_daemon_info(w->daemon, MHD_DAEMON_INFO_EPOLL_FD);
         w->epfd = epoll_create1(EPOLL_CLOEXEC);

@@ -273,6 +273,19 @@ static cJSON *find_response(const exchange *x, int id)
     return found;
 }
 
+/* Resets the handle to the options every exchange with the upstream
+ * shares. */
+static void exchange_defaults(CURL *c, const sg_catalog_config *cfg)
+{
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, cfg->upstream_url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)cfg->timeout_ms);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "scopegate/" SG_VERSION);
+    if (cfg->ca_file) curl_easy_setopt(c, CURLOPT_CAINFO, cfg->ca_file);
+}
+
 typedef struct session {
     CURL *curl;
     const sg_catalog_config *cfg;
@@ -297,18 +310,13 @@ static long post(session *s, const char *json, exchange *x, char *err, size_t er
         h = curl_slist_append(h, line);
     }
     CURL *c = s->curl;
-    curl_easy_reset(c);
-    curl_easy_setopt(c, CURLOPT_URL, s->cfg->upstream_url);
+    exchange_defaults(c, s->cfg);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, json);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, x);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)s->cfg->timeout_ms);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (s->cfg->ca_file) curl_easy_setopt(c, CURLOPT_CAINFO, s->cfg->ca_file);
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(h);
     if (rc != CURLE_OK) {
@@ -428,14 +436,10 @@ out:
         struct curl_slist *h = NULL;
         snprintf(line, sizeof line, "Mcp-Session-Id: %s", s.id);
         h = curl_slist_append(h, line);
-        curl_easy_reset(s.curl);
-        curl_easy_setopt(s.curl, CURLOPT_URL, cfg->upstream_url);
+        exchange_defaults(s.curl, cfg);
         curl_easy_setopt(s.curl, CURLOPT_CUSTOMREQUEST, "DELETE");
         curl_easy_setopt(s.curl, CURLOPT_HTTPHEADER, h);
         curl_easy_setopt(s.curl, CURLOPT_NOBODY, 1L);
-        curl_easy_setopt(s.curl, CURLOPT_TIMEOUT_MS, (long)cfg->timeout_ms);
-        curl_easy_setopt(s.curl, CURLOPT_NOSIGNAL, 1L);
-        if (cfg->ca_file) curl_easy_setopt(s.curl, CURLOPT_CAINFO, cfg->ca_file);
         curl_easy_perform(s.curl);
         curl_slist_free_all(h);
     }

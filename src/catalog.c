@@ -21,6 +21,12 @@
 #include "sg.h"
 #include "sse.h"
 
+const cJSON *sg_catalog_no_hints(void)
+{
+    static const cJSON empty = {.type = cJSON_Object};
+    return &empty;
+}
+
 /* ---- snapshots ------------------------------------------------------------------- */
 
 typedef struct entry {
@@ -156,8 +162,8 @@ static sg_catalog_snap *merge(const sg_catalog_snap *base, const cJSON *tools)
         if (!cJSON_IsString(name) || !name->valuestring[0]) continue;
         const cJSON *ann = cJSON_GetObjectItemCaseSensitive(t, "annotations");
         /* A listed tool without annotations is known: it has no hints. */
-        static const cJSON no_hints = {.type = cJSON_Object};
-        if (push_copy(k, &n, name->valuestring, cJSON_IsObject(ann) ? ann : &no_hints) != 0)
+        if (push_copy(k, &n, name->valuestring,
+                      cJSON_IsObject(ann) ? ann : sg_catalog_no_hints()) != 0)
             goto fail;
     }
     for (size_t i = 0; i < nbase; i++)
@@ -183,10 +189,32 @@ fail:
     return NULL;
 }
 
+/* 1 when the snapshot already holds every tool of the list with the same
+ * annotations: the usual case, since clients list often and tools change
+ * rarely, and it costs lookups instead of a copy of the catalogue. */
+static int already_known(const sg_catalog_snap *s, const cJSON *tools)
+{
+    const cJSON *t;
+    cJSON_ArrayForEach(t, tools)
+    {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(t, "name");
+        if (!cJSON_IsString(name) || !name->valuestring[0]) continue;
+        const cJSON *ann = cJSON_GetObjectItemCaseSensitive(t, "annotations");
+        const cJSON *known = sg_catalog_annotations(s, name->valuestring);
+        if (!known || !cJSON_Compare(known, cJSON_IsObject(ann) ? ann : sg_catalog_no_hints(), 1))
+            return 0;
+    }
+    return 1;
+}
+
 int sg_catalog_learn(sg_catalog *c, const cJSON *tools)
 {
     if (!cJSON_IsArray(tools)) return -1;
     const sg_catalog_snap *base = sg_catalog_acquire(c);
+    if (already_known(base, tools)) {
+        sg_catalog_release(base);
+        return 0;
+    }
     sg_catalog_snap *s = merge(base, tools);
     sg_catalog_release(base);
     if (!s) return -1;

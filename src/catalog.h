@@ -69,6 +69,10 @@ const cJSON *sg_catalog_annotations(const sg_catalog_snap *s, const char *tool);
 /* Number of tools in a snapshot. */
 size_t sg_catalog_size(const sg_catalog_snap *s);
 
+/* The annotations of a tool listed without any: an empty object (every
+ * hint takes the MCP specification's default). Static; can't fail. */
+const cJSON *sg_catalog_no_hints(void);
+
 /* One fetch, synchronously (the thread's work; exposed for tests): an MCP
  * session with the upstream that lists every tool. On success *tools is a
  * new cJSON array of the Tool objects (cJSON_Delete it) and 0 is returned;

@@ -953,11 +953,10 @@ static int filter_result(list_ctx *c, int kind, cJSON *result)
         int keep = 0;
         if (cJSON_IsString(name) && name->valuestring) {
             /* A listed tool is known: without annotations it has no hints. */
-            static const cJSON no_hints = {.type = cJSON_Object};
             const cJSON *ann = NULL;
             if (kind == SG_FILTER_TOOLS) {
                 ann = cJSON_GetObjectItemCaseSensitive(item, "annotations");
-                if (!cJSON_IsObject(ann)) ann = &no_hints;
+                if (!cJSON_IsObject(ann)) ann = sg_catalog_no_hints();
             }
             sg_policy_input in = {.phase = SG_PHASE_LIST,
                                   .method = lists[kind].method,

@@ -57,13 +57,16 @@ static size_t parse(sg_http1 *p, run *r, const uint8_t *sizes, size_t nsizes, co
         size_t want = nsizes ? (size_t)sizes[piece++ % nsizes] + 1 : n - off;
         if (want > n - off) want = n - off;
         size_t fed = 0;
-        /* A paused parser gets the rest of its piece again (at most twice in a
-         * row: the callback pauses only every other call). */
-        for (int tries = 0; fed < want && tries < 64; tries++) {
+        /* A paused parser gets the rest of its piece again, as often as it
+         * makes progress: a piece may hold any number of chunks, each paused
+         * once. The callback pauses only every other call, so three feeds in
+         * a row that consume nothing mean it is stuck. */
+        for (int idle = 0; fed < want && idle < 3;) {
             size_t got = sg_http1_feed(p, data + off + fed, want - fed, &sink);
             CHECK(got <= want - fed);
             fed += got;
             if (p->state == SG_HTTP1_DONE || p->state == SG_HTTP1_ERROR) break;
+            idle = got ? 0 : idle + 1;
         }
         off += fed;
         if (fed < want && p->state != SG_HTTP1_DONE && p->state != SG_HTTP1_ERROR)

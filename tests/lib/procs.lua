@@ -77,6 +77,34 @@ function M.stop(pid, seconds)
   return false
 end
 
+-- The scopegate binary under test ($SG_BUILD_DIR, set by tests/busted.sh).
+M.SCOPEGATE = assert(os.getenv("SG_BUILD_DIR"), "SG_BUILD_DIR not set (use tests/busted.sh)") ..
+              "/scopegate"
+
+-- Starts tests/peers/echo_upstream.py on a free loopback port, logging into
+-- dir; returns its pid and "127.0.0.1:PORT".
+function M.echo_upstream(dir)
+  local pid = M.spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
+                      dir .. "/up.err")
+  return pid, M.wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
+end
+
+-- Starts `scopegate serve --listen 127.0.0.1:0 ARGS` with its log (stderr)
+-- in `log`, a file of its own: a reused one could still show an earlier
+-- gateway's "listening on" line before the shell truncates it. Returns the
+-- pid and "127.0.0.1:PORT" once it listens; one that does not listen
+-- within 10 s is stopped and the error names its log.
+function M.start_gateway(args, log)
+  local pid = M.spawn("exec " .. q(M.SCOPEGATE) .. " serve --listen 127.0.0.1:0 " .. args,
+                      log .. ".out", log)
+  local ok, addr = pcall(M.wait_for, log, "listening on (127%.0%.0%.1:%d+)", 10)
+  if not ok then
+    M.stop(pid)
+    error(addr, 2)
+  end
+  return pid, addr
+end
+
 -- One HTTP exchange. opts: url (required), scratch (a directory for the
 -- request and response files), method, headers (list of "Name: value"),
 -- body, body_file, max_time. Returns { status, headers (lower-case names,

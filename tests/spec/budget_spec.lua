@@ -43,9 +43,8 @@ p.resource = %q
 p.authorization_servers = { %q }
 return p
 ]], AUD, ISS))
-    up_pid = procs.spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
-                         dir .. "/up.err")
-    local up = procs.wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
+    local up
+    up_pid, up = procs.echo_upstream(dir)
     gw_pid = procs.spawn(table.concat({
       q(SCOPEGATE), "serve --listen 127.0.0.1:0 --upstream", q("http://" .. up .. "/mcp"),
       "--policy", q(dir .. "/policy.lua"), "--public-key", q(key.pub_file), "--issuer", q(ISS),

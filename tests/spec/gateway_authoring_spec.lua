@@ -71,9 +71,7 @@ describe("scopegate serve, as a policy author expects", function()
   setup(function()
     dir = keys.tmpdir()
     key = keys.gen(dir, "rsa", "rsa")
-    up_pid = spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
-                   dir .. "/up.err")
-    up = wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
+    up_pid, up = procs.echo_upstream(dir)
   end)
 
   teardown(function()

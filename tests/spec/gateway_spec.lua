@@ -111,9 +111,7 @@ describe("scopegate serve", function()
     dir = keys.tmpdir()
     key = keys.gen(dir, "rsa", "rsa")
     keys.write(dir .. "/policy.lua", POLICY)
-    up_pid = spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
-                   dir .. "/up.err")
-    up = wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
+    up_pid, up = procs.echo_upstream(dir)
     start_gateway()
   end)
 

@@ -12,8 +12,7 @@ local keys = require "keys"
 local procs = require "procs"
 
 local q, CLEAN = keys.q, keys.CLEAN
-local BUILD = assert(os.getenv("SG_BUILD_DIR"), "SG_BUILD_DIR not set (use tests/busted.sh)")
-local SCOPEGATE = BUILD .. "/scopegate"
+local SCOPEGATE = procs.SCOPEGATE
 
 local POLICY = [[
 return {
@@ -153,9 +152,7 @@ describe("strict HTTP/1.1 request framing", function()
     dir = keys.tmpdir()
     local key = keys.gen(dir, "rsa", "rsa")
     keys.write(dir .. "/policy.lua", POLICY)
-    up_pid = procs.spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
-                         dir .. "/up.err")
-    up = procs.wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
+    up_pid, up = procs.echo_upstream(dir)
     gw_pid = procs.spawn(table.concat({ q(SCOPEGATE), "serve --listen 127.0.0.1:0 --upstream",
       q("http://" .. up .. "/mcp"), "--policy", q(dir .. "/policy.lua"), "--public-key",
       q(key.pub_file) }, " "), dir .. "/gw.out", dir .. "/gw.err")

@@ -13,8 +13,7 @@ local keys = require "keys"
 local procs = require "procs"
 
 local q, CLEAN = keys.q, keys.CLEAN
-local BUILD = assert(os.getenv("SG_BUILD_DIR"), "SG_BUILD_DIR not set (use tests/busted.sh)")
-local SCOPEGATE = BUILD .. "/scopegate"
+local SCOPEGATE = procs.SCOPEGATE
 local ISS = "https://auth.example.com"
 local AUD = "https://echo.example.com/mcp"
 local DELAY = 2 -- seconds the slow JWKS endpoint takes per answer
@@ -56,9 +55,8 @@ describe("unknown-kid refetch off the worker (real binary, one worker)", functio
     write_jwks { keys.jwk(k1, "k1") }
     srv = keys.jwks_server(dir, jwks_path)
     keys.write(dir .. "/policy.lua", POLICY)
-    up_pid = procs.spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
-                         dir .. "/up.err")
-    local up = procs.wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
+    local up
+    up_pid, up = procs.echo_upstream(dir)
     gw_pid = procs.spawn(table.concat({
       q(SCOPEGATE), "serve --listen 127.0.0.1:0 --upstream", q("http://" .. up .. "/mcp"),
       "--policy", q(dir .. "/policy.lua"), "--jwks", q(srv.url), "--issuer", q(ISS),

@@ -8,8 +8,6 @@ local keys = require "keys"
 local procs = require "procs"
 
 local q, CLEAN = keys.q, keys.CLEAN
-local BUILD = assert(os.getenv("SG_BUILD_DIR"), "SG_BUILD_DIR not set (use tests/busted.sh)")
-local SCOPEGATE = BUILD .. "/scopegate"
 local PUBLIC = "https://mcp.example.com/mcp"
 
 local function free_port()
@@ -27,14 +25,11 @@ describe("nginx in front of scopegate (examples/nginx)", function()
              " -out " .. q(dir .. "/tls.pem"))
     keys.write(dir .. "/policy.lua", 'return { resource = "' .. PUBLIC .. '", scopes = { r = "R" }, ' ..
                'tools = { echo = "r", sse = "r" } }\n')
-    up_pid = procs.spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
-                         dir .. "/up.err")
-    local up = procs.wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
-    gw_pid = procs.spawn("exec " .. q(SCOPEGATE) .. " serve --listen 127.0.0.1:0 --upstream " ..
-                         q("http://" .. up .. "/mcp") .. " --policy " .. q(dir .. "/policy.lua") ..
-                         " --public-key " .. q(key.pub_file) .. " --public-url " .. PUBLIC,
-                         dir .. "/gw.out", dir .. "/gw.err")
-    local gw = procs.wait_for(dir .. "/gw.err", "listening on (127%.0%.0%.1:%d+)", 10)
+    local up, gw
+    up_pid, up = procs.echo_upstream(dir)
+    gw_pid, gw = procs.start_gateway("--upstream " .. q("http://" .. up .. "/mcp") .. " --policy " ..
+                                     q(dir .. "/policy.lua") .. " --public-key " .. q(key.pub_file) ..
+                                     " --public-url " .. PUBLIC, dir .. "/gw.err")
     port = free_port()
     local server = keys.read("examples/nginx/scopegate.conf")
       :gsub("listen 443 ssl;", "listen 127.0.0.1:" .. port .. " ssl;")

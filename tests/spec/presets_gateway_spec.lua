@@ -16,8 +16,6 @@ local keys = require "keys"
 local procs = require "procs"
 
 local q, CLEAN = keys.q, keys.CLEAN
-local BUILD = assert(os.getenv("SG_BUILD_DIR"), "SG_BUILD_DIR not set (use tests/busted.sh)")
-local SCOPEGATE = BUILD .. "/scopegate"
 local AUD = "https://journal.example.com/mcp"
 local NODE = "tests/peers/node_modules/node/bin/node"
 local EXAMPLES = { "catch_all", "read_write", "per_resource", "by_annotations", "journal" }
@@ -103,12 +101,11 @@ describe("example policies through the gateway", function()
     it(name .. ": every case of " .. name .. ".test.lua holds on the wire", function()
       local spec = load_cases("policies/examples/" .. name .. ".test.lua")
       local err = dir .. "/" .. name .. ".err"
-      local pid = procs.spawn("exec " .. q(SCOPEGATE) .. " serve --listen 127.0.0.1:0 --upstream " ..
-                              q(upstream) .. " --policy " .. q("policies/examples/" .. name .. ".lua") ..
-                              " --public-key " .. q(key.pub_file) .. " --key-alg RS256 --audience " ..
-                              q(AUD), dir .. "/" .. name .. ".out", err)
+      local pid, gw = procs.start_gateway("--upstream " .. q(upstream) .. " --policy " ..
+                                          q("policies/examples/" .. name .. ".lua") ..
+                                          " --public-key " .. q(key.pub_file) ..
+                                          " --key-alg RS256 --audience " .. q(AUD), err)
       local ok, failure = pcall(function()
-        local gw = procs.wait_for(err, "listening on (127%.0%.0%.1:%d+)", 10)
         if name == "by_annotations" then
           procs.wait_for(err, "tool catalogue: (%d+) tools", 10)
         end
@@ -173,14 +170,11 @@ local p = presets.by_annotations { prefix = "echo", resource = "https://echo.exa
 p.tools.add_tool = "echo:tools:write"
 return p
 ]])
-    up_pid = procs.spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
-                         dir .. "/up.err")
-    up = procs.wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
+    up_pid, up = procs.echo_upstream(dir)
     gw_err = dir .. "/gw.err"
-    gw_pid = procs.spawn("exec " .. q(SCOPEGATE) .. " serve --listen 127.0.0.1:0 --upstream " ..
-                         q("http://" .. up .. "/mcp") .. " --policy " .. q(dir .. "/policy.lua") ..
-                         " --public-key " .. q(key.pub_file), dir .. "/gw.out", gw_err)
-    gw = procs.wait_for(gw_err, "listening on (127%.0%.0%.1:%d+)", 10)
+    gw_pid, gw = procs.start_gateway("--upstream " .. q("http://" .. up .. "/mcp") .. " --policy " ..
+                                     q(dir .. "/policy.lua") .. " --public-key " .. q(key.pub_file),
+                                     gw_err)
   end)
 
   teardown(function()

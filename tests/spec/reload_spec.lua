@@ -8,8 +8,6 @@ local keys = require "keys"
 local procs = require "procs"
 
 local q, CLEAN = keys.q, keys.CLEAN
-local BUILD = assert(os.getenv("SG_BUILD_DIR"), "SG_BUILD_DIR not set (use tests/busted.sh)")
-local SCOPEGATE = BUILD .. "/scopegate"
 local AUD = "https://reload.example.com/mcp"
 
 describe("SIGHUP with a --jwks URL", function()
@@ -25,15 +23,11 @@ describe("SIGHUP with a --jwks URL", function()
     srv = keys.jwks_server(dir, dir .. "/jwks.json")
     keys.write(dir .. "/policy.lua", 'return { resource = "' .. AUD .. '", scopes = { r = "R" }, ' ..
                'tools = { echo = "r" } }\n')
-    up_pid = procs.spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
-                         dir .. "/up.err")
-    up = procs.wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
+    up_pid, up = procs.echo_upstream(dir)
     gw_err = dir .. "/gw.err"
-    gw_pid = procs.spawn("exec " .. q(SCOPEGATE) .. " serve --listen 127.0.0.1:0 --upstream " ..
-                         q("http://" .. up .. "/mcp") .. " --policy " .. q(dir .. "/policy.lua") ..
-                         " --jwks " .. q(srv.url) .. " --jwks-ttl 3600 --jwks-refetch 3600",
-                         dir .. "/gw.out", gw_err)
-    gw = procs.wait_for(gw_err, "listening on (127%.0%.0%.1:%d+)", 10)
+    gw_pid, gw = procs.start_gateway("--upstream " .. q("http://" .. up .. "/mcp") .. " --policy " ..
+                                     q(dir .. "/policy.lua") .. " --jwks " .. q(srv.url) ..
+                                     " --jwks-ttl 3600 --jwks-refetch 3600", gw_err)
   end)
 
   teardown(function()

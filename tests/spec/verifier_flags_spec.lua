@@ -6,8 +6,7 @@ local keys = require "keys"
 local procs = require "procs"
 
 local q, CLEAN = keys.q, keys.CLEAN
-local BUILD = assert(os.getenv("SG_BUILD_DIR"), "SG_BUILD_DIR not set (use tests/busted.sh)")
-local SCOPEGATE = BUILD .. "/scopegate"
+local SCOPEGATE = procs.SCOPEGATE
 local AUD = "https://verifier.example.com/mcp"
 
 describe("verifier settings", function()
@@ -20,9 +19,7 @@ describe("verifier settings", function()
     keys.write(dir .. "/jwks.json", keys.jwks { keys.jwk(rsa, "r1"), keys.jwk(ec, "e1") })
     keys.write(dir .. "/policy.lua", 'return { resource = "' .. AUD .. '", scopes = { r = "R" }, ' ..
                'tools = { echo = "r" } }\n')
-    up_pid = procs.spawn("exec python3 tests/peers/echo_upstream.py --port 0", dir .. "/up.out",
-                         dir .. "/up.err")
-    up = procs.wait_for(dir .. "/up.out", "listening on (127%.0%.0%.1:%d+)", 10)
+    up_pid, up = procs.echo_upstream(dir)
   end)
 
   teardown(function()
@@ -30,17 +27,16 @@ describe("verifier settings", function()
     if dir then os.execute(CLEAN .. "rm -rf " .. q(dir)) end
   end)
 
-  -- Runs a gateway with extra flags, calls f(gw_address), stops it. Each
-  -- gateway logs to a file of its own: a reused one could still show the
-  -- previous gateway's "listening on" line before the shell truncates it.
+  -- Runs a gateway with extra flags, calls f(gw_address), stops it (each
+  -- with a log file of its own, as procs.start_gateway asks).
   local started = 0
   local function with_gateway(extra, f)
     started = started + 1
-    local err = dir .. "/gw" .. started .. ".err"
-    local pid = procs.spawn("exec " .. q(SCOPEGATE) .. " serve --listen 127.0.0.1:0 --upstream " ..
-                            q("http://" .. up .. "/mcp") .. " --policy " .. q(dir .. "/policy.lua") ..
-                            " --jwks " .. q(dir .. "/jwks.json") .. " " .. extra, dir .. "/gw.out", err)
-    local ok, failure = pcall(function() f(procs.wait_for(err, "listening on (127%.0%.0%.1:%d+)", 10)) end)
+    local pid, gw = procs.start_gateway("--upstream " .. q("http://" .. up .. "/mcp") .. " --policy " ..
+                                        q(dir .. "/policy.lua") .. " --jwks " ..
+                                        q(dir .. "/jwks.json") .. " " .. extra,
+                                        dir .. "/gw" .. started .. ".err")
+    local ok, failure = pcall(f, gw)
     procs.stop(pid)
     if not ok then error(failure, 0) end
   end

@@ -16,14 +16,14 @@
 
 #include <unistd.h>
 
-#include "base64url.h"
-#include "bridge.h"
-#include "challenge.h"
-#include "mcp.h"
-#include "policy.h"
-#include "jwks.h"
-#include "sg.h"
-#include "token.h"
+#include "base/base64url.h"
+#include "mcp/bridge.h"
+#include "auth/challenge.h"
+#include "mcp/mcp.h"
+#include "policy/policy.h"
+#include "auth/jwks.h"
+#include "base/sg.h"
+#include "auth/token.h"
 
 #define NTOKENS 64
 

@@ -30,7 +30,7 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
-#include "sg.h"
+#include "base/sg.h"
 
 #define MAX_BODY    (64u * 1024u)
 #define MAX_ID_TEXT 256

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "token.h"
+#include "auth/token.h"
 
 static char tmpdir[64];
 

@@ -6,7 +6,7 @@
 
 #include <stddef.h>
 
-#include "sg.h"
+#include "base/sg.h"
 
 /* The fixed HS256 test secret (32 bytes) and the issuer and audience the
  * targets' verifiers expect. Seed tokens in fuzz/corpus are minted with it

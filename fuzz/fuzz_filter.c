@@ -1,5 +1,5 @@
-/* fuzz_filter.c -- libFuzzer target: SSE reading (src/sse.c) and list
- * filtering (sg_gateway_filter in src/gateway.c) of upstream answers.
+/* fuzz_filter.c -- libFuzzer target: SSE reading (src/mcp/sse.c) and list
+ * filtering (sg_gateway_filter in src/gateway/gateway.c) of upstream answers.
  *
  * A gateway is built once over a small fixed policy (below) and the HS256
  * test key, and a few list requests are planned with sg_gateway_handle as
@@ -23,9 +23,9 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "gateway.h"
-#include "sse.h"
-#include "token.h"
+#include "gateway/gateway.h"
+#include "mcp/sse.h"
+#include "auth/token.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

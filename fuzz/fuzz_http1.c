@@ -1,5 +1,5 @@
 /* fuzz_http1.c -- libFuzzer target: the HTTP/1.1 response parser
- * (src/http1.c) fed in random pieces.
+ * (src/upstream/http1.c) fed in random pieces.
  *
  * Input: one control byte, then a count k (0..15 from the next byte) of
  * piece sizes (one byte each), then the response bytes. Bit 0 of the control
@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http1.h"
-#include "sg.h"
+#include "upstream/http1.h"
+#include "base/sg.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

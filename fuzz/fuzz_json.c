@@ -1,5 +1,5 @@
-/* fuzz_json.c -- libFuzzer target: the strict JSON pre-scan (src/json.c) and
- * the MCP message parse on top of it (src/mcp.c).
+/* fuzz_json.c -- libFuzzer target: the strict JSON pre-scan (src/base/json.c) and
+ * the MCP message parse on top of it (src/mcp/mcp.c).
  *
  * The input is a request body. Besides the sanitizers, it checks what the
  * gateway relies on: whatever the pre-scan accepts, cJSON accepts too (the
@@ -10,9 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
-#include "mcp.h"
-#include "sg.h"
+#include "base/json.h"
+#include "mcp/mcp.h"
+#include "base/sg.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

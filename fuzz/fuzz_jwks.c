@@ -1,4 +1,4 @@
-/* fuzz_jwks.c -- libFuzzer target: the JWKS parser (src/jwks.c,
+/* fuzz_jwks.c -- libFuzzer target: the JWKS parser (src/auth/jwks.c,
  * sg_keys_add_jwks) on arbitrary documents.
  *
  * Every key it accepts must be usable as documented: exactly one of a public
@@ -11,8 +11,8 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "jwks.h"
-#include "token.h"
+#include "auth/jwks.h"
+#include "auth/token.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

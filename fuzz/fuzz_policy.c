@@ -1,5 +1,5 @@
-/* fuzz_policy.c -- libFuzzer target: the policy loader (src/policy.c) and
- * the sandbox it runs policy code in (src/sandbox.c).
+/* fuzz_policy.c -- libFuzzer target: the policy loader (src/policy/policy.c) and
+ * the sandbox it runs policy code in (src/policy/sandbox.c).
  *
  * The input is the text of a policy file. It is written to a scratch
  * directory and loaded with sg_policy_load under tight limits (a million
@@ -12,9 +12,9 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "policy.h"
-#include "sg.h"
-#include "token.h"
+#include "policy/policy.h"
+#include "base/sg.h"
+#include "auth/token.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

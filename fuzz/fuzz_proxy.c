@@ -1,5 +1,5 @@
 /* fuzz_proxy.c -- libFuzzer target: the upstream side of the proxy
- * (src/proxy.c with its HTTP/1.1 client, src/http1.c) on whatever an
+ * (src/upstream/proxy.c with its HTTP/1.1 client, src/upstream/http1.c) on whatever an
  * upstream answers.
  *
  * A loopback "upstream" thread answers every request with the current input
@@ -23,8 +23,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "proxy.h"
-#include "sg.h"
+#include "upstream/proxy.h"
+#include "base/sg.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

@@ -1,5 +1,5 @@
 /* fuzz_token.c -- libFuzzer target: bearer-token parsing and verification
- * (src/token.c, src/base64url.c) against a fixed key set.
+ * (src/auth/token.c, src/base/base64url.c) against a fixed key set.
  *
  * Keys: the HS256 test secret (kid "fuzz-hs"), the ES256 key of
  * fuzz/keys/es256-private.pem (kid "fuzz-es") and an RS256 public key (kid
@@ -17,8 +17,8 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "jwks.h"
-#include "token.h"
+#include "auth/jwks.h"
+#include "auth/token.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

@@ -1,5 +1,5 @@
 /* fuzz_wire.c -- libFuzzer target: the strict request-framing scanner
- * (src/wire.c) that every client byte passes before libmicrohttpd.
+ * (src/net/wire.c) that every client byte passes before libmicrohttpd.
  *
  * Input: a count k (0..15 from the first byte) of piece sizes (one byte
  * each), then the request bytes. The bytes are scanned twice: whole in one
@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "wire.h"
+#include "net/wire.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

@@ -1,4 +1,4 @@
--- mcp_spec.lua -- the MCP / JSON-RPC message model (src/json.c, src/mcp.c)
+-- mcp_spec.lua -- the MCP / JSON-RPC message model (src/base/json.c, src/mcp/mcp.c)
 -- through the real C code in scopegate.core.
 local core = require "scopegate.core"
 

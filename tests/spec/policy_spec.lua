@@ -1,5 +1,5 @@
 -- tests/spec/policy_spec.lua -- loading, compiling and deciding Lua policies
--- through the real C code (src/policy.c) via scopegate.core.
+-- through the real C code (src/policy/policy.c) via scopegate.core.
 local pt = require "policytest"
 local core = pt.core
 

@@ -1,4 +1,4 @@
--- `scopegate test` (src/policytest.c), the presets (policies/presets), the
+-- `scopegate test` (src/cli/policytest.c), the presets (policies/presets), the
 -- busted helpers (require "scopegate.testing") and the installed layout of
 -- the shipped Lua library, all through the real binary or the real module.
 local K = require "keys"

@@ -1,4 +1,4 @@
--- uri_spec.lua -- the resource URI normaliser (src/uri.c) through
+-- uri_spec.lua -- the resource URI normaliser (src/base/uri.c) through
 -- core.uri_normalize: RFC 3986 section 6.2.2 (case, percent-encoding,
 -- dot segments) and what it refuses.
 local core = require "scopegate.core"

@@ -1,0 +1,91 @@
+/* json.h -- a strict, linear pre-scan of raw JSON bytes.
+ *
+ * cJSON 1.7.15 is lenient in ways that matter to an authorization gateway:
+ * it keeps duplicate keys (and looks up the first, while many upstream
+ * parsers keep the last), truncates strings at \u0000, does not validate
+ * UTF-8, accepts trailing junk and loses digits of large numbers. Running
+ * this scan over the body first guarantees that what cJSON builds is exactly
+ * what any conforming upstream parser would see, so a policy decides on the
+ * same message the upstream executes. The scan also records the byte span of
+ * each message's "id" value so that ids can be echoed byte for byte. */
+#ifndef SG_JSON_H
+#define SG_JSON_H
+
+#include <stddef.h>
+
+#include "base/sg.h"
+
+/* Largest nesting limit a caller may configure: well under cJSON's compiled
+ * 1000 so that anything the scan accepts, cJSON accepts too. */
+#define SG_JSON_MAX_DEPTH_CAP 512
+/* Numbers longer than this are refused: upstream cJSON 1.7.15 copies at
+ * most 63 characters of a number before strtod and so misreads longer ones
+ * (Debian's patched build does not, but we do not rely on a distribution
+ * patch). No JSON-RPC id or sane argument needs more. */
+#define SG_JSON_MAX_NUMBER_LEN 63
+/* Longest key quoted in a duplicate-key error message. */
+#define SG_JSON_MAX_KEY_IN_MESSAGE 64
+
+typedef struct sg_json_limits {
+    unsigned max_depth;      /* 1..SG_JSON_MAX_DEPTH_CAP; {} at top is depth 1 */
+    size_t max_top_elements; /* elements of a top-level array; 0 = no limit */
+} sg_json_limits;
+
+/* Which rule a body broke. SYNTAX covers everything a JSON parser must
+ * reject (grammar, UTF-8, escapes, surrogates); the others are well-formed
+ * JSON that we refuse on purpose. */
+typedef enum sg_json_errkind {
+    SG_JSON_OK = 0,
+    SG_JSON_ERR_SYNTAX,
+    SG_JSON_ERR_DEPTH,
+    SG_JSON_ERR_DUPLICATE_KEY,
+    SG_JSON_ERR_NUL_ESCAPE,
+    SG_JSON_ERR_TOO_MANY_ELEMENTS,
+    SG_JSON_ERR_NUMBER_TOO_LONG,
+    SG_JSON_ERR_NOMEM,
+} sg_json_errkind;
+
+typedef struct sg_json_error {
+    sg_json_errkind kind;
+    size_t offset;     /* byte offset of the offending byte (0-based) */
+    char message[192]; /* complete sentence without the JSON-RPC prefix */
+} sg_json_error;
+
+/* A byte span in the scanned text. len == 0 means "absent" (no JSON value is
+ * empty). */
+typedef struct sg_json_span {
+    size_t off;
+    size_t len;
+} sg_json_span;
+
+/* The result of a successful scan. Owned by the caller: release with
+ * sg_json_scan_free. */
+typedef struct sg_json_scan {
+    int top_is_array;       /* the top-level value is an array */
+    int top_is_object;      /* the top-level value is an object */
+    size_t nmessages;       /* elements of a top-level array, else 1 */
+    sg_json_span *id_spans; /* nmessages entries: span of the "id" member's
+                               value of each message-level object */
+} sg_json_scan;
+
+/* Scans len bytes of p (need not be NUL-terminated). lim may be NULL for
+ * the defaults (depth 64, no element limit). On success returns 0 and fills
+ * *out. On failure returns -1, fills *err (kind, offset, message) and leaves
+ * *out empty (safe to pass to sg_json_scan_free). Never reads past p+len. */
+int sg_json_prescan(const char *p, size_t len, const sg_json_limits *lim, sg_json_scan *out,
+                    sg_json_error *err);
+
+/* Frees what sg_json_prescan allocated; the struct is left empty. Can't fail. */
+void sg_json_scan_free(sg_json_scan *s);
+
+/* Returns 1 when p[0..len) is exactly one JSON scalar usable as a JSON-RPC
+ * id (a string, an integer without fraction or exponent, or null) and
+ * nothing else, 0 otherwise. Can't fail. */
+int sg_json_is_id_literal(const char *p, size_t len);
+
+/* Appends s[0..len) to out as a quoted JSON string. Control characters and
+ * quotes are escaped; invalid UTF-8 sequences become U+FFFD so the output is
+ * always valid JSON. Allocation failure is recorded in out (sg_buf_ok). */
+void sg_json_append_string(sg_buf *out, const char *s, size_t len);
+
+#endif

@@ -1,0 +1,211 @@
+/* gateway.h -- one MCP request, from HTTP to a decision.
+ *
+ * The glue between the HTTP front (http.h) and the core: for a POST it parses
+ * the body once (mcp.h), verifies the bearer token (token.h, through the
+ * calling worker's cache), asks the worker's policy state for each message's
+ * requirement, decides (challenge.h) and either answers (401/403 with a
+ * challenge, 400 for a malformed message) or tells the HTTP layer to forward.
+ * It also renders the RFC 9728 metadata and the JSON-RPC bodies for upstream
+ * failures. It knows nothing of sockets.
+ *
+ * Workers: the gateway holds `workers` independent contexts (a policy Lua
+ * state, a token cache, scratch memory); a context is used by one thread
+ * only, chosen by the worker index the caller passes. */
+#ifndef SG_GATEWAY_H
+#define SG_GATEWAY_H
+
+#include <stddef.h>
+
+#include "mcp/mcp.h"
+#include "policy/policy.h"
+#include "upstream/proxy.h"
+#include "base/sg.h"
+#include "auth/token.h"
+
+/* How tools in a filtered tools/list show the scopes they need. */
+typedef enum sg_annotate {
+    SG_ANNOTATE_OAUTH_SCOPE,      /* annotations.oauthScope: "s" | {anyOf|allOf: [...]} */
+    SG_ANNOTATE_SECURITY_SCHEMES, /* securitySchemes: [{type:"oauth2",scopes:[...]}, ...] */
+    SG_ANNOTATE_NONE
+} sg_annotate;
+
+/* A verified-identity header: the caller's `claim`, sent upstream as
+ * `header` (only for requests with a valid token). */
+typedef struct sg_identity_header {
+    const char *header;
+    const char *claim;
+} sg_identity_header;
+
+#define SG_GATEWAY_MAX_IDENTITY 8
+
+typedef struct sg_gateway_config {
+    const char *policy_path;     /* loaded once per worker */
+    const sg_verifier *verifier; /* borrowed; shared by all workers */
+    size_t token_cache_entries;  /* per worker; 0: the default */
+    unsigned workers;            /* >= 1 */
+    const char *mcp_path;        /* e.g. "/mcp" */
+    /* The public URL of the MCP endpoint (e.g. https://mcp.example.com/mcp):
+     * its origin and the MCP path make the resource_metadata URL. NULL: the
+     * policy's resource. */
+    const char *public_url;
+    sg_mcp_limits mcp_limits;
+    sg_annotate annotate;
+    const sg_identity_header
+        *identity; /* at most SG_GATEWAY_MAX_IDENTITY; borrowed, must outlive the gateway */
+    size_t nidentity;
+    /* For a policy with tool_annotations = "upstream": where the catalogue
+     * of the upstream's tools is fetched from (catalog.h). Borrowed. */
+    const char *upstream_url;
+    const char *upstream_ca; /* NULL: the system's CAs */
+    /* Sandbox limits for every policy state (zero fields: the defaults). */
+    sg_policy_limits policy_limits;
+} sg_gateway_config;
+
+typedef struct sg_gateway sg_gateway;
+
+/* Loads the policy once per worker. Returns NULL with a message (naming the
+ * file and line for a policy error) in err. */
+sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errlen);
+
+/* Hot reload. Runs everything `scopegate check` runs on the policy file
+ * (and the modules it requires), then loads a fresh copy per worker and
+ * makes it current: each worker switches at its next request boundary, and
+ * a request in flight finishes on the policy it started with (its list
+ * answer is filtered by that policy). The metadata document and challenges
+ * follow the new policy. Writes the hash of the text it read into hash.
+ * Returns 0 when the new policy is in force, 1 when the text is the one
+ * already in force (nothing changed), and -1 when it is refused: the
+ * previous policy stays, and report holds one "file:line: ..." line per
+ * error. Thread-safe against requests; call from one thread at a time. */
+int sg_gateway_reload(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_LEN + 1]);
+/* The upstream said its tool list changed (a notifications/tools/list_changed
+ * passed through): refetch the tool catalogue, if the policy keeps one.
+ * Thread-safe; returns at once. */
+void sg_gateway_tools_changed(sg_gateway *gw);
+/* 1 when the gateway keeps a tool catalogue, so the HTTP layer should look
+ * for list_changed notifications in what the upstream streams. One atomic
+ * load; thread-safe. */
+int sg_gateway_keeps_catalog(sg_gateway *gw);
+
+/* Makes every worker forget its verified tokens at its next request, so
+ * each token is verified again with the keys in force (after SIGHUP re-read
+ * them: a token of a removed key must stop working at once). Thread-safe;
+ * can't fail. */
+void sg_gateway_forget_tokens(sg_gateway *gw);
+/* The files the policy in force ran (the policy file first, then each
+ * module it required), for the reloader's watch list: a NULL-terminated
+ * malloc'd array of malloc'd paths (free it with sg_strv_free). Returns
+ * NULL when out of memory. Thread-safe. */
+char **sg_gateway_policy_files(sg_gateway *gw);
+/* The hash of the policy in force. Thread-safe; can't fail. */
+void sg_gateway_policy_hash(sg_gateway *gw, char hash[SG_POLICY_HASH_LEN + 1]);
+/* NULL is fine. */
+void sg_gateway_free(sg_gateway *gw);
+
+/* One HTTP request on the MCP endpoint, as the HTTP layer saw it. Header
+ * names are as received (matched case-insensitively); a header that occurs
+ * more than once is listed more than once. */
+typedef struct sg_gateway_request {
+    unsigned worker; /* < cfg.workers; selects the context */
+    const char *method;
+    const sg_header *headers;
+    size_t nheaders;
+    const char *body;
+    size_t body_len;
+    /* 1 when this request already waited for a key refetch (a second call
+     * of sg_gateway_handle after it returned 2): decide with the keys in
+     * force, never wait again. */
+    int keys_waited;
+} sg_gateway_request;
+
+/* The answer: either a complete response (status != 0) or "forward". */
+typedef struct sg_gateway_reply {
+    int status;               /* 0: forward upstream */
+    const char *content_type; /* static string, or NULL for no body */
+    sg_buf body;
+    sg_buf www_authenticate; /* empty when none */
+    const char *allow;       /* Allow header for 405, else NULL */
+    /* When forwarding: */
+    char id_raw[SG_MCP_MAX_ID_LEN + 1]; /* request id for error bodies; "" = null */
+    int accepted_only;                  /* only notifications/responses: answer 202 with no body */
+    int filter;                         /* the answer must pass sg_gateway_filter */
+    char *authorization;                /* copy of the credential, to re-check at filter time */
+    char *protocol_version;
+    struct sg_gateway_list *lists; /* with filter: every request (id, kind) of the body */
+    size_t nlists;
+    sg_header identity[SG_GATEWAY_MAX_IDENTITY]; /* verified-identity headers (values owned) */
+    size_t nidentity;
+    struct sg_policy_gen *policy_gen; /* with filter: the policy that decided (a reference) */
+    /* sg_gateway_handle returned 2: the key refetch to wait for. */
+    uint64_t keys_ticket;
+} sg_gateway_reply;
+
+/* Which list result a request's answer carries. */
+enum {
+    SG_FILTER_NONE,
+    SG_FILTER_TOOLS,
+    SG_FILTER_PROMPTS,
+    SG_FILTER_RESOURCES,
+    SG_FILTER_TEMPLATES
+};
+
+/* Largest list answer buffered for filtering; beyond it the answer is 502. */
+#define SG_GATEWAY_MAX_LIST_BYTES (8u * 1024 * 1024)
+
+/* Empties a reply before first use. Can't fail. */
+void sg_gateway_reply_init(sg_gateway_reply *r);
+/* Releases the buffers and re-initialises. Can't fail. */
+void sg_gateway_reply_free(sg_gateway_reply *r);
+
+/* Decides one request. Always fills *out (status 500 with a JSON-RPC error
+ * when out of memory: fail closed). Returns 0 to forward, 1 when *out is the
+ * answer, and 2 when the token's kid is unknown and a key refetch that may
+ * bring it is under way on the key refresher thread: the caller parks the
+ * request without blocking its thread until sg_gateway_keys_ready(gw,
+ * out->keys_ticket), then calls again with req->keys_waited = 1 (which
+ * never returns 2). Must be called on the thread that owns req->worker. */
+int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_reply *out);
+
+/* 1 once the key refetch with this ticket has finished (well or not). One
+ * atomic load; thread-safe. */
+int sg_gateway_keys_ready(sg_gateway *gw, uint64_t ticket);
+/* fn(ud) is called (on the key refresher thread; it must only wake
+ * someone) after every key refetch, so parked requests can be looked at.
+ * NULL removes it; once this returns no call of the old one is under way.
+ * Can't fail. */
+void sg_gateway_on_keys(sg_gateway *gw, void (*fn)(void *ud), void *ud);
+
+/* Filters a complete tools/prompts/resources list answer (application/json,
+ * or text/event-stream read by sse.h, whose blocks are kept in order with
+ * their id:, event:, retry: and comment lines) down to the items the
+ * caller's token satisfies in the policy's list phase, annotating each kept
+ * tool with its requirement (annotations.oauthScope: a scope,
+ * {"anyOf":[...]} or {"allOf":[...]}). The response id is re-emitted from
+ * the request's raw id text. Every JSON message must pass sg_json_prescan,
+ * every response must answer a request of the body once, and every list
+ * request must be answered once (an error, or a result holding its list).
+ * Must run on the thread that owns `worker`. Appends the new body to out
+ * and returns 0; an event stream that fails those checks is replaced by one
+ * JSON-RPC error event per request (still 0, logged). Returns -1 (the
+ * caller answers 502) when a JSON answer fails them, for any other content
+ * type, or when out of memory: a list that cannot be filtered is never
+ * passed through. */
+int sg_gateway_filter(sg_gateway *gw, unsigned worker, const sg_gateway_reply *plan,
+                      const char *content_type, const char *body, size_t len, sg_buf *out);
+
+/* Appends the RFC 9728 protected resource metadata JSON of the policy in
+ * force. Returns 0, or -1 when out of memory. Must be called on the thread
+ * that owns `worker` (it may switch that worker to a reloaded policy). */
+int sg_gateway_metadata(sg_gateway *gw, unsigned worker, sg_buf *out);
+
+/* Renders the answer for a forwarded request whose upstream failed before a
+ * response: status (502 or 504, 503 on shutdown) and a JSON-RPC error body
+ * with the request's id. Can't fail (allocation failure recorded in body). */
+void sg_gateway_upstream_error(const sg_gateway_reply *plan, sg_proxy_error e, int *status,
+                               sg_buf *body);
+
+/* Renders a JSON-RPC error body with a null id (for answers the HTTP layer
+ * gives by itself: 403 Origin, 413, 503...). Can't fail. */
+void sg_gateway_error_body(sg_buf *body, int code, const char *message);
+
+#endif

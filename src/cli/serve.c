@@ -96,7 +96,8 @@ static void serve_usage(FILE *f)
           "  --min-body-rate BYTES      a body must arrive at this many bytes per second\n"
           "                             once --body-grace is over, 408 below; 0 = off [1024]\n"
           "  --body-grace SECONDS       time a body gets before --min-body-rate applies [5]\n"
-          "  --threads N                worker threads (one policy state each) [2]\n"
+          "  --threads N                worker threads (one policy state each) [the CPUs this\n"
+          "                             process may use: affinity mask, cgroup CPU quota]\n"
           "  --upstream-timeout-ms MS   wait for upstream response headers, 504 after [30000]\n"
           "  --connect-timeout-ms MS    upstream connect timeout [5000]\n"
           "  --token-cache N            verified tokens cached per worker [10000]\n"
@@ -479,7 +480,7 @@ static int serve(serve_opts *opts)
         return 2;
     }
     const char *mcp_path = o.path ? o.path : "/mcp";
-    unsigned threads = o.threads ? (unsigned)o.threads : 2;
+    unsigned threads = o.threads ? (unsigned)o.threads : sg_cpus_usable();
 
     /* Block the signals before any thread starts, so every thread inherits
      * the mask and only sigwait below sees them. */
@@ -670,10 +671,13 @@ static int serve(serve_opts *opts)
     }
     char hash[SG_POLICY_HASH_LEN + 1];
     sg_gateway_policy_hash(gw, hash);
-    sg_log(SG_LOG_INFO, "listening on %s%s%s:%u (MCP endpoint %s, upstream %s, policy %s %s%s)",
+    sg_log(SG_LOG_INFO,
+           "listening on %s%s%s:%u (MCP endpoint %s, upstream %s, policy %s %s%s, %u worker "
+           "thread%s%s)",
            strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "",
            (unsigned)sg_http_port(http), mcp_path, o.upstream, o.policy, hash,
-           o.no_watch ? ", reload on SIGHUP" : ", reload on change or SIGHUP");
+           o.no_watch ? ", reload on SIGHUP" : ", reload on change or SIGHUP", threads,
+           threads == 1 ? "" : "s", o.threads ? "" : " = usable CPUs");
 
     for (;;) {
         int sig = 0;

@@ -1044,7 +1044,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
         free(h);
         return NULL;
     }
-    if (!l->threads) l->threads = 2;
+    if (!l->threads) l->threads = sg_cpus_usable();
     if (!h->cfg.mcp_path) h->cfg.mcp_path = "/mcp";
     if (!(h->workers = calloc(l->threads, sizeof *h->workers))) {
         free(h);

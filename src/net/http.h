@@ -24,7 +24,7 @@ typedef struct sg_http_limits {
     unsigned header_timeout_s; /* a request head must be complete this soon: 408 [5] */
     unsigned min_body_rate;    /* body bytes/s owed after body_grace_s, else 408; 0 = off */
     unsigned body_grace_s;     /* [5] */
-    unsigned threads;          /* worker threads [2] */
+    unsigned threads;          /* worker threads [sg_cpus_usable()] */
 } sg_http_limits;
 
 typedef struct sg_http_config {

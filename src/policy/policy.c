@@ -1577,8 +1577,9 @@ static void push_req(lua_State *L, const sg_policy_input *in)
             lua_setfield(L, -2, t->scopes[i]);
         }
         lua_setfield(L, -2, "scopes");
-        if (t->claims)
-            sg_lua_push_json(L, t->claims, 0);
+        const cJSON *claims = sg_token_claims(t);
+        if (claims)
+            sg_lua_push_json(L, claims, 0);
         else
             lua_newtable(L);
         lua_setfield(L, -2, "claims");
@@ -1859,8 +1860,12 @@ int sg_policy_check_with(const char *path, const sg_policy_limits *limits, sg_bu
     for (int i = 0; i < n; i++)
         scopes[i] = sg_universe_name(p->u, i);
     cJSON_AddStringToObject(claims, "sub", "scopegate-check");
-    sg_token tok = {claims, "scopegate-check", "scopegate-check", NULL, sg_now_unix() + 3600, n,
-                    scopes};
+    sg_token tok = {.claims = claims,
+                    .sub = "scopegate-check",
+                    .client_id = "scopegate-check",
+                    .exp = sg_now_unix() + 3600,
+                    .nscopes = n,
+                    .scopes = scopes};
     if (p->nfunctions > 1)
         qsort(p->functions, (size_t)p->nfunctions, sizeof *p->functions, by_line);
     sg_arena a;

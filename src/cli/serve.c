@@ -85,7 +85,7 @@ static void serve_usage(FILE *f)
           "  --allowed-origin ORIGIN    accepted Origin header (repeatable; '*' = any)\n"
           "                             [--public-url's origin; without it, none]\n"
           "  --max-body BYTES           request body limit, 413 beyond [1048576]\n"
-          "  --max-header BYTES         per-connection header memory, 431 beyond [32768]\n"
+          "  --max-header BYTES         per-connection header memory, 431 beyond [36864]\n"
           "  --max-connections N        concurrent connections, 503 beyond [1000]\n"
           "  --max-arguments BYTES      req.arguments a policy rule may see (strings and keys,\n"
           "                             8 per value); the request is denied beyond [65536]\n"

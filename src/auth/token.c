@@ -1098,9 +1098,11 @@ static uint64_t siphash24(uint64_t k0, uint64_t k1, const unsigned char *in, siz
     uint64_t v2 = 0x6c7967656e657261ull ^ k0, v3 = 0x7465646279746573ull ^ k1;
     size_t whole = len & ~(size_t)7;
     for (size_t i = 0; i < whole; i += 8) {
-        uint64_t m = 0;
-        for (int b = 7; b >= 0; b--)
-            m = m << 8 | in[i + (size_t)b];
+        uint64_t m; /* the 8 bytes as a little-endian word, as SipHash reads them */
+        memcpy(&m, in + i, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        m = __builtin_bswap64(m);
+#endif
         v3 ^= m;
         SIPROUND;
         SIPROUND;

@@ -12,7 +12,7 @@
  *
  * The folder src/authz/ holds only this algebra: it knows nothing of
  * tokens, policies or HTTP, which is why it can be checked exhaustively
- * against a reference model (tests/spec/scope_spec.lua).
+ * against a reference model (tests/spec/authz/scope_spec.lua).
  */
 #ifndef SG_SCOPE_H
 #define SG_SCOPE_H

@@ -23,7 +23,6 @@
 
 static sg_token *token;
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
@@ -34,7 +33,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *path = fuzz_write_file("policy.lua", data, size);
@@ -74,7 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         {"ping", NULL},
         {"custom/method", NULL},
     };
-    sg_header h = {"mcp-protocol-version", "2025-06-18"};
+    sg_header h = {.name = "mcp-protocol-version", .value = "2025-06-18"};
     sg_arena a;
     sg_arena_init(&a, 4096);
     for (size_t i = 0; i < SG_ARRAY_LEN(msgs); i++) {

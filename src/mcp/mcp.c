@@ -270,7 +270,7 @@ int sg_mcp_parse(const char *body, size_t len, const sg_mcp_limits *lim, sg_mcp_
         return body_fail(out, SG_JSONRPC_INVALID_REQUEST, "Invalid Request", detail);
     }
 
-    sg_json_limits jl = {l.max_depth, l.max_batch};
+    sg_json_limits jl = {.max_depth = l.max_depth, .max_top_elements = l.max_batch};
     sg_json_scan scan;
     sg_json_error err;
     if (sg_json_prescan(body, len, &jl, &scan, &err) != 0) {
@@ -435,9 +435,15 @@ static int header_equals(const char *header, const char *expected)
     return rc;
 }
 
-static int mismatch(char *msg, size_t msg_size, int code, const char *fmt, const char *header)
+__attribute__((format(printf, 4, 5))) static int mismatch(char *msg, size_t msg_size, int code,
+                                                          const char *fmt, ...)
 {
-    if (msg && msg_size) snprintf(msg, msg_size, fmt, header);
+    if (msg && msg_size) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, msg_size, fmt, ap);
+        va_end(ap);
+    }
     return code;
 }
 

@@ -1917,19 +1917,25 @@ void sg_policy_each_rule(const sg_policy *p,
         for (size_t i = 0; i < m->cap; i++) {
             const rule *r = m->slots[i];
             if (!r) continue;
-            sg_policy_rule_info info = {table_names[w], r->key, r->name, r->line, r->req};
+            sg_policy_rule_info info = {.table = table_names[w],
+                                        .key = r->key,
+                                        .name = r->name,
+                                        .line = r->line,
+                                        .req = r->req};
             visit(&info, ctx);
         }
     }
     for (size_t i = 0; i < p->nglobs; i++) {
         const rule *r = p->globs[i];
-        sg_policy_rule_info info = {"resources", r->key, r->name, r->line, r->req};
+        sg_policy_rule_info info = {
+            .table = "resources", .key = r->key, .name = r->name, .line = r->line, .req = r->req};
         visit(&info, ctx);
     }
     /* An absent default has line 0; a written one has its key's line. */
     if (p->default_rule.line > 0) {
         const rule *r = &p->default_rule;
-        sg_policy_rule_info info = {"default", r->key, r->name, r->line, r->req};
+        sg_policy_rule_info info = {
+            .table = "default", .key = r->key, .name = r->name, .line = r->line, .req = r->req};
         visit(&info, ctx);
     }
 }

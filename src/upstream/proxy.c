@@ -153,6 +153,14 @@ const char *sg_proxy_error_text(sg_proxy_error e)
     return "unknown proxy error";
 }
 
+const char *sg_proxy_error_name(int e)
+{
+    static const char *const names[] = {
+        "ok",          "unreachable", "timeout",      "invalid_response",
+        "client_gone", "shutdown",    "out_of_memory"};
+    return e >= 0 && (size_t)e < SG_ARRAY_LEN(names) ? names[e] : "unknown";
+}
+
 /* Must hold mu. Puts t on the list the curl thread acts on when it wakes;
  * the list holds a reference, so t outlives a retire that comes first. */
 static void attention_locked(sg_proxy_lane *p, sg_transfer *t)

@@ -41,7 +41,7 @@ typedef struct shard {
     struct shard *next;
 } shard;
 
-static int enabled;
+static atomic_int enabled; /* set once, before or while threads count */
 static pthread_mutex_t shards_mu = PTHREAD_MUTEX_INITIALIZER;
 static shard *shards;
 static _Thread_local shard *tl_shard;
@@ -67,18 +67,18 @@ const uint64_t *sg_metrics_bucket_bounds(void)
 
 void sg_metrics_enable(void)
 {
-    enabled = 1;
+    atomic_store_explicit(&enabled, 1, memory_order_relaxed);
 }
 
 int sg_metrics_enabled(void)
 {
-    return enabled;
+    return atomic_load_explicit(&enabled, memory_order_relaxed);
 }
 
 static shard *my_shard(void)
 {
     shard *s = tl_shard;
-    if (s || !enabled || tl_failed) return s;
+    if (s || !sg_metrics_enabled() || tl_failed) return s;
     s = aligned_alloc(64, (sizeof *s + 63) / 64 * 64);
     if (!s) {
         tl_failed = 1;
@@ -101,14 +101,14 @@ static inline void bump_u64(_Atomic uint64_t *v, uint64_t n)
 
 void sg_metric_add(int id, uint64_t n)
 {
-    if (!enabled || id < 0 || id >= SG_M_COUNT) return;
+    if (!sg_metrics_enabled() || id < 0 || id >= SG_M_COUNT) return;
     shard *s = my_shard();
     if (s) bump_u64(&s->counters[id], n);
 }
 
 void sg_metric_gauge_add(int id, int64_t delta)
 {
-    if (!enabled || id < 0 || id >= SG_G_COUNT) return;
+    if (!sg_metrics_enabled() || id < 0 || id >= SG_G_COUNT) return;
     shard *s = my_shard();
     if (!s) return;
     atomic_store_explicit(&s->gauges[id],
@@ -118,7 +118,7 @@ void sg_metric_gauge_add(int id, int64_t delta)
 
 void sg_metric_observe(int id, uint64_t ns)
 {
-    if (!enabled || id < 0 || id >= SG_H_COUNT) return;
+    if (!sg_metrics_enabled() || id < 0 || id >= SG_H_COUNT) return;
     shard *s = my_shard();
     if (!s) return;
     int b = 0;
@@ -211,7 +211,7 @@ static decision_entry *decision_slot(shard *s, const char *method, const char *t
 
 void sg_metric_decision(const char *method, const char *tool, int outcome)
 {
-    if (!enabled) return;
+    if (!sg_metrics_enabled()) return;
     shard *s = my_shard();
     if (!s) return;
     if (!tool || strlen(tool) > SG_METRICS_TOOL_MAX) tool = "other";
@@ -225,7 +225,7 @@ void sg_metric_decision(const char *method, const char *tool, int outcome)
 
 void sg_metric_upstream_seen(void)
 {
-    if (!enabled) return;
+    if (!sg_metrics_enabled()) return;
     shard *s = my_shard();
     if (s) atomic_store_explicit(&s->upstream_seen_ns, sg_now_mono_ns(), memory_order_relaxed);
 }

@@ -623,10 +623,7 @@ static void plan_identity(const sg_gateway *gw, const sg_token *token, sg_gatewa
     }
 }
 
-/* scopegate_decisions_total for one decided body. Labels are bounded: the
- * method is one MCP defines (else "other"; "batch" for a batch), the tool
- * a name the policy in force has a rule for (else "other"), so clients
- * cannot mint series. */
+/* The metrics' name for a decision's outcome (base/metrics.h). */
 static int outcome_label(sg_outcome outcome)
 {
     switch (outcome) {
@@ -641,6 +638,10 @@ static int outcome_label(sg_outcome outcome)
     }
 }
 
+/* scopegate_decisions_total for one decided body. Labels are bounded: the
+ * method is one MCP defines (else "other"; "batch" for a batch), the tool
+ * a name the policy in force has a rule for (else "other"), so clients
+ * cannot mint series. */
 static void count_decision(const worker *w, const sg_mcp_body *body, sg_outcome outcome)
 {
     if (!sg_metrics_enabled()) return;

@@ -269,7 +269,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return ok;
 }
 
-static void admin_log(void *cls, const char *fmt, va_list ap)
+/* libmicrohttpd's own messages: fmt is its format string. */
+__attribute__((format(printf, 2, 0))) static void admin_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     char line[512];

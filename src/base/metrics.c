@@ -131,9 +131,14 @@ void sg_metric_observe(int id, uint64_t ns)
 
 const char *sg_metrics_outcome_name(int outcome)
 {
-    static const char *const names[SG_OUTCOME_COUNT] = {"allowed", "unauthorized", "forbidden",
-                                                        "denied"};
-    return outcome >= 0 && outcome < SG_OUTCOME_COUNT ? names[outcome] : "other";
+    static const char *const names[] = {
+        [SG_METRICS_ALLOWED] = "allowed",
+        [SG_METRICS_UNAUTHORIZED] = "unauthorized",
+        [SG_METRICS_FORBIDDEN] = "forbidden",
+        [SG_METRICS_DENIED] = "denied",
+    };
+    _Static_assert(SG_ARRAY_LEN(names) == SG_METRICS_OUTCOME_COUNT, "every outcome");
+    return outcome >= 0 && outcome < SG_METRICS_OUTCOME_COUNT ? names[outcome] : "other";
 }
 
 /* Every method the MCP specification defines (2024-11-05 to 2025-11-25),

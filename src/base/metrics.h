@@ -95,11 +95,11 @@ const uint64_t *sg_metrics_bucket_bounds(void);
 
 /* Decision outcomes (label "outcome"). */
 typedef enum sg_metrics_outcome {
-    SG_OUTCOME_ALLOWED,
-    SG_OUTCOME_UNAUTHORIZED, /* 401 */
-    SG_OUTCOME_FORBIDDEN,    /* 403 insufficient_scope (a step-up can help) */
-    SG_OUTCOME_DENIED,       /* 403: the policy says never */
-    SG_OUTCOME_COUNT
+    SG_METRICS_ALLOWED,
+    SG_METRICS_UNAUTHORIZED, /* 401 */
+    SG_METRICS_FORBIDDEN,    /* 403 insufficient_scope (a step-up can help) */
+    SG_METRICS_DENIED,       /* 403: the policy says never */
+    SG_METRICS_OUTCOME_COUNT
 } sg_metrics_outcome;
 /* "allowed", "unauthorized", "forbidden", "denied". Can't fail. */
 const char *sg_metrics_outcome_name(int outcome);

@@ -52,8 +52,14 @@ static const char *const case_keys[] = {
     "annotations", "scopes",   "claims", "token",  "headers", "protocol_version", "expect",
     "challenge",   "rule",     "visible"};
 static const char *const message_keys[] = {"tool", "resource", "prompt", "method", "message"};
-/* Indexed by sg_outcome. */
-static const char *const outcome_words[] = {"allow", "401", "403", "deny"};
+/* The words `expect` takes, per outcome. */
+static const char *const outcome_words[] = {
+    [SG_ALLOW] = "allow",
+    [SG_UNAUTHORIZED] = "401",
+    [SG_FORBIDDEN] = "403",
+    [SG_DENIED] = "deny",
+};
+_Static_assert(sizeof outcome_words / sizeof *outcome_words == SG_OUTCOME_COUNT, "every outcome");
 
 typedef struct upstream_tool {
     char *name;

@@ -156,7 +156,7 @@ static policy_gen *gen_retain(policy_gen *g)
 /* Trims the trailing newlines of a loader report copied into err. */
 static void copy_report(char *err, size_t errlen, const char *report)
 {
-    snprintf(err, errlen, "%s", report ? report : "policy failed to load");
+    sg_errf(err, errlen, "%s", report ? report : "policy failed to load");
     size_t n = strlen(err);
     while (n > 0 && err[n - 1] == '\n')
         err[--n] = 0;
@@ -628,13 +628,13 @@ static int outcome_label(sg_outcome outcome)
 {
     switch (outcome) {
     case SG_ALLOW:
-        return SG_OUTCOME_ALLOWED;
+        return SG_METRICS_ALLOWED;
     case SG_UNAUTHORIZED:
-        return SG_OUTCOME_UNAUTHORIZED;
+        return SG_METRICS_UNAUTHORIZED;
     case SG_FORBIDDEN:
-        return SG_OUTCOME_FORBIDDEN;
+        return SG_METRICS_FORBIDDEN;
     default:
-        return SG_OUTCOME_DENIED;
+        return SG_METRICS_DENIED;
     }
 }
 

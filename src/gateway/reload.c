@@ -211,7 +211,12 @@ static void reload_policy(sg_reloader *r, const char *why)
 
 const char *sg_reload_result_name(int result)
 {
-    static const char *const names[] = {"ok", "refused", "unchanged"};
+    static const char *const names[] = {
+        [SG_RELOAD_OK] = "ok",
+        [SG_RELOAD_REFUSED] = "refused",
+        [SG_RELOAD_UNCHANGED] = "unchanged",
+    };
+    _Static_assert(SG_ARRAY_LEN(names) == SG_RELOAD_RESULT_COUNT, "every reload result");
     return result >= 0 && (size_t)result < SG_ARRAY_LEN(names) ? names[result] : "unknown";
 }
 

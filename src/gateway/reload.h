@@ -37,7 +37,7 @@ typedef struct sg_reloader_config {
 typedef struct sg_reloader sg_reloader;
 
 /* Results of a policy reload, as counted in scopegate_policy_reloads_total. */
-enum { SG_RELOAD_OK, SG_RELOAD_REFUSED, SG_RELOAD_UNCHANGED };
+enum { SG_RELOAD_OK, SG_RELOAD_REFUSED, SG_RELOAD_UNCHANGED, SG_RELOAD_RESULT_COUNT };
 /* "ok", "refused", "unchanged"; "unknown" beyond. Can't fail. */
 const char *sg_reload_result_name(int result);
 

@@ -48,6 +48,7 @@ struct sg_admin {
 
 _Static_assert(SG_TOKEN_ERR_COUNT <= 32, "scopegate_token_refusals_total has 32 slots");
 _Static_assert(SG_PROXY_ENOMEM < 7, "scopegate_upstream_errors_total has 7 slots");
+_Static_assert(SG_RELOAD_RESULT_COUNT <= 3, "scopegate_policy_reloads_total has 3 slots");
 
 static const char *token_reason_label(int i)
 {
@@ -293,8 +294,11 @@ static void *probe_main(void *arg)
     uint64_t interval_ms = window_ms / 3;
     if (interval_ms < PROBE_MIN_INTERVAL_MS) interval_ms = PROBE_MIN_INTERVAL_MS;
     sg_catalog_config cc = {
-        a->cfg.upstream_url, a->cfg.upstream_ca,
-        (uint32_t)(window_ms < PROBE_MAX_TIMEOUT_MS ? window_ms : PROBE_MAX_TIMEOUT_MS)};
+        .upstream_url = a->cfg.upstream_url,
+        .ca_file = a->cfg.upstream_ca,
+        .timeout_ms =
+            (uint32_t)(window_ms < PROBE_MAX_TIMEOUT_MS ? window_ms : PROBE_MAX_TIMEOUT_MS),
+    };
     pthread_mutex_lock(&a->mu);
     int first = 1;
     while (!a->stop) {

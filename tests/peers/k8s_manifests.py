@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """k8s_manifests.py -- checks examples/kubernetes/*.yaml without a cluster.
 
-Used by tests/spec/kubernetes_spec.lua. Every document must parse (PyYAML,
+Used by tests/spec/product/kubernetes_spec.lua. Every document must parse (PyYAML,
 Debian's python3-yaml) and the set must hold what docs/operations.md
 promises: a Deployment whose scopegate container runs non-root with a
 read-only root file system, no capabilities, no privilege escalation and

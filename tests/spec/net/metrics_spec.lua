@@ -213,16 +213,20 @@ describe("the admin listener", function()
 
   it("is ready only while the upstream answered within the window", function()
     keys.write(dir .. "/ready.lua", policy_text())
-    -- A port with nothing behind it yet: an echo upstream's, stopped.
-    local probe_pid, addr = procs.echo_upstream(dir)
+    -- A port with nothing behind it yet: an echo upstream's, stopped (its
+    -- log in a directory of its own: dir/up.out names the running one).
+    local spare = dir .. "/spare"
+    os.execute(CLEAN .. "mkdir -p " .. q(spare))
+    local probe_pid, addr = procs.echo_upstream(spare)
     procs.stop(probe_pid)
+    assert.are_not.equal(up, addr)
     local port = addr:match(":(%d+)$")
     local pid, gw, admin = start(dir .. "/ready.lua", "--ready-upstream-window 2", addr)
     local later_pid
     local ok, failure = pcall(function()
       assert.are.equal(200, get(admin, "/healthz").status)
       local r = get(admin, "/readyz")
-      assert.are.equal(503, r.status)
+      assert.are.equal(503, r.status, r.body)
       assert.are.equal("the upstream has not answered yet\n", r.body)
       assert.are.equal(502, call(gw, "echo", token()))
 

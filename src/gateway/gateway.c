@@ -850,8 +850,9 @@ static void j_now(sg_buf *b)
 }
 
 /* A client's X-Request-Id is kept only when it is 1 to REQUEST_ID_MAX
- * characters of [A-Za-z0-9._:-]: anything else could be a header or log
- * injection, and is replaced by a generated id. */
+ * characters of [A-Za-z0-9._:-] (and no part of its credential): anything
+ * else could be a header or log injection, and is replaced by a generated
+ * id. */
 static int request_id_valid(const char *s)
 {
     size_t n = 0;
@@ -993,7 +994,10 @@ static void audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_reques
 {
     char rid[REQUEST_ID_MAX + 1];
     const char *client_rid = header_get(req, "X-Request-Id");
-    if (client_rid && request_id_valid(client_rid))
+    const char *authz = header_get(req, "Authorization");
+    /* A client that puts (a piece of) its token there gets a generated id:
+     * no byte of a credential is ever written to the audit log. */
+    if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid)))
         snprintf(rid, sizeof rid, "%s", client_rid);
     else
         snprintf(rid, sizeof rid, "%s-%u-%lu", gw->boot_id, w->index, ++w->audit_seq);

@@ -220,6 +220,12 @@ describe("the audit log", function()
       assert.are.equal(rid, r.body:match('"x%-request%-id": "([^"]*)"'))
     end
     assert.is_nil(r2.body:find("bad id", 1, true), "an invalid id is never forwarded")
+    -- A piece of the caller's own token is no request id.
+    local sig = read:match("%.([^.]+)$"):sub(1, 40)
+    local r5 = post(call("plain"), { token = read, headers = { "X-Request-Id: " .. sig } })
+    local l5 = wait_lines(before + 5)[before + 5]
+    assert.matches("^%x+%-%d+%-%d+$", field(l5, "request_id"):sub(2, -2))
+    assert.is_nil(r5.body:match('"x%-request%-id": "' .. sig), "not forwarded either")
     assert.is_nil(r3.body:find(long, 1, true))
     assert.are.equal(string.rep("b", 128), r4.body:match('"x%-request%-id": "([^"]*)"'))
   end)
@@ -269,6 +275,29 @@ describe("a full audit queue", function()
     assert.is_true(tonumber(total) >= dropped)
     assert.is_true(tonumber(queue_full) > 0)
     procs.stop(holder)
+  end)
+end)
+
+describe("a write error (a full disk)", function()
+  it("drops the lines, says so, and never slows a request", function()
+    local err = dir .. "/gw3.err"
+    logs[#logs + 1] = err
+    local pid, addr = procs.start_gateway("--upstream " .. q("http://" .. up .. "/mcp") ..
+      " --policy " .. q(dir .. "/policy.lua") .. " --public-key " .. q(key.pub_file) ..
+      " --key-alg ES256 --issuer " .. q(ISS) .. " --audit-log /dev/full", err)
+    local tok = mint("echo:read")
+    for _ = 1, 3 do
+      local r = post(call("plain"), { token = tok, gw = addr })
+      assert.are.equal(200, r.status)
+      assert.is_true(r.t_total < 2)
+    end
+    procs.wait_for(err, "(audit log: write failed %(No space left on device%))", 5)
+    assert.is_true(procs.stop(pid))
+    local written, dropped, errors = procs.read_file(err):match(
+      "audit log: closed: (%d+) lines written, (%d+) dropped %(%d+ with the queue full%), (%d+) write errors")
+    assert.are.equal("0", written)
+    assert.are.equal("3", dropped)
+    assert.is_true(tonumber(errors) >= 1)
   end)
 end)
 

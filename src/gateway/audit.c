@@ -109,8 +109,9 @@ static int give_up(sg_audit *a)
     if (atomic_load(&a->reopen)) return 1;
     pthread_mutex_lock(&a->mu);
     int stopping = a->stopping;
+    uint64_t since = a->stop_ns;
     pthread_mutex_unlock(&a->mu);
-    return stopping && sg_now_mono_ns() - a->stop_ns > CLOSE_GRACE_NS;
+    return stopping && sg_now_mono_ns() - since > CLOSE_GRACE_NS;
 }
 
 /* Writes the batch (nlines whole lines). Lines not written are counted as

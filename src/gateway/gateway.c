@@ -391,6 +391,11 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
         }
     }
     if (catalog_follow(gw, gw->current->policies[0], err, errlen) != 0) goto fail;
+    /* A candidate that reads the upstream's annotations needs the catalogue
+     * even when the live policy does not. */
+    if (gw->shadow && !atomic_load(&gw->catalog) &&
+        catalog_follow(gw, gw->shadow->policies[0], err, errlen) != 0)
+        goto fail;
     atomic_store(&gw->generation, 1);
     for (unsigned i = 0; i < cfg->workers; i++)
         worker_refresh(gw, &gw->workers[i]);
@@ -458,7 +463,12 @@ int sg_gateway_reload_shadow(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY
         hash[0] = 0;
         return 1;
     }
-    return reload_into(gw, gw->shadow_path, &gw->shadow, report, hash);
+    int rc = reload_into(gw, gw->shadow_path, &gw->shadow, report, hash);
+    char err[4096];
+    if (rc == 0 && !atomic_load(&gw->catalog) &&
+        catalog_follow(gw, gw->shadow->policies[0], err, sizeof err) != 0)
+        sg_log(SG_LOG_ERROR, "tool catalogue (shadow policy): %s", err);
+    return rc;
 }
 
 int sg_gateway_has_shadow(const sg_gateway *gw)

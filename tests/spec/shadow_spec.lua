@@ -177,6 +177,12 @@ describe("a shadow policy", function()
     _, err, code = procs.run(procs.SCOPEGATE, base .. "--shadow-policy " .. q(dir .. "/live.lua"))
     assert.are.equal(2, code)
     assert.matches("--shadow-policy needs --audit-log", err, 1, true)
+    -- The same settings from --config (keys audit_log, shadow_policy).
+    keys.write(dir .. "/serve.lua", "return { audit_log = " .. keys.json(dir .. "/y.audit") ..
+               ", shadow_policy = " .. keys.json(dir .. "/broken.lua") .. " }\n")
+    _, err, code = procs.run(procs.SCOPEGATE, base .. "--config " .. q(dir .. "/serve.lua"))
+    assert.are.equal(1, code)
+    assert.matches("shadow policy: " .. dir .. "/broken.lua:1: ", err, 1, true)
   end)
 
   it("stops cleanly and counts its disagreements", function()

@@ -643,6 +643,7 @@ static int serve(serve_opts *opts)
             fprintf(stderr, "scopegate serve: --audit-log %s\n", err);
             goto out;
         }
+        sg_metrics_add_collector(sg_audit_metrics, audit); /* the admin stops before the audit */
     }
 
     sg_gateway_config gc;

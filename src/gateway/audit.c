@@ -11,6 +11,7 @@
 #include "gateway/audit.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -270,6 +271,39 @@ void sg_audit_stats_get(const sg_audit *a, sg_audit_stats *out)
     out->write_errors = atomic_load(&m->write_errors);
     out->shadow_disagreements = atomic_load(&m->shadow);
     out->reopened = atomic_load(&m->reopened);
+}
+
+void sg_audit_metrics(sg_buf *out, void *ud)
+{
+    sg_audit_stats s;
+    sg_audit_stats_get(ud, &s);
+    static const struct {
+        const char *name, *help;
+        size_t offset;
+    } families[] = {
+        {"scopegate_audit_lines_written_total", "Audit lines written to the audit log.",
+         offsetof(sg_audit_stats, written)},
+        {"scopegate_audit_lines_dropped_total",
+         "Audit lines lost (queue full, too long, or a write error).",
+         offsetof(sg_audit_stats, dropped)},
+        {"scopegate_audit_queue_full_total",
+         "Audit lines dropped because the queue was full when they were submitted.",
+         offsetof(sg_audit_stats, queue_full)},
+        {"scopegate_audit_write_errors_total", "Failed writes to the audit log.",
+         offsetof(sg_audit_stats, write_errors)},
+        {"scopegate_audit_reopens_total", "Reopens of the audit log (SIGUSR1).",
+         offsetof(sg_audit_stats, reopened)},
+        {"scopegate_shadow_disagreements_total",
+         "Messages the shadow policy decided otherwise than the live policy.",
+         offsetof(sg_audit_stats, shadow_disagreements)},
+    };
+    for (size_t i = 0; i < SG_ARRAY_LEN(families); i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)&s + families[i].offset, sizeof v);
+        sg_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", families[i].name,
+                      families[i].help, families[i].name, families[i].name,
+                      (unsigned long long)v);
+    }
 }
 
 void sg_audit_close(sg_audit *a)

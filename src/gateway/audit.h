@@ -18,6 +18,8 @@
 #define SG_AUDIT_H
 
 #include <stddef.h>
+
+#include "base/sg.h"
 #include <stdint.h>
 
 /* Lines the queue holds by default (--audit-queue). */
@@ -66,6 +68,9 @@ void sg_audit_count_shadow(sg_audit *a);
 /* Reads the counts (each an atomic load: a consistent snapshot of each
  * field, not of all of them together). Thread-safe; can't fail. */
 void sg_audit_stats_get(const sg_audit *a, sg_audit_stats *out);
+/* A metrics collector (sg_metrics_add_collector, ud = the sg_audit): the
+ * stats above as Prometheus counter families. Can't fail. */
+void sg_audit_metrics(sg_buf *out, void *ud);
 
 /* Writes what is queued (giving up after a second on a file that accepts
  * nothing, e.g. a FIFO nobody reads; what is left is counted as dropped),

@@ -77,7 +77,9 @@ setup(function()
   keys.write(dir .. "/candidate.lua", (LIVE:gsub('plain = "echo:read"', 'plain = "deny"')))
   up_pid, up = procs.echo_upstream(dir)
   start(plain_gw, "plain")
-  start(shadow_gw, "shadow", " --shadow-policy " .. q(dir .. "/candidate.lua"))
+  start(shadow_gw, "shadow", " --shadow-policy " .. q(dir .. "/candidate.lua") ..
+    " --admin-listen 127.0.0.1:0")
+  shadow_gw.admin = procs.wait_for(shadow_gw.err, "readyz at (127%.0%.0%.1:%d+)", 5)
   tokens = { read = mint("echo:read"), both = mint("echo:read echo:write") }
 end)
 
@@ -134,6 +136,25 @@ describe("a shadow policy", function()
     local out, err, code = procs.run("tests/peers/node_modules/node/bin/node",
       "tests/audit_validate.mjs " .. q(shadow_gw.audit) .. " " .. q(plain_gw.audit))
     assert.are.equal(0, code, out .. err)
+    -- The same counts on /metrics: every disagreement, every line written.
+    -- (the writer thread counts a line once it is written: poll briefly)
+    local m, written, lines
+    for _ = 1, 40 do
+      m = procs.http { url = "http://" .. shadow_gw.admin .. "/metrics", scratch = dir }
+      assert.are.equal(200, m.status)
+      written = tonumber(m.body:match("\nscopegate_audit_lines_written_total (%d+)\n"))
+      lines = 0
+      for _ in (procs.read_file(shadow_gw.audit) or ""):gmatch("[^\n]+") do lines = lines + 1 end
+      if written == lines then break end
+      procs.sleep(0.05)
+    end
+    assert.are.equal(lines, written)
+    assert.matches("\nscopegate_shadow_disagreements_total 6\n", m.body, 1, true)
+    assert.matches("\nscopegate_audit_lines_dropped_total 0\n", m.body, 1, true)
+    keys.write(dir .. "/scrape.txt", m.body)
+    local check = io.popen(CLEAN .. "promtool check metrics <" .. q(dir .. "/scrape.txt") .. " 2>&1; echo rc=$?")
+    assert.are.equal("rc=0\n", check:read("a"))
+    check:close()
   end)
 
   it("is reloaded when its file changes; a broken candidate keeps the previous one", function()

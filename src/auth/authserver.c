@@ -29,7 +29,7 @@
 #define MAX_ANSWER_BYTES   (64 * 1024)  /* an introspection answer */
 #define MAX_METADATA_BYTES (256 * 1024) /* a discovery document */
 #define MAX_SECRET_BYTES   4096
-#define FAILED_TTL_S       1 /* a failed call is remembered this long */
+#define FAILED_TTL_S       2 /* a failed call is remembered 1 to 2 s (whole seconds) */
 /* Tickets are remembered in a ring: one more call than fits in it can't be
  * in flight (sg_introspector_new caps concurrency + queue below half). */
 #define TICKET_RING 8192

@@ -120,7 +120,7 @@ void sg_introspect_release(sg_introspect_hold *h);
  *   a refusal (SG_TOKEN_INACTIVE, SG_TOKEN_EXPIRED, SG_TOKEN_AUD_WRONG...):
  *       a cached answer that did not pass;
  *   SG_TOKEN_UNAVAILABLE: the authorization server could not be asked or
- *       did not answer usefully (cached 1 s), the queue is full, or
+ *       did not answer usefully (cached 1 to 2 s), the queue is full, or
  *       may_ask is 0 and nothing is cached;
  *   SG_TOKEN_PENDING with a nonzero *ticket (only when may_ask): a call is
  *       queued or running for this token; ask again once

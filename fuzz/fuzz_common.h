@@ -5,6 +5,7 @@
 #define SG_FUZZ_COMMON_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "base/sg.h"
 
@@ -15,6 +16,11 @@
 #define FUZZ_KID      "fuzz-hs"
 #define FUZZ_ISSUER   "https://auth.example.com"
 #define FUZZ_AUDIENCE "https://fuzz.example.com/mcp"
+
+/* The libFuzzer entry points every target defines (Initialize only where
+ * the target has setup to do). */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 /* A private directory for the process (created once, removed at exit). */
 const char *fuzz_tmpdir(void);

@@ -95,7 +95,6 @@ static void plan(sg_gateway_reply *out, const char *body, const char *authz)
     }
 }
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
@@ -197,7 +196,6 @@ static void check_json(const char *p, size_t len)
     cJSON_Delete(root);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1) return 0;

@@ -15,6 +15,7 @@
 
 #include "upstream/http1.h"
 #include "base/sg.h"
+#include "fuzz_common.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \
@@ -76,7 +77,6 @@ static size_t parse(sg_http1 *p, run *r, const uint8_t *sizes, size_t nsizes, co
     return off;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2) return 0;

@@ -13,6 +13,7 @@
 #include "base/json.h"
 #include "mcp/mcp.h"
 #include "base/sg.h"
+#include "fuzz_common.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \
@@ -31,7 +32,6 @@ static void check_is_json(const sg_buf *b)
     sg_json_scan_free(&s);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *body = (const char *)data;

@@ -25,7 +25,6 @@ static const char TOKEN[] =
 #include "es256_token.inc"
     ;
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char err[256];

@@ -25,6 +25,7 @@
 
 #include "upstream/proxy.h"
 #include "base/sg.h"
+#include "fuzz_common.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \
@@ -95,7 +96,6 @@ static void *upstream(void *arg)
     return NULL;
 }
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
@@ -146,7 +146,6 @@ static void pump(long max_ms)
     sg_proxy_lane_run(lane);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1) return 0;

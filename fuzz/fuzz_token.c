@@ -48,7 +48,6 @@ static sg_verifier *verifier;
 static sg_tcache *cache;
 static int verbose; /* SG_FUZZ_VERBOSE=1: say what each input verified to */
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
@@ -104,7 +103,6 @@ static void verify(const char *tok, size_t len)
     }
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size == 0 || data[0] != '{') {

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "net/wire.h"
+#include "fuzz_common.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

@@ -41,10 +41,12 @@ sg_npm_ci() {
 }
 
 # sg_build DIR [cmake args...] -- configures (once) and builds DIR; prints
-# the compiler's errors and returns 1 when the build fails.
+# the compiler's errors and returns 1 when the build fails. The project's own
+# builds treat warnings as errors (SG_WERROR; off for packagers).
 sg_build() {
     local dir=$1; shift
-    [ -f "$dir/CMakeCache.txt" ] || cmake -S . -B "$dir" "$@" >/dev/null
+    grep -q '^SG_WERROR:BOOL=ON' "$dir/CMakeCache.txt" 2>/dev/null ||
+        cmake -S . -B "$dir" -DSG_WERROR=ON "$@" >/dev/null
     if ! cmake --build "$dir" -j "$(nproc)" >"$dir/build.log" 2>&1; then
         grep -E 'error|Error' "$dir/build.log" | head -40 >&2
         return 1

@@ -435,9 +435,15 @@ static int header_equals(const char *header, const char *expected)
     return rc;
 }
 
-static int mismatch(char *msg, size_t msg_size, int code, const char *fmt, const char *header)
+__attribute__((format(printf, 4, 5))) static int mismatch(char *msg, size_t msg_size, int code,
+                                                          const char *fmt, ...)
 {
-    if (msg && msg_size) snprintf(msg, msg_size, fmt, header);
+    if (msg && msg_size) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, msg_size, fmt, ap);
+        va_end(ap);
+    }
     return code;
 }
 

@@ -123,7 +123,8 @@ static _Thread_local unsigned tl_worker;
 
 /* ---- small helpers ---------------------------------------------------------- */
 
-static void mhd_log(void *cls, const char *fmt, va_list ap)
+/* libmicrohttpd's own messages: fmt is its format string. */
+__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     char line[512];

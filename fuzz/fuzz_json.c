@@ -25,7 +25,7 @@ static void check_is_json(const sg_buf *b)
     if (!sg_buf_ok(b)) return; /* out of memory is not a finding */
     sg_json_scan s;
     sg_json_error e;
-    sg_json_limits lim = {SG_JSON_MAX_DEPTH_CAP, 0};
+    sg_json_limits lim = {.max_depth = SG_JSON_MAX_DEPTH_CAP};
     /* Valid JSON; a NUL byte is written as \u0000, which is JSON but which
      * the pre-scan refuses on purpose (cJSON would truncate there). */
     CHECK(sg_json_prescan(b->data, b->len, &lim, &s, &e) == 0 || e.kind == SG_JSON_ERR_NUL_ESCAPE);
@@ -37,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *body = (const char *)data;
 
     /* The pre-scan alone, with a small element limit as a batch would have. */
-    sg_json_limits lim = {16, 8};
+    sg_json_limits lim = {.max_depth = 16, .max_top_elements = 8};
     sg_json_scan scan;
     sg_json_error err;
     if (sg_json_prescan(body, size, &lim, &scan, &err) == 0) {

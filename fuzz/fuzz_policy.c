@@ -72,7 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         {"ping", NULL},
         {"custom/method", NULL},
     };
-    sg_header h = {"mcp-protocol-version", "2025-06-18"};
+    sg_header h = {.name = "mcp-protocol-version", .value = "2025-06-18"};
     sg_arena a;
     sg_arena_init(&a, 4096);
     for (size_t i = 0; i < SG_ARRAY_LEN(msgs); i++) {

@@ -85,11 +85,11 @@ static void *upstream(void *arg)
          * its side first; a connection it keeps is reset. TIME_WAIT sockets
          * stay on this side, which uses no ephemeral ports. */
         shutdown(fd, SHUT_WR);
-        struct pollfd pfd = {fd, POLLIN, 0};
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
         char sink[512];
         while (poll(&pfd, 1, 20) == 1 && read(fd, sink, sizeof sink) > 0) {
         }
-        struct linger lg = {1, 0};
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
         close(fd);
     }
@@ -115,7 +115,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
     char url[64], err[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%u/mcp", (unsigned)ntohs(a.sin_port));
-    sg_proxy_config pc = {url, 1000, 2000, 0, NULL};
+    sg_proxy_config pc = {
+        .upstream_url = url, .connect_timeout_ms = 1000, .response_timeout_ms = 2000};
     CHECK((proxy = sg_proxy_new(&pc, 1, err, sizeof err)));
     CHECK((lane = sg_proxy_lane_of(proxy, 0)));
     CHECK((epfd = epoll_create1(0)) >= 0);
@@ -157,10 +158,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     pthread_mutex_unlock(&mu);
 
     static const char body[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}";
-    sg_header h[2] = {{"Content-Type", "application/json"},
-                      {"Accept", "application/json, text/event-stream"}};
-    sg_proxy_request req = {"POST", h, 2, NULL, 0, body, sizeof body - 1};
-    sg_transfer_ops ops = {on_suspend, on_resume, NULL};
+    sg_header h[2] = {{.name = "Content-Type", .value = "application/json"},
+                      {.name = "Accept", .value = "application/json, text/event-stream"}};
+    sg_proxy_request req = {
+        .method = "POST", .headers = h, .nheaders = 2, .body = body, .body_len = sizeof body - 1};
+    sg_transfer_ops ops = {.suspend = on_suspend, .resume = on_resume};
     sg_transfer *t = sg_proxy_start(lane, &req, &ops, -1);
     CHECK(t);
     sg_transfer_head head;

@@ -90,7 +90,11 @@ static void challenge(const sg_site *site, sg_decision *d, const char *error, co
     if (offline >= 0) d->scope.w[offline >> 6] &= ~((uint64_t)1 << (offline & 63));
     sg_buf scope = SG_BUF_INIT;
     sg_universe_format(site->universe, &d->scope, &scope);
-    sg_challenge c = {site->realm, error, scope.data, site->resource_metadata, desc};
+    sg_challenge c = {.realm = site->realm,
+                      .error = error,
+                      .scope = scope.data,
+                      .resource_metadata = site->resource_metadata,
+                      .error_description = desc};
     sg_challenge_format(&c, &d->challenge);
     sg_buf_free(&scope);
 }

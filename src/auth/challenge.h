@@ -35,7 +35,8 @@ typedef enum sg_outcome {
     SG_ALLOW,        /* forward upstream */
     SG_UNAUTHORIZED, /* 401: no token, or a refused one */
     SG_FORBIDDEN,    /* 403 insufficient_scope: a step-up can help */
-    SG_DENIED        /* 403: the policy says never; no step-up hint */
+    SG_DENIED,       /* 403: the policy says never; no step-up hint */
+    SG_OUTCOME_COUNT
 } sg_outcome;
 
 /* Where challenges point: the policy's universe and realm, and the URL of

@@ -1,12 +1,17 @@
 /* token.h -- bearer-token verification (JWS compact serialization).
  *
- * (Helper-owned: the verifier API below may be refined by its implementer;
- * the sg_token fields are the contract the policy and decision layers use.)
- *
  * A verifier (shared, read-only after creation, thread-safe) checks a token
  * against its key set (jwks.h) and configuration. A token cache (one per
  * worker thread, not locked) remembers verified tokens by their exact bytes
- * until they expire. Every refusal has a stable code; see docs/tokens.md. */
+ * until they expire. Every refusal has a stable code; see docs/tokens.md.
+ *
+ * The folder src/auth/ is everything about bearer tokens: keys and key sets
+ * (jwks.h: JWK to EVP_PKEY, JWKS files and URLs, the refresher thread), the
+ * verifier and its per-worker cache (this file), and the RFC 6750
+ * WWW-Authenticate challenge built from what was verified (challenge.h).
+ * Minting tokens is not here: the development minter lives with the CLI
+ * and the test minter is libjwt, in the Lua module only.
+ */
 #ifndef SG_TOKEN_H
 #define SG_TOKEN_H
 

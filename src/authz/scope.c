@@ -192,9 +192,9 @@ void sg_universe_format(const sg_universe *u, const sg_scopeset *s, sg_buf *out)
 
 /* ---- requirements ---------------------------------------------------------- */
 
-const sg_req sg_req_public = {SG_REQ_PUBLIC, -1, 0, NULL, NULL};
-const sg_req sg_req_authenticated = {SG_REQ_AUTHENTICATED, -1, 0, NULL, NULL};
-const sg_req sg_req_deny = {SG_REQ_DENY, -1, 0, NULL, NULL};
+const sg_req sg_req_public = {.kind = SG_REQ_PUBLIC, .scope = -1};
+const sg_req sg_req_authenticated = {.kind = SG_REQ_AUTHENTICATED, .scope = -1};
+const sg_req sg_req_deny = {.kind = SG_REQ_DENY, .scope = -1};
 
 sg_req *sg_req_leaf(sg_arena *a, sg_req_kind kind, int scope)
 {

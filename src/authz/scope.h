@@ -8,7 +8,12 @@
  *   - which scopes should the caller add (the cheapest satisfying set) so
  *     that a step-up challenge can name them?
  * Scope sets are fixed-size bitsets, so a policy has at most SG_MAX_SCOPES
- * distinct scopes. */
+ * distinct scopes.
+ *
+ * The folder src/authz/ holds only this algebra: it knows nothing of
+ * tokens, policies or HTTP, which is why it can be checked exhaustively
+ * against a reference model (tests/spec/authz/scope_spec.lua).
+ */
 #ifndef SG_SCOPE_H
 #define SG_SCOPE_H
 

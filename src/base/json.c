@@ -479,7 +479,7 @@ static int run(scanner *s, const sg_json_limits *lim, frame *stack)
 int sg_json_prescan(const char *p, size_t len, const sg_json_limits *lim, sg_json_scan *out,
                     sg_json_error *err)
 {
-    static const sg_json_limits defaults = {DEFAULT_MAX_DEPTH, 0};
+    static const sg_json_limits defaults = {.max_depth = DEFAULT_MAX_DEPTH, .max_top_elements = 0};
     sg_json_error scratch;
     memset(out, 0, sizeof *out);
     if (!err) err = &scratch;

@@ -3,7 +3,14 @@
  * Every subsystem uses the same growable byte buffer (sg_buf), the same
  * bump arena for per-request allocations (sg_arena), the same clock and the
  * same logger, so that none of them grows a private copy. Nothing here does
- * I/O except sg_log. */
+ * I/O except sg_log.
+ *
+ * The folder src/base/ is the bottom of the tree: what every other folder
+ * uses and nothing of scopegate's own beneath it. sg.h (buffers, arenas,
+ * clocks, logging, errors, files), json.h (the strict pre-scan every JSON
+ * text passes before cJSON, and the JSON string writer), base64url.h and
+ * uri.h (RFC 3986 normalisation).
+ */
 #ifndef SG_H
 #define SG_H
 
@@ -69,8 +76,10 @@ uint64_t sg_now_mono_ns(void); /* monotonic clock, nanoseconds */
 /* ---- logging ---------------------------------------------------------------
  * One line per call on stderr, prefixed with an ISO-8601 time and the level.
  * Thread-safe (one write(2) per line). The level threshold is process-wide. */
-enum { SG_LOG_DEBUG, SG_LOG_INFO, SG_LOG_WARN, SG_LOG_ERROR };
+enum { SG_LOG_DEBUG, SG_LOG_INFO, SG_LOG_WARN, SG_LOG_ERROR, SG_LOG_LEVEL_COUNT };
 void sg_log_set_level(int level);
+/* The level named "debug", "info", "warn" or "error" (any case), or -1. */
+int sg_log_level_parse(const char *name);
 void sg_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- headers ---------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -197,9 +198,25 @@ void sg_log_set_level(int level)
     log_level = level;
 }
 
+static const char *const log_level_names[] = {
+    [SG_LOG_DEBUG] = "debug",
+    [SG_LOG_INFO] = "info",
+    [SG_LOG_WARN] = "warn",
+    [SG_LOG_ERROR] = "error",
+};
+_Static_assert(sizeof log_level_names / sizeof *log_level_names == SG_LOG_LEVEL_COUNT,
+               "a name for every log level");
+
+int sg_log_level_parse(const char *name)
+{
+    for (int i = 0; i < SG_LOG_LEVEL_COUNT; i++)
+        if (strcasecmp(name, log_level_names[i]) == 0) return i;
+    return -1;
+}
+
 void sg_log(int level, const char *fmt, ...)
 {
-    static const char *const names[] = {"debug", "info", "warn", "error"};
+    const char *const *names = log_level_names;
     if (level < log_level) return;
     char line[2048];
     struct timespec ts;

@@ -2,7 +2,13 @@
  *
  * Flags are `--name VALUE` (or `--name=VALUE`); a table says where each
  * value goes and what it may be, so every subcommand reports a bad flag the
- * same way: one line on stderr naming the command, the flag and the rule. */
+ * same way: one line on stderr naming the command, the flag and the rule.
+ *
+ * The folder src/cli/ is the program around the core: main.c (subcommands,
+ * the development token minter), this flag parser, the config file
+ * (conffile.h), serve.c, explain.c and policytest.c (`scopegate test`). It is
+ * its own library, linked only into the program.
+ */
 #ifndef SG_CLI_H
 #define SG_CLI_H
 

@@ -22,8 +22,13 @@
 
 int sg_cmd_explain(int argc, char **argv);
 
-static const char *const outcome_names[] = {"allow", "401 unauthorized", "403 insufficient_scope",
-                                            "403 denied"};
+static const char *const outcome_names[] = {
+    [SG_ALLOW] = "allow",
+    [SG_UNAUTHORIZED] = "401 unauthorized",
+    [SG_FORBIDDEN] = "403 insufficient_scope",
+    [SG_DENIED] = "403 denied",
+};
+_Static_assert(sizeof outcome_names / sizeof *outcome_names == SG_OUTCOME_COUNT, "every outcome");
 
 /* The exit status per outcome, so scripts and CI can assert a decision
  * without parsing the text (documented in the usage and docs/policy.md).
@@ -90,7 +95,7 @@ static char *read_stdin(size_t *len)
 int sg_cmd_explain(int argc, char **argv)
 {
     const char *message = NULL, *claims = NULL, *jwt = NULL, *version = NULL, *public_url = NULL;
-    sg_flag_list headers = {{0}, 0};
+    sg_flag_list headers = {.n = 0};
     const sg_flag flags[] = {
         {"--message", SG_FLAG_STRING, &message, 0, 0},
         {"--claims", SG_FLAG_STRING, &claims, 0, 0},

@@ -400,12 +400,10 @@ static char *url_origin(const char *url)
 
 static int set_log_level(const char *name)
 {
-    static const char *const names[] = {"debug", "info", "warn", "error"};
-    for (int i = 0; i < 4; i++) {
-        if (strcasecmp(name, names[i]) == 0) {
-            sg_log_set_level(i);
-            return 0;
-        }
+    int level = sg_log_level_parse(name);
+    if (level >= 0) {
+        sg_log_set_level(level);
+        return 0;
     }
     fprintf(stderr, "scopegate serve: --log-level must be debug, info, warn or error\n");
     return -1;
@@ -734,8 +732,10 @@ static int serve(serve_opts *opts)
         fprintf(stderr, "scopegate serve: --upstream-ca %s: %s\n", o.upstream_ca, strerror(errno));
         goto out;
     }
-    sg_proxy_config pc = {o.upstream, (uint32_t)o.connect_timeout_ms,
-                          (uint32_t)o.upstream_timeout_ms, 0, o.upstream_ca};
+    sg_proxy_config pc = {.upstream_url = o.upstream,
+                          .connect_timeout_ms = (uint32_t)o.connect_timeout_ms,
+                          .response_timeout_ms = (uint32_t)o.upstream_timeout_ms,
+                          .ca_file = o.upstream_ca};
     if (!(proxy = sg_proxy_new(&pc, threads, err, sizeof err))) {
         fprintf(stderr, "scopegate serve: --upstream: %s\n", err);
         goto out;

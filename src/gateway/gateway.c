@@ -163,7 +163,7 @@ static policy_gen *gen_retain(policy_gen *g)
 /* Trims the trailing newlines of a loader report copied into err. */
 static void copy_report(char *err, size_t errlen, const char *report)
 {
-    snprintf(err, errlen, "%s", report ? report : "policy failed to load");
+    sg_errf(err, errlen, "%s", report ? report : "policy failed to load");
     size_t n = strlen(err);
     while (n > 0 && err[n - 1] == '\n')
         err[--n] = 0;

@@ -10,7 +10,13 @@
  *
  * Workers: the gateway holds `workers` independent contexts (a policy Lua
  * state, a token cache, scratch memory); a context is used by one thread
- * only, chosen by the worker index the caller passes. */
+ * only, chosen by the worker index the caller passes.
+ *
+ * The folder src/gateway/ is one request through the product: this access
+ * decision and list filtering, the upstream tool catalogue (catalog.h) and
+ * the policy lifecycle (reload.h: watching files, SIGHUP, swapping
+ * generations).
+ */
 #ifndef SG_GATEWAY_H
 #define SG_GATEWAY_H
 

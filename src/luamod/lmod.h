@@ -3,7 +3,11 @@
  * Each subsystem registers its functions from its own lmod_<name>.c into
  * the module table, so the bindings stay next to nothing but themselves.
  * These functions are for tests, `scopegate explain` and tools; the gateway
- * itself calls the C API directly. */
+ * itself calls the C API directly.
+ *
+ * The folder src/luamod/ is test-only: the bindings of the module are built
+ * into lua/scopegate/core.so for busted and tools, never into the server.
+ */
 #ifndef SG_LMOD_H
 #define SG_LMOD_H
 

@@ -40,10 +40,19 @@ static size_t cap_body(const char *data, size_t len, void *ud)
     return sg_buf_ok(&c->body) ? len : 0;
 }
 
+/* What a test sees of the parser's state: done, error, or still partial. */
+static const char *const state_names[] = {
+    [SG_HTTP1_HEAD] = "partial",       [SG_HTTP1_BODY_LENGTH] = "partial",
+    [SG_HTTP1_CHUNK_SIZE] = "partial", [SG_HTTP1_CHUNK_DATA] = "partial",
+    [SG_HTTP1_CHUNK_END] = "partial",  [SG_HTTP1_TRAILER] = "partial",
+    [SG_HTTP1_BODY_CLOSE] = "partial", [SG_HTTP1_DONE] = "done",
+    [SG_HTTP1_ERROR] = "error",
+};
+_Static_assert(sizeof state_names / sizeof *state_names == SG_HTTP1_STATE_COUNT, "every state");
+
 static int l_http1_parse(lua_State *L)
 {
-    static const char *const states[] = {"partial", "partial", "partial", "partial", "partial",
-                                         "partial", "partial", "done",    "error"};
+    const char *const *states = state_names;
     luaL_checktype(L, 1, LUA_TTABLE);
     capture c = {L, 0, SG_BUF_INIT, 0, 0};
     int eof = 0;

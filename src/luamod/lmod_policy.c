@@ -360,9 +360,17 @@ static sg_token *claims_token(lua_State *L, cJSON *claims, cJSON **owned, int no
     return token;
 }
 
+static const char *const outcome_words[] = {
+    [SG_ALLOW] = "allow",
+    [SG_UNAUTHORIZED] = "401",
+    [SG_FORBIDDEN] = "403",
+    [SG_DENIED] = "deny",
+};
+_Static_assert(sizeof outcome_words / sizeof *outcome_words == SG_OUTCOME_COUNT, "every outcome");
+
 static int l_policy_evaluate(lua_State *L)
 {
-    static const char *const outcomes[] = {"allow", "401", "403", "deny"};
+    const char *const *outcomes = outcome_words;
     sg_policy *p = check_policy(L);
     luaL_checktype(L, 2, LUA_TTABLE);
     const char *version = opt_string_field(L, 2, "protocol_version");

@@ -190,9 +190,17 @@ static int u_describe(lua_State *L)
 
 /* U:decide(req, granted_or_nil, token_error, realm, resource_metadata)
  * -> { status=, outcome=, challenge=, message=, scope= } */
+static const char *const outcome_names[] = {
+    [SG_ALLOW] = "allow",
+    [SG_UNAUTHORIZED] = "unauthorized",
+    [SG_FORBIDDEN] = "forbidden",
+    [SG_DENIED] = "denied",
+};
+_Static_assert(sizeof outcome_names / sizeof *outcome_names == SG_OUTCOME_COUNT, "every outcome");
+
 static int u_decide(lua_State *L)
 {
-    static const char *const outcomes[] = {"allow", "unauthorized", "forbidden", "denied"};
+    const char *const *outcomes = outcome_names;
     sg_universe *u = check_universe(L, 1);
     lua_settop(L, 6); /* optional arguments become nil, the arena goes above */
     sg_arena *a = push_arena(L);
@@ -211,7 +219,9 @@ static int u_decide(lua_State *L)
         tok.nscopes = (int)n;
         tok.scopes = scopes;
     }
-    sg_site site = {u, luaL_optstring(L, 5, NULL), luaL_optstring(L, 6, NULL)};
+    sg_site site = {.universe = u,
+                    .realm = luaL_optstring(L, 5, NULL),
+                    .resource_metadata = luaL_optstring(L, 6, NULL)};
     sg_decision d;
     sg_decision_init(&d);
     sg_decide(&site, r, lua_istable(L, 3) ? &tok : NULL, luaL_optstring(L, 4, NULL), &d);
@@ -249,8 +259,11 @@ static int l_challenge(lua_State *L)
     lua_getfield(L, 1, "scope");
     lua_getfield(L, 1, "resource_metadata");
     lua_getfield(L, 1, "error_description");
-    sg_challenge c = {lua_tostring(L, 2), lua_tostring(L, 3), lua_tostring(L, 4),
-                      lua_tostring(L, 5), lua_tostring(L, 6)};
+    sg_challenge c = {.realm = lua_tostring(L, 2),
+                      .error = lua_tostring(L, 3),
+                      .scope = lua_tostring(L, 4),
+                      .resource_metadata = lua_tostring(L, 5),
+                      .error_description = lua_tostring(L, 6)};
     sg_buf b = SG_BUF_INIT;
     sg_challenge_format(&c, &b);
     lua_pushlstring(L, b.data ? b.data : "", b.len);

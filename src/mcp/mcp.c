@@ -270,7 +270,7 @@ int sg_mcp_parse(const char *body, size_t len, const sg_mcp_limits *lim, sg_mcp_
         return body_fail(out, SG_JSONRPC_INVALID_REQUEST, "Invalid Request", detail);
     }
 
-    sg_json_limits jl = {l.max_depth, l.max_batch};
+    sg_json_limits jl = {.max_depth = l.max_depth, .max_top_elements = l.max_batch};
     sg_json_scan scan;
     sg_json_error err;
     if (sg_json_prescan(body, len, &jl, &scan, &err) != 0) {

@@ -20,7 +20,13 @@
  *   - tools/call and prompts/get need a string params.name and, when present,
  *     an object params.arguments; resources/read, resources/subscribe and
  *     resources/unsubscribe need a string params.uri; initialize needs
- *     params.protocolVersion to be a string when present. */
+ *     params.protocolVersion to be a string when present.
+ *
+ * The folder src/mcp/ is what MCP and its authorization specification say
+ * about messages: this model, the event-stream reader of Streamable HTTP
+ * (sse.h), the bridge from a parsed body to the requirement and decision of
+ * the policy (bridge.h) and the RFC 9728 metadata document (metadata.h).
+ */
 #ifndef SG_MCP_H
 #define SG_MCP_H
 

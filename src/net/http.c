@@ -665,10 +665,14 @@ static enum MHD_Result advance_head(exchange *ex)
 
 static enum MHD_Result forward(exchange *ex, const char *method, const header_list *hl)
 {
-    sg_proxy_request preq = {
-        method,        hl->items,   hl->n, ex->reply.identity, ex->reply.nidentity,
-        ex->body.data, ex->body.len};
-    sg_transfer_ops ops = {ex_suspend, ex_resume, ex};
+    sg_proxy_request preq = {.method = method,
+                             .headers = hl->items,
+                             .nheaders = hl->n,
+                             .extra = ex->reply.identity,
+                             .nextra = ex->reply.nidentity,
+                             .body = ex->body.data,
+                             .body_len = ex->body.len};
+    sg_transfer_ops ops = {.suspend = ex_suspend, .resume = ex_resume, .ud = ex};
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(ex->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     int fd = ci ? ci->connect_fd : -1;
@@ -882,9 +886,13 @@ static enum MHD_Result decide(exchange *ex, const char *method, int waited)
         ok = queue_error(conn, 400, SG_JSONRPC_INVALID_REQUEST,
                          "Repeated Authorization or Host header", NULL, 1);
     } else {
-        sg_gateway_request greq = {
-            ex->worker,   method, hl->items, hl->n, ex->body.data ? ex->body.data : "",
-            ex->body.len, waited};
+        sg_gateway_request greq = {.worker = ex->worker,
+                                   .method = method,
+                                   .headers = hl->items,
+                                   .nheaders = hl->n,
+                                   .body = ex->body.data ? ex->body.data : "",
+                                   .body_len = ex->body.len,
+                                   .waited = waited};
         int rc = sg_gateway_handle(h->cfg.gateway, &greq, &ex->reply);
         if (rc == 0) {
             ok = forward(ex, method, hl);
@@ -1031,7 +1039,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
 {
     sg_http *h = calloc(1, sizeof *h);
     if (!h) {
-        snprintf(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         return NULL;
     }
     h->cfg = *cfg;
@@ -1044,7 +1052,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
     if (!l->body_grace_s) l->body_grace_s = 5;
     if (!sg_wire_interposed()) {
         /* Without it libmicrohttpd would read unchecked bytes: fail closed. */
-        snprintf(err, errlen, "the strict request scanner is not bound to libmicrohttpd's reads");
+        sg_errf(err, errlen, "the strict request scanner is not bound to libmicrohttpd's reads");
         free(h);
         return NULL;
     }
@@ -1052,7 +1060,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
     if (!h->cfg.mcp_path) h->cfg.mcp_path = "/mcp";
     if (!(h->workers = calloc(l->threads, sizeof *h->workers))) {
         free(h);
-        snprintf(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         return NULL;
     }
     h->nworkers = l->threads;
@@ -1073,7 +1081,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
         v6->sin6_port = htons(cfg->port);
         flags |= MHD_USE_IPv6;
     } else {
-        snprintf(err, errlen, "listen address '%s' is not a numeric IPv4 or IPv6 address", host);
+        sg_errf(err, errlen, "listen address '%s' is not a numeric IPv4 or IPv6 address", host);
         workers_free(h);
         return NULL;
     }
@@ -1100,8 +1108,8 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
             MHD_OPTION_CONNECTION_TIMEOUT, l->timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
             h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_END);
         if (!w->daemon) {
-            snprintf(err, errlen, "cannot listen on %s:%u (address in use or not permitted)", host,
-                     (unsigned)(i ? h->port : cfg->port));
+            sg_errf(err, errlen, "cannot listen on %s:%u (address in use or not permitted)", host,
+                    (unsigned)(i ? h->port : cfg->port));
             workers_free(h);
             return NULL;
         }
@@ -1117,7 +1125,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
         if (!w->lane || !ei || w->epfd < 0 || w->evfd < 0 ||
             epoll_add(w->epfd, ei->epoll_fd, TAG_MHD) != 0 ||
             epoll_add(w->epfd, w->evfd, TAG_WAKE) != 0) {
-            snprintf(err, errlen, "cannot set up worker %u's event loop", i);
+            sg_errf(err, errlen, "cannot set up worker %u's event loop", i);
             workers_free(h);
             return NULL;
         }
@@ -1127,7 +1135,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
     for (unsigned i = 0; i < h->nworkers; i++) {
         http_worker *w = &h->workers[i];
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-            snprintf(err, errlen, "cannot start worker thread %u", i);
+            sg_errf(err, errlen, "cannot start worker thread %u", i);
             sg_http_stop(h);
             return NULL;
         }

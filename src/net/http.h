@@ -6,7 +6,11 @@
  * every request meets before any parsing (connections, header and body
  * size, time), the Host and Origin allow-lists, the routes (MCP endpoint,
  * RFC 9728 metadata, /healthz) and the streaming of upstream answers back to
- * clients with suspend/resume, so no thread waits on the upstream. */
+ * clients with suspend/resume, so no thread waits on the upstream.
+ *
+ * The folder src/net/ is the client-facing side: these workers and the
+ * strict RFC 9112 request framing every client byte passes first (wire.h).
+ */
 #ifndef SG_HTTP_H
 #define SG_HTTP_H
 

@@ -72,7 +72,7 @@ size_t sg_luasrc_tokens(const char *src, size_t from, size_t to, int first_line,
     for (size_t i = from; t && i < to;) {
         char c = src[i];
         size_t lo, start = i;
-        sg_luasrc_token tok = {i, i, 1, SG_LUASRC_OTHER, line};
+        sg_luasrc_token tok = {.at = i, .off = i, .len = 1, .kind = SG_LUASRC_OTHER, .line = line};
         if (c == '\n' || isspace((unsigned char)c)) {
             line += c == '\n';
             i++;

@@ -1859,8 +1859,12 @@ int sg_policy_check_with(const char *path, const sg_policy_limits *limits, sg_bu
     for (int i = 0; i < n; i++)
         scopes[i] = sg_universe_name(p->u, i);
     cJSON_AddStringToObject(claims, "sub", "scopegate-check");
-    sg_token tok = {claims, "scopegate-check", "scopegate-check", NULL, sg_now_unix() + 3600, n,
-                    scopes};
+    sg_token tok = {.claims = claims,
+                    .sub = "scopegate-check",
+                    .client_id = "scopegate-check",
+                    .exp = sg_now_unix() + 3600,
+                    .nscopes = n,
+                    .scopes = scopes};
     if (p->nfunctions > 1)
         qsort(p->functions, (size_t)p->nfunctions, sizeof *p->functions, by_line);
     sg_arena a;
@@ -1912,19 +1916,25 @@ void sg_policy_each_rule(const sg_policy *p,
         for (size_t i = 0; i < m->cap; i++) {
             const rule *r = m->slots[i];
             if (!r) continue;
-            sg_policy_rule_info info = {table_names[w], r->key, r->name, r->line, r->req};
+            sg_policy_rule_info info = {.table = table_names[w],
+                                        .key = r->key,
+                                        .name = r->name,
+                                        .line = r->line,
+                                        .req = r->req};
             visit(&info, ctx);
         }
     }
     for (size_t i = 0; i < p->nglobs; i++) {
         const rule *r = p->globs[i];
-        sg_policy_rule_info info = {"resources", r->key, r->name, r->line, r->req};
+        sg_policy_rule_info info = {
+            .table = "resources", .key = r->key, .name = r->name, .line = r->line, .req = r->req};
         visit(&info, ctx);
     }
     /* An absent default has line 0; a written one has its key's line. */
     if (p->default_rule.line > 0) {
         const rule *r = &p->default_rule;
-        sg_policy_rule_info info = {"default", r->key, r->name, r->line, r->req};
+        sg_policy_rule_info info = {
+            .table = "default", .key = r->key, .name = r->name, .line = r->line, .req = r->req};
         visit(&info, ctx);
     }
 }

@@ -9,7 +9,14 @@
  *
  * One sg_policy belongs to one worker thread (it owns a Lua state): load one
  * per worker, never one per request. The universe and static requirements
- * are read-only after load. */
+ * are read-only after load.
+ *
+ * The folder src/policy/ is the policy runtime: the confined Lua state
+ * (sandbox.h), loading and deciding (this file), the conversions between
+ * cJSON and Lua (luajson.h), locating keys and constants in policy source
+ * for file:line messages (luasrc.h), and the scope-design lint (lint.h).
+ * It knows MCP only as the sg_policy_input it is given.
+ */
 #ifndef SG_POLICY_H
 #define SG_POLICY_H
 

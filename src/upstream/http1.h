@@ -38,7 +38,8 @@ enum {
     SG_HTTP1_TRAILER,
     SG_HTTP1_BODY_CLOSE,
     SG_HTTP1_DONE,
-    SG_HTTP1_ERROR
+    SG_HTTP1_ERROR,
+    SG_HTTP1_STATE_COUNT
 };
 
 typedef struct sg_http1 {

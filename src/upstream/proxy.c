@@ -891,7 +891,7 @@ static int plain_target(sg_proxy *p, const char *url, char *err, size_t errlen)
     if (!u || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
-        snprintf(err, errlen, "upstream URL '%s' is not a valid URL", url);
+        sg_errf(err, errlen, "upstream URL '%s' is not a valid URL", url);
         goto done;
     }
     int has_port = curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK;
@@ -916,8 +916,8 @@ static int plain_target(sg_proxy *p, const char *url, char *err, size_t errlen)
     hints.ai_socktype = SOCK_STREAM;
     int gai = getaddrinfo(name, has_port ? port : "80", &hints, &res);
     if (gai != 0 || !res || res->ai_addrlen > sizeof p->addr || !p->host_header || !p->path) {
-        snprintf(err, errlen, "upstream host '%s' cannot be resolved: %s", name,
-                 gai ? gai_strerror(gai) : "no address");
+        sg_errf(err, errlen, "upstream host '%s' cannot be resolved: %s", name,
+                gai ? gai_strerror(gai) : "no address");
         if (res) freeaddrinfo(res);
         goto done;
     }
@@ -943,14 +943,14 @@ sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, unsigned lanes, char *err, si
     static int global_done = 0;
     if (!cfg->upstream_url || (strncasecmp(cfg->upstream_url, "http://", 7) != 0 &&
                                strncasecmp(cfg->upstream_url, "https://", 8) != 0)) {
-        snprintf(err, errlen, "upstream URL must start with http:// or https://");
+        sg_errf(err, errlen, "upstream URL must start with http:// or https://");
         return NULL;
     }
     CURLU *u = curl_url();
     int bad = !u || curl_url_set(u, CURLUPART_URL, cfg->upstream_url, 0) != CURLUE_OK;
     curl_url_cleanup(u);
     if (bad) {
-        snprintf(err, errlen, "upstream URL '%s' is not a valid URL", cfg->upstream_url);
+        sg_errf(err, errlen, "upstream URL '%s' is not a valid URL", cfg->upstream_url);
         return NULL;
     }
     if (!global_done) {
@@ -958,18 +958,18 @@ sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, unsigned lanes, char *err, si
         global_done = 1;
     }
     if (global_rc != CURLE_OK) {
-        snprintf(err, errlen, "libcurl failed to initialise");
+        sg_errf(err, errlen, "libcurl failed to initialise");
         return NULL;
     }
     if (lanes == 0) lanes = 1;
     sg_proxy *p = calloc(1, sizeof *p);
     if (!p || !(p->url = strdup(cfg->upstream_url)) ||
         !(p->lanes = calloc(lanes, sizeof *p->lanes))) {
-        snprintf(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         goto fail;
     }
     if (cfg->ca_file && !(p->ca_file = strdup(cfg->ca_file))) {
-        snprintf(err, errlen, "out of memory");
+        sg_errf(err, errlen, "out of memory");
         goto fail;
     }
     if (strncasecmp(cfg->upstream_url, "http://", 7) == 0 &&
@@ -986,7 +986,7 @@ sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, unsigned lanes, char *err, si
         pthread_mutex_init(&l->mu, NULL);
         p->nlanes++;
         if (!(l->multi = curl_multi_init())) {
-            snprintf(err, errlen, "out of memory");
+            sg_errf(err, errlen, "out of memory");
             goto fail;
         }
         /* Keep an idle upstream connection for every request that may be in

@@ -1,7 +1,7 @@
-/* proxy.h -- forwarding MCP requests to the upstream server with libcurl.
+/* proxy.h -- forwarding MCP requests to the upstream server.
  *
- * One sg_proxy holds one lane per HTTP worker thread: a curl multi handle
- * whose sockets live in that worker's epoll set, so connections to the
+ * One sg_proxy holds one lane per HTTP worker thread, whose upstream
+ * sockets live in that worker's epoll set, so connections to the
  * upstream are reused across requests and a request is served start to
  * finish on one thread that never blocks on the network. A request becomes
  * an sg_transfer shared by two parties on that thread: the lane (producer)
@@ -12,7 +12,13 @@
  * upstream is paused when the client reads slowly), never buffered whole.
  *
  * Only an allow-list of request headers travels upstream; `Authorization`
- * is never among them (no token passthrough). */
+ * is never among them (no token passthrough).
+ *
+ * The folder src/upstream/ is the side of scopegate that talks to the MCP
+ * server: this lane of transfers (our own HTTP/1.1 keep-alive client for
+ * http:// upstreams, libcurl for https://) and the incremental HTTP/1.1
+ * response parser behind the former (http1.h).
+ */
 #ifndef SG_PROXY_H
 #define SG_PROXY_H
 

@@ -10,7 +10,8 @@
 -- attack held its worker for 50-130 ms and the honest p99 followed; now each
 -- attack is refused in under a millisecond. The machine is shared (its quiet
 -- p99 alone reaches 4 ms at times), so the probe runs up to five rounds and
--- the best round must be under 5 ms.
+-- the best round must be under 5 ms, or under three times the quiet p99 when
+-- the machine is that busy (never above 25 ms).
 local core = require "scopegate.core"
 local keys = require "keys"
 local procs = require "procs"
@@ -29,6 +30,9 @@ local cache = io.open(BUILD .. "/CMakeCache.txt")
 local sanitized = cache and cache:read("a"):find("SG_SANITIZE:BOOL=ON", 1, true)
 if cache then cache:close() end
 if sanitized then P99_MS = 40 end
+-- No bound passes this: an attack that held its worker for the whole 50 ms
+-- time budget, as every one did before the byte budget, always fails.
+local CEILING_MS = sanitized and 45 or 25
 
 describe("C library work under attack (real binary)", function()
   local dir, key, up_pid, gw_pid, gw
@@ -124,6 +128,10 @@ return p
     local token = assert(core.mint { alg = "RS256", key_file = key.priv_file, claims = keys.json {
       iss = ISS, aud = AUD, sub = "probe", scope = "demo:read", exp = os.time() + 600 } })
     local _, quiet99, quiet50 = probe(token, 0)
+    -- On a busy machine the quiet p99 alone can pass 5 ms; then the bound
+    -- follows it (three times the quiet p99), but never so far that an
+    -- attack holding the worker for its 50 ms budget could pass.
+    local bound = math.min(math.max(P99_MS, 3 * quiet99), CEILING_MS)
     local best, report = math.huge, {}
     for _ = 1, ROUNDS do
       local out, p99 = probe(token, 4)
@@ -134,11 +142,11 @@ return p
       assert.matches('"attack_status": {"403": %d+}', out)
       assert.is_true(tonumber(out:match('"attacks": (%d+)')) >= 20, out)
       best = math.min(best, p99)
-      if best < P99_MS then break end
+      if best < bound then break end
     end
-    print(string.format("\n  honest latency: quiet p50 %.2f ms p99 %.2f ms; under attack best p99 %.2f ms\n  %s",
-      quiet50, quiet99, best, table.concat(report, "\n  ")))
-    assert.is_true(best < P99_MS, "honest p99 under attack: " .. table.concat(report, "\n"))
+    print(string.format("\n  honest latency: quiet p50 %.2f ms p99 %.2f ms; under attack best p99 %.2f ms (bound %.1f ms)\n  %s",
+      quiet50, quiet99, best, bound, table.concat(report, "\n  ")))
+    assert.is_true(best < bound, "honest p99 under attack (bound " .. bound .. " ms): " .. table.concat(report, "\n"))
     local err = procs.read_file(dir .. "/gw.err")
     assert.matches("too much work for a policy", err)
   end)

@@ -1,4 +1,4 @@
--- tests/spec/authoring_spec.lua -- what a policy author trips over (issue 7,
+-- tests/spec/policy/authoring_spec.lua -- what a policy author trips over (issue 7,
 -- items 5 and 6), through the real C code via scopegate.core: reserved words
 -- as scope names, resource templates as keys, scopes hidden in function
 -- rules, when protocol plumbing is public, and the descriptions a caller

@@ -1,4 +1,4 @@
--- tests/spec/sandbox_spec.lua -- the confined Lua state policies run in.
+-- tests/spec/policy/sandbox_spec.lua -- the confined Lua state policies run in.
 -- Each hostile rule in tests/fixtures/policies/hostile.lua must be denied
 -- (fail closed, error text with file:line), stay within the per-call budgets
 -- (50 ms, 8 MiB) and leave the same state deciding the next request normally.

@@ -1,4 +1,4 @@
--- tests/spec/gateway_authoring_spec.lua -- the real `scopegate serve` and the
+-- tests/spec/gateway/gateway_authoring_spec.lua -- the real `scopegate serve` and the
 -- policy author's expectations (issue 7, items 5 and 6): plumbing that follows
 -- a public `default`, resource templates as keys (calls and the filtered
 -- resources/templates/list), the Host/Origin defaults without --public-url,

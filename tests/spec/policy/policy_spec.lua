@@ -1,4 +1,4 @@
--- tests/spec/policy_spec.lua -- loading, compiling and deciding Lua policies
+-- tests/spec/policy/policy_spec.lua -- loading, compiling and deciding Lua policies
 -- through the real C code (src/policy/policy.c) via scopegate.core.
 local pt = require "policytest"
 local core = pt.core

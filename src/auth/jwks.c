@@ -28,6 +28,7 @@
 
 #include "auth/authserver.h"
 #include "base/base64url.h"
+#include "base/metrics.h"
 #include "base/sg.h"
 
 #define DEFAULT_TTL_MS         (300 * 1000ull)
@@ -628,6 +629,7 @@ static int fetch_locked(sg_keys *k, char *err, size_t errlen)
     uint64_t now = sg_now_mono_ns();
     if (n < 0) {
         k->fetch_failures++;
+        sg_metric_inc(SG_M_JWKS_FETCH_FAILURES);
         __atomic_store_n(&k->next_refresh_ns, now + k->refetch_ns, __ATOMIC_RELEASE);
         return -1;
     }
@@ -640,11 +642,13 @@ static int fetch_locked(sg_keys *k, char *err, size_t errlen)
         k->nurl = nold;
         jwks_free_array(arr, n);
         k->fetch_failures++;
+        sg_metric_inc(SG_M_JWKS_FETCH_FAILURES);
         sg_errf(err, errlen, "out of memory");
         return -1;
     }
     jwks_free_array(old, nold);
     k->fetches++;
+    sg_metric_inc(SG_M_JWKS_FETCHES);
     __atomic_store_n(&k->next_refresh_ns, now + k->ttl_ns, __ATOMIC_RELEASE);
     return 0;
 }
@@ -881,6 +885,14 @@ int sg_keys_refresh(sg_keys *k, char *err, size_t errlen)
     int rc = fetch_locked(k, err, errlen);
     pthread_mutex_unlock(&k->fetch_mu);
     return rc;
+}
+
+int sg_keys_count(sg_keys *k)
+{
+    const sg_keyset *s = acquire_current(k);
+    int n = s->nkeys;
+    sg_keyset_release(s);
+    return n;
 }
 
 void sg_keys_get_stats(sg_keys *k, sg_keys_stats *out)

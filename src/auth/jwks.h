@@ -168,7 +168,11 @@ typedef struct sg_keys_stats {
     unsigned long generation;     /* bumped on every published snapshot */
     int nkeys;                    /* keys in the current snapshot */
 } sg_keys_stats;
-/* Can't fail. */
+/* Can't fail. (Waits while a fetch is under way: a readiness check uses
+ * sg_keys_count instead.) */
 void sg_keys_get_stats(sg_keys *k, sg_keys_stats *out);
+/* Keys in the snapshot in force, without waiting for a fetch under way.
+ * Thread-safe; can't fail. */
+int sg_keys_count(sg_keys *k);
 
 #endif

@@ -8,6 +8,7 @@
  * signature is checked with a key parsed once, and only then are the claims
  * read. The order of checks and every refusal code are in docs/tokens.md. */
 #include "auth/token.h"
+#include "base/metrics.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -421,6 +422,8 @@ static sg_token_err check_header_and_signature(const sg_verifier *v, const char 
     }
     const sg_jwk *key = NULL;
     sg_token_err e = select_key(s, kid, alg, &key);
+    if (e == SG_TOKEN_OK) sg_metric_inc(SG_M_JWKS_CACHE_HITS);
+    if (e == SG_TOKEN_UNKNOWN_KID) sg_metric_inc(SG_M_JWKS_CACHE_MISSES);
     if (e == SG_TOKEN_UNKNOWN_KID && kw == SG_KID_BLOCK) {
         const sg_keyset *newer = sg_keys_refetch_for_kid(v->keys, s);
         if (newer) {
@@ -925,10 +928,12 @@ sg_token_err sg_tcache_verify_ex(sg_tcache *c, const char *token, size_t len, in
         }
         e->referenced = 1;
         c->stats.hits++;
+        sg_metric_inc(SG_M_TOKEN_CACHE_HITS);
         *out = &e->token->pub;
         return SG_TOKEN_OK;
     }
     c->stats.misses++;
+    sg_metric_inc(SG_M_TOKEN_CACHE_MISSES);
 
     sg_token *fresh;
     sg_token_err err = sg_token_verify_ex(c->v, token, len, now, kw, ticket, &fresh);

@@ -22,12 +22,14 @@
 #include "cli/cli.h"
 #include "cli/conffile.h"
 #include "gateway/gateway.h"
+#include "net/admin.h"
 #include "net/http.h"
 #include "auth/jwks.h"
 #include "auth/authserver.h"
 #include "policy/policy.h"
 #include "upstream/proxy.h"
 #include "gateway/reload.h"
+#include "base/metrics.h"
 #include "base/sg.h"
 #include "auth/token.h"
 
@@ -40,7 +42,7 @@ int sg_cmd_serve(int argc, char **argv);
 
 typedef struct serve_opts {
     const char *listen, *upstream, *policy, *jwks, *public_key, *key_alg, *issuer, *audience,
-        *public_url, *path, *log_level, *annotate, *upstream_ca, *min_body_rate;
+        *public_url, *path, *log_level, *annotate, *upstream_ca, *min_body_rate, *admin_listen;
     const char *hosts[MAX_LIST + 1], *origins[MAX_LIST + 1];
     int nhosts, norigins;
     sg_identity_header identity[SG_GATEWAY_MAX_IDENTITY];
@@ -51,6 +53,7 @@ typedef struct serve_opts {
     unsigned long upstream_timeout_ms, connect_timeout_ms, token_cache;
     unsigned long jwks_ttl_s, jwks_refetch_s;
     unsigned long max_arguments, max_arguments_depth;
+    unsigned long ready_window_s;
     int no_watch;
     /* Opaque tokens (RFC 7662 introspection, authserver.h). */
     const char *introspection_url, *introspection_client_id, *introspection_secret_file,
@@ -130,7 +133,12 @@ static void serve_usage(FILE *f)
           "                             securitySchemes or none [oauthScope]\n"
           "  --identity-header H=CLAIM  send the caller's verified CLAIM upstream as header H\n"
           "                             (repeatable, at most 8; e.g. X-User-Sub=sub)\n"
-          "  --log-level LEVEL          debug, info, warn or error [info]\n",
+          "  --log-level LEVEL          debug, info, warn or error [info]\n"
+          "  --admin-listen HOST:PORT   serve /metrics (Prometheus), /healthz and /readyz on\n"
+          "                             this separate address (never the --listen one) [off]\n"
+          "  --ready-upstream-window S  /readyz needs an upstream answer (a request, or an\n"
+          "                             MCP ping the gateway sends when idle) within S\n"
+          "                             seconds [30]\n",
           f);
 }
 
@@ -191,7 +199,7 @@ typedef struct serve_lists {
 } serve_lists;
 
 /* Fills flags[] (SERVE_NFLAGS entries) with the table of serve's flags. */
-#define SERVE_NFLAGS 46
+#define SERVE_NFLAGS 48
 static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_flag *flags)
 {
     const sg_flag table[SERVE_NFLAGS] = {
@@ -241,6 +249,8 @@ static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_fl
         {"--introspection-timeout-ms", SG_FLAG_ULONG, &o->introspection_timeout_ms, 100, 60000},
         {"--introspection-concurrency", SG_FLAG_ULONG, &o->introspection_concurrency, 1, 64},
         {"--introspection-queue", SG_FLAG_ULONG, &o->introspection_queue, 1, 4000},
+        {"--admin-listen", SG_FLAG_STRING, &o->admin_listen, 0, 0},
+        {"--ready-upstream-window", SG_FLAG_ULONG, &o->ready_window_s, 1, 86400},
     };
     memcpy(flags, table, sizeof table);
 }
@@ -376,6 +386,17 @@ static int split_listen(const char *s, char *host, size_t hostlen, unsigned long
     host[hl] = 0;
     if (strcmp(host, "localhost") == 0) snprintf(host, hostlen, "127.0.0.1");
     return sg_parse_ulong("serve", "--listen port", colon + 1, 0, 65535, port);
+}
+
+/* 1 when the two addresses could be the same socket: the same port (not
+ * 0, which picks a free one) on the same host or with either a wildcard. */
+static int same_address(const char *host_a, unsigned long port_a, const char *host_b,
+                        unsigned long port_b)
+{
+    if (port_a == 0 || port_a != port_b) return 0;
+    int wild_a = strcmp(host_a, "0.0.0.0") == 0 || strcmp(host_a, "::") == 0;
+    int wild_b = strcmp(host_b, "0.0.0.0") == 0 || strcmp(host_b, "::") == 0;
+    return wild_a || wild_b || strcmp(host_a, host_b) == 0;
 }
 
 /* host[:port] of a URL, for the default Host allow-list. */
@@ -578,6 +599,27 @@ static int serve(serve_opts *opts)
         fprintf(stderr, "scopegate serve: --listen needs HOST:PORT (e.g. 127.0.0.1:8080)\n");
         return 2;
     }
+    char admin_host[64];
+    unsigned long admin_port = 0;
+    if (o.admin_listen) {
+        if (split_listen(o.admin_listen, admin_host, sizeof admin_host, &admin_port) != 0) {
+            fprintf(stderr,
+                    "scopegate serve: --admin-listen needs HOST:PORT (e.g. 127.0.0.1:9090)\n");
+            return 2;
+        }
+        if (same_address(host, port, admin_host, admin_port)) {
+            fprintf(stderr,
+                    "scopegate serve: --admin-listen %s is the --listen address: metrics and "
+                    "probes must not share the MCP port (use another port)\n",
+                    o.admin_listen);
+            return 2;
+        }
+    } else if (o.ready_window_s) {
+        fprintf(stderr, "scopegate serve: --ready-upstream-window needs --admin-listen\n");
+        return 2;
+    }
+    /* Counting starts before anything counts (the start-up JWKS fetch). */
+    if (o.admin_listen) sg_metrics_enable();
     const char *mcp_path = o.path ? o.path : "/mcp";
     unsigned threads = o.threads ? (unsigned)o.threads : 2;
 
@@ -601,11 +643,12 @@ static int serve(serve_opts *opts)
     sg_reloader *reloader = NULL;
     sg_introspector *introspector = NULL;
     sg_as_metadata discovered;
-    memset(&discovered, 0, sizeof discovered);
+    sg_admin *admin = NULL;
     key_sources ks = {NULL, o.jwks, o.public_key, o.key_alg ? o.key_alg : "RS256", 0};
     char *audience_owned = NULL;
     char *default_hosts[4] = {NULL, NULL, NULL, NULL};
     char *public_origin = NULL;
+    memset(&discovered, 0, sizeof discovered);
 
     /* --issuer alone: where the keys and the introspection endpoint are is
      * read from the issuer's metadata; explicit flags win over it. A
@@ -797,6 +840,23 @@ static int serve(serve_opts *opts)
     hc.limits.min_body_rate = (unsigned)o.min_body_rate_bps;
     raise_fd_limit(o.max_connections ? o.max_connections : 1000);
     hc.limits.threads = threads;
+    if (o.admin_listen) {
+        /* Before the workers start, so that every count is kept. */
+        sg_admin_config ac = {.host = admin_host,
+                              .port = (uint16_t)admin_port,
+                              .max_connections = (unsigned)o.max_connections,
+                              .timeout_s = (unsigned)o.timeout_s,
+                              .max_header = o.max_header,
+                              .gateway = gw,
+                              .keys = keys,
+                              .ready_window_s = (unsigned)o.ready_window_s,
+                              .upstream_url = o.upstream,
+                              .upstream_ca = o.upstream_ca};
+        if (!(admin = sg_admin_start(&ac, err, sizeof err))) {
+            fprintf(stderr, "scopegate serve: %s\n", err);
+            goto out;
+        }
+    }
     hc.gateway = gw;
     hc.proxy = proxy;
     if (!(http = sg_http_start(&hc, err, sizeof err))) {
@@ -815,6 +875,10 @@ static int serve(serve_opts *opts)
            strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "",
            (unsigned)sg_http_port(http), mcp_path, o.upstream, o.policy, hash,
            o.no_watch ? ", reload on SIGHUP" : ", reload on change or SIGHUP");
+    if (admin)
+        sg_log(SG_LOG_INFO, "admin endpoints /metrics /healthz /readyz at %s%s%s:%u",
+               strchr(admin_host, ':') ? "[" : "", admin_host, strchr(admin_host, ':') ? "]" : "",
+               (unsigned)sg_admin_port(admin));
 
     for (;;) {
         int sig = 0;
@@ -828,8 +892,10 @@ static int serve(serve_opts *opts)
     }
     rc = 0;
 out:
+    sg_admin_draining(admin);
     sg_reloader_stop(reloader);
     sg_http_stop(http);
+    sg_admin_stop(admin);
     sg_proxy_free(proxy);
     sg_gateway_free(gw);
     sg_introspector_free(introspector);
@@ -840,5 +906,6 @@ out:
     free(public_origin);
     for (int i = 0; i < 4; i++)
         free(default_hosts[i]);
+    sg_metrics_free();
     return rc;
 }

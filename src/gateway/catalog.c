@@ -18,6 +18,7 @@
 #include <curl/curl.h>
 
 #include "base/json.h"
+#include "base/metrics.h"
 #include "base/sg.h"
 #include "mcp/sse.h"
 
@@ -347,12 +348,44 @@ static long post(session *s, const char *json, exchange *x, char *err, size_t er
     curl_easy_setopt(c, CURLOPT_HEADERDATA, x);
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(h);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (status > 0) sg_metric_upstream_seen(); /* any answer: reachable (readiness) */
     if (rc != CURLE_OK) {
         sg_errf(err, errlen, "%s", x->too_large ? "answer too large" : curl_easy_strerror(rc));
         return 0;
     }
+    return status;
+}
+
+/* The probe reads no answer: its head is all it needs. */
+static size_t discard_body(char *p, size_t size, size_t n, void *ud)
+{
+    (void)p;
+    (void)ud;
+    (void)size;
+    (void)n;
+    return 0; /* stops the transfer: an event stream would otherwise stay open */
+}
+
+long sg_catalog_ping(const sg_catalog_config *cfg)
+{
+    CURL *c = curl_easy_init();
+    if (!c) return 0;
+    exchange_defaults(c, cfg);
+    struct curl_slist *h = NULL;
+    h = curl_slist_append(h, "Content-Type: application/json");
+    h = curl_slist_append(h, "Accept: application/json, text/event-stream");
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS,
+                     "{\"jsonrpc\":\"2.0\",\"id\":\"scopegate-readiness\",\"method\":\"ping\"}");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard_body);
+    curl_easy_perform(c);
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    if (status > 0) sg_metric_upstream_seen();
     return status;
 }
 

@@ -33,6 +33,13 @@ typedef struct sg_catalog_config {
     uint32_t timeout_ms;      /* per HTTP exchange [10000] */
 } sg_catalog_config;
 
+/* One MCP ping POSTed to the upstream without a session (the readiness
+ * probe, src/net/admin.c): returns the HTTP status of whatever answered
+ * (any status means reachable, and is recorded with
+ * sg_metric_upstream_seen), or 0 when nothing did (connect, TLS, timeout).
+ * The answer's body is not read. Blocks up to cfg->timeout_ms; thread-safe. */
+long sg_catalog_ping(const sg_catalog_config *cfg);
+
 /* Most tools kept, and most tools/list pages followed per fetch. */
 #define SG_CATALOG_MAX_TOOLS 100000
 #define SG_CATALOG_MAX_PAGES 1000

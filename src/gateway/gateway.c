@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "base/metrics.h"
 #include "mcp/bridge.h"
 #include "gateway/catalog.h"
 #include "auth/challenge.h"
@@ -544,6 +545,7 @@ static uint64_t authenticate(worker *w, const char *authz, const sg_token **toke
     if (e != SG_TOKEN_OK) {
         *token = NULL;
         *token_error = sg_token_error_message(e);
+        if (!ticket) sg_metric_inc(SG_M_TOKEN_REFUSALS + (int)e); /* final, not a wait */
     }
     return ticket;
 }
@@ -654,6 +656,45 @@ static void plan_identity(const sg_gateway *gw, const sg_token *token, sg_gatewa
     }
 }
 
+/* The metrics' name for a decision's outcome (base/metrics.h). */
+static int outcome_label(sg_outcome outcome)
+{
+    switch (outcome) {
+    case SG_ALLOW:
+        return SG_METRICS_ALLOWED;
+    case SG_UNAUTHORIZED:
+        return SG_METRICS_UNAUTHORIZED;
+    case SG_FORBIDDEN:
+        return SG_METRICS_FORBIDDEN;
+    default:
+        return SG_METRICS_DENIED;
+    }
+}
+
+/* scopegate_decisions_total for one decided body. Labels are bounded: the
+ * method is one MCP defines (else "other"; "batch" for a batch), the tool
+ * a name the policy in force has a rule for (else "other"), so clients
+ * cannot mint series. */
+static void count_decision(const worker *w, const sg_mcp_body *body, sg_outcome outcome)
+{
+    if (!sg_metrics_enabled()) return;
+    int o = outcome_label(outcome);
+    if (body->is_batch || body->nmsgs != 1) {
+        sg_metric_decision("batch", "", o);
+        return;
+    }
+    const sg_mcp_msg *m = &body->msgs[0];
+    const char *method = sg_metrics_method_label(m->kind == SG_MCP_RESPONSE ? NULL : m->method);
+    const char *tool = "";
+    if (m->method && strcmp(m->method, "tools/call") == 0) {
+        int dynamic = 0;
+        tool = m->name && (sg_policy_tool_requirement(w->policy, m->name, &dynamic) || dynamic)
+                   ? m->name
+                   : "other";
+    }
+    sg_metric_decision(method, tool, o);
+}
+
 static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request *req,
                        sg_gateway_reply *out)
 {
@@ -728,6 +769,7 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
     } else {
         sg_decide(&w->site, &sg_req_deny, token, token_error, &w->decision);
     }
+    count_decision(w, &body, w->decision.outcome);
 
     /* The id answered with: a single request's; null for a batch. */
     const sg_mcp_msg *single = body.is_batch ? NULL : &body.msgs[0];
@@ -795,6 +837,8 @@ static int handle_stream_or_delete(worker *w, const sg_gateway *gw, const sg_gat
     const sg_req *r = sg_policy_has_public_rule(w->policy) ? &sg_req_public : &sg_req_authenticated;
     sg_decide(&w->site, r, token, token_error, &w->decision);
     sg_decision *d = &w->decision;
+    sg_metric_decision(strcmp(req->method, "GET") == 0 ? "GET" : "DELETE", "",
+                       outcome_label(d->outcome));
     if (d->outcome == SG_ALLOW) {
         plan_identity(gw, token, out);
         return 0;

@@ -27,6 +27,7 @@
 #include <sys/inotify.h>
 #include <unistd.h>
 
+#include "base/metrics.h"
 #include "base/sg.h"
 
 #define MAX_WATCHES 64
@@ -187,6 +188,9 @@ static void reload_policy(sg_reloader *r, const char *why)
     uint64_t t0 = sg_now_mono_ns();
     int rc = sg_gateway_reload(r->cfg.gateway, &report, after);
     unsigned ms = (unsigned)((sg_now_mono_ns() - t0) / 1000000);
+    sg_metric_inc(SG_M_POLICY_RELOADS + (rc == 0   ? SG_RELOAD_OK
+                                         : rc == 1 ? SG_RELOAD_UNCHANGED
+                                                   : SG_RELOAD_REFUSED));
     if (rc == 0) {
         sg_log(SG_LOG_INFO, "policy reloaded (%s): policy %s in force (was %s), loaded in %u ms",
                why, after, before, ms);
@@ -203,6 +207,17 @@ static void reload_policy(sg_reloader *r, const char *why)
         }
     }
     sg_buf_free(&report);
+}
+
+const char *sg_reload_result_name(int result)
+{
+    static const char *const names[] = {
+        [SG_RELOAD_OK] = "ok",
+        [SG_RELOAD_REFUSED] = "refused",
+        [SG_RELOAD_UNCHANGED] = "unchanged",
+    };
+    _Static_assert(SG_ARRAY_LEN(names) == SG_RELOAD_RESULT_COUNT, "every reload result");
+    return result >= 0 && (size_t)result < SG_ARRAY_LEN(names) ? names[result] : "unknown";
 }
 
 static void reload_keys(sg_reloader *r)

@@ -36,6 +36,11 @@ typedef struct sg_reloader_config {
 
 typedef struct sg_reloader sg_reloader;
 
+/* Results of a policy reload, as counted in scopegate_policy_reloads_total. */
+enum { SG_RELOAD_OK, SG_RELOAD_REFUSED, SG_RELOAD_UNCHANGED, SG_RELOAD_RESULT_COUNT };
+/* "ok", "refused", "unchanged"; "unknown" beyond. Can't fail. */
+const char *sg_reload_result_name(int result);
+
 /* Starts the reloader thread (and the watch, when cfg->watch). Returns NULL
  * with a message in err when the thread or inotify cannot be set up. */
 sg_reloader *sg_reloader_start(const sg_reloader_config *cfg, char *err, size_t errlen);

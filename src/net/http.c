@@ -23,6 +23,7 @@
  * minimum rate, swept every 250 ms; idle connections closed). */
 #include "net/http.h"
 #include "net/wire.h"
+#include "base/metrics.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -114,6 +115,8 @@ typedef struct exchange {
     sg_buf answer;         /* PHASE_COLLECT: a list answer, whole, for filtering */
     char carry[64];        /* last bytes from upstream, for a notification split in two */
     size_t ncarry;
+    uint64_t upstream_started_ns;       /* when it was forwarded (upstream latency) */
+    int sse_counted;                    /* counted in the open event streams gauge */
     uint64_t wait_ticket;               /* PHASE_WAIT: what it waits for */
     struct exchange *kw_prev, *kw_next; /* PHASE_WAIT: in the worker's waiters */
 } exchange;
@@ -367,6 +370,7 @@ static void slot_open(http_worker *w, struct MHD_Connection *conn, void **socket
     w->newest = c;
     c->counted = 1;
     *socket_context = c;
+    sg_metric_gauge_add(SG_G_CONNECTIONS, 1);
     if (atomic_fetch_add(&h->connections, 1) + 1 > (int)h->cfg.limits.max_connections) {
         conn_slot *victim = shed_candidate(w, c);
         if (victim) {
@@ -383,6 +387,7 @@ static void slot_close(conn_slot *c)
     if (!c) return;
     sg_wire_detach(&c->wire);
     slot_unlink(c);
+    sg_metric_gauge_add(SG_G_CONNECTIONS, -1);
     if (c->counted) atomic_fetch_sub(&c->worker->h->connections, 1);
     free(c);
 }
@@ -512,6 +517,7 @@ static ssize_t on_read(void *cls, uint64_t pos, char *buf, size_t max)
         if (n == SG_TRANSFER_EOF) return MHD_CONTENT_READER_END_OF_STREAM;
         if (n == SG_TRANSFER_FAILED) {
             sg_proxy_error e = sg_transfer_error(ex->xfer);
+            sg_metric_inc(SG_M_UPSTREAM_ERRORS + (int)e);
             sg_log(e == SG_PROXY_ECLIENT ? SG_LOG_DEBUG : SG_LOG_WARN,
                    "upstream stream broke off: %s", sg_proxy_error_text(e));
             /* On an SSE event boundary the client can be told in-band, with
@@ -534,6 +540,7 @@ static enum MHD_Result queue_upstream_error_status(exchange *ex, sg_proxy_error 
 {
     int status = 502;
     sg_buf b = SG_BUF_INIT;
+    sg_metric_inc(SG_M_UPSTREAM_ERRORS + (int)e);
     sg_gateway_upstream_error(&ex->reply, e, &status, &b);
     if (keep_status) status = keep_status;
     enum MHD_Result ok = sg_buf_ok(&b) ? queue_bytes(ex->conn, (unsigned)status, "application/json",
@@ -642,6 +649,10 @@ static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, head->content_type);
         ex->sse = strncasecmp(head->content_type, "text/event-stream", 17) == 0;
     }
+    if (ex->sse) {
+        sg_metric_gauge_add(SG_G_SSE_STREAMS, 1);
+        ex->sse_counted = 1;
+    }
     if (head->session_id) MHD_add_response_header(r, "Mcp-Session-Id", head->session_id);
     if (ex->sse) MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     ex->tail[0] = ex->tail[1] = '\n'; /* the stream starts on an event boundary */
@@ -657,7 +668,14 @@ static enum MHD_Result advance_head(exchange *ex)
     for (;;) {
         sg_transfer_head head;
         int r = sg_transfer_head_get(ex->xfer, &head);
-        if (r > 0) return queue_stream(ex, &head);
+        if (r > 0) {
+            if (sg_metrics_enabled()) {
+                sg_metric_observe(SG_H_UPSTREAM_SECONDS,
+                                  sg_now_mono_ns() - ex->upstream_started_ns);
+                sg_metric_upstream_seen();
+            }
+            return queue_stream(ex, &head);
+        }
         if (r < 0) return queue_upstream_error(ex, sg_transfer_error(ex->xfer));
         if (sg_transfer_park(ex->xfer, SG_WANT_HEAD)) return MHD_YES;
     }
@@ -676,6 +694,7 @@ static enum MHD_Result forward(exchange *ex, const char *method, const header_li
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(ex->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     int fd = ci ? ci->connect_fd : -1;
+    if (sg_metrics_enabled()) ex->upstream_started_ns = sg_now_mono_ns();
     ex->xfer = sg_proxy_start(ex->h->workers[ex->worker].lane, &preq, &ops, fd);
     if (!ex->xfer) return queue_upstream_error(ex, SG_PROXY_ESHUTDOWN);
     atomic_fetch_add(&ex->h->forwarded, 1);
@@ -918,6 +937,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     exchange *ex = *con_cls;
     if (!ex) return;
     *con_cls = NULL;
+    if (sg_metrics_enabled())
+        sg_metric_observe(SG_H_REQUEST_SECONDS, sg_now_mono_ns() - ex->started_ns);
+    if (ex->sse_counted) sg_metric_gauge_add(SG_G_SSE_STREAMS, -1);
     if (ex->slot) {
         ex->slot->busy = 0;
         ex->slot->collecting_body = 0;

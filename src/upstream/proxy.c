@@ -153,6 +153,21 @@ const char *sg_proxy_error_text(sg_proxy_error e)
     return "unknown proxy error";
 }
 
+const char *sg_proxy_error_name(int e)
+{
+    static const char *const names[] = {
+        [SG_PROXY_OK] = "ok",
+        [SG_PROXY_EUNREACHABLE] = "unreachable",
+        [SG_PROXY_ETIMEOUT] = "timeout",
+        [SG_PROXY_EUPSTREAM] = "invalid_response",
+        [SG_PROXY_ECLIENT] = "client_gone",
+        [SG_PROXY_ESHUTDOWN] = "shutdown",
+        [SG_PROXY_ENOMEM] = "out_of_memory",
+    };
+    _Static_assert(SG_ARRAY_LEN(names) == SG_PROXY_ENOMEM + 1, "every proxy error");
+    return e >= 0 && (size_t)e < SG_ARRAY_LEN(names) ? names[e] : "unknown";
+}
+
 /* Must hold mu. Puts t on the list the curl thread acts on when it wakes;
  * the list holds a reference, so t outlives a retire that comes first. */
 static void attention_locked(sg_proxy_lane *p, sg_transfer *t)

@@ -81,6 +81,10 @@ typedef enum sg_proxy_error {
 
 /* Returns a fixed, quote-free English phrase. Can't fail. */
 const char *sg_proxy_error_text(sg_proxy_error e);
+/* A stable snake_case name for metrics ("unreachable", "timeout",
+ * "invalid_response", "client_gone", "shutdown", "out_of_memory"; "ok" for
+ * 0 and "unknown" beyond). Can't fail. */
+const char *sg_proxy_error_name(int e);
 
 /* 1 when a client's request header of this name travels upstream (the
  * allow-list: Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version,

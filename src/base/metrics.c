@@ -1,0 +1,375 @@
+/* metrics.c -- per-thread metric shards, summed at scrape time.
+ *
+ * Why shards: the hot path must not slow down (issue 8), so no counter is
+ * shared between threads. Each thread that counts gets one shard (allocated
+ * on its first count, cache-line aligned, linked into a global list under a
+ * mutex taken only then and at scrape time). The owner updates its slots
+ * with a relaxed load and a relaxed store (no lock prefix: nobody else
+ * writes them); a scrape reads them with relaxed loads, so it sees each
+ * value whole. The decision table is the one structure with keys: an entry
+ * is filled by its owner and then published with a release store of its
+ * state, which the scraper reads with acquire; its key never changes after. */
+#include "base/metrics.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DECISION_SLOTS 256 /* distinct (method, tool, outcome) series per thread */
+#define MAX_COLLECTORS 16
+
+typedef struct decision_entry {
+    atomic_int state; /* 0 free, 1 published (key fixed) */
+    const char *method;
+    int outcome;
+    char tool[SG_METRICS_TOOL_MAX + 1];
+    _Atomic uint64_t count;
+} decision_entry;
+
+typedef struct shard {
+    _Atomic uint64_t counters[SG_M_COUNT];
+    _Atomic int64_t gauges[SG_G_COUNT];
+    struct {
+        _Atomic uint64_t buckets[SG_METRICS_BUCKETS];
+        _Atomic uint64_t count;
+        _Atomic uint64_t sum_ns;
+    } hist[SG_H_COUNT];
+    _Atomic uint64_t upstream_seen_ns; /* monotonic; 0: never */
+    unsigned ndecisions;               /* owner only */
+    decision_entry decisions[DECISION_SLOTS];
+    struct shard *next;
+} shard;
+
+static atomic_int enabled; /* set once, before or while threads count */
+static pthread_mutex_t shards_mu = PTHREAD_MUTEX_INITIALIZER;
+static shard *shards;
+static _Thread_local shard *tl_shard;
+static _Thread_local int tl_failed;
+
+static struct {
+    void (*fn)(sg_buf *out, void *ud);
+    void *ud;
+} collectors[MAX_COLLECTORS];
+static int ncollectors;
+
+/* 0.5 ms .. 10 s: gateway decisions sit in the first buckets, upstream
+ * answers and slow clients in the later ones. */
+static const uint64_t bucket_ns[SG_METRICS_BUCKETS] = {
+    500000ull,     1000000ull,    2500000ull,    5000000ull,    10000000ull,
+    25000000ull,   50000000ull,   100000000ull,  250000000ull,  500000000ull,
+    1000000000ull, 2500000000ull, 5000000000ull, 10000000000ull};
+
+const uint64_t *sg_metrics_bucket_bounds(void)
+{
+    return bucket_ns;
+}
+
+void sg_metrics_enable(void)
+{
+    atomic_store_explicit(&enabled, 1, memory_order_relaxed);
+}
+
+int sg_metrics_enabled(void)
+{
+    return atomic_load_explicit(&enabled, memory_order_relaxed);
+}
+
+static shard *my_shard(void)
+{
+    shard *s = tl_shard;
+    if (s || !sg_metrics_enabled() || tl_failed) return s;
+    s = aligned_alloc(64, (sizeof *s + 63) / 64 * 64);
+    if (!s) {
+        tl_failed = 1;
+        return NULL;
+    }
+    memset(s, 0, sizeof *s);
+    pthread_mutex_lock(&shards_mu);
+    s->next = shards;
+    shards = s;
+    pthread_mutex_unlock(&shards_mu);
+    return tl_shard = s;
+}
+
+/* The owner is the only writer: a load and a store, no read-modify-write. */
+static inline void bump_u64(_Atomic uint64_t *v, uint64_t n)
+{
+    atomic_store_explicit(v, atomic_load_explicit(v, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+void sg_metric_add(int id, uint64_t n)
+{
+    if (!sg_metrics_enabled() || id < 0 || id >= SG_M_COUNT) return;
+    shard *s = my_shard();
+    if (s) bump_u64(&s->counters[id], n);
+}
+
+void sg_metric_gauge_add(int id, int64_t delta)
+{
+    if (!sg_metrics_enabled() || id < 0 || id >= SG_G_COUNT) return;
+    shard *s = my_shard();
+    if (!s) return;
+    atomic_store_explicit(&s->gauges[id],
+                          atomic_load_explicit(&s->gauges[id], memory_order_relaxed) + delta,
+                          memory_order_relaxed);
+}
+
+void sg_metric_observe(int id, uint64_t ns)
+{
+    if (!sg_metrics_enabled() || id < 0 || id >= SG_H_COUNT) return;
+    shard *s = my_shard();
+    if (!s) return;
+    int b = 0;
+    while (b < SG_METRICS_BUCKETS && ns > bucket_ns[b])
+        b++;
+    if (b < SG_METRICS_BUCKETS) bump_u64(&s->hist[id].buckets[b], 1);
+    bump_u64(&s->hist[id].sum_ns, ns);
+    bump_u64(&s->hist[id].count, 1);
+}
+
+const char *sg_metrics_outcome_name(int outcome)
+{
+    static const char *const names[] = {
+        [SG_METRICS_ALLOWED] = "allowed",
+        [SG_METRICS_UNAUTHORIZED] = "unauthorized",
+        [SG_METRICS_FORBIDDEN] = "forbidden",
+        [SG_METRICS_DENIED] = "denied",
+    };
+    _Static_assert(SG_ARRAY_LEN(names) == SG_METRICS_OUTCOME_COUNT, "every outcome");
+    return outcome >= 0 && outcome < SG_METRICS_OUTCOME_COUNT ? names[outcome] : "other";
+}
+
+/* Every method the MCP specification defines (2024-11-05 to 2025-11-25),
+ * requests and notifications, both directions. */
+static const char *const mcp_methods[] = {
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "logging/setLevel",
+    "completion/complete",
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/message",
+    "notifications/roots/list_changed",
+    "notifications/resources/updated",
+    "notifications/resources/list_changed",
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/elicitation/complete",
+    "notifications/tasks/status",
+};
+
+const char *sg_metrics_method_label(const char *method)
+{
+    if (!method) return "response";
+    for (size_t i = 0; i < SG_ARRAY_LEN(mcp_methods); i++)
+        if (strcmp(method, mcp_methods[i]) == 0) return mcp_methods[i];
+    return "other";
+}
+
+static uint32_t decision_hash(const char *method, const char *tool, int outcome)
+{
+    uint32_t h = sg_fnv1a(tool, strlen(tool));
+    h ^= (uint32_t)(uintptr_t)method * 2654435761u;
+    return h ^ (uint32_t)outcome * 40503u;
+}
+
+/* The owner's entry for a key, created when there is room; NULL when the
+ * table is full (or mostly: the last slots are kept for "other"). */
+static decision_entry *decision_slot(shard *s, const char *method, const char *tool, int outcome,
+                                     int may_create)
+{
+    uint32_t h = decision_hash(method, tool, outcome);
+    for (unsigned i = 0; i < DECISION_SLOTS; i++) {
+        decision_entry *e = &s->decisions[(h + i) % DECISION_SLOTS];
+        if (atomic_load_explicit(&e->state, memory_order_relaxed) == 0) {
+            if (!may_create) return NULL;
+            e->method = method;
+            e->outcome = outcome;
+            memcpy(e->tool, tool, strlen(tool) + 1);
+            atomic_store_explicit(&e->state, 1, memory_order_release);
+            s->ndecisions++;
+            return e;
+        }
+        if (e->method == method && e->outcome == outcome && strcmp(e->tool, tool) == 0) return e;
+    }
+    return NULL;
+}
+
+void sg_metric_decision(const char *method, const char *tool, int outcome)
+{
+    if (!sg_metrics_enabled()) return;
+    shard *s = my_shard();
+    if (!s) return;
+    if (!tool || strlen(tool) > SG_METRICS_TOOL_MAX) tool = "other";
+    /* Room is kept for every method's "other" series, so a full table
+     * still counts everything. */
+    int room = s->ndecisions + 3 * SG_ARRAY_LEN(mcp_methods) + 8 < DECISION_SLOTS;
+    decision_entry *e = decision_slot(s, method, tool, outcome, room);
+    if (!e) e = decision_slot(s, method, *tool ? "other" : "", outcome, 1);
+    if (e) bump_u64(&e->count, 1);
+}
+
+void sg_metric_upstream_seen(void)
+{
+    if (!sg_metrics_enabled()) return;
+    shard *s = my_shard();
+    if (s) atomic_store_explicit(&s->upstream_seen_ns, sg_now_mono_ns(), memory_order_relaxed);
+}
+
+uint64_t sg_metrics_upstream_age_ns(void)
+{
+    uint64_t latest = 0;
+    pthread_mutex_lock(&shards_mu);
+    for (shard *s = shards; s; s = s->next) {
+        uint64_t t = atomic_load_explicit(&s->upstream_seen_ns, memory_order_relaxed);
+        if (t > latest) latest = t;
+    }
+    pthread_mutex_unlock(&shards_mu);
+    if (!latest) return UINT64_MAX;
+    uint64_t now = sg_now_mono_ns();
+    return now > latest ? now - latest : 0;
+}
+
+void sg_metrics_read(sg_metrics_snapshot *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&shards_mu);
+    for (shard *s = shards; s; s = s->next) {
+        for (int i = 0; i < SG_M_COUNT; i++)
+            out->counters[i] += atomic_load_explicit(&s->counters[i], memory_order_relaxed);
+        for (int i = 0; i < SG_G_COUNT; i++)
+            out->gauges[i] += atomic_load_explicit(&s->gauges[i], memory_order_relaxed);
+        for (int h = 0; h < SG_H_COUNT; h++) {
+            /* The count last: a scrape racing an observation may see it in a
+             * bucket but not yet in the count, never the other way round. */
+            out->hist[h].count += atomic_load_explicit(&s->hist[h].count, memory_order_relaxed);
+            out->hist[h].sum_ns += atomic_load_explicit(&s->hist[h].sum_ns, memory_order_relaxed);
+            for (int b = 0; b < SG_METRICS_BUCKETS; b++)
+                out->hist[h].buckets[b] +=
+                    atomic_load_explicit(&s->hist[h].buckets[b], memory_order_relaxed);
+        }
+    }
+    pthread_mutex_unlock(&shards_mu);
+    /* Buckets and count are read one after the other while workers count:
+     * keep the exposition consistent (the +Inf bucket is the count). */
+    for (int h = 0; h < SG_H_COUNT; h++) {
+        uint64_t sum = 0;
+        for (int b = 0; b < SG_METRICS_BUCKETS; b++)
+            sum += out->hist[h].buckets[b];
+        if (sum > out->hist[h].count) out->hist[h].count = sum;
+    }
+}
+
+typedef struct merged {
+    const char *method;
+    const char *tool; /* borrowed from a shard entry (never freed before sg_metrics_free) */
+    int outcome;
+    uint64_t count;
+} merged;
+
+int sg_metrics_each_decision(void (*fn)(const char *method, const char *tool, int outcome,
+                                        uint64_t count, void *ud),
+                             void *ud)
+{
+    merged *m = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    pthread_mutex_lock(&shards_mu);
+    for (shard *s = shards; s && rc == 0; s = s->next) {
+        for (unsigned i = 0; i < DECISION_SLOTS; i++) {
+            decision_entry *e = &s->decisions[i];
+            if (atomic_load_explicit(&e->state, memory_order_acquire) == 0) continue;
+            uint64_t c = atomic_load_explicit(&e->count, memory_order_relaxed);
+            size_t k = 0;
+            while (k < n && !(m[k].method == e->method && m[k].outcome == e->outcome &&
+                              strcmp(m[k].tool, e->tool) == 0))
+                k++;
+            if (k == n) {
+                if (sg_array_reserve(&m, &cap, n, sizeof *m, 64) != 0) {
+                    rc = -1;
+                    break;
+                }
+                m[n++] = (merged){e->method, e->tool, e->outcome, 0};
+            }
+            m[k].count += c;
+        }
+    }
+    pthread_mutex_unlock(&shards_mu);
+    /* Shards live until sg_metrics_free, so the borrowed names stay valid. */
+    if (rc == 0)
+        for (size_t k = 0; k < n; k++)
+            fn(m[k].method, m[k].tool, m[k].outcome, m[k].count, ud);
+    free(m);
+    return rc;
+}
+
+int sg_metrics_add_collector(void (*fn)(sg_buf *out, void *ud), void *ud)
+{
+    pthread_mutex_lock(&shards_mu);
+    int rc = -1;
+    if (ncollectors < MAX_COLLECTORS) {
+        collectors[ncollectors].fn = fn;
+        collectors[ncollectors].ud = ud;
+        ncollectors++;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&shards_mu);
+    return rc;
+}
+
+void sg_metrics_run_collectors(sg_buf *out)
+{
+    pthread_mutex_lock(&shards_mu);
+    int n = ncollectors;
+    pthread_mutex_unlock(&shards_mu);
+    for (int i = 0; i < n; i++)
+        collectors[i].fn(out, collectors[i].ud);
+}
+
+void sg_metrics_escape_label(sg_buf *out, const char *value)
+{
+    for (const char *p = value; *p; p++) {
+        if (*p == '\\')
+            sg_buf_puts(out, "\\\\");
+        else if (*p == '"')
+            sg_buf_puts(out, "\\\"");
+        else if (*p == '\n')
+            sg_buf_puts(out, "\\n");
+        else
+            sg_buf_putc(out, *p);
+    }
+}
+
+void sg_metrics_free(void)
+{
+    pthread_mutex_lock(&shards_mu);
+    shard *s = shards;
+    shards = NULL;
+    ncollectors = 0;
+    pthread_mutex_unlock(&shards_mu);
+    while (s) {
+        shard *next = s->next;
+        free(s);
+        s = next;
+    }
+    tl_shard = NULL;
+}

@@ -5,7 +5,8 @@
  * unreadable key, unreachable JWKS, policy that does not load). It builds
  * the pieces in dependency order (keys, verifier, gateway workers, proxy,
  * HTTP front), logs "listening on HOST:PORT" when ready, and tears them
- * down in reverse order on SIGINT/SIGTERM. */
+ * down in reverse order on SIGINT/SIGTERM. SIGHUP reloads (reload.h) and
+ * SIGUSR1 reopens the audit log (audit.h). */
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -21,6 +22,7 @@
 
 #include "cli/cli.h"
 #include "cli/conffile.h"
+#include "gateway/audit.h"
 #include "gateway/gateway.h"
 #include "net/admin.h"
 #include "net/http.h"
@@ -42,7 +44,9 @@ int sg_cmd_serve(int argc, char **argv);
 
 typedef struct serve_opts {
     const char *listen, *upstream, *policy, *jwks, *public_key, *key_alg, *issuer, *audience,
-        *public_url, *path, *log_level, *annotate, *upstream_ca, *min_body_rate, *admin_listen;
+        *public_url, *path, *log_level, *annotate, *upstream_ca, *min_body_rate, *admin_listen,
+        *audit_log, *shadow_policy;
+    unsigned long audit_queue;
     const char *hosts[MAX_LIST + 1], *origins[MAX_LIST + 1];
     int nhosts, norigins;
     sg_identity_header identity[SG_GATEWAY_MAX_IDENTITY];
@@ -134,6 +138,14 @@ static void serve_usage(FILE *f)
           "  --identity-header H=CLAIM  send the caller's verified CLAIM upstream as header H\n"
           "                             (repeatable, at most 8; e.g. X-User-Sub=sub)\n"
           "  --log-level LEVEL          debug, info, warn or error [info]\n"
+          "  --audit-log FILE|-         one JSON line per decision (docs/audit.schema.json),\n"
+          "                             appended to FILE ('-': stdout), reopened on SIGUSR1;\n"
+          "                             also sends X-Request-Id upstream [off]\n"
+          "  --audit-queue N            audit lines held for the writer; beyond, lines are\n"
+          "                             dropped and counted, never waited for [8192]\n"
+          "  --shadow-policy FILE       evaluate this candidate policy beside --policy without\n"
+          "                             enforcing it; each message it decides otherwise is an\n"
+          "                             audit record (needs --audit-log); reloads like --policy\n"
           "  --admin-listen HOST:PORT   serve /metrics (Prometheus), /healthz and /readyz on\n"
           "                             this separate address (never the --listen one) [off]\n"
           "  --ready-upstream-window S  /readyz needs an upstream answer (a request, or an\n"
@@ -154,10 +166,20 @@ static int is_tchar(int c)
  * copy of it is never forwarded, so the upstream can trust it). */
 static int parse_identity(const char *spec, serve_opts *o)
 {
-    static const char *const reserved[] = {
-        "Authorization", "Cookie",  "Host", "Content-Length", "Transfer-Encoding",   "Connection",
-        "Expect",        "Upgrade", "TE",   "Keep-Alive",     "Proxy-Authorization", "Forwarded",
-        "Trailer"};
+    static const char *const reserved[] = {"Authorization",
+                                           "Cookie",
+                                           "Host",
+                                           "Content-Length",
+                                           "Transfer-Encoding",
+                                           "Connection",
+                                           "Expect",
+                                           "Upgrade",
+                                           "TE",
+                                           "Keep-Alive",
+                                           "Proxy-Authorization",
+                                           "Forwarded",
+                                           "Trailer",
+                                           "X-Request-Id"};
     const char *eq = strchr(spec, '=');
     size_t n = eq ? (size_t)(eq - spec) : 0;
     int ok = eq && n > 0 && n < sizeof o->identity_names[0] && eq[1] != '\0' &&
@@ -199,7 +221,7 @@ typedef struct serve_lists {
 } serve_lists;
 
 /* Fills flags[] (SERVE_NFLAGS entries) with the table of serve's flags. */
-#define SERVE_NFLAGS 48
+#define SERVE_NFLAGS 51
 static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_flag *flags)
 {
     const sg_flag table[SERVE_NFLAGS] = {
@@ -251,6 +273,9 @@ static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_fl
         {"--introspection-queue", SG_FLAG_ULONG, &o->introspection_queue, 1, 4000},
         {"--admin-listen", SG_FLAG_STRING, &o->admin_listen, 0, 0},
         {"--ready-upstream-window", SG_FLAG_ULONG, &o->ready_window_s, 1, 86400},
+        {"--audit-log", SG_FLAG_STRING, &o->audit_log, 0, 0},
+        {"--audit-queue", SG_FLAG_ULONG, &o->audit_queue, 1, 1000000},
+        {"--shadow-policy", SG_FLAG_STRING, &o->shadow_policy, 0, 0},
     };
     memcpy(flags, table, sizeof table);
 }
@@ -355,6 +380,11 @@ static int parse_args(int argc, char **argv, serve_opts *o)
         fprintf(stderr, "scopegate serve: --introspection-url needs --introspection-client-id "
                         "and --introspection-secret-file (RFC 7662 2.1: the endpoint "
                         "authenticates its callers)\n");
+        return -1;
+    }
+    if (o->shadow_policy && !o->audit_log) {
+        fprintf(stderr, "scopegate serve: --shadow-policy needs --audit-log (its disagreements "
+                        "are written there)\n");
         return -1;
     }
     if (o->path && o->path[0] != '/') {
@@ -630,6 +660,7 @@ static int serve(serve_opts *opts)
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -643,6 +674,7 @@ static int serve(serve_opts *opts)
     sg_reloader *reloader = NULL;
     sg_introspector *introspector = NULL;
     sg_as_metadata discovered;
+    sg_audit *audit = NULL;
     sg_admin *admin = NULL;
     key_sources ks = {NULL, o.jwks, o.public_key, o.key_alg ? o.key_alg : "RS256", 0};
     char *audience_owned = NULL;
@@ -744,8 +776,19 @@ static int serve(serve_opts *opts)
     }
     if (o.introspection_url && !(introspector = start_introspection(&o, verifier))) goto out;
 
+    if (o.audit_log) {
+        sg_audit_config ac = {.path = o.audit_log, .queue_lines = o.audit_queue};
+        if (!(audit = sg_audit_open(&ac, err, sizeof err))) {
+            fprintf(stderr, "scopegate serve: --audit-log %s\n", err);
+            goto out;
+        }
+        sg_metrics_add_collector(sg_audit_metrics, audit); /* the admin stops before the audit */
+    }
+
     sg_gateway_config gc;
     memset(&gc, 0, sizeof gc);
+    gc.audit = audit;
+    gc.shadow_policy_path = o.shadow_policy;
     gc.policy_path = o.policy;
     gc.verifier = verifier;
     gc.token_cache_entries = o.token_cache;
@@ -870,6 +913,12 @@ static int serve(serve_opts *opts)
         goto out;
     }
     char hash[SG_POLICY_HASH_LEN + 1];
+    if (audit) sg_log(SG_LOG_INFO, "audit log: writing %s", o.audit_log);
+    if (o.shadow_policy) {
+        sg_gateway_shadow_hash(gw, hash);
+        sg_log(SG_LOG_INFO, "shadow policy %s %s: evaluated beside the policy, not enforced",
+               o.shadow_policy, hash);
+    }
     sg_gateway_policy_hash(gw, hash);
     sg_log(SG_LOG_INFO, "listening on %s%s%s:%u (MCP endpoint %s, upstream %s, policy %s %s%s)",
            strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "",
@@ -887,6 +936,13 @@ static int serve(serve_opts *opts)
             sg_reloader_sighup(reloader);
             continue;
         }
+        if (sig == SIGUSR1) {
+            if (audit)
+                sg_audit_reopen(audit);
+            else
+                sg_log(SG_LOG_INFO, "SIGUSR1: no --audit-log to reopen");
+            continue;
+        }
         sg_log(SG_LOG_INFO, "signal %d: shutting down", sig);
         break;
     }
@@ -900,6 +956,7 @@ out:
     sg_gateway_free(gw);
     sg_introspector_free(introspector);
     sg_as_metadata_free(&discovered);
+    sg_audit_close(audit); /* after every worker: nothing submits any more */
     sg_verifier_free(verifier);
     sg_keys_free(keys);
     free(audience_owned);

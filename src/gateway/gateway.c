@@ -8,12 +8,16 @@
  * worker context is touched by one thread only, so nothing here locks. */
 #include "gateway/gateway.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+
+#include <openssl/rand.h>
 
 #include "base/metrics.h"
 #include "mcp/bridge.h"
@@ -64,6 +68,11 @@ typedef struct worker {
     sg_site site;
     const sg_catalog_snap *tools; /* the tool catalogue as last seen, or NULL */
     unsigned long tools_version;
+    policy_gen *shadow_gen;      /* the shadow policy (a reference), or NULL */
+    sg_policy *shadow_policy;    /* shadow_gen->policies[index] */
+    unsigned long audit_seq;     /* generated request ids: this worker's counter */
+    const sg_token *audit_token; /* GET/DELETE: the caller, for the record */
+    sg_buf audit_scratch;        /* shadow records are formatted here */
 } worker;
 
 struct sg_gateway {
@@ -89,6 +98,12 @@ struct sg_gateway {
     sg_introspector *introspector;      /* borrowed; NULL: opaque tokens refused */
     char *default_authorization_server; /* metadata, when the policy names none */
     sg_policy_limits limits;
+    /* The audit log (borrowed) and the shadow policy: a second generation
+     * pointer beside `current`, replaced the same way under gen_mu. */
+    sg_audit *audit;
+    char *shadow_path;
+    policy_gen *shadow;
+    char boot_id[17]; /* random per process: generated request ids are unique */
 };
 
 static const char *header_get(const sg_gateway_request *req, const char *name)
@@ -120,6 +135,10 @@ void sg_gateway_reply_free(sg_gateway_reply *r)
     for (size_t i = 0; i < r->nidentity; i++)
         free((char *)r->identity[i].value);
     gen_release(r->policy_gen);
+    for (size_t i = 0; r->audit_ids && i < r->naudit; i++)
+        free(r->audit_ids[i]);
+    free(r->audit_ids);
+    sg_buf_free(&r->audit);
     sg_buf_free(&r->body);
     sg_buf_free(&r->www_authenticate);
     sg_gateway_reply_init(r);
@@ -174,7 +193,8 @@ static void copy_report(char *err, size_t errlen, const char *report)
  * want_hash is not NULL every copy must be that text (it was checked).
  * Returns the generation with one reference, or NULL with a message in err
  * (naming file and line for a policy error). */
-static policy_gen *gen_load(const sg_gateway *gw, const char *want_hash, char *err, size_t errlen)
+static policy_gen *gen_load(const sg_gateway *gw, const char *path, const char *want_hash,
+                            char *err, size_t errlen)
 {
     policy_gen *g = calloc(1, sizeof *g);
     if (!g || !(g->policies = calloc(gw->nworkers, sizeof *g->policies))) {
@@ -186,7 +206,7 @@ static policy_gen *gen_load(const sg_gateway *gw, const char *want_hash, char *e
     g->nworkers = gw->nworkers;
     for (unsigned i = 0; i < gw->nworkers; i++) {
         char *perr = NULL;
-        g->policies[i] = sg_policy_load(gw->policy_path, &gw->limits, &perr);
+        g->policies[i] = sg_policy_load(path, &gw->limits, &perr);
         if (!g->policies[i]) {
             copy_report(err, errlen, perr);
             free(perr);
@@ -196,8 +216,7 @@ static policy_gen *gen_load(const sg_gateway *gw, const char *want_hash, char *e
         const char *have = sg_policy_hash(g->policies[i]);
         const char *want = want_hash ? want_hash : sg_policy_hash(g->policies[0]);
         if (strcmp(have, want) != 0) {
-            sg_errf(err, errlen, "%s: the policy changed while it was being loaded",
-                    gw->policy_path);
+            sg_errf(err, errlen, "%s: the policy changed while it was being loaded", path);
             goto fail;
         }
     }
@@ -208,7 +227,7 @@ static policy_gen *gen_load(const sg_gateway *gw, const char *want_hash, char *e
         sg_errf(err, errlen,
                 "%s: the policy has no `resource` and no --public-url was given: the protected "
                 "resource metadata needs one",
-                gw->policy_path);
+                path);
         goto fail;
     }
     /* Challenges point at the metadata of the endpoint clients use. */
@@ -243,10 +262,14 @@ static void worker_refresh(sg_gateway *gw, worker *w)
     if (atomic_load_explicit(&gw->generation, memory_order_acquire) == w->seen) return;
     pthread_mutex_lock(&gw->gen_mu);
     policy_gen *g = gen_retain(gw->current);
+    policy_gen *shadow = gw->shadow ? gen_retain(gw->shadow) : NULL;
     unsigned long seen = atomic_load(&gw->generation);
     pthread_mutex_unlock(&gw->gen_mu);
     int first = w->gen == NULL;
     gen_release(w->gen);
+    gen_release(w->shadow_gen);
+    w->shadow_gen = shadow;
+    w->shadow_policy = shadow ? shadow->policies[w->index] : NULL;
     w->gen = g;
     w->seen = seen;
     w->policy = g->policies[w->index];
@@ -359,8 +382,34 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
             goto fail;
         }
     }
-    if (!(gw->current = gen_load(gw, NULL, err, errlen))) goto fail;
+    gw->audit = cfg->audit;
+    if (cfg->shadow_policy_path && !cfg->audit) {
+        sg_errf(err, errlen, "a shadow policy needs the audit log: its disagreements go there");
+        goto fail;
+    }
+    if (cfg->audit) {
+        unsigned char rnd[8];
+        if (RAND_bytes(rnd, sizeof rnd) != 1) {
+            uint64_t t = sg_now_mono_ns() ^ (uint64_t)(uintptr_t)gw;
+            memcpy(rnd, &t, sizeof rnd);
+        }
+        sg_hex(rnd, sizeof rnd, gw->boot_id);
+    }
+    if (!(gw->current = gen_load(gw, gw->policy_path, NULL, err, errlen))) goto fail;
+    if (cfg->shadow_policy_path) {
+        char serr[4096];
+        if (!(gw->shadow_path = strdup(cfg->shadow_policy_path)) ||
+            !(gw->shadow = gen_load(gw, gw->shadow_path, NULL, serr, sizeof serr))) {
+            sg_errf(err, errlen, "shadow policy: %s", gw->shadow_path ? serr : "out of memory");
+            goto fail;
+        }
+    }
     if (catalog_follow(gw, gw->current->policies[0], err, errlen) != 0) goto fail;
+    /* A candidate that reads the upstream's annotations needs the catalogue
+     * even when the live policy does not. */
+    if (gw->shadow && !atomic_load(&gw->catalog) &&
+        catalog_follow(gw, gw->shadow->policies[0], err, errlen) != 0)
+        goto fail;
     atomic_store(&gw->generation, 1);
     for (unsigned i = 0; i < cfg->workers; i++)
         worker_refresh(gw, &gw->workers[i]);
@@ -370,11 +419,15 @@ fail:
     return NULL;
 }
 
-int sg_gateway_reload(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_LEN + 1])
+/* Checks and loads the policy at path, then makes it *slot (gw->current or
+ * gw->shadow) in every worker at its next request boundary. Returns as
+ * sg_gateway_reload does. */
+static int reload_into(sg_gateway *gw, const char *path, policy_gen **slot, sg_buf *report,
+                       char hash[SG_POLICY_HASH_LEN + 1])
 {
     char checked[SG_POLICY_HASH_LEN + 1];
     sg_buf findings = SG_BUF_INIT;
-    int nerrors = sg_policy_check_hashed(gw->policy_path, &gw->limits, &findings, checked);
+    int nerrors = sg_policy_check_hashed(path, &gw->limits, &findings, checked);
     snprintf(hash, SG_POLICY_HASH_LEN + 1, "%s", checked);
     if (nerrors > 0 || !checked[0]) {
         /* Only the errors: warnings do not stop a reload. */
@@ -391,24 +444,63 @@ int sg_gateway_reload(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_L
     }
     sg_buf_free(&findings);
     pthread_mutex_lock(&gw->gen_mu);
-    int same = strcmp(sg_policy_hash(gw->current->policies[0]), checked) == 0;
+    int same = strcmp(sg_policy_hash((*slot)->policies[0]), checked) == 0;
     pthread_mutex_unlock(&gw->gen_mu);
     if (same) return 1;
     char err[4096];
-    policy_gen *g = gen_load(gw, checked, err, sizeof err);
+    policy_gen *g = gen_load(gw, path, checked, err, sizeof err);
     if (!g) {
         sg_buf_puts(report, err);
         return -1;
     }
     pthread_mutex_lock(&gw->gen_mu);
-    policy_gen *old = gw->current;
-    gw->current = g;
+    policy_gen *old = *slot;
+    *slot = g;
     atomic_fetch_add_explicit(&gw->generation, 1, memory_order_release);
     pthread_mutex_unlock(&gw->gen_mu);
     gen_release(old);
-    if (catalog_follow(gw, g->policies[0], err, sizeof err) != 0)
-        sg_log(SG_LOG_ERROR, "tool catalogue: %s", err);
     return 0;
+}
+
+int sg_gateway_reload(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_LEN + 1])
+{
+    int rc = reload_into(gw, gw->policy_path, &gw->current, report, hash);
+    char err[4096];
+    if (rc == 0 && catalog_follow(gw, gw->current->policies[0], err, sizeof err) != 0)
+        sg_log(SG_LOG_ERROR, "tool catalogue: %s", err);
+    return rc;
+}
+
+int sg_gateway_reload_shadow(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_LEN + 1])
+{
+    if (!gw->shadow) {
+        hash[0] = 0;
+        return 1;
+    }
+    int rc = reload_into(gw, gw->shadow_path, &gw->shadow, report, hash);
+    char err[4096];
+    if (rc == 0 && !atomic_load(&gw->catalog) &&
+        catalog_follow(gw, gw->shadow->policies[0], err, sizeof err) != 0)
+        sg_log(SG_LOG_ERROR, "tool catalogue (shadow policy): %s", err);
+    return rc;
+}
+
+int sg_gateway_has_shadow(const sg_gateway *gw)
+{
+    return gw->shadow != NULL;
+}
+
+void sg_gateway_shadow_hash(sg_gateway *gw, char hash[SG_POLICY_HASH_LEN + 1])
+{
+    pthread_mutex_lock(&gw->gen_mu);
+    snprintf(hash, SG_POLICY_HASH_LEN + 1, "%s",
+             gw->shadow ? sg_policy_hash(gw->shadow->policies[0]) : "");
+    pthread_mutex_unlock(&gw->gen_mu);
+}
+
+int sg_gateway_audits(const sg_gateway *gw)
+{
+    return gw->audit != NULL;
 }
 
 void sg_gateway_forget_tokens(sg_gateway *gw)
@@ -429,17 +521,20 @@ char **sg_gateway_policy_files(sg_gateway *gw)
 {
     pthread_mutex_lock(&gw->gen_mu);
     policy_gen *g = gen_retain(gw->current);
+    policy_gen *shadow = gw->shadow ? gen_retain(gw->shadow) : NULL;
     pthread_mutex_unlock(&gw->gen_mu);
-    const sg_sandbox_source *src;
+    const sg_sandbox_source *src, *ssrc = NULL;
     int n = sg_sandbox_sources(sg_policy_sandbox(g->policies[0]), &src);
-    char **files = calloc((size_t)n + 1, sizeof *files);
-    for (int i = 0; files && i < n; i++) {
-        if (!(files[i] = strdup(src[i].path))) {
+    int ns = shadow ? sg_sandbox_sources(sg_policy_sandbox(shadow->policies[0]), &ssrc) : 0;
+    char **files = calloc((size_t)n + (size_t)ns + 1, sizeof *files);
+    for (int i = 0; files && i < n + ns; i++) {
+        if (!(files[i] = strdup(i < n ? src[i].path : ssrc[i - n].path))) {
             sg_strv_free(files);
             files = NULL;
         }
     }
     gen_release(g);
+    gen_release(shadow);
     return files;
 }
 
@@ -449,6 +544,8 @@ void sg_gateway_free(sg_gateway *gw)
     for (unsigned i = 0; i < gw->nworkers; i++) {
         worker *w = &gw->workers[i];
         gen_release(w->gen);
+        gen_release(w->shadow_gen);
+        sg_buf_free(&w->audit_scratch);
         sg_catalog_release(w->tools);
         sg_tcache_free(w->tcache);
         sg_introspect_release(&w->introspected);
@@ -456,6 +553,8 @@ void sg_gateway_free(sg_gateway *gw)
         sg_decision_free(&w->decision);
     }
     gen_release(gw->current);
+    gen_release(gw->shadow);
+    free(gw->shadow_path);
     sg_catalog_stop(atomic_load(&gw->catalog));
     free(gw->upstream_url);
     free(gw->upstream_ca);
@@ -656,6 +755,470 @@ static void plan_identity(const sg_gateway *gw, const sg_token *token, sg_gatewa
     }
 }
 
+/* ---- the audit log ------------------------------------------------------------------
+ *
+ * One record per message of a decided request (docs/operations.md, "Audit
+ * log"; docs/audit.schema.json). What is known at decision time is
+ * formatted here into the reply, as the opening part of a JSON object; the
+ * HTTP layer completes it with the outcome (sg_gateway_audit_finish).
+ * Formatting appends into reused buffers with the project's JSON string
+ * escaper: no cJSON tree is built. Nothing of the token is written: only
+ * the verified claims sub, client_id and iss, and the granted scopes. */
+
+#define AUDIT_MAX_STRING 1024 /* longest string value recorded (cut beyond) */
+#define AUDIT_MAX_VALUE  4096 /* longest object or array argument recorded */
+#define REQUEST_ID_MAX   128
+
+static void j_key(sg_buf *b, const char *key)
+{
+    sg_buf_putc(b, ',');
+    sg_buf_putc(b, '"');
+    sg_buf_puts(b, key);
+    sg_buf_puts(b, "\":");
+}
+
+static void j_string(sg_buf *b, const char *s)
+{
+    if (!s) {
+        sg_buf_puts(b, "null");
+        return;
+    }
+    size_t n = strlen(s);
+    sg_json_append_string(b, s, n < AUDIT_MAX_STRING ? n : AUDIT_MAX_STRING);
+}
+
+static void j_field(sg_buf *b, const char *key, const char *s)
+{
+    j_key(b, key);
+    j_string(b, s);
+}
+
+/* A requirement as JSON: a scope name, "public", "authenticated", "deny",
+ * {"all_of": [...]} or {"any_of": [...]}. */
+static void j_requirement(sg_buf *b, const sg_universe *u, const sg_req *r)
+{
+    switch (r->kind) {
+    case SG_REQ_PUBLIC:
+        sg_buf_puts(b, "\"public\"");
+        return;
+    case SG_REQ_AUTHENTICATED:
+        sg_buf_puts(b, "\"authenticated\"");
+        return;
+    case SG_REQ_DENY:
+        sg_buf_puts(b, "\"deny\"");
+        return;
+    case SG_REQ_SCOPE:
+        j_string(b, sg_universe_name(u, r->scope));
+        return;
+    case SG_REQ_ALL:
+    case SG_REQ_ANY:
+        sg_buf_puts(b, r->kind == SG_REQ_ALL ? "{\"all_of\":[" : "{\"any_of\":[");
+        for (int i = 0; i < r->nkids; i++) {
+            if (i) sg_buf_putc(b, ',');
+            j_requirement(b, u, r->kids[i]);
+        }
+        sg_buf_puts(b, "]}");
+        return;
+    }
+    sg_buf_puts(b, "null");
+}
+
+static void j_scopeset(sg_buf *b, const sg_universe *u, const sg_scopeset *s)
+{
+    sg_buf_putc(b, '[');
+    int first = 1;
+    for (int id = 0; id < sg_universe_size(u); id++) {
+        if (!sg_scopeset_has(s, id)) continue;
+        if (!first) sg_buf_putc(b, ',');
+        first = 0;
+        j_string(b, sg_universe_name(u, id));
+    }
+    sg_buf_putc(b, ']');
+}
+
+/* An argument value: scalars as they are (strings cut at AUDIT_MAX_STRING
+ * bytes), objects and arrays compact up to AUDIT_MAX_VALUE bytes, else
+ * null. */
+static void j_argument(sg_buf *b, const cJSON *v)
+{
+    if (cJSON_IsString(v)) {
+        j_string(b, v->valuestring);
+    } else if (cJSON_IsBool(v)) {
+        sg_buf_puts(b, cJSON_IsTrue(v) ? "true" : "false");
+    } else if (cJSON_IsNumber(v) && isfinite(v->valuedouble)) {
+        double d = v->valuedouble;
+        if (d == (double)(long long)d && fabs(d) < 9007199254740992.0)
+            sg_buf_printf(b, "%lld", (long long)d);
+        else
+            sg_buf_printf(b, "%.17g", d);
+    } else if (cJSON_IsObject(v) || cJSON_IsArray(v)) {
+        char *text = cJSON_PrintUnformatted(v);
+        if (text && strlen(text) <= AUDIT_MAX_VALUE)
+            sg_buf_puts(b, text);
+        else
+            sg_buf_puts(b, "null");
+        cJSON_free(text);
+    } else {
+        sg_buf_puts(b, "null");
+    }
+}
+
+/* The value at an audit path ("arguments.a.b") in a message's arguments,
+ * or NULL. Paths were validated at load: dot-separated keys. */
+static const cJSON *argument_at(const cJSON *arguments, const char *path)
+{
+    const char *p = path + strlen("arguments");
+    const cJSON *v = arguments;
+    while (v && *p == '.') {
+        p++;
+        size_t n = strcspn(p, ".");
+        char key[72];
+        if (n >= sizeof key || !cJSON_IsObject(v)) return NULL;
+        memcpy(key, p, n);
+        key[n] = 0;
+        v = cJSON_GetObjectItemCaseSensitive(v, key);
+        p += n;
+    }
+    return v;
+}
+
+/* RFC 3339 UTC with milliseconds: 2026-12-04T16:10:00.123Z. */
+static void j_now(sg_buf *b)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char text[40];
+    strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
+    sg_buf_printf(b, "\"%s.%03ldZ\"", text, ts.tv_nsec / 1000000);
+}
+
+/* A client's X-Request-Id is kept only when it is 1 to REQUEST_ID_MAX
+ * characters of [A-Za-z0-9._:-] (and no part of its credential): anything
+ * else could be a header or log injection, and is replaced by a generated
+ * id. */
+static int request_id_valid(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (n >= REQUEST_ID_MAX ||
+            !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return 0;
+    }
+    return n > 0;
+}
+
+/* The part of a record every message of the request shares, from the
+ * opening brace: type, time, request id, client, who (verified), policy. */
+static void audit_common(sg_buf *b, const char *type, const char *time_json, const char *rid,
+                         const sg_gateway_request *req, const sg_token *token, const char *hash)
+{
+    sg_buf_puts(b, "{\"type\":\"");
+    sg_buf_puts(b, type);
+    sg_buf_puts(b, "\",\"time\":");
+    sg_buf_puts(b, time_json);
+    j_field(b, "request_id", rid);
+    j_field(b, "client", req->client_addr);
+    j_field(b, "http_method", req->method);
+    j_field(b, "sub", token ? token->sub : NULL);
+    j_field(b, "client_id", token ? token->client_id : NULL);
+    j_field(b, "iss", token ? token->iss : NULL);
+    j_field(b, "policy", hash);
+}
+
+static void audit_message(sg_buf *b, const sg_mcp_body *body, size_t i)
+{
+    const sg_mcp_msg *m = body ? &body->msgs[i] : NULL;
+    j_field(b, "method", m ? m->method : NULL);
+    j_field(b, "name", m ? m->name : NULL);
+    if (body && body->is_batch)
+        sg_buf_printf(b, ",\"batch\":{\"index\":%zu,\"size\":%zu}", i, body->nmsgs);
+}
+
+static void audit_rule(sg_buf *b, const sg_universe *u, const sg_policy_decision *d)
+{
+    j_field(b, "rule", d && d->rule ? d->rule : NULL);
+    j_field(b, "rule_file", d && d->line > 0 ? d->file : NULL);
+    j_key(b, "rule_line");
+    if (d && d->line > 0)
+        sg_buf_printf(b, "%d", d->line);
+    else
+        sg_buf_puts(b, "null");
+    j_key(b, "required");
+    if (d && d->req)
+        j_requirement(b, u, d->req);
+    else
+        sg_buf_puts(b, "null");
+}
+
+/* What one message's requirement means for this caller on its own. */
+static const char *element_outcome(const sg_req *r, const sg_token *token, const char *token_error,
+                                   const sg_scopeset *effective)
+{
+    if (token_error) return "unauthorized";
+    if (sg_req_satisfied(r, token != NULL, effective)) return "allow";
+    if (!sg_req_satisfiable(r)) return "deny";
+    return token ? "insufficient_scope" : "unauthorized";
+}
+
+/* The request's decision as the audit log names it. */
+static const char *decision_name(const sg_gateway_reply *out, const sg_decision *d)
+{
+    if (out->status == 0) return "allow";
+    if (out->status == 401) return "unauthorized";
+    if (out->status == 403) return d->outcome == SG_FORBIDDEN ? "insufficient_scope" : "deny";
+    if (out->status >= 500) return "error";
+    return "invalid";
+}
+
+/* The shadow policy's view of the same body: one "shadow" record for each
+ * message it decides otherwise (allowed or not, or another requirement).
+ * Its failures deny inside the shadow only (the policy logs them); the
+ * live answer was decided before this runs and is never touched. */
+static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_request *req,
+                         const sg_mcp_body *body, const sg_bridge_caller *caller,
+                         const sg_policy_decision *live, const char *time_json, const char *rid)
+{
+    sg_policy_decision *cand = sg_arena_alloc(&w->arena, body->nmsgs * sizeof *cand);
+    if (!cand) return;
+    memset(cand, 0, body->nmsgs * sizeof *cand);
+    sg_bridge_requirement_for(w->shadow_policy, body, caller, &w->arena, cand);
+    const sg_universe *lu = sg_policy_universe(w->policy);
+    const sg_universe *su = sg_policy_universe(w->shadow_policy);
+    sg_scopeset granted, leff, seff;
+    sg_token_granted(lu, caller->token, &granted);
+    sg_universe_effective(lu, &granted, &leff);
+    sg_token_granted(su, caller->token, &granted);
+    sg_universe_effective(su, &granted, &seff);
+    sg_buf lreq = SG_BUF_INIT, sreq = SG_BUF_INIT;
+    sg_buf *b = &w->audit_scratch;
+    for (size_t i = 0; i < body->nmsgs; i++) {
+        const sg_req *lr = live[i].req ? live[i].req : &sg_req_deny;
+        const sg_req *sr = cand[i].req ? cand[i].req : &sg_req_deny;
+        const char *lo = element_outcome(lr, caller->token, caller->token_error, &leff);
+        const char *so = element_outcome(sr, caller->token, caller->token_error, &seff);
+        sg_buf_reset(&lreq);
+        sg_buf_reset(&sreq);
+        j_requirement(&lreq, lu, lr);
+        j_requirement(&sreq, su, sr);
+        int same_allow = (strcmp(lo, "allow") == 0) == (strcmp(so, "allow") == 0);
+        if (same_allow && lreq.len == sreq.len &&
+            (lreq.len == 0 || memcmp(lreq.data, sreq.data, lreq.len) == 0))
+            continue;
+        sg_audit_count_shadow(gw->audit);
+        sg_buf_reset(b);
+        audit_common(b, "shadow", time_json, rid, req, caller->token, sg_policy_hash(w->policy));
+        audit_message(b, body, i);
+        sg_buf_puts(b, ",\"shadow\":{\"policy\":");
+        j_string(b, sg_policy_hash(w->shadow_policy));
+        sg_buf_puts(b, ",\"live\":{\"decision\":");
+        j_string(b, lo);
+        audit_rule(b, lu, &live[i]);
+        sg_buf_puts(b, "},\"candidate\":{\"decision\":");
+        j_string(b, so);
+        audit_rule(b, su, &cand[i]);
+        sg_buf_puts(b, "}}}");
+        if (sg_buf_ok(b)) sg_audit_submit(gw->audit, b->data, b->len);
+    }
+    sg_buf_free(&lreq);
+    sg_buf_free(&sreq);
+}
+
+/* Formats the records of a decided request into out (completed later by
+ * sg_gateway_audit_finish) and, when it is forwarded, adds X-Request-Id.
+ * body and each may be NULL (a request refused before its messages were
+ * known, GET and DELETE): then one record without a message. caller is
+ * set when the shadow policy should look at the body. */
+static void audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *req,
+                        const sg_mcp_body *body, const sg_policy_decision *each,
+                        const sg_token *token, const sg_bridge_caller *caller,
+                        sg_gateway_reply *out)
+{
+    char rid[REQUEST_ID_MAX + 1];
+    const char *client_rid = header_get(req, "X-Request-Id");
+    const char *authz = header_get(req, "Authorization");
+    /* A client that puts (a piece of) its token there gets a generated id:
+     * no byte of a credential is ever written to the audit log. */
+    if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid)))
+        snprintf(rid, sizeof rid, "%s", client_rid);
+    else
+        snprintf(rid, sizeof rid, "%s-%u-%lu", gw->boot_id, w->index, ++w->audit_seq);
+    if (out->status == 0 && out->nidentity < SG_ARRAY_LEN(out->identity)) {
+        char *v = strdup(rid);
+        if (v) {
+            out->identity[out->nidentity].name = "X-Request-Id";
+            out->identity[out->nidentity].value = v;
+            out->nidentity++;
+        }
+    }
+    char time_json[48];
+    sg_buf t = SG_BUF_INIT;
+    j_now(&t);
+    snprintf(time_json, sizeof time_json, "%s", sg_buf_ok(&t) ? t.data : "null");
+    sg_buf_free(&t);
+
+    const sg_universe *u = sg_policy_universe(w->policy);
+    const char *decision = decision_name(out, &w->decision);
+    size_t n = body ? body->nmsgs : 1;
+    if (!(out->audit_ids = calloc(n, sizeof *out->audit_ids))) return;
+    sg_buf *b = &out->audit;
+    /* In a batch, what each message's own requirement means for the caller:
+     * one refused message refuses them all. */
+    sg_scopeset granted, effective;
+    if (body && body->is_batch) {
+        sg_token_granted(u, token, &granted);
+        sg_universe_effective(u, &granted, &effective);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const sg_mcp_msg *m = body ? &body->msgs[i] : NULL;
+        const sg_policy_decision *d = each ? &each[i] : NULL;
+        if (m && m->kind == SG_MCP_REQUEST && m->id_raw)
+            out->audit_ids[i] = strndup(m->id_raw, m->id_len);
+        audit_common(b, "decision", time_json, rid, req, token, sg_policy_hash(w->policy));
+        audit_message(b, body, i);
+        j_field(b, "decision", decision);
+        if (body && body->is_batch && d && d->req)
+            j_field(
+                b, "message_decision",
+                element_outcome(d->req, token, caller ? caller->token_error : NULL, &effective));
+        audit_rule(b, u, d && d->rule ? d : NULL);
+        j_key(b, "granted");
+        sg_buf_putc(b, '[');
+        for (int k = 0; token && k < token->nscopes; k++) {
+            if (k) sg_buf_putc(b, ',');
+            j_string(b, token->scopes[k]);
+        }
+        sg_buf_putc(b, ']');
+        if ((out->status == 401 || out->status == 403) && decision[0] != 'd') {
+            j_key(b, "step_up");
+            j_scopeset(b, u, &w->decision.scope);
+        }
+        if (d && d->error) sg_buf_puts(b, ",\"policy_error\":true");
+        if (d && d->naudit > 0 && m && m->arguments) {
+            sg_buf_puts(b, ",\"arguments\":{");
+            int first = 1;
+            for (int k = 0; k < d->naudit; k++) {
+                const cJSON *v = argument_at(m->arguments, d->audit[k]);
+                if (!v) continue;
+                if (!first) sg_buf_putc(b, ',');
+                first = 0;
+                j_string(b, d->audit[k]);
+                sg_buf_putc(b, ':');
+                j_argument(b, v);
+            }
+            sg_buf_putc(b, '}');
+        }
+        sg_buf_putc(b, '\0');
+    }
+    out->naudit = n;
+    if (caller && body && each && w->shadow_policy)
+        audit_shadow(gw, w, req, body, caller, each, time_json, rid);
+}
+
+/* One message of the upstream's answer: its id's raw text and outcome. */
+typedef struct answer_msg {
+    const char *id;
+    size_t id_len;
+    const char *outcome;
+} answer_msg;
+
+/* Reads one JSON text of the answer (a message or a batch) into msgs. */
+static void classify_json(const char *json, size_t len, answer_msg *msgs, size_t *n, size_t cap)
+{
+    static const sg_json_limits lim = {.max_depth = SG_JSON_MAX_DEPTH_CAP};
+    sg_json_scan scan = {0};
+    if (sg_json_prescan(json, len, &lim, &scan, NULL) != 0) return;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    size_t i = 0;
+    for (cJSON *m = scan.top_is_array && root ? root->child : root; m && i < scan.nmessages;
+         m = scan.top_is_array ? m->next : NULL, i++) {
+        if (*n >= cap || !cJSON_IsObject(m) || scan.id_spans[i].len == 0) continue;
+        const cJSON *result = cJSON_GetObjectItemCaseSensitive(m, "result");
+        const char *outcome = "ok";
+        if (cJSON_GetObjectItemCaseSensitive(m, "error"))
+            outcome = "jsonrpc_error";
+        else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError")))
+            outcome = "tool_error";
+        msgs[*n].id = json + scan.id_spans[i].off;
+        msgs[*n].id_len = scan.id_spans[i].len;
+        msgs[*n].outcome = outcome;
+        (*n)++;
+    }
+    cJSON_Delete(root);
+    sg_json_scan_free(&scan);
+}
+
+void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gateway_outcome *o)
+{
+    if (!gw->audit || r->naudit == 0) return;
+    const char *base = o->upstream_outcome;
+    answer_msg *msgs = NULL;
+    size_t nmsgs = 0;
+    sg_sse_event ev = SG_SSE_EVENT_INIT;
+    if (!base && o->upstream_status >= 400) base = "http_error";
+    if (!base && !o->body) base = "streamed";
+    if (!base && o->upstream_status && (msgs = calloc(r->naudit, sizeof *msgs))) {
+        const char *ct = o->content_type ? o->content_type : "";
+        if (strncasecmp(ct, "text/event-stream", 17) == 0) {
+            size_t pos = 0;
+            while (sg_sse_read(o->body, o->body_len, &pos, &ev) > 0)
+                if (ev.has_data && ev.data.len)
+                    classify_json(ev.data.data, ev.data.len, msgs, &nmsgs, r->naudit);
+        } else {
+            classify_json(o->body, o->body_len, msgs, &nmsgs, r->naudit);
+        }
+    }
+    double ms = (double)(sg_now_mono_ns() - o->started_ns) / 1e6;
+    sg_buf line = SG_BUF_INIT;
+    const char *p = r->audit.data;
+    for (size_t i = 0; p && i < r->naudit; i++) {
+        size_t len = strlen(p);
+        sg_buf_reset(&line);
+        sg_buf_append(&line, p, len);
+        j_key(&line, "status");
+        if (o->status)
+            sg_buf_printf(&line, "%d", o->status);
+        else
+            sg_buf_puts(&line, "null");
+        j_key(&line, "upstream");
+        if (o->upstream_status || o->upstream_outcome) {
+            const char *outcome = base;
+            const char *id = r->audit_ids ? r->audit_ids[i] : NULL;
+            if (!outcome) {
+                outcome = id ? "no_answer" : "ok";
+                for (size_t k = 0; id && k < nmsgs; k++)
+                    if (msgs[k].id_len == strlen(id) && memcmp(msgs[k].id, id, msgs[k].id_len) == 0)
+                        outcome = msgs[k].outcome;
+            }
+            sg_buf_puts(&line, "{\"status\":");
+            if (o->upstream_status)
+                sg_buf_printf(&line, "%d", o->upstream_status);
+            else
+                sg_buf_puts(&line, "null");
+            sg_buf_puts(&line, ",\"outcome\":");
+            j_string(&line, outcome);
+            sg_buf_putc(&line, '}');
+        } else {
+            sg_buf_puts(&line, "null");
+        }
+        sg_buf_printf(&line, ",\"latency_ms\":%.3f}", ms);
+        if (sg_buf_ok(&line)) sg_audit_submit(gw->audit, line.data, line.len);
+        p += len + 1;
+    }
+    sg_buf_free(&line);
+    sg_sse_event_free(&ev);
+    free(msgs);
+    for (size_t i = 0; r->audit_ids && i < r->naudit; i++)
+        free(r->audit_ids[i]);
+    free(r->audit_ids);
+    r->audit_ids = NULL;
+    r->naudit = 0;
+    sg_buf_free(&r->audit);
+}
+
 /* The metrics' name for a decision's outcome (base/metrics.h). */
 static int outcome_label(sg_outcome outcome)
 {
@@ -757,15 +1320,19 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
     }
     sg_header *hdrs;
     size_t nhdrs;
-    if (policy_headers(req, &w->arena, &hdrs, &nhdrs) == 0) {
-        sg_bridge_caller caller = {.token = token,
-                                   .token_error = token_error,
-                                   .headers = hdrs,
-                                   .nheaders = nhdrs,
-                                   .protocol_version = version,
-                                   .annotations = worker_tool_annotations,
-                                   .annotations_ud = w};
-        sg_bridge_decide(w->policy, &body, &caller, &w->site, &w->arena, NULL, &w->decision);
+    sg_policy_decision *each = NULL; /* per message, for the audit log */
+    sg_bridge_caller caller = {.token = token,
+                               .token_error = token_error,
+                               .protocol_version = version,
+                               .annotations = worker_tool_annotations,
+                               .annotations_ud = w};
+    int have_caller = policy_headers(req, &w->arena, &hdrs, &nhdrs) == 0;
+    if (have_caller) {
+        caller.headers = hdrs;
+        caller.nheaders = nhdrs;
+        if (gw->audit && (each = sg_arena_alloc(&w->arena, body.nmsgs * sizeof *each)))
+            memset(each, 0, body.nmsgs * sizeof *each);
+        sg_bridge_decide(w->policy, &body, &caller, &w->site, &w->arena, each, &w->decision);
     } else {
         sg_decide(&w->site, &sg_req_deny, token, token_error, &w->decision);
     }
@@ -806,6 +1373,7 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
             answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
         result = 1;
     }
+    if (gw->audit) audit_begin(gw, w, req, &body, each, token, have_caller ? &caller : NULL, out);
     sg_mcp_body_free(&body);
     return result;
 }
@@ -832,6 +1400,7 @@ static int handle_stream_or_delete(worker *w, const sg_gateway *gw, const sg_gat
     out->wait_ticket = authenticate(w, header_get(req, "Authorization"), &token, &token_error,
                                     &unavailable, kid_wait_for(req));
     if (out->wait_ticket) return 2;
+    if (gw->audit) w->audit_token = token;
     if (unavailable)
         return answer(out, 503, NULL, 0, SG_JSONRPC_INTERNAL_ERROR, AS_UNAVAILABLE_MESSAGE);
     const sg_req *r = sg_policy_has_public_rule(w->policy) ? &sg_req_public : &sg_req_authenticated;
@@ -873,12 +1442,24 @@ int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_
     worker *w = &gw->workers[req->worker];
     worker_refresh(gw, w);
     sg_arena_reset(&w->arena);
-    if (strcmp(req->method, "POST") == 0) return handle_post(w, gw, req, out);
-    if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "DELETE") == 0)
-        return handle_stream_or_delete(w, gw, req, out);
-    answer(out, 405, NULL, 0, SG_JSONRPC_INVALID_REQUEST, "Method not allowed");
-    out->allow = "GET, POST, DELETE";
-    return 1;
+    int rc;
+    if (strcmp(req->method, "POST") == 0) {
+        rc = handle_post(w, gw, req, out);
+    } else if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "DELETE") == 0) {
+        rc = handle_stream_or_delete(w, gw, req, out);
+    } else {
+        answer(out, 405, NULL, 0, SG_JSONRPC_INVALID_REQUEST, "Method not allowed");
+        out->allow = "GET, POST, DELETE";
+        rc = 1;
+    }
+    if (gw->audit) {
+        /* A request decided without its messages (refused before them, GET,
+         * DELETE) gets one record without a message. */
+        if (rc != 2 && out->naudit == 0)
+            audit_begin(gw, w, req, NULL, NULL, w->audit_token, NULL, out);
+        w->audit_token = NULL;
+    }
+    return rc;
 }
 
 /* ---- filtering list answers ------------------------------------------------------- */

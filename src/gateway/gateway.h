@@ -22,6 +22,7 @@
 
 #include <stddef.h>
 
+#include "gateway/audit.h"
 #include "mcp/mcp.h"
 #include "policy/policy.h"
 #include "upstream/proxy.h"
@@ -73,6 +74,12 @@ typedef struct sg_gateway_config {
     /* The metadata's authorization_servers when the policy names none
      * (the issuer discovery was run for); NULL: an empty list. */
     const char *default_authorization_server;
+    /* The audit log (audit.h), borrowed; NULL: no audit records, no
+     * X-Request-Id. Must outlive the gateway. */
+    sg_audit *audit;
+    /* A candidate policy evaluated beside the live one without being
+     * enforced (needs audit: disagreements are recorded there). NULL: none. */
+    const char *shadow_policy_path;
 } sg_gateway_config;
 
 typedef struct sg_gateway sg_gateway;
@@ -92,6 +99,18 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
  * previous policy stays, and report holds one "file:line: ..." line per
  * error. Thread-safe against requests; call from one thread at a time. */
 int sg_gateway_reload(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_LEN + 1]);
+/* The same for the shadow policy (cfg.shadow_policy_path), with the same
+ * return values: a refused candidate keeps the previous one. Returns 1
+ * (nothing to do) when the gateway has no shadow policy. */
+int sg_gateway_reload_shadow(sg_gateway *gw, sg_buf *report, char hash[SG_POLICY_HASH_LEN + 1]);
+/* 1 when the gateway evaluates a shadow policy. Can't fail. */
+int sg_gateway_has_shadow(const sg_gateway *gw);
+/* The hash of the shadow policy in force ("" without one). Thread-safe. */
+void sg_gateway_shadow_hash(sg_gateway *gw, char hash[SG_POLICY_HASH_LEN + 1]);
+/* 1 when the gateway writes an audit record per decision, so the HTTP layer
+ * passes the client's address and reports each outcome
+ * (sg_gateway_audit_finish). Can't fail. */
+int sg_gateway_audits(const sg_gateway *gw);
 /* The upstream said its tool list changed (a notifications/tools/list_changed
  * passed through): refetch the tool catalogue, if the policy keeps one.
  * Thread-safe; returns at once. */
@@ -107,7 +126,7 @@ int sg_gateway_keeps_catalog(sg_gateway *gw);
  * can't fail. */
 void sg_gateway_forget_tokens(sg_gateway *gw);
 /* The files the policy in force ran (the policy file first, then each
- * module it required), for the reloader's watch list: a NULL-terminated
+ * module it required; then the shadow policy's), for the reloader's watch list: a NULL-terminated
  * malloc'd array of malloc'd paths (free it with sg_strv_free). Returns
  * NULL when out of memory. Thread-safe. */
 char **sg_gateway_policy_files(sg_gateway *gw);
@@ -130,6 +149,9 @@ typedef struct sg_gateway_request {
      * sg_gateway_handle after it returned 2): decide with the keys in force
      * and the introspection answers cached, never wait again. */
     int waited;
+    /* The client's address (numeric), for the audit log; NULL when unknown
+     * or when the gateway does not audit. */
+    const char *client_addr;
 } sg_gateway_request;
 
 /* The answer: either a complete response (status != 0) or "forward". */
@@ -147,12 +169,19 @@ typedef struct sg_gateway_reply {
     char *protocol_version;
     struct sg_gateway_list *lists; /* with filter: every request (id, kind) of the body */
     size_t nlists;
-    sg_header identity[SG_GATEWAY_MAX_IDENTITY]; /* verified-identity headers (values owned) */
+    /* Headers the gateway adds upstream (values owned): the verified-identity
+     * headers, and X-Request-Id when auditing. */
+    sg_header identity[SG_GATEWAY_MAX_IDENTITY + 1];
     size_t nidentity;
     struct sg_policy_gen *policy_gen; /* with filter: the policy that decided (a reference) */
     /* sg_gateway_handle returned 2: what to wait for (a key refetch or an
      * introspection call; sg_gateway_wait_done tells them apart). */
     uint64_t wait_ticket;
+    /* When auditing: the records of this request waiting for its outcome
+     * (sg_gateway_audit_finish), one per message; 0 once written. */
+    size_t naudit;
+    sg_buf audit;     /* the records' opening parts, each NUL-terminated */
+    char **audit_ids; /* [naudit]: each message's raw id, or NULL */
 } sg_gateway_reply;
 
 /* Which list result a request's answer carries. */
@@ -192,6 +221,30 @@ int sg_gateway_wait_done(sg_gateway *gw, uint64_t ticket);
  * introspection call, so parked requests can be looked at. NULL removes it;
  * once this returns no call of the old one is under way. Can't fail. */
 void sg_gateway_on_wake(sg_gateway *gw, void (*fn)(void *ud), void *ud);
+
+/* How a request ended, for its audit records. */
+typedef struct sg_gateway_outcome {
+    int status;          /* the HTTP status the client got; 0: none (it went away) */
+    int upstream_status; /* the upstream's HTTP status; 0: no response */
+    /* Why there is no usable upstream answer ("unreachable", "timeout",
+     * "broken", "client_gone", "shutdown", "error"), or NULL to classify
+     * the answer: "http_error" for a status of 400 and above, else per
+     * message from body (a complete application/json or text/event-stream
+     * answer): "jsonrpc_error", "tool_error" (a result with isError: true)
+     * or "ok"; "streamed" when body is NULL (passed through unread). */
+    const char *upstream_outcome;
+    const char *content_type; /* of body */
+    const char *body;
+    size_t body_len;
+    uint64_t started_ns; /* sg_now_mono_ns() when the request arrived */
+} sg_gateway_outcome;
+
+/* Completes and queues the audit records of a decided request (one per
+ * message) with its outcome, then forgets them (naudit = 0): a second call
+ * does nothing. Call on the thread that owns the request's worker, once the
+ * answer is known (for a streamed answer: when the stream starts). Never
+ * blocks; a record the audit log cannot take is counted there. */
+void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gateway_outcome *o);
 
 /* Filters a complete tools/prompts/resources list answer (application/json,
  * or text/event-stream read by sse.h, whose blocks are kept in order with

@@ -180,6 +180,39 @@ static int read_events(sg_reloader *r, int *rebuild)
 
 /* ---- reloading ------------------------------------------------------------------ */
 
+/* Logs a refused reload's report: one line per problem, each with its
+ * file:line. */
+static void log_report(const char *prefix, sg_buf *report)
+{
+    for (char *line = report->data; line && *line;) {
+        char *end = strchr(line, '\n');
+        if (end) *end = '\0';
+        if (*line) sg_log(SG_LOG_ERROR, "%s: %s", prefix, line);
+        line = end ? end + 1 : line + strlen(line);
+    }
+}
+
+/* The shadow policy (gateway.h) follows the same files-changed and SIGHUP
+ * events as the policy: a refused candidate keeps the previous one. */
+static void reload_shadow(sg_reloader *r, const char *why)
+{
+    char before[SG_POLICY_HASH_LEN + 1], after[SG_POLICY_HASH_LEN + 1];
+    sg_gateway_shadow_hash(r->cfg.gateway, before);
+    sg_buf report = SG_BUF_INIT;
+    int rc = sg_gateway_reload_shadow(r->cfg.gateway, &report, after);
+    if (rc == 0) {
+        sg_log(SG_LOG_INFO, "shadow policy reloaded (%s): shadow policy %s in force (was %s)", why,
+               after, before);
+    } else if (rc == 1) {
+        sg_log(SG_LOG_DEBUG, "shadow policy unchanged (%s): %s stays", why, before);
+    } else {
+        sg_log(SG_LOG_ERROR, "shadow policy reload refused (%s): shadow policy %s stays", why,
+               before);
+        log_report("shadow policy reload refused", &report);
+    }
+    sg_buf_free(&report);
+}
+
 static void reload_policy(sg_reloader *r, const char *why)
 {
     char before[SG_POLICY_HASH_LEN + 1], after[SG_POLICY_HASH_LEN + 1];
@@ -198,15 +231,10 @@ static void reload_policy(sg_reloader *r, const char *why)
         sg_log(SG_LOG_DEBUG, "policy unchanged (%s): policy %s stays in force", why, before);
     } else {
         sg_log(SG_LOG_ERROR, "policy reload refused (%s): policy %s stays in force", why, before);
-        /* One log line per problem, each with its file:line. */
-        for (char *line = report.data; line && *line;) {
-            char *end = strchr(line, '\n');
-            if (end) *end = '\0';
-            if (*line) sg_log(SG_LOG_ERROR, "policy reload refused: %s", line);
-            line = end ? end + 1 : line + strlen(line);
-        }
+        log_report("policy reload refused", &report);
     }
     sg_buf_free(&report);
+    if (sg_gateway_has_shadow(r->cfg.gateway)) reload_shadow(r, why);
 }
 
 const char *sg_reload_result_name(int result)

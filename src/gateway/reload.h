@@ -14,7 +14,8 @@
  * rename. Bursts of writes are debounced into one reload, started once the
  * files have been quiet for SG_RELOAD_DEBOUNCE_MS (so within a second of
  * the last write). A reload whose text hashes the same as the policy in
- * force changes nothing and is logged at debug level only. */
+ * force changes nothing and is logged at debug level only. A shadow policy
+ * (gateway.h) is watched and reloaded beside the policy, the same way. */
 #ifndef SG_RELOAD_H
 #define SG_RELOAD_H
 

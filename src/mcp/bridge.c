@@ -67,6 +67,13 @@ const sg_req *sg_bridge_decide(sg_policy *p, const sg_mcp_body *body,
     return r;
 }
 
+const sg_req *sg_bridge_requirement_for(sg_policy *p, const sg_mcp_body *body,
+                                        const sg_bridge_caller *caller, sg_arena *a,
+                                        sg_policy_decision *each)
+{
+    return requirement(p, body, caller, a, each);
+}
+
 void sg_bridge_site(const sg_policy *p, const char *public_url, sg_buf *storage, sg_site *out)
 {
     const char *base = public_url ? public_url : sg_policy_resource(p);

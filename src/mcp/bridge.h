@@ -58,6 +58,14 @@ const sg_req *sg_bridge_decide(sg_policy *p, const sg_mcp_body *body,
                                const sg_bridge_caller *caller, const sg_site *site, sg_arena *a,
                                sg_policy_decision *each, sg_decision *out);
 
+/* The requirement sg_bridge_decide would compute for this caller, without
+ * deciding: a second opinion on the same body (the gateway's shadow
+ * policy). Fills each (when not NULL) as sg_bridge_decide does. Never
+ * NULL; can't fail (a policy failure or allocation failure denies). */
+const sg_req *sg_bridge_requirement_for(sg_policy *p, const sg_mcp_body *body,
+                                        const sg_bridge_caller *caller, sg_arena *a,
+                                        sg_policy_decision *each);
+
 /* Where a policy's challenges point when no gateway is configured around
  * it (explain, test): the RFC 9728 metadata URL of public_url, else of the
  * policy's `resource`, else none. The URL is written to storage (which the

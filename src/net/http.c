@@ -534,6 +534,41 @@ static ssize_t on_read(void *cls, uint64_t pos, char *buf, size_t max)
     }
 }
 
+/* ---- audit records ---------------------------------------------------------- */
+
+/* Completes the request's audit records, if it has any waiting (only when
+ * the gateway audits). upstream_outcome NULL: classified from body. */
+static void audit_done(exchange *ex, int status, int upstream_status, const char *upstream_outcome,
+                       const char *content_type, const char *body, size_t len)
+{
+    sg_gateway_outcome o = {.status = status,
+                            .upstream_status = upstream_status,
+                            .upstream_outcome = upstream_outcome,
+                            .content_type = content_type,
+                            .body = body,
+                            .body_len = len,
+                            .started_ns = ex->started_ns};
+    sg_gateway_audit_finish(ex->h->cfg.gateway, &ex->reply, &o);
+}
+
+static const char *proxy_outcome(sg_proxy_error e)
+{
+    switch (e) {
+    case SG_PROXY_EUNREACHABLE:
+        return "unreachable";
+    case SG_PROXY_ETIMEOUT:
+        return "timeout";
+    case SG_PROXY_ECLIENT:
+        return "client_gone";
+    case SG_PROXY_ESHUTDOWN:
+        return "shutdown";
+    case SG_PROXY_EUPSTREAM:
+        return "broken";
+    default:
+        return "error";
+    }
+}
+
 /* keep_status: the upstream's own error status (not 2xx) to answer with
  * instead of 502, or 0. */
 static enum MHD_Result queue_upstream_error_status(exchange *ex, sg_proxy_error e, int keep_status)
@@ -543,6 +578,9 @@ static enum MHD_Result queue_upstream_error_status(exchange *ex, sg_proxy_error 
     sg_metric_inc(SG_M_UPSTREAM_ERRORS + (int)e);
     sg_gateway_upstream_error(&ex->reply, e, &status, &b);
     if (keep_status) status = keep_status;
+    if (ex->reply.naudit)
+        audit_done(ex, status, ex->phase == PHASE_COLLECT ? ex->head.status : 0, proxy_outcome(e),
+                   NULL, NULL, 0);
     enum MHD_Result ok = sg_buf_ok(&b) ? queue_bytes(ex->conn, (unsigned)status, "application/json",
                                                      b.data, b.len, NULL, NULL, 0)
                                        : MHD_NO;
@@ -586,6 +624,9 @@ static enum MHD_Result advance_collect(exchange *ex)
         int st = ex->head.status;
         ok = queue_upstream_error_status(ex, SG_PROXY_EUPSTREAM, st >= 400 && st <= 599 ? st : 0);
     } else {
+        if (ex->reply.naudit)
+            audit_done(ex, ex->head.status, ex->head.status, NULL, ex->head.content_type,
+                       ex->answer.data ? ex->answer.data : "", ex->answer.len);
         struct MHD_Response *r = MHD_create_response_from_buffer(
             filtered.len, filtered.data ? filtered.data : (char *)"", MHD_RESPMEM_MUST_COPY);
         ok = MHD_NO;
@@ -617,6 +658,7 @@ static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
         sg_transfer_release(ex->xfer);
         ex->xfer = NULL;
         atomic_fetch_sub(&ex->h->forwarded, 1);
+        if (ex->reply.naudit) audit_done(ex, 202, head->status, "ok", NULL, NULL, 0);
         return queue_bytes(ex->conn, 202, NULL, NULL, 0, NULL, NULL, 0);
     }
     if (head->complete) {
@@ -624,6 +666,8 @@ static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
          * Content-Length in one piece instead of streaming it. */
         size_t len;
         char *body = sg_transfer_take_body(ex->xfer, &len);
+        if (ex->reply.naudit && body)
+            audit_done(ex, head->status, head->status, NULL, head->content_type, body, len);
         struct MHD_Response *r =
             body ? MHD_create_response_from_buffer_with_free_callback(len, body, free) : NULL;
         if (!r) {
@@ -657,6 +701,7 @@ static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
     if (ex->sse) MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     ex->tail[0] = ex->tail[1] = '\n'; /* the stream starts on an event boundary */
     ex->phase = PHASE_STREAM;
+    if (ex->reply.naudit) audit_done(ex, head->status, head->status, NULL, NULL, NULL, 0);
     enum MHD_Result ok = MHD_queue_response(ex->conn, (unsigned)head->status, r);
     MHD_destroy_response(r);
     return ok;
@@ -885,6 +930,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return decide(ex, method, 0);
 }
 
+/* The client's numeric address, for the audit log ("" when unknown). */
+static void client_address(struct MHD_Connection *conn, char *out, size_t len)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    out[0] = 0;
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
+                  (socklen_t)len);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+                  (socklen_t)len);
+}
+
 /* Decides the whole request and answers, forwards, or (its token's key is
  * being refetched, or its opaque token introspected) parks it until that
  * has finished. */
@@ -905,13 +965,16 @@ static enum MHD_Result decide(exchange *ex, const char *method, int waited)
         ok = queue_error(conn, 400, SG_JSONRPC_INVALID_REQUEST,
                          "Repeated Authorization or Host header", NULL, 1);
     } else {
+        char client[INET6_ADDRSTRLEN] = "";
+        if (sg_gateway_audits(h->cfg.gateway)) client_address(conn, client, sizeof client);
         sg_gateway_request greq = {.worker = ex->worker,
                                    .method = method,
                                    .headers = hl->items,
                                    .nheaders = hl->n,
                                    .body = ex->body.data ? ex->body.data : "",
                                    .body_len = ex->body.len,
-                                   .waited = waited};
+                                   .waited = waited,
+                                   .client_addr = client[0] ? client : NULL};
         int rc = sg_gateway_handle(h->cfg.gateway, &greq, &ex->reply);
         if (rc == 0) {
             ok = forward(ex, method, hl);
@@ -923,6 +986,7 @@ static enum MHD_Result decide(exchange *ex, const char *method, int waited)
             ok =
                 queue_bytes(conn, (unsigned)r->status, r->content_type, r->body.data, r->body.len,
                             r->www_authenticate.len ? r->www_authenticate.data : NULL, r->allow, 0);
+            if (r->naudit) audit_done(ex, r->status, 0, NULL, NULL, NULL, 0);
         }
     }
     free(hl);
@@ -949,6 +1013,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             ex->slot->wire.closed = 1; /* closing: nothing more is written to it */
     }
     if (ex->phase == PHASE_WAIT) unlink_waiter(ex);
+    /* Forwarded, and the client left before any answer was queued. */
+    if (ex->reply.naudit) audit_done(ex, 0, 0, "client_gone", NULL, NULL, 0);
     if (ex->xfer) {
         sg_transfer_release(ex->xfer);
         atomic_fetch_sub(&ex->h->forwarded, 1);

@@ -33,6 +33,10 @@
 #define MAX_RUNTIME_NODES 4096
 #define MAX_NAME_LEN      1024
 #define MAX_WHY_LEN       512
+/* `audit = { "arguments.id", ... }` on a rule (see load_audit). */
+#define MAX_AUDIT_PATHS   16
+#define MAX_AUDIT_KEYS    8
+#define MAX_AUDIT_KEY_LEN 64
 
 static size_t location_prefix(const char *msg);
 
@@ -55,6 +59,8 @@ typedef struct rule {
     size_t unrestricted;   /* resource patterns: `*` and {+var}, which cross '/' */
     const tmpl_part *tmpl; /* resource templates ({var}): the compiled key, else NULL */
     size_t ntmpl;
+    const char *const *audit; /* argument paths the audit log records, or NULL */
+    int naudit;
 } rule;
 
 typedef struct rule_map {
@@ -359,6 +365,8 @@ static const sg_req *compile_table(loader *ld, int idx, const char *where, size_
             deny = 1;
         else if (strcmp(k, "why") == 0)
             why = 1;
+        else if (strcmp(k, "audit") == 0 && depth == 0 && !ld->runtime)
+            continue; /* the rule's audit list (load_audit), not part of the requirement */
         else {
             char q[160];
             finding(ld, 1, line_near(ld, SG_LUASRC_KEY, k, klen, from), where,
@@ -910,7 +918,7 @@ static void finish_function_scopes(loader *ld)
 
 /* Compiles the rule value on top of the stack into r (static or function).
  * Returns 0, or -1 after reporting. */
-static int compile_rule(loader *ld, rule *r, size_t from)
+static int compile_rule_value(loader *ld, rule *r, size_t from)
 {
     lua_State *L = ld->L;
     int fn = 0;
@@ -939,6 +947,128 @@ static int compile_rule(loader *ld, rule *r, size_t from)
     if (!req) return -1;
     r->req = req;
     return 0;
+}
+
+/* An audit path: "arguments." then 1 to MAX_AUDIT_KEYS keys of 1 to
+ * MAX_AUDIT_KEY_LEN letters, digits, '_' or '-', separated by dots. */
+static int audit_path_valid(const char *s, size_t len)
+{
+    static const char prefix[] = "arguments.";
+    if (len <= sizeof prefix - 1 || memcmp(s, prefix, sizeof prefix - 1) != 0) return 0;
+    int keys = 0;
+    size_t keylen = 0;
+    for (size_t i = sizeof prefix - 1; i <= len; i++) {
+        if (i == len || s[i] == '.') {
+            if (keylen == 0 || keylen > MAX_AUDIT_KEY_LEN || ++keys > MAX_AUDIT_KEYS) return 0;
+            keylen = 0;
+            continue;
+        }
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return 0;
+        keylen++;
+    }
+    return 1;
+}
+
+/* The `audit` key of a rule written as a table (on top of the stack): the
+ * argument paths whose values the audit log records for a call this rule
+ * decides. Returns 0 (absent or valid), or -1 after reporting. */
+static int load_audit(loader *ld, rule *r, size_t from)
+{
+    lua_State *L = ld->L;
+    lua_pushliteral(L, "audit");
+    lua_rawget(L, -2);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    int line = line_near(ld, SG_LUASRC_KEY, "audit", 5, from);
+    lua_Unsigned n = lua_type(L, -1) == LUA_TTABLE ? lua_rawlen(L, -1) : 0;
+    size_t nkeys = 0;
+    if (lua_type(L, -1) == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pop(L, 1);
+            nkeys++;
+        }
+    }
+    if (n == 0 || n > MAX_AUDIT_PATHS || nkeys != n) {
+        finding(ld, 1, line, r->name,
+                "audit must be a list of 1 to %d argument paths such as { \"arguments.id\" }, "
+                "got %s",
+                MAX_AUDIT_PATHS,
+                lua_type(L, -1) != LUA_TTABLE ? luaL_typename(L, -1)
+                : n == 0 && nkeys == 0        ? "an empty table"
+                : nkeys != n                  ? "a table with keys that are not 1..n"
+                                              : "too many paths");
+        lua_pop(L, 1);
+        return -1;
+    }
+    const char **paths = sg_arena_alloc(&ld->p->arena, n * sizeof *paths);
+    if (!paths) luaL_error(L, "out of memory");
+    int ok = 1;
+    for (lua_Unsigned i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        size_t len = 0;
+        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        if (!s || !audit_path_valid(s, len)) {
+            char q[160];
+            if (s)
+                finding(ld, 1, line_near(ld, SG_LUASRC_LITERAL, s, len, from), r->name,
+                        "audit: %s is not an argument path (write \"arguments.<key>\" or "
+                        "\"arguments.<key>.<key>\": up to %d keys of letters, digits, '_' and '-')",
+                        quoted(q, sizeof q, s, len), MAX_AUDIT_KEYS);
+            else
+                finding(ld, 1, line, r->name, "audit: entry %d is a %s, not an argument path",
+                        (int)i, luaL_typename(L, -1));
+            ok = 0;
+        } else {
+            paths[i - 1] = arena_copy(ld, &ld->p->arena, s, len);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (!ok) return -1;
+    r->audit = paths;
+    r->naudit = (int)n;
+    return 0;
+}
+
+/* Compiles the rule on top of the stack into r. A rule written as a table
+ * may carry `audit`; `{ rule = <any rule>, audit = {...} }` lends the key
+ * to a rule that is a string or a function. Returns 0, or -1 after
+ * reporting. */
+static int compile_rule(loader *ld, rule *r, size_t from)
+{
+    lua_State *L = ld->L;
+    if (lua_type(L, -1) != LUA_TTABLE) return compile_rule_value(ld, r, from);
+    int audit_rc = load_audit(ld, r, from);
+    lua_pushliteral(L, "rule");
+    lua_rawget(L, -2);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        int rc = compile_rule_value(ld, r, from);
+        return rc == 0 && audit_rc == 0 ? 0 : -1;
+    }
+    int ok = 1;
+    lua_pushnil(L);
+    while (lua_next(L, -3)) {
+        lua_pop(L, 1);
+        const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        if (!k || (strcmp(k, "rule") != 0 && strcmp(k, "audit") != 0)) {
+            char q[160] = "a non-string key";
+            if (k) quoted(q, sizeof q, k, strlen(k));
+            finding(ld, 1, sg_luasrc_line(&ld->idx, from), r->name,
+                    "a rule written as { rule = ..., audit = ... } takes no other key (found %s)",
+                    q);
+            ok = 0;
+        }
+    }
+    int rc = ok ? compile_rule_value(ld, r, from) : -1;
+    lua_pop(L, 1);
+    return rc == 0 && audit_rc == 0 ? 0 : -1;
 }
 
 /* In a resource template key, a byte a {var} never matches: it would
@@ -1683,6 +1813,8 @@ int sg_policy_decide(sg_policy *p, const sg_policy_input *in, sg_arena *a, sg_po
             out->req = &sg_req_deny;
             out->rule = "resource-uri";
             out->line = 0;
+            out->audit = NULL;
+            out->naudit = 0;
             out->error = rc == 0 ? "policy error (out of memory)" : NULL;
             return rc == 0 ? -1 : 0;
         }
@@ -1693,6 +1825,8 @@ int sg_policy_decide(sg_policy *p, const sg_policy_input *in, sg_arena *a, sg_po
     const rule *r = select_rule(p, in);
     out->file = p->path;
     out->error = NULL;
+    out->audit = r ? r->audit : NULL;
+    out->naudit = r ? r->naudit : 0;
     if (!r) {
         const char *m = in->method ? in->method : "";
         {

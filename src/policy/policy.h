@@ -64,6 +64,10 @@ typedef struct sg_policy_decision {
     const char *file;  /* the policy file */
     int line;          /* where the rule is written; 0 for built-ins */
     const char *error; /* NULL, or "file:line: rule: message" (request arena) */
+    /* The rule's `audit` list: argument paths ("arguments.id") whose values
+     * the audit log records; owned by the policy. NULL and 0 when none. */
+    const char *const *audit;
+    int naudit;
 } sg_policy_decision;
 
 /* Loads and compiles the policy at path. limits may be NULL (defaults).

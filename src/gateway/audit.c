@@ -1,0 +1,338 @@
+/* audit.c -- the audit log writer (see audit.h).
+ *
+ * Why a queue of copies and a thread: a worker's event loop serves many
+ * connections and must never wait for a disk, a full file system or a pipe
+ * nobody reads. Submitting is a copy and a short critical section; the
+ * writer thread takes everything queued at once and writes it outside the
+ * lock. The descriptor is non-blocking (for the files this opens) and every
+ * write is preceded by poll(2) with a short timeout, so the writer itself
+ * never sleeps in write(2): it can still log dropped lines, take a reopen
+ * request and stop on time while the file accepts nothing. */
+#include "gateway/audit.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/sg.h"
+
+/* How long close waits for a file that accepts nothing. */
+#define CLOSE_GRACE_NS 1000000000ull
+/* Bytes handed to one write(2): within PIPE_BUF, so a pipe that poll says
+ * is writable takes it whole. */
+#define WRITE_CHUNK 4096
+/* Bytes the writer takes from the queue at a time. */
+#define BATCH_BYTES (1u << 20)
+
+typedef struct queued_line {
+    char *text;
+    size_t len;
+} queued_line;
+
+struct sg_audit {
+    char *path; /* NULL for stdout */
+    int fd;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    queued_line *ring; /* [cap] */
+    size_t cap, head, count;
+    int stopping;          /* under mu */
+    uint64_t stop_ns;      /* when close was asked (writer thread reads it after stopping) */
+    atomic_int reopen;     /* a reopen was asked */
+    int partial;           /* a write error left a line unfinished: start the next on a new line */
+    uint64_t logged_drops; /* writer thread: dropped count at the last log line */
+    uint64_t last_log_ns;
+    _Atomic uint64_t written, dropped, queue_full, write_errors, shadow, reopened;
+};
+
+static int open_file(const char *path, char *err, size_t errlen)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0640);
+    if (fd < 0)
+        sg_errf(err, errlen, "%s: %s", path,
+                errno == ENXIO ? "a FIFO that no process reads" : strerror(errno));
+    return fd;
+}
+
+/* At most once a second: how many lines were lost so far. Writer thread. */
+static void log_drops(sg_audit *a, int force)
+{
+    uint64_t dropped = atomic_load(&a->dropped);
+    if (dropped == a->logged_drops) return;
+    uint64_t now = sg_now_mono_ns();
+    if (!force && now - a->last_log_ns < 1000000000ull) return;
+    a->last_log_ns = now;
+    sg_log(SG_LOG_WARN,
+           "audit log: %llu lines dropped (%llu more since the last report; %llu with the queue "
+           "full, %llu write errors)",
+           (unsigned long long)dropped, (unsigned long long)(dropped - a->logged_drops),
+           (unsigned long long)atomic_load(&a->queue_full),
+           (unsigned long long)atomic_load(&a->write_errors));
+    a->logged_drops = dropped;
+}
+
+static void do_reopen(sg_audit *a)
+{
+    if (!a->path) return; /* stdout is not ours to reopen */
+    char err[512];
+    int fd = open_file(a->path, err, sizeof err);
+    if (fd < 0) {
+        sg_log(SG_LOG_ERROR, "audit log: reopen failed, still writing the old file: %s", err);
+        return;
+    }
+    close(a->fd);
+    a->fd = fd;
+    a->partial = 0;
+    atomic_fetch_add(&a->reopened, 1);
+    sg_log(SG_LOG_INFO, "audit log: reopened %s", a->path);
+}
+
+static size_t count_lines(const char *p, size_t n)
+{
+    size_t lines = 0;
+    for (size_t i = 0; i < n; i++)
+        lines += p[i] == '\n';
+    return lines;
+}
+
+/* 1 when the writer should give up on what it holds: closing for longer
+ * than the grace, or a reopen was asked (the file may be the problem). */
+static int give_up(sg_audit *a)
+{
+    if (atomic_load(&a->reopen)) return 1;
+    pthread_mutex_lock(&a->mu);
+    int stopping = a->stopping;
+    uint64_t since = a->stop_ns;
+    pthread_mutex_unlock(&a->mu);
+    return stopping && sg_now_mono_ns() - since > CLOSE_GRACE_NS;
+}
+
+/* Writes the batch (nlines whole lines). Lines not written are counted as
+ * dropped. Writer thread. */
+static void write_batch(sg_audit *a, const char *p, size_t n, size_t nlines)
+{
+    size_t off = 0;
+    while (off < n) {
+        struct pollfd pfd = {.fd = a->fd, .events = POLLOUT};
+        int pr = poll(&pfd, 1, 100);
+        if (pr == 0 || (pr < 0 && errno == EINTR)) {
+            log_drops(a, 0);
+            if (give_up(a)) break;
+            continue;
+        }
+        size_t chunk = n - off < WRITE_CHUNK ? n - off : WRITE_CHUNK;
+        ssize_t w = write(a->fd, p + off, chunk);
+        if (w > 0) {
+            off += (size_t)w;
+            continue;
+        }
+        if (w < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+        uint64_t errors = atomic_fetch_add(&a->write_errors, 1);
+        if (errors == 0 || sg_now_mono_ns() - a->last_log_ns >= 1000000000ull) {
+            a->last_log_ns = sg_now_mono_ns();
+            sg_log(SG_LOG_ERROR, "audit log: write failed (%s): lines are being dropped",
+                   w < 0 ? strerror(errno) : "nothing written");
+        }
+        break;
+    }
+    size_t lost = off < n ? count_lines(p + off, n - off) : 0;
+    if (off < n && off > 0 && p[off - 1] != '\n') a->partial = 1;
+    atomic_fetch_add(&a->written, nlines - lost);
+    if (lost) atomic_fetch_add(&a->dropped, lost);
+}
+
+static void *writer_main(void *arg)
+{
+    sg_audit *a = arg;
+    sg_buf batch = SG_BUF_INIT;
+    for (;;) {
+        pthread_mutex_lock(&a->mu);
+        while (a->count == 0 && !a->stopping && !atomic_load(&a->reopen)) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 1;
+            if (pthread_cond_timedwait(&a->wake, &a->mu, &until) == ETIMEDOUT) break;
+        }
+        sg_buf_reset(&batch);
+        if (a->partial) sg_buf_putc(&batch, '\n');
+        size_t nlines = 0;
+        while (a->count > 0 && batch.len < BATCH_BYTES) {
+            queued_line *q = &a->ring[a->head];
+            sg_buf_append(&batch, q->text, q->len);
+            sg_buf_putc(&batch, '\n');
+            free(q->text);
+            q->text = NULL;
+            a->head = (a->head + 1) % a->cap;
+            a->count--;
+            nlines++;
+        }
+        int done = a->stopping && a->count == 0;
+        pthread_mutex_unlock(&a->mu);
+        if (atomic_exchange(&a->reopen, 0)) do_reopen(a);
+        if (nlines > 0 && sg_buf_ok(&batch)) {
+            a->partial = 0;
+            write_batch(a, batch.data, batch.len, nlines);
+        } else if (nlines > 0) {
+            atomic_fetch_add(&a->dropped, nlines);
+        }
+        log_drops(a, 0);
+        if (done) break;
+    }
+    log_drops(a, 1);
+    sg_buf_free(&batch);
+    return NULL;
+}
+
+sg_audit *sg_audit_open(const sg_audit_config *cfg, char *err, size_t errlen)
+{
+    sg_audit *a = calloc(1, sizeof *a);
+    if (!a) {
+        sg_errf(err, errlen, "out of memory");
+        return NULL;
+    }
+    a->cap = cfg->queue_lines ? cfg->queue_lines : SG_AUDIT_QUEUE_DEFAULT;
+    a->ring = calloc(a->cap, sizeof *a->ring);
+    a->fd = -1;
+    int is_stdout = strcmp(cfg->path, "-") == 0;
+    if (!a->ring || (!is_stdout && !(a->path = strdup(cfg->path)))) {
+        sg_errf(err, errlen, "out of memory");
+        goto fail;
+    }
+    a->fd = is_stdout ? STDOUT_FILENO : open_file(cfg->path, err, errlen);
+    if (a->fd < 0) goto fail;
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->wake, NULL);
+    if (pthread_create(&a->thread, NULL, writer_main, a) != 0) {
+        sg_errf(err, errlen, "cannot start the audit log thread");
+        pthread_mutex_destroy(&a->mu);
+        pthread_cond_destroy(&a->wake);
+        goto fail;
+    }
+    return a;
+fail:
+    if (a->fd > STDOUT_FILENO && a->path) close(a->fd);
+    free(a->ring);
+    free(a->path);
+    free(a);
+    return NULL;
+}
+
+int sg_audit_submit(sg_audit *a, const char *line, size_t len)
+{
+    char *copy = len <= SG_AUDIT_MAX_LINE ? malloc(len) : NULL;
+    if (copy) memcpy(copy, line, len);
+    pthread_mutex_lock(&a->mu);
+    int full = a->count == a->cap;
+    if (copy && !full && !a->stopping) {
+        queued_line *q = &a->ring[(a->head + a->count) % a->cap];
+        q->text = copy;
+        q->len = len;
+        a->count++;
+        copy = NULL;
+        if (a->count == 1) pthread_cond_signal(&a->wake);
+        pthread_mutex_unlock(&a->mu);
+        return 0;
+    }
+    pthread_mutex_unlock(&a->mu);
+    free(copy);
+    if (full) atomic_fetch_add(&a->queue_full, 1);
+    atomic_fetch_add(&a->dropped, 1);
+    return -1;
+}
+
+void sg_audit_reopen(sg_audit *a)
+{
+    if (!a) return;
+    atomic_store(&a->reopen, 1);
+    pthread_mutex_lock(&a->mu);
+    pthread_cond_signal(&a->wake);
+    pthread_mutex_unlock(&a->mu);
+}
+
+void sg_audit_count_shadow(sg_audit *a)
+{
+    atomic_fetch_add(&a->shadow, 1);
+}
+
+void sg_audit_stats_get(const sg_audit *a, sg_audit_stats *out)
+{
+    sg_audit *m = (sg_audit *)a; /* atomic loads of a const object */
+    out->written = atomic_load(&m->written);
+    out->dropped = atomic_load(&m->dropped);
+    out->queue_full = atomic_load(&m->queue_full);
+    out->write_errors = atomic_load(&m->write_errors);
+    out->shadow_disagreements = atomic_load(&m->shadow);
+    out->reopened = atomic_load(&m->reopened);
+}
+
+void sg_audit_metrics(sg_buf *out, void *ud)
+{
+    sg_audit_stats s;
+    sg_audit_stats_get(ud, &s);
+    static const struct {
+        const char *name, *help;
+        size_t offset;
+    } families[] = {
+        {"scopegate_audit_lines_written_total", "Audit lines written to the audit log.",
+         offsetof(sg_audit_stats, written)},
+        {"scopegate_audit_lines_dropped_total",
+         "Audit lines lost (queue full, too long, or a write error).",
+         offsetof(sg_audit_stats, dropped)},
+        {"scopegate_audit_queue_full_total",
+         "Audit lines dropped because the queue was full when they were submitted.",
+         offsetof(sg_audit_stats, queue_full)},
+        {"scopegate_audit_write_errors_total", "Failed writes to the audit log.",
+         offsetof(sg_audit_stats, write_errors)},
+        {"scopegate_audit_reopens_total", "Reopens of the audit log (SIGUSR1).",
+         offsetof(sg_audit_stats, reopened)},
+        {"scopegate_shadow_disagreements_total",
+         "Messages the shadow policy decided otherwise than the live policy.",
+         offsetof(sg_audit_stats, shadow_disagreements)},
+    };
+    for (size_t i = 0; i < SG_ARRAY_LEN(families); i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)&s + families[i].offset, sizeof v);
+        sg_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", families[i].name,
+                      families[i].help, families[i].name, families[i].name,
+                      (unsigned long long)v);
+    }
+}
+
+void sg_audit_close(sg_audit *a)
+{
+    if (!a) return;
+    pthread_mutex_lock(&a->mu);
+    a->stopping = 1;
+    a->stop_ns = sg_now_mono_ns();
+    pthread_cond_signal(&a->wake);
+    pthread_mutex_unlock(&a->mu);
+    pthread_join(a->thread, NULL);
+    /* Lines left after a give-up: counted, never written. */
+    for (; a->count > 0; a->count--) {
+        free(a->ring[a->head].text);
+        a->head = (a->head + 1) % a->cap;
+        atomic_fetch_add(&a->dropped, 1);
+    }
+    sg_audit_stats s;
+    sg_audit_stats_get(a, &s);
+    sg_log(SG_LOG_INFO,
+           "audit log: closed: %llu lines written, %llu dropped (%llu with the queue full), %llu "
+           "write errors, %llu shadow disagreements, %llu reopens",
+           (unsigned long long)s.written, (unsigned long long)s.dropped,
+           (unsigned long long)s.queue_full, (unsigned long long)s.write_errors,
+           (unsigned long long)s.shadow_disagreements, (unsigned long long)s.reopened);
+    if (a->path) close(a->fd);
+    pthread_mutex_destroy(&a->mu);
+    pthread_cond_destroy(&a->wake);
+    free(a->ring);
+    free(a->path);
+    free(a);
+}

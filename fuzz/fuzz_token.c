@@ -77,9 +77,40 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+/* A claim the one-pass reader decoded must be what cJSON reads from the
+ * same payload: the two never disagree on a string. */
+static void check_same_string(const cJSON *claims, const char *name, const char *got)
+{
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(claims, name);
+    CHECK(!c || cJSON_IsString(c));
+    CHECK(got ? c && strcmp(c->valuestring, got) == 0 : !c);
+}
+
 static void check_token(const sg_token *t)
 {
-    CHECK(t && t->claims && cJSON_IsObject(t->claims));
+    CHECK(t);
+    const cJSON *claims = sg_token_claims(t);
+    CHECK(claims && cJSON_IsObject(claims) && sg_token_claims(t) == claims);
+    check_same_string(claims, "sub", t->sub);
+    check_same_string(claims, "iss", t->iss);
+    const char *client_id =
+        cJSON_GetObjectItemCaseSensitive(claims, "client_id") ? t->client_id : NULL;
+    check_same_string(claims, "client_id", client_id);
+    const cJSON *scope = cJSON_GetObjectItemCaseSensitive(claims, "scope");
+    if (cJSON_IsString(scope) && !cJSON_GetObjectItemCaseSensitive(claims, "scp")) {
+        /* Every kept scope is one of the words of the claim (a whole word:
+         * "notes:write" inside "xnotes:write0" does not count). */
+        const char *text = scope->valuestring;
+        for (int i = 0; i < t->nscopes; i++) {
+            size_t n = strlen(t->scopes[i]);
+            const char *at = text;
+            while ((at = strstr(at, t->scopes[i])) != NULL) {
+                if ((at == text || at[-1] == ' ') && (at[n] == ' ' || at[n] == '\0')) break;
+                at++;
+            }
+            CHECK(at);
+        }
+    }
     CHECK(t->nscopes >= 0 && t->nscopes <= SG_TOKEN_MAX_SCOPES);
     for (int i = 0; i < t->nscopes; i++)
         CHECK(t->scopes[i] && t->scopes[i][0]);

@@ -433,6 +433,14 @@ static void call_and_store(sg_introspector *in, job *j)
             now = sg_now_unix();
             sg_token_err e = sg_token_from_introspection(in->v, body.data ? body.data : "",
                                                          body.len, now, &token);
+            /* The token is shared by every worker: its claims tree (built
+             * on first use, sg_token_claims) is built here, before it is
+             * published, so that the workers only ever read it. */
+            if (e == SG_TOKEN_OK && !sg_token_claims(token)) {
+                sg_token_free(token);
+                token = NULL;
+                e = SG_TOKEN_INTERNAL;
+            }
             if (e == SG_TOKEN_OK) {
                 kind = ANSWER_ACTIVE;
             } else if (e == SG_TOKEN_MALFORMED || e == SG_TOKEN_DUPLICATE_KEY ||

@@ -136,9 +136,83 @@ static size_t alg_ec_size(int a)
 
 /* ---- signatures -------------------------------------------------------------- */
 
-/* Returns 1 valid, 0 invalid, -1 internal failure. */
-static int verify_signature(const sg_jwk *key, int alg, const unsigned char *data, size_t len,
-                            const unsigned char *sig, size_t siglen)
+/* OpenSSL state a worker reuses for every signature check: a digest
+ * context, and a verification context per (key, alg) it has seen lately.
+ * Creating an EVP_PKEY_CTX and initialising it for a key costs about a tenth
+ * of an RSA-2048 verify; EVP_PKEY_verify may be called again and again on
+ * one initialised context (EVP_PKEY_verify(3)). Each context holds a
+ * reference on its key, so a key dropped by a JWKS refresh stays valid here
+ * until its slot is reused or the cache is cleared. One thread only. */
+#define VERIFY_CTX_SLOTS 4
+
+typedef struct verify_ctx {
+    EVP_MD_CTX *md;
+    struct {
+        const EVP_PKEY *pkey; /* identity only; pctx holds the reference */
+        int alg;
+        EVP_PKEY_CTX *pctx;
+    } slot[VERIFY_CTX_SLOTS];
+    unsigned next; /* the slot replaced next (round robin) */
+} verify_ctx;
+
+static void verify_ctx_clear(verify_ctx *vc)
+{
+    for (int i = 0; i < VERIFY_CTX_SLOTS; i++) {
+        EVP_PKEY_CTX_free(vc->slot[i].pctx);
+        vc->slot[i].pctx = NULL;
+        vc->slot[i].pkey = NULL;
+    }
+}
+
+/* The initialised verification context for (pkey, alg); NULL on an OpenSSL
+ * failure. */
+static EVP_PKEY_CTX *verify_ctx_for(verify_ctx *vc, EVP_PKEY *pkey, int alg, const EVP_MD *md)
+{
+    for (int i = 0; i < VERIFY_CTX_SLOTS; i++)
+        if (vc->slot[i].pctx && vc->slot[i].pkey == pkey && vc->slot[i].alg == alg)
+            return vc->slot[i].pctx;
+    EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+    int ok = pctx && EVP_PKEY_verify_init(pctx) > 0 && EVP_PKEY_CTX_set_signature_md(pctx, md) > 0;
+    if (ok && alg_is_pss(alg))
+        ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) > 0 &&
+             EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) > 0 &&
+             EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) > 0;
+    else if (ok && !alg_ec_size(alg))
+        ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) > 0;
+    if (!ok) {
+        EVP_PKEY_CTX_free(pctx);
+        return NULL;
+    }
+    unsigned i = vc->next++ % VERIFY_CTX_SLOTS;
+    EVP_PKEY_CTX_free(vc->slot[i].pctx);
+    vc->slot[i].pctx = pctx;
+    vc->slot[i].pkey = pkey;
+    vc->slot[i].alg = alg;
+    return pctx;
+}
+
+/* Checks a signature over data with a worker's reused contexts: the digest,
+ * then EVP_PKEY_verify on it. RSA (PKCS #1 v1.5 and PSS) and ECDSA only.
+ * Returns 1 valid, 0 invalid, -1 internal failure. */
+static int verify_prehashed(verify_ctx *vc, const sg_jwk *key, int alg, const EVP_MD *md,
+                            const unsigned char *data, size_t len, const unsigned char *sig,
+                            size_t siglen)
+{
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int dlen = 0;
+    if (!vc->md && !(vc->md = EVP_MD_CTX_new())) return -1;
+    if (EVP_DigestInit_ex(vc->md, md, NULL) <= 0 || EVP_DigestUpdate(vc->md, data, len) <= 0 ||
+        EVP_DigestFinal_ex(vc->md, digest, &dlen) <= 0)
+        return -1;
+    EVP_PKEY_CTX *pctx = verify_ctx_for(vc, key->pkey, alg, md);
+    if (!pctx) return -1;
+    return EVP_PKEY_verify(pctx, sig, siglen, digest, dlen) == 1;
+}
+
+/* Returns 1 valid, 0 invalid, -1 internal failure. vc (a worker's reused
+ * contexts) may be NULL: then everything is set up for this one check. */
+static int verify_signature(verify_ctx *vc, const sg_jwk *key, int alg, const unsigned char *data,
+                            size_t len, const unsigned char *sig, size_t siglen)
 {
     const EVP_MD *md = alg_md(alg);
     if (alg_is_hmac(alg)) {
@@ -172,6 +246,8 @@ static int verify_signature(const sg_jwk *key, int alg, const unsigned char *dat
     } else if (alg != SG_ALG_EDDSA && siglen != (size_t)EVP_PKEY_get_size(key->pkey)) {
         return 0; /* RSA signatures are exactly the modulus length */
     }
+    if (vc && md && alg != SG_ALG_EDDSA)
+        return verify_prehashed(vc, key, alg, md, data, len, sig, siglen);
 
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     EVP_PKEY_CTX *pctx = NULL;
@@ -190,31 +266,196 @@ static int verify_signature(const sg_jwk *key, int alg, const unsigned char *dat
     return rc;
 }
 
-/* Decodes and parses one segment into a JSON object with distinct member
- * names. Returns SG_TOKEN_OK with *out set, or the refusal. */
-static sg_token_err parse_segment(const char *seg, size_t len, unsigned char *scratch, cJSON **out)
+/* Checks that text[0..n) is one JSON object as strict as a request body:
+ * UTF-8, no \u0000, no trailing junk and no duplicate member names (cJSON
+ * keeps the first of two "scope" claims, other parsers the last: claim
+ * confusion). Returns SG_TOKEN_OK or the refusal. */
+static sg_token_err scan_object(const char *text, size_t n)
 {
-    *out = NULL;
-    long n = sg_b64url_decode(seg, len, scratch);
-    if (n <= 0) return SG_TOKEN_MALFORMED;
-    /* The same strict scan as request bodies: UTF-8, no \u0000, no trailing
-     * junk and no duplicate member names (cJSON keeps the first of two
-     * "scope" claims, other parsers the last: claim confusion). */
     sg_json_scan scan;
     sg_json_error jerr;
-    int rc = sg_json_prescan((const char *)scratch, (size_t)n, NULL, &scan, &jerr);
+    int rc = sg_json_prescan(text, n, NULL, &scan, &jerr);
     int is_object = rc == 0 && scan.top_is_object;
     sg_json_scan_free(&scan);
     if (rc != 0)
         return jerr.kind == SG_JSON_ERR_DUPLICATE_KEY ? SG_TOKEN_DUPLICATE_KEY
                : jerr.kind == SG_JSON_ERR_NOMEM       ? SG_TOKEN_INTERNAL
                                                       : SG_TOKEN_MALFORMED;
-    if (!is_object) return SG_TOKEN_MALFORMED;
-    cJSON *root = cJSON_ParseWithLength((const char *)scratch, (size_t)n);
-    if (!root) return SG_TOKEN_INTERNAL; /* the scan accepted it: only memory can fail */
-    *out = root;
-    return SG_TOKEN_OK;
+    return is_object ? SG_TOKEN_OK : SG_TOKEN_MALFORMED;
 }
+
+/* ---- reading a scanned object in one pass ---------------------------------------
+ * The header and the claims are read without building a tree: once
+ * scan_object has accepted the bytes, a walk over the top-level members
+ * needs no error handling beyond staying inside them, and only the members
+ * verification looks at are decoded. (The claims tree a function rule or an
+ * identity header wants is built on demand, sg_token_claims.) */
+
+/* What kind of JSON value starts with c: '"' string, '{' object, '['
+ * array, 'n' number, 't'/'f' true/false, 'z' null. */
+static char value_kind(char c)
+{
+    return c == '"' || c == '{' || c == '[' ? c : c == 't' || c == 'f' ? c : c == 'n' ? 'z' : 'n';
+}
+
+typedef struct jvalue {
+    const char *p; /* the value's first byte; for a string, its first byte after the quote */
+    size_t len;    /* for a string, the raw bytes between the quotes */
+    char kind;     /* value_kind; 0: absent */
+} jvalue;
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* p just after an opening quote; returns the closing quote. */
+static const char *string_end(const char *p, const char *end)
+{
+    while (p < end && *p != '"')
+        p += *p == '\\' ? 2 : 1;
+    return p < end ? p : end;
+}
+
+/* p at a value's first byte; returns just past the value. */
+static const char *skip_value(const char *p, const char *end)
+{
+    if (p >= end) return end;
+    if (*p == '"') return string_end(p + 1, end) + 1;
+    if (*p != '{' && *p != '[') {
+        while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\t' &&
+               *p != '\n' && *p != '\r')
+            p++;
+        return p;
+    }
+    int depth = 0;
+    while (p < end) {
+        char c = *p;
+        if (c == '"') {
+            p = string_end(p + 1, end) + 1;
+            continue;
+        }
+        if (c == '{' || c == '[') depth++;
+        if ((c == '}' || c == ']') && --depth == 0) return p + 1;
+        p++;
+    }
+    return end;
+}
+
+/* Reads the value at p into *v; returns just past it. */
+static const char *read_value(const char *p, const char *end, jvalue *v)
+{
+    const char *q = skip_value(p, end);
+    v->kind = p < end ? value_kind(*p) : 0;
+    v->p = v->kind == '"' ? p + 1 : p;
+    v->len = v->kind == '"' ? (size_t)(q - p) - 2 : (size_t)(q - p);
+    return q > end ? end : q;
+}
+
+/* Iterates the members of an object or the elements of an array that
+ * scan_object accepted. */
+typedef struct jwalk {
+    const char *p, *end;
+} jwalk;
+
+/* p at '{' or '['. */
+static void jwalk_begin(jwalk *w, const char *p, const char *end)
+{
+    w->p = p + 1;
+    w->end = end;
+}
+
+/* The next member (key: the raw bytes between its quotes) or element (key
+ * NULL). Returns 1, or 0 after the last. */
+static int jwalk_next(jwalk *w, jvalue *key, jvalue *val)
+{
+    const char *p = skip_ws(w->p, w->end);
+    if (p < w->end && *p == ',') p = skip_ws(p + 1, w->end);
+    if (p >= w->end || *p == '}' || *p == ']') return 0;
+    if (key) {
+        p = read_value(p, w->end, key);
+        p = skip_ws(p, w->end);
+        p = skip_ws(p + 1, w->end); /* the colon */
+    }
+    w->p = read_value(p, w->end, val);
+    return w->p <= w->end;
+}
+
+static unsigned hex4(const char *p)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v = v << 4 | (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+    }
+    return v;
+}
+
+/* Decodes the raw bytes of a scanned JSON string into out (room for len + 1:
+ * decoding never grows a string) and NUL-terminates it. Returns the length. */
+static size_t unescape(const char *s, size_t len, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] != '\\' || i + 1 >= len) {
+            out[o++] = s[i];
+            continue;
+        }
+        char c = s[++i];
+        if (c != 'u' || i + 4 >= len) {
+            out[o++] = c == 'b'   ? '\b'
+                       : c == 'f' ? '\f'
+                       : c == 'n' ? '\n'
+                       : c == 'r' ? '\r'
+                       : c == 't' ? '\t'
+                                  : c;
+            continue;
+        }
+        unsigned cp = hex4(s + i + 1);
+        i += 4;
+        if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 < len && s[i + 1] == '\\' && s[i + 2] == 'u') {
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (hex4(s + i + 3) - 0xDC00);
+            i += 6;
+        }
+        if (cp < 0x80) {
+            out[o++] = (char)cp;
+        } else if (cp < 0x800) {
+            out[o++] = (char)(0xC0 | cp >> 6);
+            out[o++] = (char)(0x80 | (cp & 0x3F));
+        } else if (cp < 0x10000) {
+            out[o++] = (char)(0xE0 | cp >> 12);
+            out[o++] = (char)(0x80 | (cp >> 6 & 0x3F));
+            out[o++] = (char)(0x80 | (cp & 0x3F));
+        } else {
+            out[o++] = (char)(0xF0 | cp >> 18);
+            out[o++] = (char)(0x80 | (cp >> 12 & 0x3F));
+            out[o++] = (char)(0x80 | (cp >> 6 & 0x3F));
+            out[o++] = (char)(0x80 | (cp & 0x3F));
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* Does a member's raw key name `name`? Keys with escapes are decoded first
+ * ("\u0065xp" is exp). */
+static int key_is(const jvalue *key, const char *name, size_t name_len)
+{
+    if (!memchr(key->p, '\\', key->len))
+        return key->len == name_len && memcmp(key->p, name, name_len) == 0;
+    if (key->len < name_len) return 0;
+    char small[256];
+    char *buf = key->len < sizeof small ? small : malloc(key->len + 1);
+    if (!buf) return 0;
+    size_t n = unescape(key->p, key->len, buf);
+    int same = n == name_len && memcmp(buf, name, n) == 0;
+    if (buf != small) free(buf);
+    return same;
+}
+
+#define KEY_IS(k, lit) key_is((k), lit, sizeof lit - 1)
 
 /* ---- resource URIs ------------------------------------------------------------
  * RFC 8707 audiences compare as canonical resource URIs: scheme and host in
@@ -341,22 +582,56 @@ void sg_verifier_free(sg_verifier *v)
     free(v);
 }
 
-/* A verified token and the storage behind its pointers. */
+/* A verified token and the storage behind its pointers, in one allocation:
+ * the struct, then the payload as decoded (json, what sg_token_claims
+ * parses), then the decoded claim values the public fields point to. */
 typedef struct owned_token {
     sg_token pub; /* first: sg_token_free casts back */
-    cJSON *root;
-    char *scope_text;
-    const char **scope_list;
+    cJSON *root;  /* the claims tree, built on first sg_token_claims */
+    char *json;   /* json_len bytes + NUL */
+    size_t json_len;
+    char *strings; /* decoded claim values; room for json_len + 1 bytes */
+    size_t strings_used;
+    const char **scope_list; /* scope_inline, or malloc'd when more */
+    const char *scope_inline[8];
 } owned_token;
+
+/* A token with room for a payload of up to max_json bytes. NULL when out of
+ * memory. */
+static owned_token *owned_token_new(size_t max_json)
+{
+    owned_token *o = malloc(sizeof *o + 2 * (max_json + 1));
+    if (!o) return NULL;
+    memset(o, 0, sizeof *o);
+    o->json = (char *)(o + 1);
+    o->strings = o->json + max_json + 1;
+    return o;
+}
 
 void sg_token_free(sg_token *t)
 {
     if (!t) return;
     owned_token *o = (owned_token *)t;
     cJSON_Delete(o->root);
-    free(o->scope_text);
-    free(o->scope_list);
+    if (o->scope_list != o->scope_inline) free(o->scope_list);
     free(o);
+}
+
+const cJSON *sg_token_claims(const sg_token *t)
+{
+    if (!t || t->claims || !t->claims_json) return t ? t->claims : NULL;
+    owned_token *o = (owned_token *)t; /* only token.c sets claims_json */
+    if (!o->root) o->root = cJSON_ParseWithLength(o->json, o->json_len);
+    o->pub.claims = o->root;
+    return o->root;
+}
+
+/* Decodes a string value into the token's string storage. */
+static char *keep_string(owned_token *o, const jvalue *v)
+{
+    char *out = o->strings + o->strings_used;
+    o->strings_used += unescape(v->p, v->len, out) + 1;
+    return out;
 }
 
 /* Picks the key for (kid, alg) from a snapshot. Returns SG_TOKEN_OK with
@@ -391,26 +666,60 @@ static int typ_allowed(const char *typ)
            strcasecmp(typ, "application/at+jwt") == 0;
 }
 
-/* Checks the header and the signature. */
+/* The members of a JWS header verification reads. */
+typedef struct jws_header {
+    jvalue alg, crit, typ, kid;
+} jws_header;
+
+/* Decodes the header segment (into buf, room for sg_b64url_decoded_max(len)
+ * + 1), checks it as a strict JSON object and finds its members, with their
+ * string values decoded in place. */
+static sg_token_err read_header(const char *seg, size_t len, char *buf, jws_header *h)
+{
+    memset(h, 0, sizeof *h);
+    long n = sg_b64url_decode(seg, len, (unsigned char *)buf);
+    if (n <= 0) return SG_TOKEN_MALFORMED;
+    sg_token_err e = scan_object(buf, (size_t)n);
+    if (e) return e;
+    const char *end = buf + n;
+    jwalk w;
+    jvalue key, val;
+    jwalk_begin(&w, skip_ws(buf, end), end);
+    while (jwalk_next(&w, &key, &val)) {
+        jvalue *slot = KEY_IS(&key, "alg")    ? &h->alg
+                       : KEY_IS(&key, "crit") ? &h->crit
+                       : KEY_IS(&key, "typ")  ? &h->typ
+                       : KEY_IS(&key, "kid")  ? &h->kid
+                                              : NULL;
+        if (slot) *slot = val;
+    }
+    /* Decode the strings where they are: a decoded string is never longer,
+     * and what follows it is no longer read. */
+    jvalue *strs[] = {&h->alg, &h->typ, &h->kid};
+    for (size_t i = 0; i < SG_ARRAY_LEN(strs); i++)
+        if (strs[i]->kind == '"')
+            strs[i]->len = unescape(strs[i]->p, strs[i]->len, (char *)strs[i]->p);
+    return SG_TOKEN_OK;
+}
+
+/* Checks the header and the signature. vc: the worker's reused contexts,
+ * or NULL. */
 static sg_token_err check_header_and_signature(const sg_verifier *v, const char *token,
                                                size_t signed_len, const char *sig_b64,
-                                               size_t sig_b64_len, const cJSON *header,
+                                               size_t sig_b64_len, const jws_header *h,
                                                unsigned char *scratch, sg_kid_wait kw,
-                                               uint64_t *ticket)
+                                               uint64_t *ticket, verify_ctx *vc)
 {
-    const cJSON *alg_item = cJSON_GetObjectItemCaseSensitive(header, "alg");
-    if (!cJSON_IsString(alg_item)) return SG_TOKEN_MALFORMED;
-    const char *alg_name = alg_item->valuestring;
+    if (h->alg.kind != '"') return SG_TOKEN_MALFORMED;
+    const char *alg_name = h->alg.p;
     if (strcasecmp(alg_name, "none") == 0) return SG_TOKEN_ALG_NONE;
     int alg = sg_jws_alg_from_name(alg_name, strlen(alg_name));
     if (alg <= SG_ALG_NONE) return SG_TOKEN_ALG_NOT_ALLOWED;
     if (v->allowed_algs && !(v->allowed_algs & SG_ALG_BIT(alg))) return SG_TOKEN_ALG_NOT_ALLOWED;
-    if (cJSON_GetObjectItemCaseSensitive(header, "crit")) return SG_TOKEN_CRIT;
-    const cJSON *typ = cJSON_GetObjectItemCaseSensitive(header, "typ");
-    if (typ && (!cJSON_IsString(typ) || !typ_allowed(typ->valuestring))) return SG_TOKEN_TYP;
-    const cJSON *kid_item = cJSON_GetObjectItemCaseSensitive(header, "kid");
-    if (kid_item && !cJSON_IsString(kid_item)) return SG_TOKEN_MALFORMED;
-    const char *kid = kid_item ? kid_item->valuestring : NULL;
+    if (h->crit.kind) return SG_TOKEN_CRIT;
+    if (h->typ.kind && (h->typ.kind != '"' || !typ_allowed(h->typ.p))) return SG_TOKEN_TYP;
+    if (h->kid.kind && h->kid.kind != '"') return SG_TOKEN_MALFORMED;
+    const char *kid = h->kid.kind ? h->kid.p : NULL;
 
     long siglen = sg_b64url_decode(sig_b64, sig_b64_len, scratch);
     if (siglen <= 0) return SG_TOKEN_MALFORMED;
@@ -443,7 +752,7 @@ static sg_token_err check_header_and_signature(const sg_verifier *v, const char 
     }
     if (e != SG_TOKEN_UNKNOWN_KID && ticket) *ticket = 0;
     if (e == SG_TOKEN_OK) {
-        int ok = verify_signature(key, alg, (const unsigned char *)token, signed_len, scratch,
+        int ok = verify_signature(vc, key, alg, (const unsigned char *)token, signed_len, scratch,
                                   (size_t)siglen);
         e = ok == 1 ? SG_TOKEN_OK : ok == 0 ? SG_TOKEN_BAD_SIGNATURE : SG_TOKEN_INTERNAL;
     }
@@ -451,26 +760,74 @@ static sg_token_err check_header_and_signature(const sg_verifier *v, const char 
     return e;
 }
 
-/* A numeric date claim: 0 absent, 1 present (*out set), -1 wrong type. */
-static int date_claim(const cJSON *claims, const char *name, double *out)
+/* The claims verification reads, found in one walk over the payload. */
+typedef struct claims_view {
+    jvalue exp, nbf, iat, iss, sub, client_id, azp, aud, scope, scp;
+    uint32_t required_seen; /* bit i: v->required_claims[i] is present */
+} claims_view;
+
+static void read_claims(const sg_verifier *v, const char *json, size_t n, claims_view *c)
 {
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(claims, name);
-    if (!c) return 0;
-    if (!cJSON_IsNumber(c) || !isfinite(c->valuedouble)) return -1;
-    *out = c->valuedouble;
-    return 1;
+    memset(c, 0, sizeof *c);
+    const char *end = json + n;
+    jwalk w;
+    jvalue key, val;
+    jwalk_begin(&w, skip_ws(json, end), end);
+    while (jwalk_next(&w, &key, &val)) {
+        jvalue *slot = NULL;
+        switch (key.len) {
+        case 3:
+            slot = KEY_IS(&key, "exp")   ? &c->exp
+                   : KEY_IS(&key, "nbf") ? &c->nbf
+                   : KEY_IS(&key, "iat") ? &c->iat
+                   : KEY_IS(&key, "iss") ? &c->iss
+                   : KEY_IS(&key, "sub") ? &c->sub
+                   : KEY_IS(&key, "aud") ? &c->aud
+                   : KEY_IS(&key, "azp") ? &c->azp
+                   : KEY_IS(&key, "scp") ? &c->scp
+                                         : NULL;
+            break;
+        case 5:
+            slot = KEY_IS(&key, "scope") ? &c->scope : NULL;
+            break;
+        case 9:
+            slot = KEY_IS(&key, "client_id") ? &c->client_id : NULL;
+            break;
+        default:
+            break;
+        }
+        /* An escaped key can name any of them, whatever its raw length. */
+        if (!slot && memchr(key.p, '\\', key.len))
+            slot = KEY_IS(&key, "exp")         ? &c->exp
+                   : KEY_IS(&key, "nbf")       ? &c->nbf
+                   : KEY_IS(&key, "iat")       ? &c->iat
+                   : KEY_IS(&key, "iss")       ? &c->iss
+                   : KEY_IS(&key, "sub")       ? &c->sub
+                   : KEY_IS(&key, "aud")       ? &c->aud
+                   : KEY_IS(&key, "azp")       ? &c->azp
+                   : KEY_IS(&key, "scp")       ? &c->scp
+                   : KEY_IS(&key, "scope")     ? &c->scope
+                   : KEY_IS(&key, "client_id") ? &c->client_id
+                                               : NULL;
+        if (slot) *slot = val;
+        for (int i = 0; i < v->nrequired_claims; i++)
+            if (key_is(&key, v->required_claims[i], strlen(v->required_claims[i])))
+                c->required_seen |= (uint32_t)1 << i;
+    }
 }
 
-/* A string claim: NULL when absent; *bad set when present but not a string. */
-static const char *string_claim(const cJSON *claims, const char *name, int *bad)
+/* A numeric date claim: 0 absent, 1 present (*out set), -1 wrong type. */
+static int date_claim(const jvalue *c, double *out)
 {
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(claims, name);
-    if (!c) return NULL;
-    if (!cJSON_IsString(c)) {
-        *bad = 1;
-        return NULL;
-    }
-    return c->valuestring;
+    if (!c->kind) return 0;
+    if (c->kind != 'n' || c->len >= 64) return -1;
+    char num[64];
+    memcpy(num, c->p, c->len);
+    num[c->len] = '\0';
+    double d = strtod(num, NULL);
+    if (!isfinite(d)) return -1;
+    *out = d;
+    return 1;
 }
 
 static int audience_matches(const sg_verifier *v, const char *aud)
@@ -501,97 +858,107 @@ static sg_token_err split_scopes(char *text, const char **list, int *n)
 
 /* Collects, validates and deduplicates scope (string) and scp (array of
  * strings, or string) into o. */
-static sg_token_err collect_scopes(owned_token *o)
+static sg_token_err collect_scopes(owned_token *o, const claims_view *c)
 {
-    const cJSON *scope = cJSON_GetObjectItemCaseSensitive(o->root, "scope");
-    const cJSON *scp = cJSON_GetObjectItemCaseSensitive(o->root, "scp");
-    if (scope && !cJSON_IsString(scope)) return SG_TOKEN_CLAIM_TYPE;
-    if (scp && !cJSON_IsString(scp) && !cJSON_IsArray(scp)) return SG_TOKEN_CLAIM_TYPE;
-    size_t scope_len = scope ? strlen(scope->valuestring) : 0;
-    size_t scp_len = cJSON_IsString(scp) ? strlen(scp->valuestring) : 0;
-    o->scope_text = malloc(scope_len + scp_len + 2);
-    o->scope_list = malloc(SG_TOKEN_MAX_SCOPES * sizeof *o->scope_list);
-    if (!o->scope_text || !o->scope_list) return SG_TOKEN_INTERNAL;
-    o->scope_text[0] = o->scope_text[scope_len + 1] = '\0';
+    const jvalue *scope = &c->scope, *scp = &c->scp;
+    if (scope->kind && scope->kind != '"') return SG_TOKEN_CLAIM_TYPE;
+    if (scp->kind && scp->kind != '"' && scp->kind != '[') return SG_TOKEN_CLAIM_TYPE;
+    const char *found[SG_TOKEN_MAX_SCOPES];
     int n = 0;
-    if (scope) {
-        memcpy(o->scope_text, scope->valuestring, scope_len + 1);
-        if (split_scopes(o->scope_text, o->scope_list, &n)) return SG_TOKEN_INVALID_SCOPE;
-    }
-    if (cJSON_IsString(scp)) {
-        memcpy(o->scope_text + scope_len + 1, scp->valuestring, scp_len + 1);
-        if (split_scopes(o->scope_text + scope_len + 1, o->scope_list, &n))
-            return SG_TOKEN_INVALID_SCOPE;
-    } else if (scp) {
-        const cJSON *item;
-        cJSON_ArrayForEach(item, scp)
-        {
-            if (!cJSON_IsString(item)) return SG_TOKEN_CLAIM_TYPE;
+    if (scope->kind && split_scopes(keep_string(o, scope), found, &n))
+        return SG_TOKEN_INVALID_SCOPE;
+    if (scp->kind == '"' && split_scopes(keep_string(o, scp), found, &n))
+        return SG_TOKEN_INVALID_SCOPE;
+    if (scp->kind == '[') {
+        jwalk w;
+        jvalue item;
+        jwalk_begin(&w, scp->p, scp->p + scp->len);
+        while (jwalk_next(&w, NULL, &item)) {
+            if (item.kind != '"') return SG_TOKEN_CLAIM_TYPE;
             if (n >= SG_TOKEN_MAX_SCOPES) return SG_TOKEN_INVALID_SCOPE;
-            o->scope_list[n++] = item->valuestring;
+            found[n++] = keep_string(o, &item);
         }
     }
     int kept = 0;
     for (int i = 0; i < n; i++) {
-        const char *s = o->scope_list[i];
+        const char *s = found[i];
         if (!sg_scope_token_valid(s, strlen(s))) return SG_TOKEN_INVALID_SCOPE;
         int dup = 0;
         for (int j = 0; j < kept && !dup; j++)
-            dup = strcmp(o->scope_list[j], s) == 0;
-        if (!dup) o->scope_list[kept++] = s;
+            dup = strcmp(found[j], s) == 0;
+        if (!dup) found[kept++] = s;
     }
+    o->scope_list = o->scope_inline;
+    if ((size_t)kept > SG_ARRAY_LEN(o->scope_inline) &&
+        !(o->scope_list = malloc((size_t)kept * sizeof *o->scope_list))) {
+        o->scope_list = o->scope_inline;
+        return SG_TOKEN_INTERNAL;
+    }
+    memcpy(o->scope_list, found, (size_t)kept * sizeof *found);
     o->pub.nscopes = kept;
     o->pub.scopes = o->scope_list;
     return SG_TOKEN_OK;
 }
 
-/* Checks the verified claims and fills the public token. */
+/* Checks the verified claims (o->json, already scanned) and fills the
+ * public token. */
 static sg_token_err check_claims(const sg_verifier *v, owned_token *o, int64_t now)
 {
-    const cJSON *claims = o->root;
+    claims_view c;
+    read_claims(v, o->json, o->json_len, &c);
     double exp = 0, nbf = 0, iat = 0;
-    int has_exp = date_claim(claims, "exp", &exp);
-    int has_nbf = date_claim(claims, "nbf", &nbf);
-    int has_iat = date_claim(claims, "iat", &iat);
+    int has_exp = date_claim(&c.exp, &exp);
+    int has_nbf = date_claim(&c.nbf, &nbf);
+    int has_iat = date_claim(&c.iat, &iat);
     int bad = has_exp < 0 || has_nbf < 0 || has_iat < 0;
-    const char *iss = string_claim(claims, "iss", &bad);
-    const char *sub = string_claim(claims, "sub", &bad);
-    const char *client_id = string_claim(claims, "client_id", &bad);
-    const char *azp = string_claim(claims, "azp", &bad);
-    const cJSON *aud = cJSON_GetObjectItemCaseSensitive(claims, "aud");
-    if (aud && !cJSON_IsString(aud)) {
-        if (!cJSON_IsArray(aud)) bad = 1;
-        const cJSON *item;
-        cJSON_ArrayForEach(item, aud) if (!cJSON_IsString(item)) bad = 1;
+    const jvalue *strs[] = {&c.iss, &c.sub, &c.client_id, &c.azp};
+    for (size_t i = 0; i < SG_ARRAY_LEN(strs); i++)
+        if (strs[i]->kind && strs[i]->kind != '"') bad = 1;
+    if (c.aud.kind && c.aud.kind != '"') {
+        if (c.aud.kind != '[') bad = 1;
+        jwalk w;
+        jvalue item;
+        jwalk_begin(&w, c.aud.p, c.aud.p + c.aud.len);
+        while (c.aud.kind == '[' && jwalk_next(&w, NULL, &item))
+            if (item.kind != '"') bad = 1;
     }
     if (bad) return SG_TOKEN_CLAIM_TYPE;
 
     double t = (double)now, leeway = v->leeway_s;
     if (!has_exp && v->require_exp) return SG_TOKEN_EXP_MISSING;
     for (int i = 0; i < v->nrequired_claims; i++)
-        if (!cJSON_GetObjectItemCaseSensitive(claims, v->required_claims[i]))
-            return SG_TOKEN_CLAIM_MISSING;
+        if (!(c.required_seen & (uint32_t)1 << i)) return SG_TOKEN_CLAIM_MISSING;
     if (has_exp && t >= exp + leeway) return SG_TOKEN_EXPIRED;
     if (has_nbf && t + leeway < nbf) return SG_TOKEN_NOT_YET_VALID;
     if (has_iat && iat > t + leeway) return SG_TOKEN_IAT_FUTURE;
+    const char *iss = c.iss.kind ? keep_string(o, &c.iss) : NULL;
     if (v->issuer && (!iss || strcmp(iss, v->issuer) != 0)) return SG_TOKEN_WRONG_ISSUER;
     if (v->audience) {
-        if (!aud) return SG_TOKEN_AUD_MISSING;
+        if (!c.aud.kind) return SG_TOKEN_AUD_MISSING;
+        size_t mark = o->strings_used; /* audiences are compared, not kept */
         int match = 0;
-        if (cJSON_IsString(aud)) {
-            match = audience_matches(v, aud->valuestring);
+        if (c.aud.kind == '"') {
+            match = audience_matches(v, keep_string(o, &c.aud));
         } else {
-            const cJSON *item;
-            cJSON_ArrayForEach(item, aud) match = match || audience_matches(v, item->valuestring);
+            jwalk w;
+            jvalue item;
+            jwalk_begin(&w, c.aud.p, c.aud.p + c.aud.len);
+            while (!match && jwalk_next(&w, NULL, &item))
+                match = audience_matches(v, keep_string(o, &item));
         }
+        o->strings_used = mark;
         if (!match) return SG_TOKEN_AUD_WRONG;
     }
-    sg_token_err e = collect_scopes(o);
+    sg_token_err e = collect_scopes(o, &c);
     if (e) return e;
 
-    o->pub.claims = claims;
-    o->pub.sub = sub;
-    o->pub.client_id = client_id ? client_id : azp;
+    o->pub.claims = NULL; /* built on demand: sg_token_claims */
+    o->pub.claims_json = o->json;
+    o->pub.claims_json_len = o->json_len;
+    o->pub.sub = c.sub.kind ? keep_string(o, &c.sub) : NULL;
+    o->pub.client_id = c.client_id.kind ? keep_string(o, &c.client_id)
+                       : c.azp.kind     ? keep_string(o, &c.azp)
+                                        : NULL;
     o->pub.iss = iss;
     if (!has_exp || exp >= 9.2e18)
         o->pub.exp = INT64_MAX; /* no expiry: see docs/tokens.md */
@@ -600,14 +967,11 @@ static sg_token_err check_claims(const sg_verifier *v, owned_token *o, int64_t n
     return SG_TOKEN_OK;
 }
 
-sg_token_err sg_token_verify(const sg_verifier *v, const char *token, size_t len, int64_t now,
-                             sg_token **out)
-{
-    return sg_token_verify_ex(v, token, len, now, SG_KID_BLOCK, NULL, out);
-}
-
-sg_token_err sg_token_verify_ex(const sg_verifier *v, const char *token, size_t len, int64_t now,
-                                sg_kid_wait kw, uint64_t *ticket, sg_token **out)
+/* sg_token_verify_ex with a worker's reused OpenSSL contexts (vc, may be
+ * NULL). On SG_TOKEN_OK *out is the caller's. */
+static sg_token_err verify_token(const sg_verifier *v, const char *token, size_t len, int64_t now,
+                                 sg_kid_wait kw, uint64_t *ticket, verify_ctx *vc,
+                                 owned_token **out)
 {
     *out = NULL;
     if (ticket) *ticket = 0;
@@ -621,26 +985,39 @@ sg_token_err sg_token_verify_ex(const sg_verifier *v, const char *token, size_t 
     const char *sig = dot2 + 1;
     size_t sig_len = len - (size_t)(sig - token);
 
-    unsigned char *scratch = malloc(sg_b64url_decoded_max(len) + 1);
+    /* The header and the signature are decoded into scratch space: on the
+     * stack for any ordinary token. The payload is decoded once, after the
+     * signature holds, straight into the token that keeps it. */
+    size_t need = sg_b64url_decoded_max(header_len) + sg_b64url_decoded_max(sig_len) + 2;
+    char stack_scratch[2048];
+    char *scratch = need <= sizeof stack_scratch ? stack_scratch : malloc(need);
     if (!scratch) return SG_TOKEN_INTERNAL;
-    cJSON *header = NULL;
-    owned_token *o = NULL;
-    sg_token_err e = parse_segment(token, header_len, scratch, &header);
+    char *header_buf = scratch;
+    unsigned char *sig_buf = (unsigned char *)scratch + sg_b64url_decoded_max(header_len) + 1;
+    jws_header h;
+    sg_token_err e = read_header(token, header_len, header_buf, &h);
     if (e == SG_TOKEN_OK)
-        e = check_header_and_signature(v, token, (size_t)(dot2 - token), sig, sig_len, header,
-                                       scratch, kw, ticket);
-    cJSON_Delete(header);
-    if (e == SG_TOKEN_OK) {
-        o = calloc(1, sizeof *o);
-        e = o ? parse_segment(payload, payload_len, scratch, &o->root) : SG_TOKEN_INTERNAL;
+        e = check_header_and_signature(v, token, (size_t)(dot2 - token), sig, sig_len, &h, sig_buf,
+                                       kw, ticket, vc);
+    if (scratch != stack_scratch) free(scratch);
+    if (e != SG_TOKEN_OK) return e;
+
+    owned_token *o = owned_token_new(sg_b64url_decoded_max(payload_len));
+    if (!o) return SG_TOKEN_INTERNAL;
+    long n = sg_b64url_decode(payload, payload_len, (unsigned char *)o->json);
+    if (n <= 0) {
+        e = SG_TOKEN_MALFORMED;
+    } else {
+        o->json[n] = '\0';
+        o->json_len = (size_t)n;
+        e = scan_object(o->json, o->json_len);
     }
-    free(scratch);
     if (e == SG_TOKEN_OK) e = check_claims(v, o, now);
     if (e != SG_TOKEN_OK) {
-        sg_token_free(o ? &o->pub : NULL);
+        sg_token_free(&o->pub);
         return e;
     }
-    *out = &o->pub;
+    *out = o;
     return SG_TOKEN_OK;
 }
 
@@ -676,40 +1053,45 @@ sg_token_err sg_token_from_introspection(const sg_verifier *v, const char *json,
                                          int64_t now, sg_token **out)
 {
     *out = NULL;
-    sg_json_scan scan;
-    sg_json_error jerr;
-    int rc = sg_json_prescan(json, len, NULL, &scan, &jerr);
-    int is_object = rc == 0 && scan.top_is_object;
-    sg_json_scan_free(&scan);
-    if (rc != 0)
-        return jerr.kind == SG_JSON_ERR_DUPLICATE_KEY ? SG_TOKEN_DUPLICATE_KEY
-               : jerr.kind == SG_JSON_ERR_NOMEM       ? SG_TOKEN_INTERNAL
-                                                      : SG_TOKEN_MALFORMED;
-    if (!is_object) return SG_TOKEN_MALFORMED;
-    owned_token *o = calloc(1, sizeof *o);
-    if (!o || !(o->root = cJSON_ParseWithLength(json, len))) {
-        free(o);
-        return SG_TOKEN_INTERNAL;
+    owned_token *o = owned_token_new(len);
+    if (!o) return SG_TOKEN_INTERNAL;
+    memcpy(o->json, json, len);
+    o->json[len] = '\0';
+    o->json_len = len;
+    sg_token_err e = scan_object(o->json, len);
+    /* The members only an introspection answer has, in one walk. */
+    jvalue active = {0}, type = {0}, iss = {0};
+    if (e == SG_TOKEN_OK) {
+        const char *end = o->json + len;
+        jwalk w;
+        jvalue key, val;
+        jwalk_begin(&w, skip_ws(o->json, end), end);
+        while (jwalk_next(&w, &key, &val)) {
+            if (KEY_IS(&key, "active")) active = val;
+            if (KEY_IS(&key, "token_type")) type = val;
+            if (KEY_IS(&key, "iss")) iss = val;
+        }
     }
-    sg_token_err e = SG_TOKEN_OK;
-    const cJSON *active = cJSON_GetObjectItemCaseSensitive(o->root, "active");
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(o->root, "token_type");
-    const cJSON *iss = cJSON_GetObjectItemCaseSensitive(o->root, "iss");
-    if (!cJSON_IsTrue(active))
+    if (e != SG_TOKEN_OK) {
+        /* not a JSON object: the caller treats it as the server's failure */
+    } else if (active.kind != 't') {
         e = SG_TOKEN_INACTIVE; /* RFC 7662 2.2: only the boolean true means active */
-    else if (type && !cJSON_IsString(type))
+    } else if (type.kind && type.kind != '"') {
         e = SG_TOKEN_CLAIM_TYPE;
-    else if (type &&
-             (strcasecmp(type->valuestring, "refresh_token") == 0 ||
-              strcasecmp(type->valuestring, "urn:ietf:params:oauth:token-type:refresh_token") == 0))
-        e = SG_TOKEN_TYP; /* a refresh token is no access token */
+    } else if (type.kind) {
+        const char *t = keep_string(o, &type);
+        if (strcasecmp(t, "refresh_token") == 0 ||
+            strcasecmp(t, "urn:ietf:params:oauth:token-type:refresh_token") == 0)
+            e = SG_TOKEN_TYP; /* a refresh token is no access token */
+        o->strings_used = 0;  /* only compared, not kept */
+    }
     if (e == SG_TOKEN_OK) {
         /* iss and exp are optional in an introspection answer (RFC 7662
          * 2.2): iss is compared when the server sends it, and without exp
          * the cache TTL alone bounds how long the answer is believed. */
         sg_verifier rules = *v;
         rules.require_exp = 0;
-        if (!iss) rules.issuer = NULL;
+        if (!iss.kind) rules.issuer = NULL;
         e = check_claims(&rules, o, now);
     }
     if (e != SG_TOKEN_OK) {
@@ -720,19 +1102,34 @@ sg_token_err sg_token_from_introspection(const sg_verifier *v, const char *json,
     return SG_TOKEN_OK;
 }
 
+sg_token_err sg_token_verify(const sg_verifier *v, const char *token, size_t len, int64_t now,
+                             sg_token **out)
+{
+    return sg_token_verify_ex(v, token, len, now, SG_KID_BLOCK, NULL, out);
+}
+
+sg_token_err sg_token_verify_ex(const sg_verifier *v, const char *token, size_t len, int64_t now,
+                                sg_kid_wait kw, uint64_t *ticket, sg_token **out)
+{
+    owned_token *o;
+    sg_token_err e = verify_token(v, token, len, now, kw, ticket, NULL, &o);
+    *out = e == SG_TOKEN_OK ? &o->pub : NULL;
+    return e;
+}
+
 sg_token_err sg_token_from_claims(const char *json, size_t len, sg_token **out)
 {
     /* Nothing to verify against: no issuer, audience or expiry rules, only
      * the shape of the claims and the scope tokens. */
     static const sg_verifier unchecked = {.leeway_s = INT32_MAX / 2};
     *out = NULL;
-    owned_token *o = calloc(1, sizeof *o);
-    const char *end = NULL;
+    owned_token *o = owned_token_new(len);
     if (!o) return SG_TOKEN_INTERNAL;
-    o->root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
-    sg_token_err e = SG_TOKEN_MALFORMED;
-    if (o->root && cJSON_IsObject(o->root) && end == json + len)
-        e = check_claims(&unchecked, o, sg_now_unix());
+    memcpy(o->json, json, len);
+    o->json[len] = '\0';
+    o->json_len = len;
+    sg_token_err e = scan_object(o->json, len);
+    if (e == SG_TOKEN_OK) e = check_claims(&unchecked, o, sg_now_unix());
     if (e != SG_TOKEN_OK) {
         sg_token_free(&o->pub);
         return e;
@@ -767,6 +1164,7 @@ struct sg_tcache {
     uint64_t k0, k1;
     owned_token *uncached; /* a token verified but not cacheable, until the next call */
     sg_tcache_stats stats;
+    verify_ctx vc; /* this worker's OpenSSL contexts, reused by every miss */
 };
 
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
@@ -794,9 +1192,11 @@ static uint64_t siphash24(uint64_t k0, uint64_t k1, const unsigned char *in, siz
     uint64_t v2 = 0x6c7967656e657261ull ^ k0, v3 = 0x7465646279746573ull ^ k1;
     size_t whole = len & ~(size_t)7;
     for (size_t i = 0; i < whole; i += 8) {
-        uint64_t m = 0;
-        for (int b = 7; b >= 0; b--)
-            m = m << 8 | in[i + (size_t)b];
+        uint64_t m; /* the 8 bytes as a little-endian word, as SipHash reads them */
+        memcpy(&m, in + i, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        m = __builtin_bswap64(m);
+#endif
         v3 ^= m;
         SIPROUND;
         SIPROUND;
@@ -856,6 +1256,8 @@ void sg_tcache_free(sg_tcache *c)
             free(c->slots[i].bytes);
         }
     sg_token_free(c->uncached ? &c->uncached->pub : NULL);
+    verify_ctx_clear(&c->vc);
+    EVP_MD_CTX_free(c->vc.md);
     free(c->slots);
     free(c->buckets);
     free(c);
@@ -882,6 +1284,7 @@ void sg_tcache_clear(sg_tcache *c)
 {
     for (size_t i = 0; i < c->capacity; i++)
         if (c->slots[i].token) tc_remove(c, (int32_t)i);
+    verify_ctx_clear(&c->vc); /* and the references on keys that may be gone */
 }
 
 /* Takes a free slot, evicting with CLOCK when full. */
@@ -935,10 +1338,10 @@ sg_token_err sg_tcache_verify_ex(sg_tcache *c, const char *token, size_t len, in
     c->stats.misses++;
     sg_metric_inc(SG_M_TOKEN_CACHE_MISSES);
 
-    sg_token *fresh;
-    sg_token_err err = sg_token_verify_ex(c->v, token, len, now, kw, ticket, &fresh);
+    owned_token *o;
+    sg_token_err err = verify_token(c->v, token, len, now, kw, ticket, &c->vc, &o);
     if (err != SG_TOKEN_OK) return err;
-    owned_token *o = (owned_token *)fresh;
+    sg_token *fresh = &o->pub;
     char *bytes = now < fresh->exp ? malloc(len ? len : 1) : NULL;
     if (!bytes) { /* inside the leeway window or out of memory: serve, don't keep */
         c->uncached = o;

@@ -25,14 +25,28 @@
 /* A verified token. Owned by the token cache; valid until the next call on
  * the same cache (see sg_tcache_*). */
 typedef struct sg_token {
-    const cJSON *claims;   /* the verified payload object */
+    /* The verified payload object. In a token from sg_token_verify or a
+     * cache it is NULL until sg_token_claims builds it (most requests never
+     * need it): read it through sg_token_claims. */
+    const cJSON *claims;
     const char *sub;       /* NULL when absent */
     const char *client_id; /* client_id, else azp; NULL when absent */
     const char *iss;
     int64_t exp; /* seconds since the epoch */
     int nscopes; /* validated RFC 6749 scope tokens, token order, deduplicated */
     const char *const *scopes;
+    /* The payload JSON as verified (NUL-terminated), in tokens made by
+     * token.c only; NULL in a token built by hand (then claims is used). */
+    const char *claims_json;
+    size_t claims_json_len;
 } sg_token;
+
+/* The token's claims as a cJSON object: t->claims when set, else built once
+ * from t->claims_json and kept with the token (freed with it). Returns NULL
+ * for a NULL token, a token with neither, or when out of memory. Not
+ * thread-safe for one token (the first call stores the tree): a cached
+ * token belongs to its worker. */
+const cJSON *sg_token_claims(const sg_token *t);
 
 /* Why a token was refused. Values and names are stable (metrics, audit log,
  * specs); append new codes at the end. */

@@ -175,6 +175,16 @@ static int scan_string(scanner *s, sg_buf *decoded)
             s->pos = i + 1;
             return 0;
         }
+        if (c >= 0x20 && c < 0x80 && c != '\\') {
+            /* A run of plain ASCII (most of any string) needs no check but
+             * its end: taken, and appended, in one go. */
+            size_t j = i + 1;
+            while (j < s->len && p[j] >= 0x20 && p[j] < 0x80 && p[j] != '"' && p[j] != '\\')
+                j++;
+            if (decoded) sg_buf_append(decoded, p + i, j - i);
+            i = j;
+            continue;
+        }
         if (c < 0x20)
             return fail(s, SG_JSON_ERR_SYNTAX, i,
                         "control character U+%04X in a string at byte %zu", (unsigned)c, i);

@@ -126,4 +126,18 @@ void sg_strv_free(char **v);
  * EFBIG. */
 char *sg_read_file(const char *path, size_t max_bytes, size_t *len_out);
 
+/* ---- CPUs (cpus.c) -------------------------------------------------------- */
+/* How many CPUs this process may run on: the CPUs in its affinity mask
+ * (sched_getaffinity: taskset, a cpuset), lowered to a CFS bandwidth quota
+ * on its cgroup or an ancestor (v2 `cpu.max`, v1 `cpu.cfs_quota_us` /
+ * `cpu.cfs_period_us`) rounded up. At least 1; can't fail (what cannot be
+ * read does not limit). Reads /proc and /sys: call it at start, not per
+ * request. */
+unsigned sg_cpus_usable(void);
+/* A CFS quota as CPUs, rounded up: quota and period are the texts of the
+ * two fields of `cpu.max` ("150000" and "100000" -> 2). Returns 0 for no
+ * limit ("max", a negative v1 quota) and for anything unreadable (NULL,
+ * not a number, a zero period). */
+unsigned sg_cgroup_cpu_limit(const char *quota, const char *period);
+
 #endif

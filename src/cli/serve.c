@@ -118,7 +118,7 @@ static void serve_usage(FILE *f)
           "  --allowed-origin ORIGIN    accepted Origin header (repeatable; '*' = any)\n"
           "                             [--public-url's origin; without it, none]\n"
           "  --max-body BYTES           request body limit, 413 beyond [1048576]\n"
-          "  --max-header BYTES         per-connection header memory, 431 beyond [32768]\n"
+          "  --max-header BYTES         per-connection header memory, 431 beyond [36864]\n"
           "  --max-connections N        concurrent connections, 503 beyond [1000]\n"
           "  --max-arguments BYTES      req.arguments a policy rule may see (strings and keys,\n"
           "                             8 per value); the request is denied beyond [65536]\n"
@@ -129,7 +129,8 @@ static void serve_usage(FILE *f)
           "  --min-body-rate BYTES      a body must arrive at this many bytes per second\n"
           "                             once --body-grace is over, 408 below; 0 = off [1024]\n"
           "  --body-grace SECONDS       time a body gets before --min-body-rate applies [5]\n"
-          "  --threads N                worker threads (one policy state each) [2]\n"
+          "  --threads N                worker threads (one policy state each) [the CPUs this\n"
+          "                             process may use: affinity mask, cgroup CPU quota]\n"
           "  --upstream-timeout-ms MS   wait for upstream response headers, 504 after [30000]\n"
           "  --connect-timeout-ms MS    upstream connect timeout [5000]\n"
           "  --token-cache N            verified tokens cached per worker [10000]\n"
@@ -651,7 +652,7 @@ static int serve(serve_opts *opts)
     /* Counting starts before anything counts (the start-up JWKS fetch). */
     if (o.admin_listen) sg_metrics_enable();
     const char *mcp_path = o.path ? o.path : "/mcp";
-    unsigned threads = o.threads ? (unsigned)o.threads : 2;
+    unsigned threads = o.threads ? (unsigned)o.threads : sg_cpus_usable();
 
     /* Block the signals before any thread starts, so every thread inherits
      * the mask and only sigwait below sees them. */
@@ -920,10 +921,13 @@ static int serve(serve_opts *opts)
                o.shadow_policy, hash);
     }
     sg_gateway_policy_hash(gw, hash);
-    sg_log(SG_LOG_INFO, "listening on %s%s%s:%u (MCP endpoint %s, upstream %s, policy %s %s%s)",
+    sg_log(SG_LOG_INFO,
+           "listening on %s%s%s:%u (MCP endpoint %s, upstream %s, policy %s %s%s, %u worker "
+           "thread%s%s)",
            strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "",
            (unsigned)sg_http_port(http), mcp_path, o.upstream, o.policy, hash,
-           o.no_watch ? ", reload on SIGHUP" : ", reload on change or SIGHUP");
+           o.no_watch ? ", reload on SIGHUP" : ", reload on change or SIGHUP", threads,
+           threads == 1 ? "" : "s", o.threads ? "" : " = usable CPUs");
     if (admin)
         sg_log(SG_LOG_INFO, "admin endpoints /metrics /healthz /readyz at %s%s%s:%u",
                strchr(admin_host, ':') ? "[" : "", admin_host, strchr(admin_host, ':') ? "]" : "",

@@ -747,7 +747,7 @@ static void plan_identity(const sg_gateway *gw, const sg_token *token, sg_gatewa
 {
     if (!token) return;
     for (size_t i = 0; i < gw->nidentity; i++) {
-        char *v = claim_header_value(token->claims, gw->identity[i].claim);
+        char *v = claim_header_value(sg_token_claims(token), gw->identity[i].claim);
         if (!v) continue;
         out->identity[out->nidentity].name = gw->identity[i].header;
         out->identity[out->nidentity].value = v;

@@ -1,7 +1,7 @@
 /* lmod_token.c -- Lua bindings for token verification, minting and the
  * libjwt cross-check, so the busted specs drive the real C verifier.
  *
- *   core.verifier{ issuer=, audience=, leeway=, max_size=, require_exp=,
+ *   core.verifier{ issuer=, audience=, leeway=, max_size=, require_exp=, required_claims={...},
  *                  cache_size=, keys={ {pem=|file=|secret=, alg=, kid=}, ... },
  *                  jwks=<json>, jwks_file=, jwks_url=, jwks_ttl=<s>,
  *                  refetch_interval=<s>, background_refresh=<bool> }
@@ -136,6 +136,18 @@ static int l_verifier(lua_State *L)
     cfg.max_token_bytes = (size_t)opt_number_field(L, 1, "max_size", (double)cfg.max_token_bytes);
     if (lua_getfield(L, 1, "require_exp") != LUA_TNIL) cfg.require_exp = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    if (lua_getfield(L, 1, "required_claims") != LUA_TNIL) {
+        luaL_checktype(L, -1, LUA_TTABLE);
+        lua_Unsigned n = lua_rawlen(L, -1);
+        if (n > SG_VERIFIER_MAX_REQUIRED_CLAIMS) luaL_error(L, "too many required_claims");
+        for (lua_Unsigned i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i);
+            /* the table (an argument) keeps the string; the verifier copies it */
+            cfg.required_claims[cfg.nrequired_claims++] = luaL_checkstring(L, -1);
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
     size_t cache_size = (size_t)opt_number_field(L, 1, "cache_size", 0);
     size_t jwks_len = 0;
     const char *jwks = opt_string_field(L, 1, "jwks", &jwks_len);
@@ -189,7 +201,11 @@ static int push_result(lua_State *L, sg_token_err e, const sg_token *t)
         lua_rawseti(L, -2, i + 1);
     }
     lua_setfield(L, -2, "scopes");
-    sg_lua_push_json(L, t->claims, 0);
+    const cJSON *claims = sg_token_claims(t);
+    if (claims)
+        sg_lua_push_json(L, claims, 0);
+    else
+        lua_newtable(L);
     lua_setfield(L, -2, "claims");
     return 1;
 }

@@ -20,12 +20,20 @@
  * request are shed first, oldest first), header memory (431, by
  * libmicrohttpd itself), body size (413, while uploading), time (408 for a
  * request head not complete within the header timeout or a body below the
- * minimum rate, swept every 250 ms; idle connections closed). */
+ * minimum rate, swept every 250 ms; idle connections closed).
+ * Memory: an idle keep-alive connection must cost little (MCP clients hold
+ * theirs for hours), but libmicrohttpd zeroes its whole per-connection pool
+ * (--max-header, 32 KiB) after every request, which makes all of it
+ * resident. The same sweep gives the pool's all-zero pages of a connection
+ * idle for a whole sweep back to the kernel (they read back as zeros, so
+ * nothing changes for libmicrohttpd), and trims the heap after a burst of
+ * closes so the memory of connections that are gone is returned too. */
 #include "net/http.h"
 #include "net/wire.h"
 #include "base/metrics.h"
 
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -35,6 +43,7 @@
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,10 +55,12 @@
 #define CONNECTION_SLACK 16 /* beyond the soft limit, so the 503 can be sent */
 #define DISCARD_FACTOR   4  /* an oversized chunked body is read this far, then dropped */
 #define SSE_ERROR_MAX    (SG_MCP_MAX_ID_LEN + 256)
+#define STREAM_BLOCK     1024 /* libmicrohttpd's block for a streamed answer (queue_stream) */
 
 #define SWEEP_NS          250000000ull /* slow-client limits are checked this often */
 #define SHED_BATCH        64           /* at most this many closed per sweep... */
 #define SHED_BATCH_GAP_NS 5000000ull   /* ...the next batch this soon after */
+#define TRIM_AFTER_CLOSES 64           /* closes in a burst before the heap is trimmed */
 
 #define TAG_MHD  ((uint64_t)0)
 #define TAG_WAKE ((uint64_t)2 << 32)
@@ -63,8 +74,11 @@ typedef struct conn_slot {
     struct http_worker *worker;
     struct conn_slot *prev, *next; /* the worker's connections, oldest first */
     int busy;                      /* libmicrohttpd holds a request head from it */
+    int streaming;                 /* ...and its answer is streaming (an SSE stream) */
     int collecting_body;           /* that request's body is arriving, nothing answered yet */
     int counted;                   /* it counts against --max-connections */
+    unsigned pool_seen_answered;   /* wire.answered at the last sweep */
+    int pool_released;             /* its pool's zero pages are given back (idle since) */
 } conn_slot;
 
 typedef struct http_worker {
@@ -72,6 +86,8 @@ typedef struct http_worker {
     unsigned index;
     conn_slot *oldest, *newest;
     uint64_t next_sweep_ns;
+    unsigned closes_since_trim; /* connections closed since the heap was last trimmed */
+    unsigned closes_at_sweep;   /* ...as counted at the previous sweep */
     struct MHD_Daemon *daemon;
     sg_proxy_lane *lane;
     int epfd, evfd;
@@ -90,6 +106,7 @@ struct sg_http {
     atomic_int stopping;
     atomic_int connections;
     atomic_int forwarded; /* exchanges holding a transfer */
+    size_t page_size;     /* for sweep_memory; 0: nothing is given back */
 };
 
 enum { PHASE_BODY, PHASE_WAIT, PHASE_HEAD, PHASE_COLLECT, PHASE_STREAM, PHASE_DONE };
@@ -389,7 +406,60 @@ static void slot_close(conn_slot *c)
     slot_unlink(c);
     sg_metric_gauge_add(SG_G_CONNECTIONS, -1);
     if (c->counted) atomic_fetch_sub(&c->worker->h->connections, 1);
+    c->worker->closes_since_trim++;
     free(c);
+}
+
+/* Gives the whole pages of [base, base + size) that hold only zeros back to
+ * the kernel (MADV_DONTNEED: private anonymous memory reads back as zeros,
+ * so nothing anyone reads changes). Only pages verified zero now are given
+ * back: whatever the range holds, no byte changes. Can't fail (a refused
+ * madvise leaves the pages as they were). */
+static void release_zero_pages(uintptr_t base, size_t size, size_t page)
+{
+    static const unsigned char zero_page[4096];
+    if (!page || page > sizeof zero_page) return;
+    uintptr_t p = (base + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t end = (base + size) & ~(uintptr_t)(page - 1);
+    uintptr_t run = 0; /* start of a run of zero pages, 0 when none */
+    for (; p < end; p += page) {
+        int zero = memcmp((const void *)p, zero_page, page) == 0;
+        if (zero && !run) run = p;
+        if (!zero && run) {
+            madvise((void *)run, p - run, MADV_DONTNEED);
+            run = 0;
+        }
+    }
+    if (run) madvise((void *)run, end - run, MADV_DONTNEED);
+}
+
+/* The memory half of the sweep: a connection idle between requests for a
+ * whole sweep, or streaming an answer (an SSE stream, open for hours), has
+ * its pool's zero pages given back, once per idle spell or stream (what a
+ * stream writes later stays resident: its write buffer, a few pages);
+ * after a burst of closes (some closed, none since the last sweep) the
+ * heap is trimmed so that what they held is returned. */
+static void sweep_memory(http_worker *w)
+{
+    size_t pool_size = w->h->cfg.limits.max_header;
+    for (conn_slot *c = w->oldest; c; c = c->next) {
+        if (c->wire.answered != c->pool_seen_answered) {
+            c->pool_seen_answered = c->wire.answered;
+            c->pool_released = 0;
+            continue;
+        }
+        int idle =
+            !c->busy && c->wire.answered && sg_wire_scan_phase(&c->wire.scan) == SG_WIRE_IDLE;
+        if (c->pool_released || c->wire.closed || !c->wire.read_base || !(idle || c->streaming))
+            continue;
+        release_zero_pages(c->wire.read_base, pool_size, w->h->page_size);
+        c->pool_released = 1;
+    }
+    if (w->closes_since_trim >= TRIM_AFTER_CLOSES && w->closes_since_trim == w->closes_at_sweep) {
+        malloc_trim(0);
+        w->closes_since_trim = 0;
+    }
+    w->closes_at_sweep = w->closes_since_trim;
 }
 
 /* The slow-client limits, every SWEEP_NS: a request head must be complete
@@ -686,8 +756,12 @@ static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
         MHD_destroy_response(r);
         return ok;
     }
+    /* The block is libmicrohttpd's buffer for an HTTP/1.0 client's
+     * read-until-close body only (chunked answers are read straight into the
+     * connection's pool), but it is allocated zeroed for every stream:
+     * keep it small, an open SSE stream holds it for hours. */
     struct MHD_Response *r =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, on_read, ex, NULL);
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, on_read, ex, NULL);
     if (!r) return MHD_NO;
     if (head->content_type) {
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, head->content_type);
@@ -701,6 +775,7 @@ static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
     if (ex->sse) MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     ex->tail[0] = ex->tail[1] = '\n'; /* the stream starts on an event boundary */
     ex->phase = PHASE_STREAM;
+    if (ex->slot) ex->slot->streaming = 1;
     if (ex->reply.naudit) audit_done(ex, head->status, head->status, NULL, NULL, NULL, 0);
     enum MHD_Result ok = MHD_queue_response(ex->conn, (unsigned)head->status, r);
     MHD_destroy_response(r);
@@ -1006,6 +1081,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (ex->sse_counted) sg_metric_gauge_add(SG_G_SSE_STREAMS, -1);
     if (ex->slot) {
         ex->slot->busy = 0;
+        ex->slot->streaming = 0;
         ex->slot->collecting_body = 0;
         if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
             sg_wire_answered(&ex->slot->wire);
@@ -1074,6 +1150,7 @@ static void *worker_main(void *arg)
             break;
         if (now >= w->next_sweep_ns) {
             int more = sweep_slow_clients(w, now);
+            if (!more) sweep_memory(w);
             w->next_sweep_ns = now + (more ? SHED_BATCH_GAP_NS : SWEEP_NS);
         }
         long timeout = resumed ? 0 : sg_proxy_lane_timeout_ms(w->lane);
@@ -1133,7 +1210,11 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
     h->cfg = *cfg;
     sg_http_limits *l = &h->cfg.limits;
     if (!l->max_body) l->max_body = 1024 * 1024;
-    if (!l->max_header) l->max_header = 32 * 1024; /* MHD zeroes it per request: keep it small */
+    /* libmicrohttpd zeroes it per request: keep it small. Above 32 KiB it
+     * maps each connection's pool on pages of its own (below, it takes it
+     * from the heap): then every page of an idle pool can be given back
+     * (sweep_memory) and a closed connection's pool leaves at once. */
+    if (!l->max_header) l->max_header = 36 * 1024;
     if (!l->max_connections) l->max_connections = 1000;
     if (!l->timeout_s) l->timeout_s = 30;
     if (!l->header_timeout_s) l->header_timeout_s = 5;
@@ -1144,7 +1225,9 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
         free(h);
         return NULL;
     }
-    if (!l->threads) l->threads = 2;
+    if (!l->threads) l->threads = sg_cpus_usable();
+    long page_size = sysconf(_SC_PAGESIZE);
+    h->page_size = page_size > 0 ? (size_t)page_size : 0;
     if (!h->cfg.mcp_path) h->cfg.mcp_path = "/mcp";
     if (!(h->workers = calloc(l->threads, sizeof *h->workers))) {
         free(h);

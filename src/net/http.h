@@ -22,13 +22,13 @@
 
 typedef struct sg_http_limits {
     size_t max_body;           /* request body bytes: 413 beyond [1 MiB] */
-    size_t max_header;         /* per-connection memory; headers beyond: 431 [32 KiB] */
+    size_t max_header;         /* per-connection memory; headers beyond: 431 [36 KiB] */
     unsigned max_connections;  /* concurrent connections: 503 beyond [1000] */
     unsigned timeout_s;        /* idle connection / slow upload: closed or 408 [30] */
     unsigned header_timeout_s; /* a request head must be complete this soon: 408 [5] */
     unsigned min_body_rate;    /* body bytes/s owed after body_grace_s, else 408; 0 = off */
     unsigned body_grace_s;     /* [5] */
-    unsigned threads;          /* worker threads [2] */
+    unsigned threads;          /* worker threads [sg_cpus_usable()] */
 } sg_http_limits;
 
 typedef struct sg_http_config {

@@ -573,6 +573,7 @@ ssize_t recv(int fd, void *buf, size_t len, int flags)
     if (!c || (flags & MSG_PEEK)) return raw_recv(fd, buf, len, flags);
     if (c->closed) return 0;
     if (c->owed_status) return owe_or_refuse(c);
+    if (!c->read_base || (uintptr_t)buf < c->read_base) c->read_base = (uintptr_t)buf;
     ssize_t got = raw_recv(fd, buf, len, flags);
     if (got <= 0) return got;
     sg_wire_phase was = sg_wire_scan_phase(&c->scan);

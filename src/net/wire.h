@@ -69,6 +69,11 @@ typedef struct sg_wire_conn {
     int owed_status;          /* a refusal to send once earlier requests are answered */
     const char *owed_why;
     int closed; /* refused or shed: every later read sees end of stream */
+    /* The lowest address libmicrohttpd has read this connection's bytes
+     * into: the start of its per-connection memory pool, where its read
+     * buffer always begins (0 before the first read). http.c gives the
+     * pool's all-zero pages back while the connection is idle. */
+    uintptr_t read_base;
 } sg_wire_conn;
 
 /* Registers c (c->fd set) for scanning on the calling thread and resets its

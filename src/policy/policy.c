@@ -1707,8 +1707,9 @@ static void push_req(lua_State *L, const sg_policy_input *in)
             lua_setfield(L, -2, t->scopes[i]);
         }
         lua_setfield(L, -2, "scopes");
-        if (t->claims)
-            sg_lua_push_json(L, t->claims, 0);
+        const cJSON *claims = sg_token_claims(t);
+        if (claims)
+            sg_lua_push_json(L, claims, 0);
         else
             lua_newtable(L);
         lua_setfield(L, -2, "claims");

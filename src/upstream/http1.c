@@ -7,12 +7,18 @@
 #include "upstream/http1.h"
 
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <strings.h>
 
 void sg_http1_init(sg_http1 *p, int no_body)
 {
-    memset(p, 0, sizeof *p);
+    /* Everything but the line buffer, of which only the first linelen
+     * bytes are ever read: clearing its 8 KiB for every response cost each
+     * forwarded request a memset and made every open stream's parser
+     * resident. */
+    memset(p, 0, offsetof(sg_http1, line));
+    p->error = NULL;
     p->state = SG_HTTP1_HEAD;
     p->chunked = no_body ? -1 : 0; /* -1: no body whatever the head says */
 }

@@ -505,6 +505,87 @@ describe("token verification", function()
     end)
   end)
 
+  -- The claims are read in one pass over the verified payload, without a
+  -- tree (the tree is built only when asked for): these payloads are
+  -- written by hand to reach what a JSON encoder rarely emits.
+  describe("claims read in one pass", function()
+    local function payload(body)
+      return "{" .. body .. ',"aud":"' .. AUD .. '","exp":' .. (NOW + 3600) .. "}"
+    end
+
+    it("decodes escaped strings as JSON says (\\/, \\u, surrogate pairs)", function()
+      local tok = mint("ES256", "p256", payload(
+        '"iss":"https:\\/\\/as.example.com","sub":"al\\u0069ce \\u00e9\\ud83d\\ude00\\n",' ..
+        '"client_id":"a\\"b","scope":"files:read\\u0020files:write"'))
+      local r = assert(pem_v:verify(tok, NOW))
+      assert.equal(ISS, r.iss)
+      assert.equal("alice \u{e9}\u{1f600}\n", r.sub)
+      assert.equal('a"b', r.client_id)
+      assert.same({ "files:read", "files:write" }, r.scopes)
+      assert.equal(r.sub, r.claims.sub)
+    end)
+
+    it("reads a member whose name is escaped as that member", function()
+      local tok = mint("ES256", "p256", '{"\\u0069ss":"' .. ISS .. '","aud":"' .. AUD ..
+                       '","\\u0065xp":' .. (NOW - 4000) .. "}")
+      assert.equal("expired", refusal(pem_v, tok))
+      tok = mint("ES256", "p256", payload('"iss":"' .. ISS .. '","sc\\u006fpe":"a b"'))
+      assert.same({ "a", "b" }, assert(pem_v:verify(tok, NOW)).scopes)
+      local v = assert(core.verifier { required_claims = { "jti" },
+                                       keys = { { pem = keys.p256.pub, alg = "ES256" } } })
+      assert.is_table(v:verify(mint("ES256", "p256", payload('"j\\u0074i":"1"')), NOW))
+      assert.equal("claim_missing", refusal(v, mint("ES256", "p256", payload('"jt":"1"'))))
+    end)
+
+    it("ignores members of the same names inside nested objects and arrays", function()
+      local tok = mint("ES256", "p256", payload('"iss":"' .. ISS .. '","x":{"scope":"admin",' ..
+        '"exp":1,"y":[{"scope":"root","s":"}]\\"{["}]},"scope":"files:read","z":[1,[2,{}],"]"]'))
+      local r = assert(pem_v:verify(tok, NOW))
+      assert.same({ "files:read" }, r.scopes)
+      assert.equal("admin", r.claims.x.scope)
+      assert.equal("root", r.claims.x.y[1].scope)
+    end)
+
+    it("still refuses claims of the wrong type, and an audience list with a non-string", function()
+      assert.equal("claim_wrong_type", refusal(pem_v, mint("ES256", "p256", payload('"iss":null'))))
+      assert.equal("claim_wrong_type", refusal(pem_v, mint("ES256", "p256", payload('"nbf":"1"'))))
+      assert.equal("claim_wrong_type", refusal(pem_v, mint("ES256", "p256",
+        '{"iss":"' .. ISS .. '","aud":["' .. AUD .. '",1],"exp":' .. (NOW + 60) .. "}")))
+      assert.equal("claim_wrong_type", refusal(pem_v, mint("ES256", "p256", payload('"iss":"' .. ISS ..
+        '","scp":["a",{}]'))))
+      assert.equal("claim_wrong_type", refusal(pem_v, mint("ES256", "p256",
+        '{"iss":"' .. ISS .. '","aud":"' .. AUD .. '","exp":1e999}')))
+    end)
+
+    it("reuses a worker's verification contexts across keys, algorithms and failures", function()
+      -- One cache (one set of reused OpenSSL contexts), more (key, alg)
+      -- pairs than it keeps, a bad signature in between: every answer must
+      -- be what an uncached verify says.
+      local v = assert(core.verifier { issuer = ISS, audience = AUD, keys = {
+        { pem = keys.rsa.pub, alg = "RS256", kid = "r1" }, { pem = keys.rsa.pub, alg = "PS256", kid = "p1" },
+        { pem = keys.rsa2.pub, alg = "RS256", kid = "r2" }, { pem = keys.p256.pub, alg = "ES256", kid = "e1" },
+        { pem = keys.p384.pub, alg = "ES384", kid = "e2" }, { pem = keys.ed25519.pub, alg = "EdDSA", kid = "d1" },
+      }, cache_size = 4 })
+      local uses = { { "RS256", "rsa", "r1" }, { "PS256", "rsa", "p1" }, { "RS256", "rsa2", "r2" },
+                     { "ES256", "p256", "e1" }, { "ES384", "p384", "e2" }, { "EdDSA", "ed25519", "d1" } }
+      for round = 1, 3 do
+        for i, u in ipairs(uses) do
+          local tok = mint(u[1], u[2], { sub = "u" .. round .. "-" .. i }, u[3])
+          local r = assert(v:verify_cached(tok, NOW))
+          assert.equal("u" .. round .. "-" .. i, r.sub)
+          local h, p, sig = K.split(tok)
+          local bad = h .. "." .. p .. "." .. (sig:sub(1, 1) == "A" and "B" or "A") .. sig:sub(2)
+          assert.equal("bad_signature", select(2, v:verify_cached(bad, NOW)))
+          -- wrong key for the kid: the other RSA key's signature
+          if u[1] == "RS256" then
+            local other = mint("RS256", u[2] == "rsa" and "rsa2" or "rsa", { sub = "x" }, u[3])
+            assert.equal("bad_signature", select(2, v:verify_cached(other, NOW)))
+          end
+        end
+      end
+    end)
+  end)
+
   describe("verified-token cache", function()
     it("returns the same claims on a hit", function()
       local v = assert(core.verifier { issuer = ISS, audience = AUD, keys = { { pem = keys.p256.pub, alg = "ES256" } } })

@@ -9,8 +9,11 @@
  *   - "{header JSON}\n{claims JSON}" (input starting with '{'): the target
  *     signs it with the HS256 secret first, so that every header and claims
  *     check behind the signature is reached, then verifies it. The claims
- *     also go through sg_token_from_claims.
- * A token that verifies is checked for what the decision layer relies on. */
+ *     also go through sg_token_from_claims, and through
+ *     sg_token_from_introspection as an RFC 7662 answer.
+ * A token that verifies is checked for what the decision layer relies on,
+ * and must have the JWS shape sg_token_is_jws routes on (anything else is
+ * sent to introspection instead). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,12 +98,17 @@ static void check_token(const sg_token *t)
     check_same_string(claims, "client_id", client_id);
     const cJSON *scope = cJSON_GetObjectItemCaseSensitive(claims, "scope");
     if (cJSON_IsString(scope) && !cJSON_GetObjectItemCaseSensitive(claims, "scp")) {
-        /* Every kept scope is one of the words of the claim, in order. */
-        const char *p = scope->valuestring;
+        /* Every kept scope is one of the words of the claim (a whole word:
+         * "notes:write" inside "xnotes:write0" does not count). */
+        const char *text = scope->valuestring;
         for (int i = 0; i < t->nscopes; i++) {
             size_t n = strlen(t->scopes[i]);
-            const char *at = strstr(p, t->scopes[i]);
-            CHECK(at && (at[n] == ' ' || at[n] == '\0'));
+            const char *at = text;
+            while ((at = strstr(at, t->scopes[i])) != NULL) {
+                if ((at == text || at[-1] == ' ') && (at[n] == ' ' || at[n] == '\0')) break;
+                at++;
+            }
+            CHECK(at);
         }
     }
     CHECK(t->nscopes >= 0 && t->nscopes <= SG_TOKEN_MAX_SCOPES);
@@ -114,6 +122,7 @@ static void verify(const char *tok, size_t len)
     sg_token *t = NULL;
     sg_token_err e = sg_token_verify(verifier, tok, len, NOW, &t);
     CHECK(e >= 0 && e < SG_TOKEN_ERR_COUNT);
+    CHECK(e != SG_TOKEN_OK || sg_token_is_jws(tok, len));
     if (verbose) fprintf(stderr, "fuzz_token: %s\n", sg_token_error_name(e));
     CHECK(sg_token_error_name(e) && sg_token_error_message(e));
     CHECK((e == SG_TOKEN_OK) == (t != NULL));
@@ -150,6 +159,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else {
             CHECK(t == NULL);
         }
+        sg_token_free(t);
+        t = NULL;
+        sg_token_err ie = sg_token_from_introspection(verifier, claims, strlen(claims), NOW, &t);
+        CHECK((ie == SG_TOKEN_OK) == (t != NULL));
+        if (t) check_token(t);
         sg_token_free(t);
         sg_buf tok = SG_BUF_INIT;
         char err[256];

@@ -26,6 +26,7 @@
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 
+#include "auth/authserver.h"
 #include "base/base64url.h"
 #include "base/metrics.h"
 #include "base/sg.h"
@@ -600,39 +601,16 @@ int sg_keys_add_jwks_file(sg_keys *k, const char *path, char *err, size_t errlen
 
 /* ---- fetching ---------------------------------------------------------------- */
 
-static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
-{
-    sg_buf *b = userdata;
-    size_t n = size * nmemb;
-    if (b->len + n > SG_JWKS_MAX_BYTES) return 0; /* makes curl fail the transfer */
-    sg_buf_append(b, data, n);
-    return sg_buf_ok(b) ? n : 0;
-}
-
 /* GETs url into a new key array. Returns the key count or -1 with err. */
 static int fetch_jwks(const char *url, sg_jwk **out, char *err, size_t errlen)
 {
     sg_buf body = SG_BUF_INIT;
-    CURL *c = curl_easy_init();
-    if (!c) {
-        sg_errf(err, errlen, "curl init failed");
-        return -1;
-    }
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, FETCH_TIMEOUT_MS);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, FETCH_TIMEOUT_MS);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "scopegate/" SG_VERSION);
-    CURLcode rc = curl_easy_perform(c);
     long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(c);
+    char why[256];
+    sg_as_request r = {url, NULL, NULL, FETCH_TIMEOUT_MS, SG_JWKS_MAX_BYTES};
     int n = -1;
-    if (rc != CURLE_OK)
-        sg_errf(err, errlen, "fetching JWKS failed: %s", curl_easy_strerror(rc));
+    if (sg_as_fetch(&r, &body, &status, why, sizeof why) != 0)
+        sg_errf(err, errlen, "fetching JWKS failed: %s", why);
     else if (status != 200)
         sg_errf(err, errlen, "fetching JWKS failed: HTTP status %ld", status);
     else

@@ -64,6 +64,11 @@ static const struct {
     [SG_TOKEN_INVALID_SCOPE] = {"invalid_scope_token", "The token carries an invalid scope."},
     [SG_TOKEN_DUPLICATE_KEY] = {"duplicate_key", "The token repeats a JSON member name."},
     [SG_TOKEN_INTERNAL] = {"internal_error", "The token could not be verified."},
+    [SG_TOKEN_INACTIVE] = {"inactive", "The token is not active."},
+    [SG_TOKEN_UNAVAILABLE] = {"introspection_unavailable",
+                              "The token could not be checked with the authorization server."},
+    [SG_TOKEN_PENDING] = {"introspection_pending",
+                          "The token is being checked with the authorization server."},
 };
 
 const char *sg_token_error_name(sg_token_err e)
@@ -557,6 +562,11 @@ oom:
     return NULL;
 }
 
+size_t sg_verifier_max_token_bytes(const sg_verifier *v)
+{
+    return v->max_token_bytes;
+}
+
 sg_keys *sg_verifier_keys(const sg_verifier *v)
 {
     return v->keys;
@@ -1008,6 +1018,87 @@ static sg_token_err verify_token(const sg_verifier *v, const char *token, size_t
         return e;
     }
     *out = o;
+    return SG_TOKEN_OK;
+}
+
+int sg_token_is_jws(const char *token, size_t len)
+{
+    size_t dots = 0, seg_start = 0, first_len = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)token[i];
+        if (c == '.') {
+            if (i == seg_start) return 0; /* an empty segment */
+            if (dots++ == 0) first_len = i;
+            seg_start = i + 1;
+        } else if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                     c == '-' || c == '_')) {
+            return 0;
+        }
+    }
+    if (dots != 2 || first_len < 2) return 0;
+    /* The first bytes of the header: "{" after optional JSON white space
+     * ("ey" is the usual encoding of '{"'). Two base64url characters carry
+     * the whole first byte. */
+    unsigned char head[4];
+    size_t take = first_len < 4 ? first_len : 4;
+    long n = sg_b64url_decode(token, take, head);
+    for (long i = 0; i < n; i++) {
+        if (head[i] == '{') return 1;
+        if (head[i] != ' ' && head[i] != '\t' && head[i] != '\r' && head[i] != '\n') return 0;
+    }
+    return 0;
+}
+
+sg_token_err sg_token_from_introspection(const sg_verifier *v, const char *json, size_t len,
+                                         int64_t now, sg_token **out)
+{
+    *out = NULL;
+    owned_token *o = owned_token_new(len);
+    if (!o) return SG_TOKEN_INTERNAL;
+    memcpy(o->json, json, len);
+    o->json[len] = '\0';
+    o->json_len = len;
+    sg_token_err e = scan_object(o->json, len);
+    /* The members only an introspection answer has, in one walk. */
+    jvalue active = {0}, type = {0}, iss = {0};
+    if (e == SG_TOKEN_OK) {
+        const char *end = o->json + len;
+        jwalk w;
+        jvalue key, val;
+        jwalk_begin(&w, skip_ws(o->json, end), end);
+        while (jwalk_next(&w, &key, &val)) {
+            if (KEY_IS(&key, "active")) active = val;
+            if (KEY_IS(&key, "token_type")) type = val;
+            if (KEY_IS(&key, "iss")) iss = val;
+        }
+    }
+    if (e != SG_TOKEN_OK) {
+        /* not a JSON object: the caller treats it as the server's failure */
+    } else if (active.kind != 't') {
+        e = SG_TOKEN_INACTIVE; /* RFC 7662 2.2: only the boolean true means active */
+    } else if (type.kind && type.kind != '"') {
+        e = SG_TOKEN_CLAIM_TYPE;
+    } else if (type.kind) {
+        const char *t = keep_string(o, &type);
+        if (strcasecmp(t, "refresh_token") == 0 ||
+            strcasecmp(t, "urn:ietf:params:oauth:token-type:refresh_token") == 0)
+            e = SG_TOKEN_TYP; /* a refresh token is no access token */
+        o->strings_used = 0;  /* only compared, not kept */
+    }
+    if (e == SG_TOKEN_OK) {
+        /* iss and exp are optional in an introspection answer (RFC 7662
+         * 2.2): iss is compared when the server sends it, and without exp
+         * the cache TTL alone bounds how long the answer is believed. */
+        sg_verifier rules = *v;
+        rules.require_exp = 0;
+        if (!iss.kind) rules.issuer = NULL;
+        e = check_claims(&rules, o, now);
+    }
+    if (e != SG_TOKEN_OK) {
+        sg_token_free(&o->pub);
+        return e;
+    }
+    *out = &o->pub;
     return SG_TOKEN_OK;
 }
 

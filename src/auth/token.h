@@ -75,6 +75,10 @@ typedef enum sg_token_err {
     SG_TOKEN_DUPLICATE_KEY, /* a JSON object with a repeated member name */
     SG_TOKEN_INTERNAL,      /* out of memory or an OpenSSL failure: fail closed */
     SG_TOKEN_CLAIM_MISSING, /* a claim the configuration requires is absent */
+    /* Opaque tokens (authserver.h, RFC 7662 introspection): */
+    SG_TOKEN_INACTIVE,    /* the authorization server said active is not true */
+    SG_TOKEN_UNAVAILABLE, /* the authorization server could not be asked: 503, not 401 */
+    SG_TOKEN_PENDING,     /* an introspection call is under way (never an answer) */
     SG_TOKEN_ERR_COUNT
 } sg_token_err;
 
@@ -140,12 +144,33 @@ typedef enum sg_kid_wait {
 sg_token_err sg_token_verify_ex(const sg_verifier *v, const char *token, size_t len, int64_t now,
                                 sg_kid_wait kw, uint64_t *ticket, sg_token **out);
 
+/* The verifier's size limit (max_token_bytes). Can't fail. */
+size_t sg_verifier_max_token_bytes(const sg_verifier *v);
+
 /* The verifier's key set (borrowed, as long as the verifier lives).
  * Can't fail. */
 sg_keys *sg_verifier_keys(const sg_verifier *v);
 
 /* Frees a token from sg_token_verify. NULL is fine. */
 void sg_token_free(sg_token *t);
+
+/* 1 when token[0..len) has the shape of a JWS in compact serialization:
+ * exactly three dot-separated segments of base64url characters, the first
+ * decoding to text that starts a JSON object. Anything else is an opaque
+ * token (introspected when that is configured). Can't fail. */
+int sg_token_is_jws(const char *token, size_t len);
+
+/* Checks an RFC 7662 introspection answer (the JSON body, strictly parsed:
+ * no repeated member) as the claims of a token, with v's rules: `active`
+ * must be the boolean true (else SG_TOKEN_INACTIVE), `token_type`, when
+ * present, must not name a refresh token (SG_TOKEN_TYP), then exp, nbf and
+ * iat with the leeway, `iss` against the issuer when the answer has one,
+ * `aud` against the audience, required claims and scopes, as for a JWS.
+ * `exp` may be absent (the server vouches for the token now; the cache
+ * TTL bounds how long that is believed). On SG_TOKEN_OK *out is freed with
+ * sg_token_free; otherwise it is NULL. Thread-safe. */
+sg_token_err sg_token_from_introspection(const sg_verifier *v, const char *json, size_t len,
+                                         int64_t now, sg_token **out);
 
 /* Builds a token from a claims object WITHOUT any signature, issuer,
  * audience or time check: for `scopegate explain` and tools, never for a

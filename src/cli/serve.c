@@ -18,6 +18,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "cli/cli.h"
 #include "cli/conffile.h"
 #include "gateway/audit.h"
@@ -25,6 +27,7 @@
 #include "net/admin.h"
 #include "net/http.h"
 #include "auth/jwks.h"
+#include "auth/authserver.h"
 #include "policy/policy.h"
 #include "upstream/proxy.h"
 #include "gateway/reload.h"
@@ -56,6 +59,11 @@ typedef struct serve_opts {
     unsigned long max_arguments, max_arguments_depth;
     unsigned long ready_window_s;
     int no_watch;
+    /* Opaque tokens (RFC 7662 introspection, authserver.h). */
+    const char *introspection_url, *introspection_client_id, *introspection_secret_file,
+        *introspection_auth;
+    unsigned long introspection_cache_ttl_s, introspection_negative_ttl_s, introspection_timeout_ms,
+        introspection_concurrency, introspection_queue;
     /* Token verification (sg_verifier_config). */
     const char *leeway, *token_algs;
     unsigned long max_token_bytes;
@@ -68,9 +76,27 @@ typedef struct serve_opts {
 static void serve_usage(FILE *f)
 {
     fputs("usage: scopegate serve --listen HOST:PORT --upstream URL --policy FILE\n"
-          "                       (--jwks FILE|URL | --public-key PEM [--key-alg ALG])\n"
+          "                       (--jwks FILE|URL | --public-key PEM [--key-alg ALG]\n"
+          "                        | --issuer URL alone: discovery)\n"
           "                       [--issuer ISS] [--audience AUD] [--public-url URL]\n"
+          "                       [--introspection-url URL --introspection-client-id ID\n"
+          "                        --introspection-secret-file FILE]\n"
           "       scopegate serve --config FILE [flags that override it]\n"
+          "  --issuer URL               exact iss; without --jwks and --public-key, the\n"
+          "                             keys (jwks_uri) and the introspection endpoint are\n"
+          "                             discovered from URL (RFC 8414, else OpenID\n"
+          "                             Connect); a failed discovery stops the start\n"
+          "  --introspection-url URL    introspect opaque (non-JWS) tokens here (RFC 7662)\n"
+          "                             [the discovered introspection_endpoint]\n"
+          "  --introspection-client-id ID  the client scopegate introspects as\n"
+          "  --introspection-secret-file FILE  holds that client's secret (one line)\n"
+          "  --introspection-auth basic|post  how the client authenticates [basic]\n"
+          "  --introspection-cache-ttl SECONDS  an active answer is reused this long at\n"
+          "                             most, never past its exp [60]\n"
+          "  --introspection-negative-ttl SECONDS  a refusal is reused this long [5]\n"
+          "  --introspection-timeout-ms MS  one call; 503 after [3000]\n"
+          "  --introspection-concurrency N  calls in flight at most [4]\n"
+          "  --introspection-queue N    calls waiting at most; 503 beyond [256]\n"
           "  --config FILE              a Lua file returning these settings as a table\n"
           "                             (keys are flag names: public_url = \"...\")\n"
           "  --upstream-ca FILE         CA bundle that verifies an https:// upstream [system]\n"
@@ -196,7 +222,7 @@ typedef struct serve_lists {
 } serve_lists;
 
 /* Fills flags[] (SERVE_NFLAGS entries) with the table of serve's flags. */
-#define SERVE_NFLAGS 42
+#define SERVE_NFLAGS 51
 static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_flag *flags)
 {
     const sg_flag table[SERVE_NFLAGS] = {
@@ -237,6 +263,15 @@ static void flag_table(serve_opts *o, serve_lists *l, const char **config, sg_fl
         {"--token-algs", SG_FLAG_STRING, &o->token_algs, 0, 0},
         {"--require-claim", SG_FLAG_LIST, &l->claims, 0, 0},
         {"--max-token-bytes", SG_FLAG_ULONG, &o->max_token_bytes, 64, 1024 * 1024},
+        {"--introspection-url", SG_FLAG_STRING, &o->introspection_url, 0, 0},
+        {"--introspection-client-id", SG_FLAG_STRING, &o->introspection_client_id, 0, 0},
+        {"--introspection-secret-file", SG_FLAG_STRING, &o->introspection_secret_file, 0, 0},
+        {"--introspection-auth", SG_FLAG_STRING, &o->introspection_auth, 0, 0},
+        {"--introspection-cache-ttl", SG_FLAG_ULONG, &o->introspection_cache_ttl_s, 1, 86400},
+        {"--introspection-negative-ttl", SG_FLAG_ULONG, &o->introspection_negative_ttl_s, 1, 3600},
+        {"--introspection-timeout-ms", SG_FLAG_ULONG, &o->introspection_timeout_ms, 100, 60000},
+        {"--introspection-concurrency", SG_FLAG_ULONG, &o->introspection_concurrency, 1, 64},
+        {"--introspection-queue", SG_FLAG_ULONG, &o->introspection_queue, 1, 4000},
         {"--admin-listen", SG_FLAG_STRING, &o->admin_listen, 0, 0},
         {"--ready-upstream-window", SG_FLAG_ULONG, &o->ready_window_s, 1, 86400},
         {"--audit-log", SG_FLAG_STRING, &o->audit_log, 0, 0},
@@ -306,11 +341,13 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     }
     for (int i = 0; i < origins->n; i++)
         o->origins[o->norigins++] = origins->items[i];
-    const char *missing = !o->listen                     ? "--listen"
-                          : !o->upstream                 ? "--upstream"
-                          : !o->policy                   ? "--policy"
-                          : (!o->jwks && !o->public_key) ? "--jwks (or --public-key)"
-                                                         : NULL;
+    const char *missing =
+        !o->listen     ? "--listen"
+        : !o->upstream ? "--upstream"
+        : !o->policy   ? "--policy"
+        : (!o->jwks && !o->public_key && !o->issuer && !o->introspection_url)
+            ? "--jwks (or --public-key, --issuer for discovery, or --introspection-url)"
+            : NULL;
     if (missing) {
         fprintf(stderr, "scopegate serve: %s is required (see scopegate serve --help)\n", missing);
         return -1;
@@ -329,6 +366,23 @@ static int parse_args(int argc, char **argv, serve_opts *o)
     if (o->min_body_rate && sg_parse_ulong("serve", "--min-body-rate", o->min_body_rate, 0,
                                            1000000000ul, &o->min_body_rate_bps) != 0)
         return -1;
+    if (o->introspection_auth && strcmp(o->introspection_auth, "basic") != 0 &&
+        strcmp(o->introspection_auth, "post") != 0) {
+        fprintf(stderr, "scopegate serve: --introspection-auth must be basic or post, not '%s'\n",
+                o->introspection_auth);
+        return -1;
+    }
+    if ((o->introspection_client_id != NULL) != (o->introspection_secret_file != NULL)) {
+        fprintf(stderr, "scopegate serve: --introspection-client-id and "
+                        "--introspection-secret-file go together\n");
+        return -1;
+    }
+    if (o->introspection_url && !o->introspection_client_id) {
+        fprintf(stderr, "scopegate serve: --introspection-url needs --introspection-client-id "
+                        "and --introspection-secret-file (RFC 7662 2.1: the endpoint "
+                        "authenticates its callers)\n");
+        return -1;
+    }
     if (o->shadow_policy && !o->audit_log) {
         fprintf(stderr, "scopegate serve: --shadow-policy needs --audit-log (its disagreements "
                         "are written there)\n");
@@ -506,6 +560,54 @@ static int reload_keys(void *ud, char *err, size_t errlen)
     return 0;
 }
 
+/* The introspection client: its secret read from its file (never from the
+ * command line, where ps shows it), wiped from this stack once the
+ * introspector has encoded its own copy. Returns NULL after printing why. */
+static sg_introspector *start_introspection(const serve_opts *o, const sg_verifier *verifier)
+{
+    size_t len = 0;
+    char *secret = sg_read_file(o->introspection_secret_file, 4096, &len);
+    if (!secret) {
+        fprintf(stderr, "scopegate serve: --introspection-secret-file %s: %s\n",
+                o->introspection_secret_file, strerror(errno));
+        return NULL;
+    }
+    while (len > 0 && (secret[len - 1] == '\n' || secret[len - 1] == '\r'))
+        secret[--len] = 0;
+    sg_introspector *in = NULL;
+    if (len == 0 || memchr(secret, 0, len)) {
+        fprintf(stderr, "scopegate serve: --introspection-secret-file %s: no secret in it\n",
+                o->introspection_secret_file);
+    } else {
+        sg_introspect_config ic;
+        sg_introspect_config_init(&ic);
+        ic.url = o->introspection_url;
+        ic.client_id = o->introspection_client_id;
+        ic.client_secret = secret;
+        ic.auth = o->introspection_auth && strcmp(o->introspection_auth, "post") == 0
+                      ? SG_INTROSPECT_AUTH_POST
+                      : SG_INTROSPECT_AUTH_BASIC;
+        if (o->introspection_cache_ttl_s) ic.cache_ttl_s = (unsigned)o->introspection_cache_ttl_s;
+        if (o->introspection_negative_ttl_s)
+            ic.negative_ttl_s = (unsigned)o->introspection_negative_ttl_s;
+        if (o->introspection_timeout_ms) ic.timeout_ms = (unsigned)o->introspection_timeout_ms;
+        if (o->introspection_concurrency) ic.concurrency = (unsigned)o->introspection_concurrency;
+        if (o->introspection_queue) ic.queue = (unsigned)o->introspection_queue;
+        if (o->token_cache) ic.cache_entries = o->token_cache;
+        char err[256];
+        if (!(in = sg_introspector_new(&ic, verifier, err, sizeof err)))
+            fprintf(stderr, "scopegate serve: --introspection-url %s: %s\n", o->introspection_url,
+                    err);
+        else
+            sg_log(SG_LOG_INFO, "introspecting opaque tokens at %s as client %s (%s)",
+                   o->introspection_url, o->introspection_client_id,
+                   ic.auth == SG_INTROSPECT_AUTH_POST ? "post" : "basic");
+    }
+    OPENSSL_cleanse(secret, len);
+    free(secret);
+    return in;
+}
+
 int sg_cmd_serve(int argc, char **argv)
 {
     serve_opts o;
@@ -571,13 +673,49 @@ static int serve(serve_opts *opts)
     sg_proxy *proxy = NULL;
     sg_http *http = NULL;
     sg_reloader *reloader = NULL;
+    sg_introspector *introspector = NULL;
+    sg_as_metadata discovered;
     sg_audit *audit = NULL;
     sg_admin *admin = NULL;
     key_sources ks = {NULL, o.jwks, o.public_key, o.key_alg ? o.key_alg : "RS256", 0};
     char *audience_owned = NULL;
     char *default_hosts[4] = {NULL, NULL, NULL, NULL};
     char *public_origin = NULL;
+    memset(&discovered, 0, sizeof discovered);
 
+    /* --issuer alone: where the keys and the introspection endpoint are is
+     * read from the issuer's metadata; explicit flags win over it. A
+     * failed discovery stops the start (systemd restarts the unit): a
+     * gateway that cannot verify anything is not ready. */
+    if (o.issuer && !o.jwks && !o.public_key) {
+        if (sg_as_discover(o.issuer, 5000, &discovered, err, sizeof err) != 0) {
+            fprintf(stderr, "scopegate serve: --issuer %s: %s\n", o.issuer, err);
+            goto out;
+        }
+        sg_log(SG_LOG_INFO, "discovered %s: jwks_uri %s, introspection_endpoint %s",
+               discovered.from, discovered.jwks_uri ? discovered.jwks_uri : "(none)",
+               discovered.introspection_endpoint ? discovered.introspection_endpoint : "(none)");
+        o.jwks = ks.jwks = discovered.jwks_uri;
+        if (!o.introspection_url && discovered.introspection_endpoint) {
+            if (o.introspection_client_id)
+                o.introspection_url = discovered.introspection_endpoint;
+            else
+                sg_log(SG_LOG_INFO, "the introspection endpoint is not used: no "
+                                    "--introspection-client-id");
+        }
+        if (!o.jwks && !o.introspection_url) {
+            fprintf(stderr,
+                    "scopegate serve: --issuer %s: the metadata (%s) names no jwks_uri, and no "
+                    "introspection endpoint is usable: nothing could verify a token\n",
+                    o.issuer, discovered.from);
+            goto out;
+        }
+    }
+    if (o.introspection_client_id && !o.introspection_url) {
+        fprintf(stderr, "scopegate serve: --introspection-client-id needs --introspection-url "
+                        "(or an --issuer whose metadata names an introspection_endpoint)\n");
+        goto out;
+    }
     if (!(keys = sg_keys_new())) {
         fprintf(stderr, "scopegate serve: out of memory\n");
         goto out;
@@ -637,6 +775,7 @@ static int serve(serve_opts *opts)
         fprintf(stderr, "scopegate serve: %s\n", err);
         goto out;
     }
+    if (o.introspection_url && !(introspector = start_introspection(&o, verifier))) goto out;
 
     if (o.audit_log) {
         sg_audit_config ac = {.path = o.audit_log, .queue_lines = o.audit_queue};
@@ -669,6 +808,8 @@ static int serve(serve_opts *opts)
     gc.nidentity = (size_t)o.nidentity;
     gc.policy_limits.arguments_bytes = o.max_arguments;
     gc.policy_limits.arguments_depth = (uint32_t)o.max_arguments_depth;
+    gc.introspector = introspector;
+    gc.default_authorization_server = discovered.issuer;
     if (!(gw = sg_gateway_new(&gc, err, sizeof err))) {
         fprintf(stderr, "scopegate serve: policy failed to load:\n%s\n", err);
         goto out;
@@ -817,6 +958,8 @@ out:
     sg_admin_stop(admin);
     sg_proxy_free(proxy);
     sg_gateway_free(gw);
+    sg_introspector_free(introspector);
+    sg_as_metadata_free(&discovered);
     sg_audit_close(audit); /* after every worker: nothing submits any more */
     sg_verifier_free(verifier);
     sg_keys_free(keys);

@@ -32,6 +32,10 @@
 #define GW_ERR_UNAUTHORIZED (-32001)
 #define GW_ERR_FORBIDDEN    (-32003)
 
+/* The 503 answer's message when an opaque token could not be introspected. */
+#define AS_UNAVAILABLE_MESSAGE                                                                     \
+    "The authorization server could not be reached to check the token; try again later"
+
 #define ARENA_BLOCK (16 * 1024)
 
 /* One loaded policy: a compiled copy per worker (each owns a Lua state,
@@ -58,6 +62,7 @@ typedef struct worker {
     sg_policy *policy;  /* gen->policies[index] */
     unsigned long seen; /* gw->generation when it last looked */
     sg_tcache *tcache;
+    sg_introspect_hold introspected; /* the opaque token last handed out */
     sg_arena arena;
     sg_decision decision;
     sg_site site;
@@ -88,7 +93,10 @@ struct sg_gateway {
      * asks for it and kept until the gateway is freed. */
     _Atomic(sg_catalog *) catalog;
     char *upstream_url, *upstream_ca;
-    sg_keys *keys; /* the verifier's, for unknown-kid waits */
+    sg_keys *keys;                      /* the verifier's, for unknown-kid waits */
+    const sg_verifier *verifier;        /* borrowed */
+    sg_introspector *introspector;      /* borrowed; NULL: opaque tokens refused */
+    char *default_authorization_server; /* metadata, when the policy names none */
     sg_policy_limits limits;
     /* The audit log (borrowed) and the shadow policy: a second generation
      * pointer beside `current`, replaced the same way under gen_mu. */
@@ -233,7 +241,7 @@ static policy_gen *gen_load(const sg_gateway *gw, const char *path, const char *
     g->resource_metadata_url = sg_buf_steal(&u);
     sg_buf_free(&u);
     sg_buf m = SG_BUF_INIT;
-    sg_metadata_document(p0, resource, &m);
+    sg_metadata_document(p0, resource, gw->default_authorization_server, &m);
     g->metadata_json = sg_buf_steal(&m);
     sg_buf_free(&m);
     if (!g->resource_metadata_url || !g->metadata_json) {
@@ -341,6 +349,8 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
     pthread_mutex_init(&gw->gen_mu, NULL);
     gw->nworkers = cfg->workers;
     gw->keys = sg_verifier_keys(cfg->verifier);
+    gw->verifier = cfg->verifier;
+    gw->introspector = cfg->introspector;
     gw->limits = cfg->policy_limits;
     gw->annotate = cfg->annotate;
     gw->nidentity =
@@ -351,9 +361,12 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
     gw->mcp_limits = cfg->mcp_limits.max_body ? cfg->mcp_limits : defaults;
     gw->policy_path = strdup(cfg->policy_path);
     gw->public_url = cfg->public_url ? strdup(cfg->public_url) : NULL;
+    gw->default_authorization_server =
+        cfg->default_authorization_server ? strdup(cfg->default_authorization_server) : NULL;
     gw->upstream_url = cfg->upstream_url ? strdup(cfg->upstream_url) : NULL;
     gw->upstream_ca = cfg->upstream_ca ? strdup(cfg->upstream_ca) : NULL;
     if (!gw->policy_path || (cfg->public_url && !gw->public_url) ||
+        (cfg->default_authorization_server && !gw->default_authorization_server) ||
         (cfg->upstream_url && !gw->upstream_url) || (cfg->upstream_ca && !gw->upstream_ca)) {
         sg_errf(err, errlen, "out of memory");
         goto fail;
@@ -535,6 +548,7 @@ void sg_gateway_free(sg_gateway *gw)
         sg_buf_free(&w->audit_scratch);
         sg_catalog_release(w->tools);
         sg_tcache_free(w->tcache);
+        sg_introspect_release(&w->introspected);
         sg_arena_free(&w->arena);
         sg_decision_free(&w->decision);
     }
@@ -544,6 +558,7 @@ void sg_gateway_free(sg_gateway *gw)
     sg_catalog_stop(atomic_load(&gw->catalog));
     free(gw->upstream_url);
     free(gw->upstream_ca);
+    free(gw->default_authorization_server);
     pthread_mutex_destroy(&gw->gen_mu);
     free(gw->workers);
     free(gw->policy_path);
@@ -582,15 +597,23 @@ void sg_gateway_upstream_error(const sg_gateway_reply *plan, sg_proxy_error e, i
 
 /* ---- authentication --------------------------------------------------------------- */
 
+/* Tickets of introspection calls have this bit; key refetch tickets never
+ * get that far. */
+#define INTROSPECTION_TICKET (1ull << 63)
+
 /* RFC 6750 section 2.1: "Bearer" 1*SP token68. Sets *token_error (a fixed
- * phrase) when a credential is present but unusable. With SG_KID_DEFER,
- * returns the ticket of the key refetch to wait for before deciding (the
- * token's kid is unknown and a refetch may bring it), else 0. */
+ * phrase) when a credential is present but unusable, and *unavailable when
+ * it is an opaque token the authorization server could not judge (503, not
+ * invalid_token: RFC 6750 3.1 is about the token, not the server). With
+ * SG_KID_DEFER, returns the ticket to wait for before deciding (the token's
+ * kid is unknown and a refetch may bring it, or the opaque token's
+ * introspection call is under way), else 0. */
 static uint64_t authenticate(worker *w, const char *authz, const sg_token **token,
-                             const char **token_error, sg_kid_wait kw)
+                             const char **token_error, int *unavailable, sg_kid_wait kw)
 {
     *token = NULL;
     *token_error = NULL;
+    *unavailable = 0;
     uint64_t ticket = 0;
     if (!authz) return 0;
     if (strncasecmp(authz, "Bearer ", 7) != 0) {
@@ -607,7 +630,17 @@ static uint64_t authenticate(worker *w, const char *authz, const sg_token **toke
         *token_error = "The bearer token is empty";
         return 0;
     }
-    sg_token_err e = sg_tcache_verify_ex(w->tcache, t, len, sg_now_unix(), kw, &ticket, token);
+    sg_token_err e;
+    sg_introspector *in = w->gw->introspector;
+    sg_introspect_release(&w->introspected); /* the previous request's answer */
+    if (in && len <= sg_verifier_max_token_bytes(w->gw->verifier) && !sg_token_is_jws(t, len)) {
+        e = sg_introspect_token(in, t, len, sg_now_unix(), kw == SG_KID_DEFER, &ticket,
+                                &w->introspected, token);
+        if (e == SG_TOKEN_PENDING) return ticket | INTROSPECTION_TICKET;
+        if (e == SG_TOKEN_UNAVAILABLE) *unavailable = 1;
+    } else {
+        e = sg_tcache_verify_ex(w->tcache, t, len, sg_now_unix(), kw, &ticket, token);
+    }
     if (e != SG_TOKEN_OK) {
         *token = NULL;
         *token_error = sg_token_error_message(e);
@@ -621,7 +654,7 @@ static uint64_t authenticate(worker *w, const char *authz, const sg_token **toke
  * for that), after the wait with the keys in force. */
 static sg_kid_wait kid_wait_for(const sg_gateway_request *req)
 {
-    return req->keys_waited ? SG_KID_NO_FETCH : SG_KID_DEFER;
+    return req->waited ? SG_KID_NO_FETCH : SG_KID_DEFER;
 }
 
 /* ---- authorization ------------------------------------------------------------------ */
@@ -1271,11 +1304,19 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
 
     const sg_token *token;
     const char *token_error;
-    out->keys_ticket =
-        authenticate(w, header_get(req, "Authorization"), &token, &token_error, kid_wait_for(req));
-    if (out->keys_ticket) {
+    int unavailable;
+    out->wait_ticket = authenticate(w, header_get(req, "Authorization"), &token, &token_error,
+                                    &unavailable, kid_wait_for(req));
+    if (out->wait_ticket) {
         sg_mcp_body_free(&body);
         return 2;
+    }
+    if (unavailable) {
+        const sg_mcp_msg *m = body.is_batch ? NULL : &body.msgs[0];
+        answer(out, 503, m ? m->id_raw : NULL, m ? m->id_len : 0, SG_JSONRPC_INTERNAL_ERROR,
+               AS_UNAVAILABLE_MESSAGE);
+        sg_mcp_body_free(&body);
+        return 1;
     }
     sg_header *hdrs;
     size_t nhdrs;
@@ -1355,10 +1396,13 @@ static int handle_stream_or_delete(worker *w, const sg_gateway *gw, const sg_gat
     }
     const sg_token *token;
     const char *token_error;
-    out->keys_ticket =
-        authenticate(w, header_get(req, "Authorization"), &token, &token_error, kid_wait_for(req));
-    if (out->keys_ticket) return 2;
+    int unavailable;
+    out->wait_ticket = authenticate(w, header_get(req, "Authorization"), &token, &token_error,
+                                    &unavailable, kid_wait_for(req));
+    if (out->wait_ticket) return 2;
     if (gw->audit) w->audit_token = token;
+    if (unavailable)
+        return answer(out, 503, NULL, 0, SG_JSONRPC_INTERNAL_ERROR, AS_UNAVAILABLE_MESSAGE);
     const sg_req *r = sg_policy_has_public_rule(w->policy) ? &sg_req_public : &sg_req_authenticated;
     sg_decide(&w->site, r, token, token_error, &w->decision);
     sg_decision *d = &w->decision;
@@ -1376,14 +1420,18 @@ static int handle_stream_or_delete(worker *w, const sg_gateway *gw, const sg_gat
     return 1;
 }
 
-int sg_gateway_keys_ready(sg_gateway *gw, uint64_t ticket)
+int sg_gateway_wait_done(sg_gateway *gw, uint64_t ticket)
 {
+    if (ticket & INTROSPECTION_TICKET)
+        return !gw->introspector ||
+               sg_introspect_done(gw->introspector, ticket & ~INTROSPECTION_TICKET);
     return sg_keys_kid_done(gw->keys, ticket);
 }
 
-void sg_gateway_on_keys(sg_gateway *gw, void (*fn)(void *ud), void *ud)
+void sg_gateway_on_wake(sg_gateway *gw, void (*fn)(void *ud), void *ud)
 {
     sg_keys_on_kid_fetched(gw->keys, fn, ud);
+    if (gw->introspector) sg_introspect_on_done(gw->introspector, fn, ud);
 }
 
 int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_reply *out)
@@ -1777,9 +1825,12 @@ int sg_gateway_filter(sg_gateway *gw, unsigned worker_index, const sg_gateway_re
     if (!c.answered) return -1;
     sg_arena_reset(&c.w->arena);
     const char *token_error;
+    int unavailable;
     /* The token is checked again (a cache hit): the one seen at request
-     * time belonged to the cache, which other requests have used since. */
-    authenticate(c.w, plan->authorization, &c.token, &token_error, SG_KID_NO_FETCH);
+     * time belonged to the cache, which other requests have used since. An
+     * opaque token's answer is looked up without asking again; if it is
+     * gone, the caller sees only what an anonymous caller would. */
+    authenticate(c.w, plan->authorization, &c.token, &token_error, &unavailable, SG_KID_NO_FETCH);
     sg_scopeset granted;
     const sg_universe *u = sg_policy_universe(c.policy);
     sg_token_granted(u, c.token, &granted);

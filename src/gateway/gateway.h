@@ -28,6 +28,7 @@
 #include "upstream/proxy.h"
 #include "base/sg.h"
 #include "auth/token.h"
+#include "auth/authserver.h"
 
 /* How tools in a filtered tools/list show the scopes they need. */
 typedef enum sg_annotate {
@@ -66,6 +67,13 @@ typedef struct sg_gateway_config {
     const char *upstream_ca; /* NULL: the system's CAs */
     /* Sandbox limits for every policy state (zero fields: the defaults). */
     sg_policy_limits policy_limits;
+    /* Opaque tokens (not a JWS) are introspected with it; NULL: refused as
+     * before (wrong_segment_count, malformed). Borrowed; must outlive the
+     * gateway. */
+    sg_introspector *introspector;
+    /* The metadata's authorization_servers when the policy names none
+     * (the issuer discovery was run for); NULL: an empty list. */
+    const char *default_authorization_server;
     /* The audit log (audit.h), borrowed; NULL: no audit records, no
      * X-Request-Id. Must outlive the gateway. */
     sg_audit *audit;
@@ -137,10 +145,10 @@ typedef struct sg_gateway_request {
     size_t nheaders;
     const char *body;
     size_t body_len;
-    /* 1 when this request already waited for a key refetch (a second call
-     * of sg_gateway_handle after it returned 2): decide with the keys in
-     * force, never wait again. */
-    int keys_waited;
+    /* 1 when this request already waited (a second call of
+     * sg_gateway_handle after it returned 2): decide with the keys in force
+     * and the introspection answers cached, never wait again. */
+    int waited;
     /* The client's address (numeric), for the audit log; NULL when unknown
      * or when the gateway does not audit. */
     const char *client_addr;
@@ -166,8 +174,9 @@ typedef struct sg_gateway_reply {
     sg_header identity[SG_GATEWAY_MAX_IDENTITY + 1];
     size_t nidentity;
     struct sg_policy_gen *policy_gen; /* with filter: the policy that decided (a reference) */
-    /* sg_gateway_handle returned 2: the key refetch to wait for. */
-    uint64_t keys_ticket;
+    /* sg_gateway_handle returned 2: what to wait for (a key refetch or an
+     * introspection call; sg_gateway_wait_done tells them apart). */
+    uint64_t wait_ticket;
     /* When auditing: the records of this request waiting for its outcome
      * (sg_gateway_audit_finish), one per message; 0 once written. */
     size_t naudit;
@@ -194,21 +203,24 @@ void sg_gateway_reply_free(sg_gateway_reply *r);
 
 /* Decides one request. Always fills *out (status 500 with a JSON-RPC error
  * when out of memory: fail closed). Returns 0 to forward, 1 when *out is the
- * answer, and 2 when the token's kid is unknown and a key refetch that may
- * bring it is under way on the key refresher thread: the caller parks the
- * request without blocking its thread until sg_gateway_keys_ready(gw,
- * out->keys_ticket), then calls again with req->keys_waited = 1 (which
- * never returns 2). Must be called on the thread that owns req->worker. */
+ * answer, and 2 when the answer depends on the network: the token's kid is
+ * unknown and a key refetch that may bring it is under way on the key
+ * refresher thread, or the token is opaque and its introspection call is
+ * queued or running. The caller then parks the request without blocking
+ * its thread until sg_gateway_wait_done(gw, out->wait_ticket), and calls
+ * again with req->waited = 1 (which never returns 2). An opaque token the
+ * authorization server could not judge is answered 503. Must be called on
+ * the thread that owns req->worker. */
 int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_reply *out);
 
-/* 1 once the key refetch with this ticket has finished (well or not). One
- * atomic load; thread-safe. */
-int sg_gateway_keys_ready(sg_gateway *gw, uint64_t ticket);
-/* fn(ud) is called (on the key refresher thread; it must only wake
- * someone) after every key refetch, so parked requests can be looked at.
- * NULL removes it; once this returns no call of the old one is under way.
- * Can't fail. */
-void sg_gateway_on_keys(sg_gateway *gw, void (*fn)(void *ud), void *ud);
+/* 1 once what the ticket waits for (a key refetch or an introspection
+ * call) has finished, well or not. One atomic load; thread-safe. */
+int sg_gateway_wait_done(sg_gateway *gw, uint64_t ticket);
+/* fn(ud) is called (on the key refresher thread or an introspection
+ * thread; it must only wake someone) after every key refetch and every
+ * introspection call, so parked requests can be looked at. NULL removes it;
+ * once this returns no call of the old one is under way. Can't fail. */
+void sg_gateway_on_wake(sg_gateway *gw, void (*fn)(void *ud), void *ud);
 
 /* How a request ended, for its audit records. */
 typedef struct sg_gateway_outcome {

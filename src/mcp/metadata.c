@@ -37,12 +37,17 @@ static void string_array(sg_buf *b, const char *const *items, int n)
     sg_buf_putc(b, ']');
 }
 
-void sg_metadata_document(const sg_policy *p, const char *resource, sg_buf *out)
+void sg_metadata_document(const sg_policy *p, const char *resource, const char *default_as,
+                          sg_buf *out)
 {
     const char *const *list = NULL;
     sg_buf_puts(out, "{\"resource\":");
     sg_json_append_string(out, resource, strlen(resource));
     int n = sg_policy_authorization_servers(p, &list);
+    if (n == 0 && default_as) { /* the policy stays authoritative when it names any */
+        list = &default_as;
+        n = 1;
+    }
     sg_buf_puts(out, ",\"authorization_servers\":");
     string_array(out, list, n);
     n = sg_policy_scopes_supported(p, &list);

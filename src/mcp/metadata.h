@@ -19,10 +19,13 @@
 int sg_metadata_url(const char *endpoint_url, sg_buf *out);
 
 /* Appends the metadata document for policy p with `resource` as the
- * resource identifier: {"resource", "authorization_servers",
+ * resource identifier: {"resource", "authorization_servers" (the policy's;
+ * when it names none, [default_as] if that is not NULL: the issuer the
+ * gateway discovered),
  * "scopes_supported", "bearer_methods_supported":["header"], and
  * "resource_name" from the realm when there is one}. Can't fail
  * (allocation failure is recorded in out). */
-void sg_metadata_document(const sg_policy *p, const char *resource, sg_buf *out);
+void sg_metadata_document(const sg_policy *p, const char *resource, const char *default_as,
+                          sg_buf *out);
 
 #endif

@@ -9,10 +9,11 @@
  * lock on the hot path and no hand-off between threads. A forwarded request
  * never blocks its thread: the connection is suspended while the upstream
  * has nothing for it and resumed when it has; a content reader streams the
- * body back in pieces. A request whose token names a key not known yet is
- * suspended the same way while the key refresher thread refetches the JWKS
- * (the worker's event loop keeps serving everyone else) and decided when
- * the refetch has finished.
+ * body back in pieces. A request whose token names a key not known yet, or
+ * whose opaque token is being introspected, is suspended the same way while
+ * the key refresher thread refetches the JWKS or an introspection thread
+ * asks the authorization server (the worker's event loop keeps serving
+ * everyone else), and decided when that has finished.
  * Limits are enforced before any parsing: strict request framing (400/501,
  * src/wire.c, on the raw bytes before libmicrohttpd reads them),
  * connections (503; when full, the connections that have not delivered a
@@ -92,7 +93,8 @@ typedef struct http_worker {
     int epfd, evfd;
     pthread_t thread;
     int started;
-    struct exchange *key_waiters; /* suspended until a key refetch finishes */
+    /* suspended until a key refetch or an introspection call finishes */
+    struct exchange *waiters;
 } http_worker;
 
 struct sg_http {
@@ -107,7 +109,7 @@ struct sg_http {
     size_t page_size;     /* for sweep_memory; 0: nothing is given back */
 };
 
-enum { PHASE_BODY, PHASE_KEYS, PHASE_HEAD, PHASE_COLLECT, PHASE_STREAM, PHASE_DONE };
+enum { PHASE_BODY, PHASE_WAIT, PHASE_HEAD, PHASE_COLLECT, PHASE_STREAM, PHASE_DONE };
 
 typedef struct exchange {
     sg_http *h;
@@ -132,8 +134,8 @@ typedef struct exchange {
     size_t ncarry;
     uint64_t upstream_started_ns;       /* when it was forwarded (upstream latency) */
     int sse_counted;                    /* counted in the open event streams gauge */
-    uint64_t keys_ticket;               /* PHASE_KEYS: the key refetch waited for */
-    struct exchange *kw_prev, *kw_next; /* PHASE_KEYS: in the worker's key_waiters */
+    uint64_t wait_ticket;               /* PHASE_WAIT: what it waits for */
+    struct exchange *kw_prev, *kw_next; /* PHASE_WAIT: in the worker's waiters */
 } exchange;
 
 static _Thread_local const sg_http *tl_owner;
@@ -820,51 +822,51 @@ static enum MHD_Result forward(exchange *ex, const char *method, const header_li
     return advance_head(ex);
 }
 
-/* ---- waiting for a key refetch ------------------------------------------------- */
+/* ---- waiting for a key refetch or an introspection call ----------------------- */
 
-/* Suspends the request until the worker loop sees its key refetch finished
- * (resume_key_waiters). */
-static void park_for_keys(exchange *ex)
+/* Suspends the request until the worker loop sees what it waits for finished
+ * (resume_waiters). */
+static void park_until_done(exchange *ex)
 {
     http_worker *w = &ex->h->workers[ex->worker];
-    ex->keys_ticket = ex->reply.keys_ticket;
-    ex->phase = PHASE_KEYS;
+    ex->wait_ticket = ex->reply.wait_ticket;
+    ex->phase = PHASE_WAIT;
     ex->kw_prev = NULL;
-    ex->kw_next = w->key_waiters;
-    if (w->key_waiters) w->key_waiters->kw_prev = ex;
-    w->key_waiters = ex;
+    ex->kw_next = w->waiters;
+    if (w->waiters) w->waiters->kw_prev = ex;
+    w->waiters = ex;
     MHD_suspend_connection(ex->conn);
 }
 
-static void unlink_key_waiter(exchange *ex)
+static void unlink_waiter(exchange *ex)
 {
     http_worker *w = &ex->h->workers[ex->worker];
     if (ex->kw_prev)
         ex->kw_prev->kw_next = ex->kw_next;
     else
-        w->key_waiters = ex->kw_next;
+        w->waiters = ex->kw_next;
     if (ex->kw_next) ex->kw_next->kw_prev = ex->kw_prev;
     ex->kw_prev = ex->kw_next = NULL;
 }
 
-/* Resumes the parked requests whose refetch has finished (all of them when
+/* Resumes the parked requests whose wait is over (all of them when
  * the worker is shutting down); they are decided in the next MHD_run.
  * Returns how many. */
-static int resume_key_waiters(http_worker *w, int all)
+static int resume_waiters(http_worker *w, int all)
 {
     int n = 0;
-    for (exchange *ex = w->key_waiters, *next; ex; ex = next) {
+    for (exchange *ex = w->waiters, *next; ex; ex = next) {
         next = ex->kw_next;
-        if (!all && !sg_gateway_keys_ready(w->h->cfg.gateway, ex->keys_ticket)) continue;
-        unlink_key_waiter(ex);
+        if (!all && !sg_gateway_wait_done(w->h->cfg.gateway, ex->wait_ticket)) continue;
+        unlink_waiter(ex);
         MHD_resume_connection(ex->conn);
         n++;
     }
     return n;
 }
 
-/* The key refresher thread finished a refetch: wake every worker (they
- * look at their own waiters). */
+/* The key refresher thread finished a refetch, or an introspection thread
+ * a call: wake every worker (they look at their own waiters). */
 static void wake_workers(void *ud)
 {
     sg_http *h = ud;
@@ -877,7 +879,7 @@ static void wake_workers(void *ud)
 
 /* ---- the request handler ------------------------------------------------------ */
 
-static enum MHD_Result decide(exchange *ex, const char *method, int keys_waited);
+static enum MHD_Result decide(exchange *ex, const char *method, int waited);
 
 static enum MHD_Result first_call(sg_http *h, exchange *ex, const char *url, const char *method)
 {
@@ -959,7 +961,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     switch (ex->phase) {
     case PHASE_BODY:
         break;
-    case PHASE_KEYS: /* resumed: the key refetch has finished */
+    case PHASE_WAIT: /* resumed: the key refetch or introspection call has finished */
         ex->phase = PHASE_DONE;
         return decide(ex, method, 1);
     case PHASE_HEAD:
@@ -1019,8 +1021,9 @@ static void client_address(struct MHD_Connection *conn, char *out, size_t len)
 }
 
 /* Decides the whole request and answers, forwards, or (its token's key is
- * being refetched) parks it until the refetch has finished. */
-static enum MHD_Result decide(exchange *ex, const char *method, int keys_waited)
+ * being refetched, or its opaque token introspected) parks it until that
+ * has finished. */
+static enum MHD_Result decide(exchange *ex, const char *method, int waited)
 {
     sg_http *h = ex->h;
     struct MHD_Connection *conn = ex->conn;
@@ -1045,13 +1048,13 @@ static enum MHD_Result decide(exchange *ex, const char *method, int keys_waited)
                                    .nheaders = hl->n,
                                    .body = ex->body.data ? ex->body.data : "",
                                    .body_len = ex->body.len,
-                                   .keys_waited = keys_waited,
+                                   .waited = waited,
                                    .client_addr = client[0] ? client : NULL};
         int rc = sg_gateway_handle(h->cfg.gateway, &greq, &ex->reply);
         if (rc == 0) {
             ok = forward(ex, method, hl);
         } else if (rc == 2) {
-            park_for_keys(ex);
+            park_until_done(ex);
             ok = MHD_YES;
         } else {
             sg_gateway_reply *r = &ex->reply;
@@ -1085,7 +1088,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         else
             ex->slot->wire.closed = 1; /* closing: nothing more is written to it */
     }
-    if (ex->phase == PHASE_KEYS) unlink_key_waiter(ex);
+    if (ex->phase == PHASE_WAIT) unlink_waiter(ex);
     /* Forwarded, and the client left before any answer was queued. */
     if (ex->reply.naudit) audit_done(ex, 0, 0, "client_gone", NULL, NULL, 0);
     if (ex->xfer) {
@@ -1142,7 +1145,7 @@ static void *worker_main(void *arg)
             if (ls != MHD_INVALID_SOCKET) close(ls);
             sg_proxy_lane_shutdown(w->lane);
         }
-        int resumed = w->key_waiters ? resume_key_waiters(w, draining) : 0;
+        int resumed = w->waiters ? resume_waiters(w, draining) : 0;
         if (draining && !resumed && (atomic_load(&h->forwarded) <= 0 || now >= drain_deadline))
             break;
         if (now >= w->next_sweep_ns) {
@@ -1299,7 +1302,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
         }
         sg_proxy_lane_attach(w->lane, w->epfd);
     }
-    sg_gateway_on_keys(cfg->gateway, wake_workers, h);
+    sg_gateway_on_wake(cfg->gateway, wake_workers, h);
     for (unsigned i = 0; i < h->nworkers; i++) {
         http_worker *w = &h->workers[i];
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
@@ -1328,7 +1331,7 @@ void sg_http_stop(sg_http *h)
     }
     for (unsigned i = 0; i < h->nworkers; i++)
         if (h->workers[i].started) pthread_join(h->workers[i].thread, NULL);
-    sg_gateway_on_keys(h->cfg.gateway, NULL, NULL);
+    sg_gateway_on_wake(h->cfg.gateway, NULL, NULL);
     /* Every transfer has failed and its connection was resumed: stopping the
      * daemons now closes what is left. */
     workers_free(h);

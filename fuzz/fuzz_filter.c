@@ -1,5 +1,5 @@
 /* fuzz_filter.c -- libFuzzer target: SSE reading (src/mcp/sse.c) and list
- * filtering (sg_gateway_filter in src/gateway/gateway.c) of upstream answers.
+ * filtering (sg_gateway_filter in src/gateway/filter.c) of upstream answers.
  *
  * A gateway is built once over a small fixed policy (below) and the HS256
  * test key, and a few list requests are planned with sg_gateway_handle as

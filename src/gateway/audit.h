@@ -12,7 +12,7 @@
  * most once a second. The file is reopened by path on sg_audit_reopen
  * (SIGUSR1), so logrotate can move it away.
  *
- * The lines themselves are formatted by the gateway (gateway.c): this file
+ * The lines themselves are formatted by the gateway (auditrec.c): this file
  * only queues and writes bytes. */
 #ifndef SG_AUDIT_H
 #define SG_AUDIT_H

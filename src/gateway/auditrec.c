@@ -1,0 +1,480 @@
+/* auditrec.c -- the audit records of one decided request.
+ *
+ * Why this file exists: the decision path (gateway.c) should read as the
+ * order of checks, not as JSON formatting; and the record's format
+ * (docs/audit.schema.json) has one owner. gateway.c calls gw_audit_begin
+ * once a request is decided; the HTTP layer completes the records with the
+ * outcome through sg_gateway_audit_finish; audit.c writes them. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/json.h"
+#include "base/sg.h"
+#include "gateway/gateway_impl.h"
+#include "mcp/sse.h"
+
+/* ---- the audit log ------------------------------------------------------------------
+ *
+ * One record per message of a decided request (docs/operations.md, "Audit
+ * log"; docs/audit.schema.json). What is known at decision time is
+ * formatted here into the reply, as the opening part of a JSON object; the
+ * HTTP layer completes it with the outcome (sg_gateway_audit_finish).
+ * Formatting appends into reused buffers with the project's JSON string
+ * escaper: no cJSON tree is built. Nothing of the token is written: only
+ * the verified claims sub, client_id and iss, and the granted scopes. */
+
+#define AUDIT_MAX_STRING 1024 /* longest string value recorded (cut beyond) */
+#define AUDIT_MAX_VALUE  4096 /* longest object or array argument recorded */
+#define REQUEST_ID_MAX   128
+
+static void j_key(sg_buf *b, const char *key)
+{
+    sg_buf_putc(b, ',');
+    sg_buf_putc(b, '"');
+    sg_buf_puts(b, key);
+    sg_buf_puts(b, "\":");
+}
+
+static void j_string(sg_buf *b, const char *s)
+{
+    if (!s) {
+        sg_buf_puts(b, "null");
+        return;
+    }
+    size_t n = strlen(s);
+    sg_json_append_string(b, s, n < AUDIT_MAX_STRING ? n : AUDIT_MAX_STRING);
+}
+
+static void j_field(sg_buf *b, const char *key, const char *s)
+{
+    j_key(b, key);
+    j_string(b, s);
+}
+
+/* A requirement as JSON: a scope name, "public", "authenticated", "deny",
+ * {"all_of": [...]} or {"any_of": [...]}. */
+static void j_requirement(sg_buf *b, const sg_universe *u, const sg_req *r)
+{
+    switch (r->kind) {
+    case SG_REQ_PUBLIC:
+        sg_buf_puts(b, "\"public\"");
+        return;
+    case SG_REQ_AUTHENTICATED:
+        sg_buf_puts(b, "\"authenticated\"");
+        return;
+    case SG_REQ_DENY:
+        sg_buf_puts(b, "\"deny\"");
+        return;
+    case SG_REQ_SCOPE:
+        j_string(b, sg_universe_name(u, r->scope));
+        return;
+    case SG_REQ_ALL:
+    case SG_REQ_ANY:
+        sg_buf_puts(b, r->kind == SG_REQ_ALL ? "{\"all_of\":[" : "{\"any_of\":[");
+        for (int i = 0; i < r->nkids; i++) {
+            if (i) sg_buf_putc(b, ',');
+            j_requirement(b, u, r->kids[i]);
+        }
+        sg_buf_puts(b, "]}");
+        return;
+    }
+    sg_buf_puts(b, "null");
+}
+
+static void j_scopeset(sg_buf *b, const sg_universe *u, const sg_scopeset *s)
+{
+    sg_buf_putc(b, '[');
+    int first = 1;
+    for (int id = 0; id < sg_universe_size(u); id++) {
+        if (!sg_scopeset_has(s, id)) continue;
+        if (!first) sg_buf_putc(b, ',');
+        first = 0;
+        j_string(b, sg_universe_name(u, id));
+    }
+    sg_buf_putc(b, ']');
+}
+
+/* An argument value: scalars as they are (strings cut at AUDIT_MAX_STRING
+ * bytes), objects and arrays compact up to AUDIT_MAX_VALUE bytes, else
+ * null. */
+static void j_argument(sg_buf *b, const cJSON *v)
+{
+    if (cJSON_IsString(v)) {
+        j_string(b, v->valuestring);
+    } else if (cJSON_IsBool(v)) {
+        sg_buf_puts(b, cJSON_IsTrue(v) ? "true" : "false");
+    } else if (cJSON_IsNumber(v) && isfinite(v->valuedouble)) {
+        double d = v->valuedouble;
+        if (d == (double)(long long)d && fabs(d) < 9007199254740992.0)
+            sg_buf_printf(b, "%lld", (long long)d);
+        else
+            sg_buf_printf(b, "%.17g", d);
+    } else if (cJSON_IsObject(v) || cJSON_IsArray(v)) {
+        char *text = cJSON_PrintUnformatted(v);
+        if (text && strlen(text) <= AUDIT_MAX_VALUE)
+            sg_buf_puts(b, text);
+        else
+            sg_buf_puts(b, "null");
+        cJSON_free(text);
+    } else {
+        sg_buf_puts(b, "null");
+    }
+}
+
+/* The value at an audit path ("arguments.a.b") in a message's arguments,
+ * or NULL. Paths were validated at load: dot-separated keys. */
+static const cJSON *argument_at(const cJSON *arguments, const char *path)
+{
+    const char *p = path + strlen("arguments");
+    const cJSON *v = arguments;
+    while (v && *p == '.') {
+        p++;
+        size_t n = strcspn(p, ".");
+        char key[72];
+        if (n >= sizeof key || !cJSON_IsObject(v)) return NULL;
+        memcpy(key, p, n);
+        key[n] = 0;
+        v = cJSON_GetObjectItemCaseSensitive(v, key);
+        p += n;
+    }
+    return v;
+}
+
+/* RFC 3339 UTC with milliseconds: 2026-12-04T16:10:00.123Z. */
+static void j_now(sg_buf *b)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char text[40];
+    strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
+    sg_buf_printf(b, "\"%s.%03ldZ\"", text, ts.tv_nsec / 1000000);
+}
+
+/* A client's X-Request-Id is kept only when it is 1 to REQUEST_ID_MAX
+ * characters of [A-Za-z0-9._:-] (and no part of its credential): anything
+ * else could be a header or log injection, and is replaced by a generated
+ * id. */
+static int request_id_valid(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (n >= REQUEST_ID_MAX ||
+            !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return 0;
+    }
+    return n > 0;
+}
+
+/* The part of a record every message of the request shares, from the
+ * opening brace: type, time, request id, client, who (verified), policy. */
+static void audit_common(sg_buf *b, const char *type, const char *time_json, const char *rid,
+                         const sg_gateway_request *req, const sg_token *token, const char *hash)
+{
+    sg_buf_puts(b, "{\"type\":\"");
+    sg_buf_puts(b, type);
+    sg_buf_puts(b, "\",\"time\":");
+    sg_buf_puts(b, time_json);
+    j_field(b, "request_id", rid);
+    j_field(b, "client", req->client_addr);
+    j_field(b, "http_method", req->method);
+    j_field(b, "sub", token ? token->sub : NULL);
+    j_field(b, "client_id", token ? token->client_id : NULL);
+    j_field(b, "iss", token ? token->iss : NULL);
+    j_field(b, "policy", hash);
+}
+
+static void audit_message(sg_buf *b, const sg_mcp_body *body, size_t i)
+{
+    const sg_mcp_msg *m = body ? &body->msgs[i] : NULL;
+    j_field(b, "method", m ? m->method : NULL);
+    j_field(b, "name", m ? m->name : NULL);
+    if (body && body->is_batch)
+        sg_buf_printf(b, ",\"batch\":{\"index\":%zu,\"size\":%zu}", i, body->nmsgs);
+}
+
+static void audit_rule(sg_buf *b, const sg_universe *u, const sg_policy_decision *d)
+{
+    j_field(b, "rule", d && d->rule ? d->rule : NULL);
+    j_field(b, "rule_file", d && d->line > 0 ? d->file : NULL);
+    j_key(b, "rule_line");
+    if (d && d->line > 0)
+        sg_buf_printf(b, "%d", d->line);
+    else
+        sg_buf_puts(b, "null");
+    j_key(b, "required");
+    if (d && d->req)
+        j_requirement(b, u, d->req);
+    else
+        sg_buf_puts(b, "null");
+}
+
+/* What one message's requirement means for this caller on its own. */
+static const char *element_outcome(const sg_req *r, const sg_token *token, const char *token_error,
+                                   const sg_scopeset *effective)
+{
+    if (token_error) return "unauthorized";
+    if (sg_req_satisfied(r, token != NULL, effective)) return "allow";
+    if (!sg_req_satisfiable(r)) return "deny";
+    return token ? "insufficient_scope" : "unauthorized";
+}
+
+/* The request's decision as the audit log names it. */
+static const char *decision_name(const sg_gateway_reply *out, const sg_decision *d)
+{
+    if (out->status == 0) return "allow";
+    if (out->status == 401) return "unauthorized";
+    if (out->status == 403) return d->outcome == SG_FORBIDDEN ? "insufficient_scope" : "deny";
+    if (out->status >= 500) return "error";
+    return "invalid";
+}
+
+/* The shadow policy's view of the same body: one "shadow" record for each
+ * message it decides otherwise (allowed or not, or another requirement).
+ * Its failures deny inside the shadow only (the policy logs them); the
+ * live answer was decided before this runs and is never touched. */
+static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_request *req,
+                         const sg_mcp_body *body, const sg_bridge_caller *caller,
+                         const sg_policy_decision *live, const char *time_json, const char *rid)
+{
+    sg_policy_decision *cand = sg_arena_alloc(&w->arena, body->nmsgs * sizeof *cand);
+    if (!cand) return;
+    memset(cand, 0, body->nmsgs * sizeof *cand);
+    sg_bridge_requirement_for(w->shadow_policy, body, caller, &w->arena, cand);
+    const sg_universe *lu = sg_policy_universe(w->policy);
+    const sg_universe *su = sg_policy_universe(w->shadow_policy);
+    sg_scopeset granted, leff, seff;
+    sg_token_granted(lu, caller->token, &granted);
+    sg_universe_effective(lu, &granted, &leff);
+    sg_token_granted(su, caller->token, &granted);
+    sg_universe_effective(su, &granted, &seff);
+    sg_buf lreq = SG_BUF_INIT, sreq = SG_BUF_INIT;
+    sg_buf *b = &w->audit_scratch;
+    for (size_t i = 0; i < body->nmsgs; i++) {
+        const sg_req *lr = live[i].req ? live[i].req : &sg_req_deny;
+        const sg_req *sr = cand[i].req ? cand[i].req : &sg_req_deny;
+        const char *lo = element_outcome(lr, caller->token, caller->token_error, &leff);
+        const char *so = element_outcome(sr, caller->token, caller->token_error, &seff);
+        sg_buf_reset(&lreq);
+        sg_buf_reset(&sreq);
+        j_requirement(&lreq, lu, lr);
+        j_requirement(&sreq, su, sr);
+        int same_allow = (strcmp(lo, "allow") == 0) == (strcmp(so, "allow") == 0);
+        if (same_allow && lreq.len == sreq.len &&
+            (lreq.len == 0 || memcmp(lreq.data, sreq.data, lreq.len) == 0))
+            continue;
+        sg_audit_count_shadow(gw->audit);
+        sg_buf_reset(b);
+        audit_common(b, "shadow", time_json, rid, req, caller->token, sg_policy_hash(w->policy));
+        audit_message(b, body, i);
+        sg_buf_puts(b, ",\"shadow\":{\"policy\":");
+        j_string(b, sg_policy_hash(w->shadow_policy));
+        sg_buf_puts(b, ",\"live\":{\"decision\":");
+        j_string(b, lo);
+        audit_rule(b, lu, &live[i]);
+        sg_buf_puts(b, "},\"candidate\":{\"decision\":");
+        j_string(b, so);
+        audit_rule(b, su, &cand[i]);
+        sg_buf_puts(b, "}}}");
+        if (sg_buf_ok(b)) sg_audit_submit(gw->audit, b->data, b->len);
+    }
+    sg_buf_free(&lreq);
+    sg_buf_free(&sreq);
+}
+
+/* Formats the records of a decided request into out (completed later by
+ * sg_gateway_audit_finish) and, when it is forwarded, adds X-Request-Id.
+ * body and each may be NULL (a request refused before its messages were
+ * known, GET and DELETE): then one record without a message. caller is
+ * set when the shadow policy should look at the body. */
+void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *req,
+                    const sg_mcp_body *body, const sg_policy_decision *each, const sg_token *token,
+                    const sg_bridge_caller *caller, sg_gateway_reply *out)
+{
+    char rid[REQUEST_ID_MAX + 1];
+    const char *client_rid = gw_header_get(req, "X-Request-Id");
+    const char *authz = gw_header_get(req, "Authorization");
+    /* A client that puts (a piece of) its token there gets a generated id:
+     * no byte of a credential is ever written to the audit log. */
+    if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid)))
+        snprintf(rid, sizeof rid, "%s", client_rid);
+    else
+        snprintf(rid, sizeof rid, "%s-%u-%lu", gw->boot_id, w->index, ++w->audit_seq);
+    if (out->status == 0 && out->nidentity < SG_ARRAY_LEN(out->identity)) {
+        char *v = strdup(rid);
+        if (v) {
+            out->identity[out->nidentity].name = "X-Request-Id";
+            out->identity[out->nidentity].value = v;
+            out->nidentity++;
+        }
+    }
+    char time_json[48];
+    sg_buf t = SG_BUF_INIT;
+    j_now(&t);
+    snprintf(time_json, sizeof time_json, "%s", sg_buf_ok(&t) ? t.data : "null");
+    sg_buf_free(&t);
+
+    const sg_universe *u = sg_policy_universe(w->policy);
+    const char *decision = decision_name(out, &w->decision);
+    size_t n = body ? body->nmsgs : 1;
+    if (!(out->audit_ids = calloc(n, sizeof *out->audit_ids))) return;
+    sg_buf *b = &out->audit;
+    /* In a batch, what each message's own requirement means for the caller:
+     * one refused message refuses them all. */
+    sg_scopeset granted, effective;
+    if (body && body->is_batch) {
+        sg_token_granted(u, token, &granted);
+        sg_universe_effective(u, &granted, &effective);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const sg_mcp_msg *m = body ? &body->msgs[i] : NULL;
+        const sg_policy_decision *d = each ? &each[i] : NULL;
+        if (m && m->kind == SG_MCP_REQUEST && m->id_raw)
+            out->audit_ids[i] = strndup(m->id_raw, m->id_len);
+        audit_common(b, "decision", time_json, rid, req, token, sg_policy_hash(w->policy));
+        audit_message(b, body, i);
+        j_field(b, "decision", decision);
+        if (body && body->is_batch && d && d->req)
+            j_field(
+                b, "message_decision",
+                element_outcome(d->req, token, caller ? caller->token_error : NULL, &effective));
+        audit_rule(b, u, d && d->rule ? d : NULL);
+        j_key(b, "granted");
+        sg_buf_putc(b, '[');
+        for (int k = 0; token && k < token->nscopes; k++) {
+            if (k) sg_buf_putc(b, ',');
+            j_string(b, token->scopes[k]);
+        }
+        sg_buf_putc(b, ']');
+        if ((out->status == 401 || out->status == 403) && decision[0] != 'd') {
+            j_key(b, "step_up");
+            j_scopeset(b, u, &w->decision.scope);
+        }
+        if (d && d->error) sg_buf_puts(b, ",\"policy_error\":true");
+        if (d && d->naudit > 0 && m && m->arguments) {
+            sg_buf_puts(b, ",\"arguments\":{");
+            int first = 1;
+            for (int k = 0; k < d->naudit; k++) {
+                const cJSON *v = argument_at(m->arguments, d->audit[k]);
+                if (!v) continue;
+                if (!first) sg_buf_putc(b, ',');
+                first = 0;
+                j_string(b, d->audit[k]);
+                sg_buf_putc(b, ':');
+                j_argument(b, v);
+            }
+            sg_buf_putc(b, '}');
+        }
+        sg_buf_putc(b, '\0');
+    }
+    out->naudit = n;
+    if (caller && body && each && w->shadow_policy)
+        audit_shadow(gw, w, req, body, caller, each, time_json, rid);
+}
+
+/* One message of the upstream's answer: its id's raw text and outcome. */
+typedef struct answer_msg {
+    const char *id;
+    size_t id_len;
+    const char *outcome;
+} answer_msg;
+
+/* Reads one JSON text of the answer (a message or a batch) into msgs. */
+static void classify_json(const char *json, size_t len, answer_msg *msgs, size_t *n, size_t cap)
+{
+    static const sg_json_limits lim = {.max_depth = SG_JSON_MAX_DEPTH_CAP};
+    sg_json_scan scan = {0};
+    if (sg_json_prescan(json, len, &lim, &scan, NULL) != 0) return;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    size_t i = 0;
+    for (cJSON *m = scan.top_is_array && root ? root->child : root; m && i < scan.nmessages;
+         m = scan.top_is_array ? m->next : NULL, i++) {
+        if (*n >= cap || !cJSON_IsObject(m) || scan.id_spans[i].len == 0) continue;
+        const cJSON *result = cJSON_GetObjectItemCaseSensitive(m, "result");
+        const char *outcome = "ok";
+        if (cJSON_GetObjectItemCaseSensitive(m, "error"))
+            outcome = "jsonrpc_error";
+        else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError")))
+            outcome = "tool_error";
+        msgs[*n].id = json + scan.id_spans[i].off;
+        msgs[*n].id_len = scan.id_spans[i].len;
+        msgs[*n].outcome = outcome;
+        (*n)++;
+    }
+    cJSON_Delete(root);
+    sg_json_scan_free(&scan);
+}
+
+void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gateway_outcome *o)
+{
+    if (!gw->audit || r->naudit == 0) return;
+    const char *base = o->upstream_outcome;
+    answer_msg *msgs = NULL;
+    size_t nmsgs = 0;
+    sg_sse_event ev = SG_SSE_EVENT_INIT;
+    if (!base && o->upstream_status >= 400) base = "http_error";
+    if (!base && !o->body) base = "streamed";
+    if (!base && o->upstream_status && (msgs = calloc(r->naudit, sizeof *msgs))) {
+        const char *ct = o->content_type ? o->content_type : "";
+        if (strncasecmp(ct, "text/event-stream", 17) == 0) {
+            size_t pos = 0;
+            while (sg_sse_read(o->body, o->body_len, &pos, &ev) > 0)
+                if (ev.has_data && ev.data.len)
+                    classify_json(ev.data.data, ev.data.len, msgs, &nmsgs, r->naudit);
+        } else {
+            classify_json(o->body, o->body_len, msgs, &nmsgs, r->naudit);
+        }
+    }
+    double ms = (double)(sg_now_mono_ns() - o->started_ns) / 1e6;
+    sg_buf line = SG_BUF_INIT;
+    const char *p = r->audit.data;
+    for (size_t i = 0; p && i < r->naudit; i++) {
+        size_t len = strlen(p);
+        sg_buf_reset(&line);
+        sg_buf_append(&line, p, len);
+        j_key(&line, "status");
+        if (o->status)
+            sg_buf_printf(&line, "%d", o->status);
+        else
+            sg_buf_puts(&line, "null");
+        j_key(&line, "upstream");
+        if (o->upstream_status || o->upstream_outcome) {
+            const char *outcome = base;
+            const char *id = r->audit_ids ? r->audit_ids[i] : NULL;
+            if (!outcome) {
+                outcome = id ? "no_answer" : "ok";
+                for (size_t k = 0; id && k < nmsgs; k++)
+                    if (msgs[k].id_len == strlen(id) && memcmp(msgs[k].id, id, msgs[k].id_len) == 0)
+                        outcome = msgs[k].outcome;
+            }
+            sg_buf_puts(&line, "{\"status\":");
+            if (o->upstream_status)
+                sg_buf_printf(&line, "%d", o->upstream_status);
+            else
+                sg_buf_puts(&line, "null");
+            sg_buf_puts(&line, ",\"outcome\":");
+            j_string(&line, outcome);
+            sg_buf_putc(&line, '}');
+        } else {
+            sg_buf_puts(&line, "null");
+        }
+        sg_buf_printf(&line, ",\"latency_ms\":%.3f}", ms);
+        if (sg_buf_ok(&line)) sg_audit_submit(gw->audit, line.data, line.len);
+        p += len + 1;
+    }
+    sg_buf_free(&line);
+    sg_sse_event_free(&ev);
+    free(msgs);
+    for (size_t i = 0; r->audit_ids && i < r->naudit; i++)
+        free(r->audit_ids[i]);
+    free(r->audit_ids);
+    r->audit_ids = NULL;
+    r->naudit = 0;
+    sg_buf_free(&r->audit);
+}

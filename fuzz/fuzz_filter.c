@@ -88,7 +88,7 @@ static void plan(sg_gateway_reply *out, const char *body, const char *authz)
                               .body = body,
                               .body_len = strlen(body)};
     sg_gateway_reply_init(out);
-    if (sg_gateway_handle(gw, &req, out) != 0 || !out->filter) {
+    if (sg_gateway_handle(gw, &req, out) != SG_GATEWAY_FORWARD || !out->filter) {
         fprintf(stderr, "fuzz_filter: planning %s failed: %d %.*s\n", body, out->status,
                 (int)out->body.len, out->body.data ? out->body.data : "");
         abort();

@@ -69,15 +69,15 @@ void sg_gateway_error_body(sg_buf *body, int code, const char *message)
 }
 
 /* A JSON-RPC error answer. id may be NULL (null id). */
-static int answer(sg_gateway_reply *out, int status, const char *id, size_t id_len, int code,
-                  const char *message)
+static sg_gateway_action answer(sg_gateway_reply *out, int status, const char *id, size_t id_len,
+                                int code, const char *message)
 {
     out->status = status;
     out->content_type = "application/json";
     sg_buf_reset(&out->body);
     sg_mcp_error_render(&out->body, id, id_len, code, message, NULL);
     if (!sg_buf_ok(&out->body)) out->status = 500;
-    return 1;
+    return SG_GATEWAY_ANSWER;
 }
 
 /* ---- construction ------------------------------------------------------------- */
@@ -423,8 +423,8 @@ static void count_decision(const worker *w, const sg_mcp_body *body, sg_outcome 
     sg_metric_decision(method, tool, o);
 }
 
-static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request *req,
-                       sg_gateway_reply *out)
+static sg_gateway_action handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request *req,
+                                     sg_gateway_reply *out)
 {
     const char *ctype = gw_header_get(req, "Content-Type");
     if (!ctype || strncasecmp(ctype, "application/json", 16) != 0 ||
@@ -464,7 +464,7 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
     }
     if (done) {
         sg_mcp_body_free(&body);
-        return 1;
+        return SG_GATEWAY_ANSWER;
     }
 
     const sg_token *token;
@@ -474,14 +474,14 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
                                        &unavailable, kid_wait_for(req));
     if (out->wait_ticket) {
         sg_mcp_body_free(&body);
-        return 2;
+        return SG_GATEWAY_WAIT;
     }
     if (unavailable) {
         const sg_mcp_msg *m = body.is_batch ? NULL : &body.msgs[0];
         answer(out, 503, m ? m->id_raw : NULL, m ? m->id_len : 0, SG_JSONRPC_INTERNAL_ERROR,
                AS_UNAVAILABLE_MESSAGE);
         sg_mcp_body_free(&body);
-        return 1;
+        return SG_GATEWAY_ANSWER;
     }
     sg_header *hdrs;
     size_t nhdrs;
@@ -512,7 +512,7 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
         if (body.msgs[i].kind == SG_MCP_REQUEST) accepted_only = 0;
 
     sg_decision *d = &w->decision;
-    int result;
+    sg_gateway_action result;
     if (!sg_buf_ok(&d->challenge) || !sg_buf_ok(&d->message)) {
         result = answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
     } else if (d->outcome == SG_ALLOW) {
@@ -522,7 +522,7 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
         }
         out->accepted_only = accepted_only;
         out->status = 0;
-        result = 0;
+        result = SG_GATEWAY_FORWARD;
         plan_identity(gw, token, out);
         if (plan_lists(&body, gw_header_get(req, "Authorization"), version, out) != 0)
             result = answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
@@ -536,7 +536,7 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
             sg_buf_append(&out->www_authenticate, d->challenge.data, d->challenge.len);
         if (!sg_buf_ok(&out->www_authenticate))
             answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
-        result = 1;
+        result = SG_GATEWAY_ANSWER;
     }
     if (gw->audit)
         gw_audit_begin(gw, w, req, &body, each, token, have_caller ? &caller : NULL, out);
@@ -547,8 +547,9 @@ static int handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request
 /* GET opens the server's stream and DELETE ends a session: neither carries a
  * message to decide on, so any valid token will do (a session id is never
  * proof of identity); a policy with public rules lets anonymous callers in. */
-static int handle_stream_or_delete(worker *w, const sg_gateway *gw, const sg_gateway_request *req,
-                                   sg_gateway_reply *out)
+static sg_gateway_action handle_stream_or_delete(worker *w, const sg_gateway *gw,
+                                                 const sg_gateway_request *req,
+                                                 sg_gateway_reply *out)
 {
     const char *vh = gw_header_get(req, "MCP-Protocol-Version");
     if (vh && !sg_mcp_version_supported(vh))
@@ -558,14 +559,14 @@ static int handle_stream_or_delete(worker *w, const sg_gateway *gw, const sg_gat
         /* That version is stateless: no GET stream, no sessions. */
         answer(out, 405, NULL, 0, SG_JSONRPC_INVALID_REQUEST, "Method not allowed");
         out->allow = "POST";
-        return 1;
+        return SG_GATEWAY_ANSWER;
     }
     const sg_token *token;
     const char *token_error;
     int unavailable;
     out->wait_ticket = gw_authenticate(w, gw_header_get(req, "Authorization"), &token, &token_error,
                                        &unavailable, kid_wait_for(req));
-    if (out->wait_ticket) return 2;
+    if (out->wait_ticket) return SG_GATEWAY_WAIT;
     if (gw->audit) w->audit_token = token;
     if (unavailable)
         return answer(out, 503, NULL, 0, SG_JSONRPC_INTERNAL_ERROR, AS_UNAVAILABLE_MESSAGE);
@@ -576,14 +577,14 @@ static int handle_stream_or_delete(worker *w, const sg_gateway *gw, const sg_gat
                        outcome_label(d->outcome));
     if (d->outcome == SG_ALLOW) {
         plan_identity(gw, token, out);
-        return 0;
+        return SG_GATEWAY_FORWARD;
     }
     answer(out, d->status, NULL, 0,
            d->outcome == SG_UNAUTHORIZED ? GW_ERR_UNAUTHORIZED : GW_ERR_FORBIDDEN,
            d->message.data ? d->message.data : "Forbidden");
     if (d->challenge.len)
         sg_buf_append(&out->www_authenticate, d->challenge.data, d->challenge.len);
-    return 1;
+    return SG_GATEWAY_ANSWER;
 }
 
 int sg_gateway_wait_done(sg_gateway *gw, uint64_t ticket)
@@ -600,7 +601,8 @@ void sg_gateway_on_wake(sg_gateway *gw, void (*fn)(void *ud), void *ud)
     if (gw->introspector) sg_introspect_on_done(gw->introspector, fn, ud);
 }
 
-int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_reply *out)
+sg_gateway_action sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req,
+                                    sg_gateway_reply *out)
 {
     sg_gateway_reply_free(out);
     if (req->worker >= gw->nworkers)
@@ -608,7 +610,7 @@ int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_
     worker *w = &gw->workers[req->worker];
     gw_worker_refresh(gw, w);
     sg_arena_reset(&w->arena);
-    int rc;
+    sg_gateway_action rc;
     if (strcmp(req->method, "POST") == 0) {
         rc = handle_post(w, gw, req, out);
     } else if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "DELETE") == 0) {
@@ -616,12 +618,12 @@ int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_
     } else {
         answer(out, 405, NULL, 0, SG_JSONRPC_INVALID_REQUEST, "Method not allowed");
         out->allow = "GET, POST, DELETE";
-        rc = 1;
+        rc = SG_GATEWAY_ANSWER;
     }
     if (gw->audit) {
         /* A request decided without its messages (refused before them, GET,
          * DELETE) gets one record without a message. */
-        if (rc != 2 && out->naudit == 0)
+        if (rc != SG_GATEWAY_WAIT && out->naudit == 0)
             gw_audit_begin(gw, w, req, NULL, NULL, w->audit_token, NULL, out);
         w->audit_token = NULL;
     }

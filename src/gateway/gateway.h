@@ -146,7 +146,7 @@ typedef struct sg_gateway_request {
     const char *body;
     size_t body_len;
     /* 1 when this request already waited (a second call of
-     * sg_gateway_handle after it returned 2): decide with the keys in force
+     * sg_gateway_handle after it returned SG_GATEWAY_WAIT): decide with the keys in force
      * and the introspection answers cached, never wait again. */
     int waited;
     /* The client's address (numeric), for the audit log; NULL when unknown
@@ -174,7 +174,7 @@ typedef struct sg_gateway_reply {
     sg_header identity[SG_GATEWAY_MAX_IDENTITY + 1];
     size_t nidentity;
     struct sg_policy_gen *policy_gen; /* with filter: the policy that decided (a reference) */
-    /* sg_gateway_handle returned 2: what to wait for (a key refetch or an
+    /* sg_gateway_handle returned SG_GATEWAY_WAIT: what to wait for (a key refetch or an
      * introspection call; sg_gateway_wait_done tells them apart). */
     uint64_t wait_ticket;
     /* When auditing: the records of this request waiting for its outcome
@@ -201,17 +201,26 @@ void sg_gateway_reply_init(sg_gateway_reply *r);
 /* Releases the buffers and re-initialises. Can't fail. */
 void sg_gateway_reply_free(sg_gateway_reply *r);
 
+/* What the caller of sg_gateway_handle does next. */
+typedef enum sg_gateway_action {
+    SG_GATEWAY_FORWARD, /* forward the request upstream, as *out plans */
+    SG_GATEWAY_ANSWER,  /* send *out: it is the complete answer */
+    SG_GATEWAY_WAIT     /* park until sg_gateway_wait_done(gw, out->wait_ticket) */
+} sg_gateway_action;
+
 /* Decides one request. Always fills *out (status 500 with a JSON-RPC error
- * when out of memory: fail closed). Returns 0 to forward, 1 when *out is the
- * answer, and 2 when the answer depends on the network: the token's kid is
- * unknown and a key refetch that may bring it is under way on the key
- * refresher thread, or the token is opaque and its introspection call is
- * queued or running. The caller then parks the request without blocking
- * its thread until sg_gateway_wait_done(gw, out->wait_ticket), and calls
- * again with req->waited = 1 (which never returns 2). An opaque token the
- * authorization server could not judge is answered 503. Must be called on
- * the thread that owns req->worker. */
-int sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req, sg_gateway_reply *out);
+ * when out of memory: fail closed). Returns SG_GATEWAY_FORWARD to forward,
+ * SG_GATEWAY_ANSWER when *out is the answer, and SG_GATEWAY_WAIT when the
+ * answer depends on the network: the token's kid is unknown and a key
+ * refetch that may bring it is under way on the key refresher thread, or
+ * the token is opaque and its introspection call is queued or running. The
+ * caller then parks the request without blocking its thread until
+ * sg_gateway_wait_done(gw, out->wait_ticket), and calls again with
+ * req->waited = 1 (which never returns SG_GATEWAY_WAIT). An opaque token
+ * the authorization server could not judge is answered 503. Must be called
+ * on the thread that owns req->worker. */
+sg_gateway_action sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req,
+                                    sg_gateway_reply *out);
 
 /* 1 once what the ticket waits for (a key refetch or an introspection
  * call) has finished, well or not. One atomic load; thread-safe. */

@@ -1050,10 +1050,10 @@ static enum MHD_Result decide(exchange *ex, const char *method, int waited)
                                    .body_len = ex->body.len,
                                    .waited = waited,
                                    .client_addr = client[0] ? client : NULL};
-        int rc = sg_gateway_handle(h->cfg.gateway, &greq, &ex->reply);
-        if (rc == 0) {
+        sg_gateway_action next = sg_gateway_handle(h->cfg.gateway, &greq, &ex->reply);
+        if (next == SG_GATEWAY_FORWARD) {
             ok = forward(ex, method, hl);
-        } else if (rc == 2) {
+        } else if (next == SG_GATEWAY_WAIT) {
             park_until_done(ex);
             ok = MHD_YES;
         } else {

@@ -288,6 +288,30 @@ static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_reque
     sg_buf_free(&sreq);
 }
 
+/* The request's id: the client's X-Request-Id when it is valid and not a
+ * piece of its credential, else a generated one (unique per process); a
+ * forwarded request carries it upstream as X-Request-Id. */
+static void request_id(const sg_gateway *gw, worker *w, const sg_gateway_request *req,
+                       sg_gateway_reply *out, char rid[REQUEST_ID_MAX + 1])
+{
+    const char *client_rid = gw_header_get(req, "X-Request-Id");
+    const char *authz = gw_header_get(req, "Authorization");
+    /* A client that puts (a piece of) its token there gets a generated id:
+     * no byte of a credential is ever written to the audit log. */
+    if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid)))
+        snprintf(rid, REQUEST_ID_MAX + 1, "%s", client_rid);
+    else
+        snprintf(rid, REQUEST_ID_MAX + 1, "%s-%u-%lu", gw->boot_id, w->index, ++w->audit_seq);
+    if (out->status == 0 && out->nidentity < SG_ARRAY_LEN(out->identity)) {
+        char *v = strdup(rid);
+        if (v) {
+            out->identity[out->nidentity].name = "X-Request-Id";
+            out->identity[out->nidentity].value = v;
+            out->nidentity++;
+        }
+    }
+}
+
 /* Formats the records of a decided request into out (completed later by
  * sg_gateway_audit_finish) and, when it is forwarded, adds X-Request-Id.
  * body and each may be NULL (a request refused before its messages were
@@ -298,22 +322,7 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
                     const sg_bridge_caller *caller, sg_gateway_reply *out)
 {
     char rid[REQUEST_ID_MAX + 1];
-    const char *client_rid = gw_header_get(req, "X-Request-Id");
-    const char *authz = gw_header_get(req, "Authorization");
-    /* A client that puts (a piece of) its token there gets a generated id:
-     * no byte of a credential is ever written to the audit log. */
-    if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid)))
-        snprintf(rid, sizeof rid, "%s", client_rid);
-    else
-        snprintf(rid, sizeof rid, "%s-%u-%lu", gw->boot_id, w->index, ++w->audit_seq);
-    if (out->status == 0 && out->nidentity < SG_ARRAY_LEN(out->identity)) {
-        char *v = strdup(rid);
-        if (v) {
-            out->identity[out->nidentity].name = "X-Request-Id";
-            out->identity[out->nidentity].value = v;
-            out->nidentity++;
-        }
-    }
+    request_id(gw, w, req, out, rid);
     char time_json[48];
     sg_buf t = SG_BUF_INIT;
     j_now(&t);

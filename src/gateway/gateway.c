@@ -82,6 +82,19 @@ static sg_gateway_action answer(sg_gateway_reply *out, int status, const char *i
 
 /* ---- construction ------------------------------------------------------------- */
 
+/* A random id for this process, so generated request ids are unique
+ * across restarts; the clock when the random source fails (ids need not be
+ * secret). */
+static void make_boot_id(sg_gateway *gw)
+{
+    unsigned char rnd[8];
+    if (RAND_bytes(rnd, sizeof rnd) != 1) {
+        uint64_t t = sg_now_mono_ns() ^ (uint64_t)(uintptr_t)gw;
+        memcpy(rnd, &t, sizeof rnd);
+    }
+    sg_hex(rnd, sizeof rnd, gw->boot_id);
+}
+
 sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errlen)
 {
     if (cfg->workers == 0 || !cfg->policy_path || !cfg->verifier) {
@@ -135,14 +148,7 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
         sg_errf(err, errlen, "a shadow policy needs the audit log: its disagreements go there");
         goto fail;
     }
-    if (cfg->audit) {
-        unsigned char rnd[8];
-        if (RAND_bytes(rnd, sizeof rnd) != 1) {
-            uint64_t t = sg_now_mono_ns() ^ (uint64_t)(uintptr_t)gw;
-            memcpy(rnd, &t, sizeof rnd);
-        }
-        sg_hex(rnd, sizeof rnd, gw->boot_id);
-    }
+    if (cfg->audit) make_boot_id(gw);
     if (!(gw->current = gw_gen_load(gw, gw->policy_path, NULL, err, errlen))) goto fail;
     if (cfg->shadow_policy_path) {
         char serr[4096];
@@ -423,6 +429,82 @@ static void count_decision(const worker *w, const sg_mcp_body *body, sg_outcome 
     sg_metric_decision(method, tool, o);
 }
 
+/* The transport checks of a POST body after its headers passed: the body
+ * parses as JSON-RPC, every message is valid, and the MCP-Method / Mcp-Name
+ * headers agree with it. Fills *body (freed by the caller either way).
+ * Returns 0, or -1 when *out is the 400 answer. */
+static int check_post_body(const sg_gateway *gw, const sg_gateway_request *req, const char *version,
+                           sg_mcp_body *body, sg_gateway_reply *out)
+{
+    int rc = sg_mcp_parse(req->body, req->body_len, &gw->mcp_limits, body);
+    if (rc != 0) {
+        const sg_mcp_msg *m = body->nmsgs == 1 && !body->is_batch ? &body->msgs[0] : NULL;
+        answer(out, 400, m ? m->id_raw : NULL, m ? m->id_len : 0, rc, body->error_message);
+        return -1;
+    }
+    for (size_t i = 0; i < body->nmsgs; i++) {
+        const sg_mcp_msg *m = &body->msgs[i];
+        if (m->kind == SG_MCP_INVALID) {
+            answer(out, 400, m->id_raw, m->id_len, m->error_code, m->error_message);
+            return -1;
+        }
+    }
+    char msg[SG_MCP_MESSAGE_LEN];
+    int hc = sg_mcp_check_headers(body, version, gw_header_get(req, "Mcp-Method"),
+                                  gw_header_get(req, "Mcp-Name"), msg, sizeof msg);
+    if (hc != 0) {
+        const sg_mcp_msg *m = body->nmsgs == 1 ? &body->msgs[0] : NULL;
+        answer(out, 400, m ? m->id_raw : NULL, m ? m->id_len : 0, hc, msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Turns the worker's decision on a body into the plan: forward (with the
+ * identity headers and, for list requests, what to filter by which policy)
+ * or the 401/403 answer with its challenge; 500 when out of memory. */
+static sg_gateway_action plan_decided(worker *w, const sg_gateway *gw,
+                                      const sg_gateway_request *req, const sg_mcp_body *body,
+                                      const sg_token *token, const char *version,
+                                      sg_gateway_reply *out)
+{
+    /* The id answered with: a single request's; null for a batch. */
+    const sg_mcp_msg *single = body->is_batch ? NULL : &body->msgs[0];
+    const char *id = single ? single->id_raw : NULL;
+    size_t id_len = id ? single->id_len : 0;
+    int accepted_only = 1;
+    for (size_t i = 0; i < body->nmsgs; i++)
+        if (body->msgs[i].kind == SG_MCP_REQUEST) accepted_only = 0;
+
+    sg_decision *d = &w->decision;
+    if (!sg_buf_ok(&d->challenge) || !sg_buf_ok(&d->message))
+        return answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
+    if (d->outcome == SG_ALLOW) {
+        if (id && id_len < sizeof out->id_raw) {
+            memcpy(out->id_raw, id, id_len);
+            out->id_raw[id_len] = 0;
+        }
+        out->accepted_only = accepted_only;
+        out->status = 0;
+        plan_identity(gw, token, out);
+        if (plan_lists(body, gw_header_get(req, "Authorization"), version, out) != 0)
+            return answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
+        if (out->filter)
+            out->policy_gen = gw_gen_retain(w->gen); /* filtered by the policy that allowed it */
+        return SG_GATEWAY_FORWARD;
+    }
+    answer(out, d->status, id, id_len,
+           d->outcome == SG_UNAUTHORIZED ? GW_ERR_UNAUTHORIZED : GW_ERR_FORBIDDEN,
+           d->message.data ? d->message.data : "Forbidden");
+    if (d->challenge.len)
+        sg_buf_append(&out->www_authenticate, d->challenge.data, d->challenge.len);
+    if (!sg_buf_ok(&out->www_authenticate))
+        answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
+    return SG_GATEWAY_ANSWER;
+}
+
+/* A POST: transport checks, then authentication, then the policy's
+ * decision on every message, then the plan (and its audit records). */
 static sg_gateway_action handle_post(worker *w, const sg_gateway *gw, const sg_gateway_request *req,
                                      sg_gateway_reply *out)
 {
@@ -438,31 +520,7 @@ static sg_gateway_action handle_post(worker *w, const sg_gateway *gw, const sg_g
                       "Invalid Request: unsupported MCP-Protocol-Version");
 
     sg_mcp_body body;
-    int rc = sg_mcp_parse(req->body, req->body_len, &gw->mcp_limits, &body);
-    int done = 0;
-    if (rc != 0) {
-        const sg_mcp_msg *m = body.nmsgs == 1 && !body.is_batch ? &body.msgs[0] : NULL;
-        answer(out, 400, m ? m->id_raw : NULL, m ? m->id_len : 0, rc, body.error_message);
-        done = 1;
-    }
-    for (size_t i = 0; !done && i < body.nmsgs; i++) {
-        const sg_mcp_msg *m = &body.msgs[i];
-        if (m->kind == SG_MCP_INVALID) {
-            answer(out, 400, m->id_raw, m->id_len, m->error_code, m->error_message);
-            done = 1;
-        }
-    }
-    if (!done) {
-        char msg[SG_MCP_MESSAGE_LEN];
-        int hc = sg_mcp_check_headers(&body, version, gw_header_get(req, "Mcp-Method"),
-                                      gw_header_get(req, "Mcp-Name"), msg, sizeof msg);
-        if (hc != 0) {
-            const sg_mcp_msg *m = body.nmsgs == 1 ? &body.msgs[0] : NULL;
-            answer(out, 400, m ? m->id_raw : NULL, m ? m->id_len : 0, hc, msg);
-            done = 1;
-        }
-    }
-    if (done) {
+    if (check_post_body(gw, req, version, &body, out) != 0) {
         sg_mcp_body_free(&body);
         return SG_GATEWAY_ANSWER;
     }
@@ -502,42 +560,7 @@ static sg_gateway_action handle_post(worker *w, const sg_gateway *gw, const sg_g
         sg_decide(&w->site, &sg_req_deny, token, token_error, &w->decision);
     }
     count_decision(w, &body, w->decision.outcome);
-
-    /* The id answered with: a single request's; null for a batch. */
-    const sg_mcp_msg *single = body.is_batch ? NULL : &body.msgs[0];
-    const char *id = single ? single->id_raw : NULL;
-    size_t id_len = id ? single->id_len : 0;
-    int accepted_only = 1;
-    for (size_t i = 0; i < body.nmsgs; i++)
-        if (body.msgs[i].kind == SG_MCP_REQUEST) accepted_only = 0;
-
-    sg_decision *d = &w->decision;
-    sg_gateway_action result;
-    if (!sg_buf_ok(&d->challenge) || !sg_buf_ok(&d->message)) {
-        result = answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
-    } else if (d->outcome == SG_ALLOW) {
-        if (id && id_len < sizeof out->id_raw) {
-            memcpy(out->id_raw, id, id_len);
-            out->id_raw[id_len] = 0;
-        }
-        out->accepted_only = accepted_only;
-        out->status = 0;
-        result = SG_GATEWAY_FORWARD;
-        plan_identity(gw, token, out);
-        if (plan_lists(&body, gw_header_get(req, "Authorization"), version, out) != 0)
-            result = answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
-        else if (out->filter)
-            out->policy_gen = gw_gen_retain(w->gen); /* filtered by the policy that allowed it */
-    } else {
-        answer(out, d->status, id, id_len,
-               d->outcome == SG_UNAUTHORIZED ? GW_ERR_UNAUTHORIZED : GW_ERR_FORBIDDEN,
-               d->message.data ? d->message.data : "Forbidden");
-        if (d->challenge.len)
-            sg_buf_append(&out->www_authenticate, d->challenge.data, d->challenge.len);
-        if (!sg_buf_ok(&out->www_authenticate))
-            answer(out, 500, id, id_len, SG_JSONRPC_INTERNAL_ERROR, "Internal error");
-        result = SG_GATEWAY_ANSWER;
-    }
+    sg_gateway_action result = plan_decided(w, gw, req, &body, token, version, out);
     if (gw->audit)
         gw_audit_begin(gw, w, req, &body, each, token, have_caller ? &caller : NULL, out);
     sg_mcp_body_free(&body);

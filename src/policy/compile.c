@@ -188,6 +188,37 @@ static const sg_req *compile_list(loader *ld, int idx, const char *listname, sg_
 
 static const char *const req_table_keys = "all_of, any_of or deny";
 
+/* {deny = "reason"} or {deny = true} at idx; why_text is the table's
+ * `why`, used when deny gives no reason. Returns NULL after reporting. */
+static const sg_req *compile_deny(loader *ld, int idx, const char *where, size_t from,
+                                  const char *why_text)
+{
+    lua_State *L = ld->L;
+    lua_pushliteral(L, "deny");
+    lua_rawget(L, idx);
+    size_t len = 0;
+    const char *reason = NULL;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        reason = lua_tolstring(L, -1, &len);
+    } else if (!(lua_type(L, -1) == LUA_TBOOLEAN && lua_toboolean(L, -1))) {
+        policy_finding(ld, 1, policy_line_near(ld, SG_LUASRC_KEY, "deny", 4, from), where,
+                       "deny takes a reason string (or true), got %s", luaL_typename(L, -1));
+        lua_pop(L, 1);
+        return NULL;
+    }
+    if (reason && len > MAX_WHY_LEN) {
+        policy_finding(ld, 1, policy_line_near(ld, SG_LUASRC_KEY, "deny", 4, from), where,
+                       "deny reason is longer than %d bytes", MAX_WHY_LEN);
+        lua_pop(L, 1);
+        return NULL;
+    }
+    sg_req *d = sg_req_leaf(ld->arena, SG_REQ_DENY, -1);
+    if (!d) luaL_error(L, "out of memory");
+    d->why = reason ? policy_arena_copy(ld, ld->arena, reason, len) : why_text;
+    lua_pop(L, 1);
+    return d;
+}
+
 static const sg_req *compile_table(loader *ld, int idx, const char *where, size_t from, int depth)
 {
     lua_State *L = ld->L;
@@ -248,32 +279,8 @@ static const sg_req *compile_table(loader *ld, int idx, const char *where, size_
         why_text = policy_arena_copy(ld, ld->arena, w, len);
         lua_pop(L, 1);
     }
+    if (deny) return compile_deny(ld, idx, where, from, why_text);
     const sg_req *r;
-    if (deny) {
-        lua_pushliteral(L, "deny");
-        lua_rawget(L, idx);
-        size_t len = 0;
-        const char *reason = NULL;
-        if (lua_type(L, -1) == LUA_TSTRING) {
-            reason = lua_tolstring(L, -1, &len);
-        } else if (!(lua_type(L, -1) == LUA_TBOOLEAN && lua_toboolean(L, -1))) {
-            policy_finding(ld, 1, policy_line_near(ld, SG_LUASRC_KEY, "deny", 4, from), where,
-                           "deny takes a reason string (or true), got %s", luaL_typename(L, -1));
-            lua_pop(L, 1);
-            return NULL;
-        }
-        if (reason && len > MAX_WHY_LEN) {
-            policy_finding(ld, 1, policy_line_near(ld, SG_LUASRC_KEY, "deny", 4, from), where,
-                           "deny reason is longer than %d bytes", MAX_WHY_LEN);
-            lua_pop(L, 1);
-            return NULL;
-        }
-        sg_req *d = sg_req_leaf(ld->arena, SG_REQ_DENY, -1);
-        if (!d) luaL_error(L, "out of memory");
-        d->why = reason ? policy_arena_copy(ld, ld->arena, reason, len) : why_text;
-        lua_pop(L, 1);
-        return d;
-    }
     const char *listname = all ? "all_of" : "any_of";
     lua_pushstring(L, listname);
     lua_rawget(L, idx);

@@ -176,27 +176,56 @@ static int names_resource(const sg_policy_input *in)
                         strcmp(m, "resources/unsubscribe") == 0);
 }
 
+/* Fails closed after rule r failed with msg (NULL: out of memory): out
+ * denies, out->error (in a) reads "file:line: rule: message", and one line
+ * is logged. */
+static void deny_on_rule_error(const sg_policy *p, const rule *r, const char *msg, sg_arena *a,
+                               sg_policy_decision *out)
+{
+    if (!msg) msg = "out of memory";
+    size_t loc = policy_location_prefix(msg);
+    sg_buf full = SG_BUF_INIT;
+    if (loc)
+        sg_buf_printf(&full, "%.*s: %s: %s", (int)loc, msg, r->name, msg + loc + 2);
+    else
+        sg_buf_printf(&full, "%s:%d: %s: %s", p->path, r->line, r->name, msg);
+    out->req = &sg_req_deny;
+    out->error = full.data ? sg_arena_strndup(a, full.data, full.len) : NULL;
+    if (!out->error) out->error = "policy error (out of memory)";
+    sg_log(SG_LOG_ERROR, "policy error (request denied): %s", out->error);
+    sg_buf_free(&full);
+}
+
+/* Resource rules match the URI's normal form (uri.h), and function rules
+ * see it as req.name. Sets *name to in->name's normal form (in a). Returns
+ * 0; or, with out filled in as a deny, 1 when the URI has no normal form
+ * (denied outright) and -1 when out of memory. */
+static int normalize_resource_name(const sg_policy *p, const sg_policy_input *in, sg_arena *a,
+                                   const char **name, sg_policy_decision *out)
+{
+    sg_buf b = SG_BUF_INIT;
+    const char *why;
+    int rc = sg_uri_normalize(in->name, strlen(in->name), &b, &why);
+    *name = rc == 0 && sg_buf_ok(&b) ? sg_arena_strndup(a, b.data, b.len) : NULL;
+    sg_buf_free(&b);
+    if (*name) return 0;
+    out->file = p->path;
+    out->req = &sg_req_deny;
+    out->rule = "resource-uri";
+    out->line = 0;
+    out->audit = NULL;
+    out->naudit = 0;
+    out->error = rc == 0 ? "policy error (out of memory)" : NULL;
+    return rc == 0 ? -1 : 1;
+}
+
 int sg_policy_decide(sg_policy *p, const sg_policy_input *in, sg_arena *a, sg_policy_decision *out)
 {
-    /* Resource rules match the URI's normal form (uri.h), and function
-     * rules see it as req.name; a URI without one is denied outright. */
     sg_policy_input normal;
     if (names_resource(in)) {
-        sg_buf b = SG_BUF_INIT;
-        const char *why;
-        int rc = sg_uri_normalize(in->name, strlen(in->name), &b, &why);
-        char *name = rc == 0 && sg_buf_ok(&b) ? sg_arena_strndup(a, b.data, b.len) : NULL;
-        sg_buf_free(&b);
-        if (!name) {
-            out->file = p->path;
-            out->req = &sg_req_deny;
-            out->rule = "resource-uri";
-            out->line = 0;
-            out->audit = NULL;
-            out->naudit = 0;
-            out->error = rc == 0 ? "policy error (out of memory)" : NULL;
-            return rc == 0 ? -1 : 0;
-        }
+        const char *name;
+        int rc = normalize_resource_name(p, in, a, &name, out);
+        if (rc != 0) return rc < 0 ? -1 : 0;
         normal = *in;
         normal.name = name;
         in = &normal;
@@ -252,18 +281,7 @@ int sg_policy_decide(sg_policy *p, const sg_policy_input *in, sg_arena *a, sg_po
         sg_buf_free(&err);
         return 0;
     }
-    const char *msg = err.data ? err.data : "out of memory";
-    size_t loc = policy_location_prefix(msg);
-    sg_buf full = SG_BUF_INIT;
-    if (loc)
-        sg_buf_printf(&full, "%.*s: %s: %s", (int)loc, msg, r->name, msg + loc + 2);
-    else
-        sg_buf_printf(&full, "%s:%d: %s: %s", p->path, r->line, r->name, msg);
-    out->req = &sg_req_deny;
-    out->error = full.data ? sg_arena_strndup(a, full.data, full.len) : NULL;
-    if (!out->error) out->error = "policy error (out of memory)";
-    sg_log(SG_LOG_ERROR, "policy error (request denied): %s", out->error);
-    sg_buf_free(&full);
+    deny_on_rule_error(p, r, err.data, a, out);
     sg_buf_free(&err);
     return -1;
 }

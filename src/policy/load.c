@@ -263,17 +263,11 @@ static void load_advertise(loader *ld, int policy)
     lua_pop(L, 1);
 }
 
-/* The protected body of sg_policy_load: arg 2 is what the file returned. */
-static int compile_policy(lua_State *L)
+/* Reports every key of the table at index policy that a policy file may
+ * not have. */
+static void check_top_keys(loader *ld, int policy)
 {
-    loader *ld = lua_touserdata(L, 1);
-    sg_policy *p = ld->p;
-    if (lua_type(L, 2) != LUA_TTABLE) {
-        policy_finding(ld, 1, 1, "", "a policy file must return a table, got %s",
-                       luaL_typename(L, 2));
-        return 0;
-    }
-    int policy = 2;
+    lua_State *L = ld->L;
     lua_pushnil(L);
     while (lua_next(L, policy)) {
         lua_pop(L, 1);
@@ -300,6 +294,41 @@ static int compile_policy(lua_State *L)
                 q);
         }
     }
+}
+
+/* Without `advertise`, scopes_supported is every declared scope, in
+ * bytewise order. Raises when out of memory. */
+static void default_supported(loader *ld)
+{
+    lua_State *L = ld->L;
+    sg_policy *p = ld->p;
+    int n = 0;
+    for (int id = 0; id < sg_universe_size(p->u); id++)
+        n += sg_scopeset_has(&p->declared, id);
+    if (n) {
+        const char **list = sg_arena_alloc(&p->arena, (size_t)n * sizeof *list);
+        if (!list) luaL_error(L, "out of memory");
+        n = 0;
+        for (int id = 0; id < sg_universe_size(p->u); id++)
+            if (sg_scopeset_has(&p->declared, id)) list[n++] = sg_universe_name(p->u, id);
+        qsort(list, (size_t)n, sizeof *list, by_name);
+        p->supported = list;
+        p->nsupported = n;
+    }
+}
+
+/* The protected body of sg_policy_load: arg 2 is what the file returned. */
+static int compile_policy(lua_State *L)
+{
+    loader *ld = lua_touserdata(L, 1);
+    sg_policy *p = ld->p;
+    if (lua_type(L, 2) != LUA_TTABLE) {
+        policy_finding(ld, 1, 1, "", "a policy file must return a table, got %s",
+                       luaL_typename(L, 2));
+        return 0;
+    }
+    int policy = 2;
+    check_top_keys(ld, policy);
     p->realm = get_string_field(ld, policy, "realm");
     p->resource = get_string_field(ld, policy, "resource");
     const char *annotations_from = get_string_field(ld, policy, "tool_annotations");
@@ -328,21 +357,7 @@ static int compile_policy(lua_State *L)
     policy_load_default(ld, policy);
     policy_finish_function_scopes(ld);
 
-    if (!p->supported) {
-        int n = 0;
-        for (int id = 0; id < sg_universe_size(p->u); id++)
-            n += sg_scopeset_has(&p->declared, id);
-        if (n) {
-            const char **list = sg_arena_alloc(&p->arena, (size_t)n * sizeof *list);
-            if (!list) luaL_error(L, "out of memory");
-            n = 0;
-            for (int id = 0; id < sg_universe_size(p->u); id++)
-                if (sg_scopeset_has(&p->declared, id)) list[n++] = sg_universe_name(p->u, id);
-            qsort(list, (size_t)n, sizeof *list, by_name);
-            p->supported = list;
-            p->nsupported = n;
-        }
-    }
+    if (!p->supported) default_supported(ld);
     return 0;
 }
 

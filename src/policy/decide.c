@@ -129,18 +129,12 @@ int policy_call_rule(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, cc->r->ref);
     push_req(L, cc->in);
     lua_call(L, 1, 1);
-    loader ld;
-    memset(&ld, 0, sizeof ld);
-    ld.p = cc->p;
-    ld.L = L;
-    ld.runtime = 1;
-    ld.arena = cc->arena;
-    int fn;
-    cc->result = policy_compile_req(&ld, lua_gettop(L), "", SG_LUASRC_NONE, 0, 1, &fn);
+    sg_buf error = SG_BUF_INIT;
+    cc->result = policy_compile_returned(cc->p, L, cc->arena, lua_gettop(L), &error);
     if (!cc->result) {
         lua_pushfstring(L, "rule returned an invalid requirement: %s",
-                        ld.runtime_error.data ? ld.runtime_error.data : "out of memory");
-        sg_buf_free(&ld.runtime_error);
+                        error.data ? error.data : "out of memory");
+        sg_buf_free(&error);
         return lua_error(L);
     }
     return 0;

@@ -391,7 +391,6 @@ void policy_loader_free(loader *ld)
     sg_luasrc_free(&ld->idx);
     sg_buf_free(&ld->errors);
     sg_buf_free(&ld->report);
-    sg_buf_free(&ld->runtime_error);
     free(ld->fconsts);
     free(ld->module_path);
     free(ld->module_src);

@@ -98,12 +98,7 @@ typedef struct loader {
     sg_buf errors; /* "file:line: msg\n" */
     sg_buf report; /* "file:line: error|warning: msg\n" */
     int nerrors;
-    /* Runtime mode compiles what a function returned: no warnings, no new
-     * scopes, first error wins and lands in runtime_error. */
-    int runtime;
-    sg_arena *arena;
-    int nodes;
-    sg_buf runtime_error;
+    sg_arena *arena; /* the policy's: static requirements, names, strings */
     /* String constants of function rules, collected while loading and
      * sorted out once every scope is known (finish_function_scopes). */
     struct fconst {
@@ -127,9 +122,8 @@ size_t policy_location_prefix(const char *msg);
 
 /* ---- compile.c: requirements -> sg_req trees ----------------------------------- */
 
-/* Records one finding: at load, "file:line: where: message" in ld->errors
- * (errors only) and ld->report; at run time (ld->runtime), only the first
- * error, in ld->runtime_error. */
+/* Records one finding: "file:line: where: message" in ld->errors (errors
+ * only) and ld->report. */
 void policy_finding(loader *ld, int is_error, int line, const char *where, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 /* The line of the first token of that kind and text at or after from, else
@@ -148,12 +142,17 @@ int policy_refuse_reserved(loader *ld, int line, const char *where, const char *
  * -1 after reporting. */
 int policy_scope_ref(loader *ld, const char *s, size_t len, const char *where, size_t from,
                      const char *context);
-/* Compiles the requirement at stack index idx into ld->arena. top: the
- * value is a whole rule (a function is allowed; *is_function is set and
- * NULL returned). Returns NULL after reporting an error; raises a Lua
- * error when out of memory. */
-const sg_req *policy_compile_req(loader *ld, int idx, const char *where, size_t from, int depth,
-                                 int top, int *is_function);
+/* Compiles the rule at stack index idx into ld->arena: a function sets
+ * *is_function and returns NULL. Returns NULL after reporting an error;
+ * raises a Lua error when out of memory. */
+const sg_req *policy_compile_rule(loader *ld, int idx, const char *where, size_t from,
+                                  int *is_function);
+/* Compiles what a function rule returned (at stack index idx) into a,
+ * per request: no scope is added to the policy, which is only read. Returns
+ * the requirement; or NULL with the first error appended to *error. Raises
+ * a Lua error when out of memory. */
+const sg_req *policy_compile_returned(const sg_policy *p, lua_State *L, sg_arena *a, int idx,
+                                      sg_buf *error);
 
 /* ---- load.c: the policy file's table ------------------------------------------- */
 

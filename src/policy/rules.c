@@ -44,7 +44,7 @@ static int compile_rule_value(loader *ld, rule *r, size_t from)
 {
     lua_State *L = ld->L;
     int fn = 0;
-    const sg_req *req = policy_compile_req(ld, lua_gettop(L), r->name, from, 0, 1, &fn);
+    const sg_req *req = policy_compile_rule(ld, lua_gettop(L), r->name, from, &fn);
     if (fn) {
         lua_Debug ar;
         lua_pushvalue(L, -1);

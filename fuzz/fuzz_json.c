@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "base/json.h"
 #include "mcp/mcp.h"
 #include "base/sg.h"
@@ -32,6 +34,29 @@ static void check_is_json(const sg_buf *b)
     sg_json_scan_free(&s);
 }
 
+/* sg_json_outcomes (one pass, no tree) reads each message-level object as
+ * cJSON does: an "error" member, else result.isError true, else ok; or
+ * says it could not (a member name with escapes). */
+static void check_outcomes(const char *body, size_t size, const sg_json_scan *scan)
+{
+    unsigned char out[8]; /* max_top_elements is 8 */
+    CHECK(scan->nmessages <= sizeof out);
+    sg_json_outcomes(body, size, scan, out);
+    cJSON *root = cJSON_ParseWithLength(body, size);
+    if (!root) return; /* a NUL inside: cJSON stops there */
+    cJSON *m = scan->top_is_array ? root->child : root;
+    for (size_t i = 0; i < scan->nmessages && m; i++, m = scan->top_is_array ? m->next : NULL) {
+        if (!cJSON_IsObject(m) || out[i] == SG_JSON_OUTCOME_UNKNOWN) continue;
+        const cJSON *result = cJSON_GetObjectItemCaseSensitive(m, "result");
+        int want = cJSON_GetObjectItemCaseSensitive(m, "error") ? SG_JSON_OUTCOME_ERROR
+                   : cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError"))
+                       ? SG_JSON_OUTCOME_TOOL_ERROR
+                       : SG_JSON_OUTCOME_OK;
+        CHECK(out[i] == want);
+    }
+    cJSON_Delete(root);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *body = (const char *)data;
@@ -46,6 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             CHECK(sp->off <= size && sp->len <= size - sp->off);
             if (sp->len) (void)sg_json_is_id_literal(body + sp->off, sp->len);
         }
+        check_outcomes(body, size, &scan);
     } else {
         CHECK(err.kind != SG_JSON_OK && err.offset <= size);
         CHECK(memchr(err.message, '\0', sizeof err.message) != NULL);

@@ -527,6 +527,78 @@ int sg_json_prescan(const char *p, size_t len, const sg_json_limits *lim, sg_jso
     return 0;
 }
 
+/* Past the string that starts at p[i] (a '"'); sets *escaped when it holds
+ * a backslash. The text was validated by the pre-scan. */
+static size_t skip_string(const char *p, size_t len, size_t i, int *escaped)
+{
+    for (i++; i < len && p[i] != '"'; i++) {
+        if (p[i] == '\\') {
+            *escaped = 1;
+            i++;
+        }
+    }
+    return i + 1;
+}
+
+static size_t skip_space(const char *p, size_t len, size_t i)
+{
+    while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+        i++;
+    return i;
+}
+
+void sg_json_outcomes(const char *p, size_t len, const sg_json_scan *scan, unsigned char *out)
+{
+    /* Message objects open at depth 1 (a single message) or 2 (a batch);
+     * their members are read at that depth, the result's one deeper. */
+    const int md = scan->top_is_array ? 2 : 1;
+    int depth = 0, in_result = 0, opened = 0; /* opened: inside some message object */
+    size_t msg = 0, elem = 0;                 /* elem: the batch element the scan is in */
+    for (size_t i = 0; i < scan->nmessages; i++)
+        out[i] = SG_JSON_OUTCOME_OK;
+    for (size_t i = 0; i < len;) {
+        char c = p[i];
+        if (c == '"') {
+            int escaped = 0;
+            size_t start = i + 1, end = skip_string(p, len, i, &escaped);
+            size_t after = skip_space(p, len, end);
+            i = end;
+            if (after >= len || p[after] != ':' || !opened) continue; /* a value */
+            if (depth != md && !(in_result && depth == md + 1)) continue;
+            if (escaped) {
+                out[msg] = SG_JSON_OUTCOME_UNKNOWN;
+                continue;
+            }
+            size_t klen = end - 1 - start;
+            if (depth == md && klen == 5 && memcmp(p + start, "error", 5) == 0) {
+                if (out[msg] != SG_JSON_OUTCOME_UNKNOWN) out[msg] = SG_JSON_OUTCOME_ERROR;
+            } else if (depth == md && klen == 6 && memcmp(p + start, "result", 6) == 0) {
+                size_t v = skip_space(p, len, after + 1);
+                in_result = v < len && p[v] == '{';
+            } else if (depth == md + 1 && klen == 7 && memcmp(p + start, "isError", 7) == 0) {
+                size_t v = skip_space(p, len, after + 1);
+                if (v + 4 <= len && memcmp(p + v, "true", 4) == 0 && out[msg] == SG_JSON_OUTCOME_OK)
+                    out[msg] = SG_JSON_OUTCOME_TOOL_ERROR;
+            }
+            continue;
+        }
+        if (c == '{' || c == '[') {
+            depth++;
+            if (depth == md && c == '{' && elem < scan->nmessages) {
+                msg = elem;
+                opened = 1;
+            }
+        } else if (c == ',' && depth == 1 && scan->top_is_array) {
+            elem++;
+            opened = 0;
+        } else if (c == '}' || c == ']') {
+            if (in_result && depth == md + 1) in_result = 0;
+            depth--;
+        }
+        i++;
+    }
+}
+
 void sg_json_scan_free(sg_json_scan *s)
 {
     free(s->id_spans);

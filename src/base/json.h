@@ -78,6 +78,22 @@ int sg_json_prescan(const char *p, size_t len, const sg_json_limits *lim, sg_jso
 /* Frees what sg_json_prescan allocated; the struct is left empty. Can't fail. */
 void sg_json_scan_free(sg_json_scan *s);
 
+/* What one JSON-RPC response says, read without building a tree (for the
+ * audit log's upstream outcome). */
+typedef enum sg_json_outcome {
+    SG_JSON_OUTCOME_OK,         /* a result that is not a tool error */
+    SG_JSON_OUTCOME_ERROR,      /* an "error" member: a JSON-RPC error */
+    SG_JSON_OUTCOME_TOOL_ERROR, /* "result": {"isError": true, ...} */
+    SG_JSON_OUTCOME_UNKNOWN     /* a member name written with escapes: not read */
+} sg_json_outcome;
+
+/* For p[0..len), a text sg_json_prescan accepted with result scan, writes
+ * the outcome of each message-level object into out[0..scan->nmessages).
+ * A linear pass that only looks at member names at the message and result
+ * levels; a name with a backslash escape makes that message UNKNOWN (the
+ * caller may decode it some other way). Can't fail. */
+void sg_json_outcomes(const char *p, size_t len, const sg_json_scan *scan, unsigned char *out);
+
 /* Returns 1 when p[0..len) is exactly one JSON scalar usable as a JSON-RPC
  * id (a string, an integer without fraction or exponent, or null) and
  * nothing else, 0 otherwise. Can't fail. */

@@ -30,6 +30,9 @@
 #define WRITE_CHUNK 4096
 /* Bytes the writer takes from the queue at a time. */
 #define BATCH_BYTES (1u << 20)
+/* While lines keep coming, the writer drains them this often (and at once
+ * when the queue is half full): one write for many lines. */
+#define WRITER_TICK_MS 20
 
 typedef struct queued_line {
     char *text;
@@ -45,6 +48,8 @@ struct sg_audit {
     queued_line *ring; /* [cap] */
     size_t cap, head, count;
     int stopping;          /* under mu */
+    int writer_idle;       /* under mu: the writer waits on an empty queue */
+    int writer_busy;       /* writer only: its last round found lines */
     uint64_t stop_ns;      /* when close was asked (writer thread reads it after stopping) */
     atomic_int reopen;     /* a reopen was asked */
     int partial;           /* a write error left a line unfinished: start the next on a new line */
@@ -155,12 +160,28 @@ static void *writer_main(void *arg)
     sg_buf batch = SG_BUF_INIT;
     for (;;) {
         pthread_mutex_lock(&a->mu);
+        if (a->writer_busy && !a->stopping && !atomic_load(&a->reopen)) {
+            /* Lines came in the last round: more are likely. Let them
+             * gather for a tick (a half-full queue wakes the writer early). */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += WRITER_TICK_MS * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            while (a->count < a->cap / 2 && !a->stopping && !atomic_load(&a->reopen))
+                if (pthread_cond_timedwait(&a->wake, &a->mu, &until) == ETIMEDOUT) break;
+        }
+        a->writer_idle = 1;
         while (a->count == 0 && !a->stopping && !atomic_load(&a->reopen)) {
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
             until.tv_sec += 1;
             if (pthread_cond_timedwait(&a->wake, &a->mu, &until) == ETIMEDOUT) break;
         }
+        a->writer_idle = 0;
+        a->writer_busy = a->count > 0;
         sg_buf_reset(&batch);
         if (a->partial) sg_buf_putc(&batch, '\n');
         size_t nlines = 0;
@@ -237,7 +258,12 @@ int sg_audit_submit(sg_audit *a, const char *line, size_t len)
         q->len = len;
         a->count++;
         copy = NULL;
-        if (a->count == 1) pthread_cond_signal(&a->wake);
+        /* Wake the writer only when it sleeps on an empty queue, or when
+         * the queue is half full: while lines keep coming it drains them
+         * every WRITER_TICK_MS by itself, one write for many lines. A wake
+         * per line would cost a context switch per request. */
+        if ((a->count == 1 && a->writer_idle) || a->count == a->cap / 2)
+            pthread_cond_signal(&a->wake);
         pthread_mutex_unlock(&a->mu);
         return 0;
     }
@@ -301,8 +327,7 @@ void sg_audit_metrics(sg_buf *out, void *ud)
         uint64_t v;
         memcpy(&v, (const char *)&s + families[i].offset, sizeof v);
         sg_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", families[i].name,
-                      families[i].help, families[i].name, families[i].name,
-                      (unsigned long long)v);
+                      families[i].help, families[i].name, families[i].name, (unsigned long long)v);
     }
 }
 

@@ -398,24 +398,45 @@ typedef struct answer_msg {
 static void classify_json(const char *json, size_t len, answer_msg *msgs, size_t *n, size_t cap)
 {
     static const sg_json_limits lim = {.max_depth = SG_JSON_MAX_DEPTH_CAP};
+    static const char *const names[] = {
+        [SG_JSON_OUTCOME_OK] = "ok",
+        [SG_JSON_OUTCOME_ERROR] = "jsonrpc_error",
+        [SG_JSON_OUTCOME_TOOL_ERROR] = "tool_error",
+    };
     sg_json_scan scan = {0};
     if (sg_json_prescan(json, len, &lim, &scan, NULL) != 0) return;
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    size_t i = 0;
-    for (cJSON *m = scan.top_is_array && root ? root->child : root; m && i < scan.nmessages;
-         m = scan.top_is_array ? m->next : NULL, i++) {
-        if (*n >= cap || !cJSON_IsObject(m) || scan.id_spans[i].len == 0) continue;
-        const cJSON *result = cJSON_GetObjectItemCaseSensitive(m, "result");
-        const char *outcome = "ok";
-        if (cJSON_GetObjectItemCaseSensitive(m, "error"))
-            outcome = "jsonrpc_error";
-        else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError")))
-            outcome = "tool_error";
+    /* One pass over member names, no tree; only a name written with escapes
+     * needs cJSON to decode it. */
+    unsigned char quick[64];
+    unsigned char *outcome = scan.nmessages <= sizeof quick ? quick : malloc(scan.nmessages);
+    cJSON *root = NULL;
+    if (outcome) {
+        sg_json_outcomes(json, len, &scan, outcome);
+        for (size_t i = 0; i < scan.nmessages && !root; i++)
+            if (outcome[i] == SG_JSON_OUTCOME_UNKNOWN) root = cJSON_ParseWithLength(json, len);
+    } else {
+        root = cJSON_ParseWithLength(json, len);
+    }
+    cJSON *m = root && scan.top_is_array ? root->child : root;
+    for (size_t i = 0; i < scan.nmessages; i++, m = m && scan.top_is_array ? m->next : NULL) {
+        if (*n >= cap || scan.id_spans[i].len == 0) continue;
+        const char *name;
+        if (outcome && outcome[i] != SG_JSON_OUTCOME_UNKNOWN) {
+            name = names[outcome[i]];
+        } else {
+            if (!cJSON_IsObject(m)) continue;
+            const cJSON *result = cJSON_GetObjectItemCaseSensitive(m, "result");
+            name = cJSON_GetObjectItemCaseSensitive(m, "error") ? "jsonrpc_error"
+                   : cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError"))
+                       ? "tool_error"
+                       : "ok";
+        }
         msgs[*n].id = json + scan.id_spans[i].off;
         msgs[*n].id_len = scan.id_spans[i].len;
-        msgs[*n].outcome = outcome;
+        msgs[*n].outcome = name;
         (*n)++;
     }
+    if (outcome != quick) free(outcome);
     cJSON_Delete(root);
     sg_json_scan_free(&scan);
 }

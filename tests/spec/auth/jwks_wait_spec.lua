@@ -8,6 +8,11 @@
 -- while the unknown-kid request waits, suspended, for the one refetch, then
 -- succeeds when the refetch brings its key and fails 401 when it does not.
 -- Before, the refetch ran on the worker: every request on it waited ~2 s.
+-- A request that blocked on the refetch would wait its whole DELAY (2 s);
+-- quiet, the cached stream's p99 is 2-5 ms, but on a shared machine running
+-- other builds it has reached 60 ms: the bound says "never blocked", not
+-- "fast".
+local P99_MS = 200
 local core = require "scopegate.core"
 local keys = require "keys"
 local procs = require "procs"
@@ -137,7 +142,7 @@ describe("unknown-kid refetch off the worker (real binary, one worker)", functio
     assert.is_true(secs >= DELAY * 0.9, "the new kid did not wait for the refetch: " .. secs)
     assert.matches('"honest_status": {"200": %d+}', out)
     assert.is_true(max < 500, "a cached-token request waited " .. max .. " ms")
-    assert.is_true(p99 < 50, "cached-token p99 " .. p99 .. " ms")
+    assert.is_true(p99 < P99_MS, "cached-token p99 " .. p99 .. " ms")
     assert.equal(hits0 + 1, srv.hits()) -- one refetch
     assert.is_true(core.policy_clock() - t0 < DELAY + 5)
   end)
@@ -160,7 +165,7 @@ describe("unknown-kid refetch off the worker (real binary, one worker)", functio
     assert.matches("key id is not known", answer_a)
     assert.is_true(secs_a >= DELAY * 0.9, "did not wait for the refetch: " .. secs_a)
     assert.is_true(max < 500, "a cached-token request waited " .. max .. " ms")
-    assert.is_true(p99 < 50, "cached-token p99 " .. p99 .. " ms")
+    assert.is_true(p99 < P99_MS, "cached-token p99 " .. p99 .. " ms")
     assert.equal(hits0 + 1, srv.hits()) -- one fetch for both
     -- inside the interval, another unknown kid is refused at once
     local code, secs = background(mint(k3, "k3"), "k3c")()

@@ -489,7 +489,12 @@ describe("a 10,000-tool policy", function()
     local small = assert(core.policy_load(make(10)))
     local path = make(10000)
     local big, t_load = pt.timed(function() return assert(core.policy_load(path)) end)
-    assert.is_true(t_load < 2, "load took " .. t_load)
+    -- 0.5 s in a release build; ASan runs it three to five times slower, and
+    -- a shared machine adds its own share.
+    local cache = io.open(os.getenv("SG_BUILD_DIR") .. "/CMakeCache.txt")
+    local sanitized = cache and cache:read("a"):find("SG_SANITIZE:BOOL=ON", 1, true)
+    if cache then cache:close() end
+    assert.is_true(t_load < (sanitized and 6 or 2), "load took " .. t_load)
     assert.equal(path:match("[^/]*$"), big:info().file:match("[^/]*$"))
     local d = big:decide { method = "tools/call", name = "tool_9999" }
     assert.same({ "tools.tool_9999", pt.line_of(path, "tool_9999 ="), '{ any_of = { "t:read", "t:write" } }' },

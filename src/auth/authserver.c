@@ -25,6 +25,7 @@
 #include <openssl/rand.h>
 
 #include "base/json.h"
+#include "base/metrics.h"
 
 #define MAX_ANSWER_BYTES   (64 * 1024)  /* an introspection answer */
 #define MAX_METADATA_BYTES (256 * 1024) /* a discovery document */
@@ -760,6 +761,29 @@ void sg_introspect_on_done(sg_introspector *in, void (*fn)(void *ud), void *ud)
     in->on_done = fn;
     in->on_done_ud = ud;
     pthread_mutex_unlock(&in->cb_mu);
+}
+
+void sg_authserver_metrics(sg_buf *out, void *ud)
+{
+    sg_authserver_stats s;
+    sg_authserver_get_stats(ud, &s);
+    sg_metrics_counter(out, "scopegate_introspection_requests_total",
+                       "Calls made to the RFC 7662 introspection endpoint.", s.introspections);
+    sg_metrics_counter(out, "scopegate_introspection_failures_total",
+                       "Introspection calls without a usable answer (network, status, document).",
+                       s.introspection_failures);
+    sg_metrics_counter(out, "scopegate_introspection_cache_hits_total",
+                       "Opaque tokens served an active answer from the introspection cache.",
+                       s.cache_hits);
+    sg_metrics_counter(out, "scopegate_introspection_cache_misses_total",
+                       "Introspection cache lookups that found nothing usable.", s.cache_misses);
+    sg_metrics_counter(out, "scopegate_introspection_negative_hits_total",
+                       "Opaque tokens refused from the short negative cache.", s.negative_hits);
+    sg_metrics_counter(out, "scopegate_introspection_queue_full_total",
+                       "Requests refused because the introspection queue was full.", s.queue_full);
+    sg_metrics_counter(out, "scopegate_discovery_fetches_total",
+                       "Authorization server metadata documents fetched (RFC 8414 / OIDC).",
+                       s.discovery_fetches);
 }
 
 void sg_authserver_get_stats(const sg_introspector *in, sg_authserver_stats *out)

@@ -151,5 +151,9 @@ typedef struct sg_authserver_stats {
 /* The one getter for them; in may be NULL (then only discovery counts).
  * Can't fail. */
 void sg_authserver_get_stats(const sg_introspector *in, sg_authserver_stats *out);
+/* A metrics collector (sg_metrics_add_collector, ud = the sg_introspector,
+ * or NULL for discovery only): the stats above as Prometheus counter
+ * families. Can't fail. */
+void sg_authserver_metrics(sg_buf *out, void *ud);
 
 #endif

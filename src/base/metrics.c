@@ -322,6 +322,17 @@ int sg_metrics_each_decision(void (*fn)(const char *method, const char *tool, in
     return rc;
 }
 
+void sg_metrics_family(sg_buf *out, const char *name, const char *help, const char *type)
+{
+    sg_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void sg_metrics_counter(sg_buf *out, const char *name, const char *help, uint64_t value)
+{
+    sg_metrics_family(out, name, help, "counter");
+    sg_buf_printf(out, "%s %llu\n", name, (unsigned long long)value);
+}
+
 int sg_metrics_add_collector(void (*fn)(sg_buf *out, void *ud), void *ud)
 {
     pthread_mutex_lock(&shards_mu);

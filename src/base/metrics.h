@@ -174,6 +174,13 @@ int sg_metrics_add_collector(void (*fn)(sg_buf *out, void *ud), void *ud);
 /* Runs every collector into out. */
 void sg_metrics_run_collectors(sg_buf *out);
 
+/* Appends the "# HELP" and "# TYPE" lines of a family. Can't fail (a
+ * buffer failure is recorded in out). */
+void sg_metrics_family(sg_buf *out, const char *name, const char *help, const char *type);
+/* Appends a whole counter family of one unlabelled sample: its HELP and TYPE
+ * lines, then "name value". For collectors. Can't fail. */
+void sg_metrics_counter(sg_buf *out, const char *name, const char *help, uint64_t value);
+
 /* Appends a label value escaped as the text format says (backslash, double
  * quote and line feed). Can't fail (a buffer failure is recorded in out). */
 void sg_metrics_escape_label(sg_buf *out, const char *value);

@@ -776,6 +776,8 @@ static int serve(serve_opts *opts)
         goto out;
     }
     if (o.introspection_url && !(introspector = start_introspection(&o, verifier))) goto out;
+    if (introspector || discovered.from) /* the admin stops before the introspector */
+        sg_metrics_add_collector(sg_authserver_metrics, introspector);
 
     if (o.audit_log) {
         sg_audit_config ac = {.path = o.audit_log, .queue_lines = o.audit_queue};

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/metrics.h"
 #include "base/sg.h"
 
 /* How long close waits for a file that accepts nothing. */
@@ -326,8 +327,7 @@ void sg_audit_metrics(sg_buf *out, void *ud)
     for (size_t i = 0; i < SG_ARRAY_LEN(families); i++) {
         uint64_t v;
         memcpy(&v, (const char *)&s + families[i].offset, sizeof v);
-        sg_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", families[i].name,
-                      families[i].help, families[i].name, families[i].name, (unsigned long long)v);
+        sg_metrics_counter(out, families[i].name, families[i].help, v);
     }
 }
 

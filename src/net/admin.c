@@ -67,11 +67,6 @@ static const char *upstream_error_label(int i)
 
 /* ---- the exposition ------------------------------------------------------------ */
 
-static void family(sg_buf *out, const char *name, const char *help, const char *type)
-{
-    sg_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
 static void seconds(sg_buf *out, uint64_t ns)
 {
     sg_buf_printf(out, "%llu.%09llu", (unsigned long long)(ns / 1000000000ull),
@@ -84,7 +79,7 @@ static void render_counters(sg_buf *out, const sg_metrics_snapshot *snap)
     do {                                                                                           \
         const char *label_ = (label);                                                              \
         const char *(*value_name_)(int) = value_name;                                              \
-        family(out, name, help, "counter");                                                        \
+        sg_metrics_family(out, name, help, "counter");                                             \
         for (int i = 0; i < (values); i++) {                                                       \
             if (!label_ || !value_name_) {                                                         \
                 sg_buf_printf(out, "%s %llu\n", name,                                              \
@@ -105,7 +100,7 @@ static void render_counters(sg_buf *out, const sg_metrics_snapshot *snap)
 static void render_gauges(sg_buf *out, const sg_metrics_snapshot *snap)
 {
 #define SG_RENDER_GAUGE_(id, name, help)                                                           \
-    family(out, name, help, "gauge");                                                              \
+    sg_metrics_family(out, name, help, "gauge");                                                   \
     sg_buf_printf(out, "%s %lld\n", name, (long long)snap->gauges[SG_G_##id]);
     SG_METRIC_GAUGES(SG_RENDER_GAUGE_)
 #undef SG_RENDER_GAUGE_
@@ -115,7 +110,7 @@ static void render_histogram(sg_buf *out, const char *name, const char *help,
                              const sg_metrics_snapshot *snap, int id)
 {
     const uint64_t *bounds = sg_metrics_bucket_bounds();
-    family(out, name, help, "histogram");
+    sg_metrics_family(out, name, help, "histogram");
     uint64_t cumulative = 0;
     for (int b = 0; b < SG_METRICS_BUCKETS; b++) {
         cumulative += snap->hist[id].buckets[b];
@@ -172,23 +167,25 @@ int sg_admin_render_metrics(sg_admin *a, sg_buf *out)
     sg_metrics_snapshot snap;
     sg_metrics_read(&snap);
 
-    family(out, "scopegate_build_info", "The running scopegate's version.", "gauge");
+    sg_metrics_family(out, "scopegate_build_info", "The running scopegate's version.", "gauge");
     sg_buf_puts(out, "scopegate_build_info{version=\"");
     sg_metrics_escape_label(out, SG_VERSION);
     sg_buf_puts(out, "\"} 1\n");
 
     char hash[SG_POLICY_HASH_LEN + 1];
     sg_gateway_policy_hash(a->cfg.gateway, hash);
-    family(out, "scopegate_policy_info", "The policy in force, by its content hash.", "gauge");
+    sg_metrics_family(out, "scopegate_policy_info", "The policy in force, by its content hash.",
+                      "gauge");
     sg_buf_puts(out, "scopegate_policy_info{hash=\"");
     sg_metrics_escape_label(out, hash);
     sg_buf_puts(out, "\"} 1\n");
 
-    family(out, "scopegate_decisions_total",
-           "Access decisions on the MCP endpoint, by JSON-RPC method (MCP's own, else other; "
-           "batch; GET and DELETE streams), tool (tools/call of a tool the policy names, else "
-           "other) and outcome.",
-           "counter");
+    sg_metrics_family(
+        out, "scopegate_decisions_total",
+        "Access decisions on the MCP endpoint, by JSON-RPC method (MCP's own, else other; "
+        "batch; GET and DELETE streams), tool (tools/call of a tool the policy names, else "
+        "other) and outcome.",
+        "counter");
     decision_ctx dc = {out};
     if (sg_metrics_each_decision(render_decision, &dc) != 0) return -1;
 
@@ -198,11 +195,11 @@ int sg_admin_render_metrics(sg_admin *a, sg_buf *out)
     SG_METRIC_HISTOGRAMS(SG_RENDER_HIST_)
 #undef SG_RENDER_HIST_
 
-    family(out, "scopegate_keys", "Token verification keys in force.", "gauge");
+    sg_metrics_family(out, "scopegate_keys", "Token verification keys in force.", "gauge");
     sg_buf_printf(out, "scopegate_keys %d\n", sg_keys_count(a->cfg.keys));
     uint64_t age = sg_metrics_upstream_age_ns();
-    family(out, "scopegate_upstream_last_response_age_seconds",
-           "Seconds since the upstream last answered anything (-1: never).", "gauge");
+    sg_metrics_family(out, "scopegate_upstream_last_response_age_seconds",
+                      "Seconds since the upstream last answered anything (-1: never).", "gauge");
     if (age == UINT64_MAX) {
         sg_buf_puts(out, "scopegate_upstream_last_response_age_seconds -1\n");
     } else {
@@ -211,7 +208,7 @@ int sg_admin_render_metrics(sg_admin *a, sg_buf *out)
         sg_buf_putc(out, '\n');
     }
     char why[128];
-    family(out, "scopegate_ready", "1 when /readyz answers 200.", "gauge");
+    sg_metrics_family(out, "scopegate_ready", "1 when /readyz answers 200.", "gauge");
     sg_buf_printf(out, "scopegate_ready %d\n", not_ready(a, why, sizeof why) ? 0 : 1);
 
     sg_metrics_run_collectors(out);

@@ -178,6 +178,30 @@ describe("authorization server: discovery and introspection (real binary)", func
       assert.equal(200, call(addr, "tok-no-exp").status)
     end)
 
+    it("counts its calls and its caches on /metrics, in an exposition promtool accepts", function()
+      local a, alog = serve(table.concat({ "--issuer", q(stub .. "/tenant/a"),
+        "--introspection-url", q(stub .. "/introspect"), "--public-key", q(pub),
+        "--introspection-client-id scopegate --introspection-secret-file", q(dir .. "/secret"),
+        "--introspection-auth post --threads 1 --admin-listen 127.0.0.1:0" }, " "), "metered")
+      local admin = procs.wait_for(alog, "readyz at (127%.0%.0%.1:%d+)", 5)
+      assert.equal(200, call(a, "tok-active").status) -- asked
+      assert.equal(200, call(a, "tok-active").status) -- from the cache
+      assert.equal(401, call(a, "tok-unknown").status) -- asked: inactive
+      assert.equal(401, call(a, "tok-unknown").status) -- from the negative cache
+      local m = procs.http { url = "http://" .. admin .. "/metrics", scratch = dir }
+      assert.equal(200, m.status)
+      -- Lookups, not requests: a request that waited for its call looks
+      -- again when woken (a miss, then a hit); the second of each is a hit.
+      for name, want in pairs { requests = 2, cache_misses = 2, cache_hits = 2, negative_hits = 2,
+                                failures = 0, queue_full = 0 } do
+        assert.matches("\nscopegate_introspection_" .. name .. "_total " .. want .. "\n", m.body, 1, true)
+      end
+      keys.write(dir .. "/scrape.txt", m.body)
+      local check = io.popen(CLEAN .. "promtool check metrics <" .. q(dir .. "/scrape.txt") .. " 2>&1; echo rc=$?")
+      assert.equal("rc=0\n", check:read("a"))
+      check:close()
+    end)
+
     local refusals = {
       { "tok-active-string", "The token is not active." },
       { "tok-unknown", "The token is not active." },

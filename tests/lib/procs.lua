@@ -81,6 +81,18 @@ end
 M.SCOPEGATE = assert(os.getenv("SG_BUILD_DIR"), "SG_BUILD_DIR not set (use tests/busted.sh)") ..
               "/scopegate"
 
+-- The sanitizer the build under test was made with: "asan" (ASan+UBSan),
+-- "tsan", or nil for none. Timing bounds and byte counts that only hold
+-- for an uninstrumented binary look here.
+M.sanitizer = (function()
+  local f = io.open(os.getenv("SG_BUILD_DIR") .. "/CMakeCache.txt")
+  local s = f and f:read("a") or ""
+  if f then f:close() end
+  if s:find("SG_SANITIZE:BOOL=ON", 1, true) then return "asan" end
+  if s:find("SG_TSAN:BOOL=ON", 1, true) then return "tsan" end
+  return nil
+end)()
+
 -- Starts tests/peers/echo_upstream.py on a free loopback port, logging into
 -- dir; returns its pid and "127.0.0.1:PORT".
 function M.echo_upstream(dir)

@@ -13,14 +13,9 @@
 -- Sanitizer builds allocate differently (redzones, quarantine, shadow
 -- memory): there only the answers are checked, not the bytes.
 local keys = require "keys"
+local procs = require "procs"
 
 local build = assert(os.getenv("SG_BUILD_DIR"))
-local function sanitized()
-  local f = io.open(build .. "/CMakeCache.txt")
-  local s = f and f:read("a") or ""
-  if f then f:close() end
-  return s:find("SG_SANITIZE:BOOL=ON", 1, true) ~= nil or s:find("SG_TSAN:BOOL=ON", 1, true) ~= nil
-end
 
 describe("connection memory (bench/connmem, real binary)", function()
   it("keeps an idle connection under 13 KiB, a stream small, and gives memory back on close", function()
@@ -35,7 +30,7 @@ describe("connection memory (bench/connmem, real binary)", function()
     assert(idle, "no CONNMEM line in:\n" .. out)
     idle, conns, per_conn = tonumber(idle), tonumber(conns), tonumber(per_conn)
     sse, sse_kib, closed = tonumber(sse), tonumber(sse_kib), tonumber(closed)
-    if sanitized() then return end
+    if procs.sanitizer then return end
     assert(per_conn <= 13 * 1024, "an idle connection costs " .. per_conn .. " bytes:\n" .. out)
     local per_stream = (sse_kib - conns) * 1024 / sse
     assert(per_stream <= 24 * 1024, "an SSE stream costs " .. per_stream .. " bytes:\n" .. out)

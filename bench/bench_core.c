@@ -23,6 +23,7 @@
 #include "policy/policy.h"
 #include "auth/jwks.h"
 #include "base/sg.h"
+#include "auth/mint.h"
 #include "auth/token.h"
 
 #define NTOKENS 64

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "auth/mint.h"
 #include "auth/token.h"
 
 static char tmpdir[64];

@@ -21,6 +21,7 @@
 
 #include "fuzz_common.h"
 #include "auth/jwks.h"
+#include "auth/mint.h"
 #include "auth/token.h"
 
 #define CHECK(c)                                                                                   \

@@ -9,8 +9,9 @@
  * (jwks.h: JWK to EVP_PKEY, JWKS files and URLs, the refresher thread), the
  * verifier and its per-worker cache (this file), and the RFC 6750
  * WWW-Authenticate challenge built from what was verified (challenge.h).
- * Minting tokens is not here: the development minter lives with the CLI
- * and the test minter is libjwt, in the Lua module only.
+ * Minting tokens is not part of the verifier: development tokens are
+ * signed by mint.h (for `scopegate token`, the specs, fuzz/ and bench/),
+ * which nothing on the request path calls.
  */
 #ifndef SG_TOKEN_H
 #define SG_TOKEN_H
@@ -36,7 +37,7 @@ typedef struct sg_token {
     int nscopes; /* validated RFC 6749 scope tokens, token order, deduplicated */
     const char *const *scopes;
     /* The payload JSON as verified (NUL-terminated), in tokens made by
-     * token.c only; NULL in a token built by hand (then claims is used). */
+     * the verifier only; NULL in a token built by hand (then claims is used). */
     const char *claims_json;
     size_t claims_json_len;
 } sg_token;
@@ -213,19 +214,5 @@ typedef struct sg_tcache_stats {
 } sg_tcache_stats;
 /* Can't fail. */
 void sg_tcache_get_stats(const sg_tcache *c, sg_tcache_stats *out);
-
-/* ---- minting (development tokens, specs, bench) ----------------------------
- * Signs claims_json (used verbatim as the payload) with alg: key is a PEM
- * private key for RS*, PS*, ES* and EdDSA, or the secret bytes for HS*.
- * The header is header_json verbatim when given, else
- * {"alg":ALG,"typ":"JWT"} plus "kid" when kid is not NULL. Appends the
- * compact token to out. Returns 0, or -1 with a message in err. */
-/* The JWS alg a PEM private key signs with by default: RS256 for RSA, ES256/
- * ES384/ES512 by EC curve, EdDSA for Ed25519/Ed448. Returns a static string,
- * or NULL when the PEM is not a private key of those kinds. */
-const char *sg_token_alg_for_key(const void *pem, size_t len);
-int sg_token_mint(const char *alg, const void *key, size_t keylen, const char *kid,
-                  const char *header_json, const char *claims_json, sg_buf *out, char *err,
-                  size_t errlen);
 
 #endif

@@ -15,6 +15,7 @@
 #include "policy/lint.h"
 #include "policy/policy.h"
 #include "base/sg.h"
+#include "auth/mint.h"
 #include "auth/token.h"
 
 int sg_cmd_serve(int argc, char **argv);

@@ -30,6 +30,7 @@
 
 #include "base/base64url.h"
 #include "auth/jwks.h"
+#include "auth/mint.h"
 #include "auth/token.h"
 
 #define VERIFIER_METATABLE "scopegate.verifier"

@@ -1,16 +1,14 @@
 /* jwks.c -- verification keys: PEM files, HMAC secrets, JWKS documents and a
  * JWKS URL, parsed once into EVP_PKEYs bound to their algorithms.
  *
- * This exists because libjwt re-parses a PEM per verification and lets any
- * key verify any alg (stack-notes.md). Here a key is parsed when it arrives
- * and published in an immutable refcounted snapshot; see jwks.h for the
- * sharing rules and docs/tokens.md for which JWKs are skipped.
+ * A key is parsed when it arrives (jwk.c) and published here in an
+ * immutable refcounted snapshot; see jwks.h for the sharing rules.
  *
  * Network fetches happen on the refresher thread once it runs: TTL
  * refreshes, and unknown-kid refetches that request threads ask for with a
  * ticket (sg_keys_want_kid) and wait for without blocking (their HTTP
  * layer suspends the request and is woken by the listener). */
-#include "auth/jwks.h"
+#include "auth/jwks_impl.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -22,45 +20,18 @@
 
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
-#include <openssl/core_names.h>
-#include <openssl/param_build.h>
 #include <openssl/pem.h>
 
 #include "auth/authserver.h"
-#include "base/base64url.h"
 #include "base/metrics.h"
 #include "base/sg.h"
 
-#define DEFAULT_TTL_MS         (300 * 1000ull)
-#define DEFAULT_REFETCH_MS     (30 * 1000ull)
-#define FETCH_TIMEOUT_MS       5000L
-#define MAX_PEM_BYTES          (64 * 1024)
-#define MAX_KID_LEN            256
-#define MIN_RSA_BITS           2048
-#define MAX_RSA_MODULUS_BYTES  1024 /* 8192 bits: bounds the cost of one verify */
-#define MAX_RSA_EXPONENT_BYTES 8
+#define DEFAULT_TTL_MS     (300 * 1000ull)
+#define DEFAULT_REFETCH_MS (30 * 1000ull)
+#define FETCH_TIMEOUT_MS   5000L
+#define MAX_PEM_BYTES      (64 * 1024)
 
-#define RSA_ALGS                                                                                   \
-    (SG_ALG_BIT(SG_ALG_RS256) | SG_ALG_BIT(SG_ALG_RS384) | SG_ALG_BIT(SG_ALG_RS512) |              \
-     SG_ALG_BIT(SG_ALG_PS256) | SG_ALG_BIT(SG_ALG_PS384) | SG_ALG_BIT(SG_ALG_PS512))
 #define HMAC_ALGS (SG_ALG_BIT(SG_ALG_HS256) | SG_ALG_BIT(SG_ALG_HS384) | SG_ALG_BIT(SG_ALG_HS512))
-
-static const char *const alg_names[SG_ALG_COUNT] = {
-    "none",  "HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
-    "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
-};
-
-int sg_jws_alg_from_name(const char *name, size_t len)
-{
-    for (int i = 0; i < SG_ALG_COUNT; i++)
-        if (strlen(alg_names[i]) == len && memcmp(alg_names[i], name, len) == 0) return i;
-    return -1;
-}
-
-const char *sg_jws_alg_name(int alg)
-{
-    return alg >= 0 && alg < SG_ALG_COUNT ? alg_names[alg] : "?";
-}
 
 struct sg_keys {
     pthread_mutex_t snap_mu; /* guards `current` only; held for a pointer swap or a refcount */
@@ -96,24 +67,6 @@ struct sg_keys {
     void (*on_kid)(void *ud); /* called after each unknown-kid refetch */
     void *on_kid_ud;
 };
-
-static void jwk_clear(sg_jwk *j)
-{
-    free(j->kid);
-    EVP_PKEY_free(j->pkey);
-    if (j->secret) {
-        OPENSSL_cleanse(j->secret, j->secret_len);
-        free(j->secret);
-    }
-    memset(j, 0, sizeof *j);
-}
-
-static void jwks_free_array(sg_jwk *keys, int n)
-{
-    for (int i = 0; i < n; i++)
-        jwk_clear(&keys[i]);
-    free(keys);
-}
 
 /* Deep copy for a snapshot: the EVP_PKEY is shared by reference count.
  * Returns 0 or -1 (out of memory; dst left clear). */
@@ -211,51 +164,13 @@ void sg_keys_free(sg_keys *k)
         pthread_cond_destroy(&k->refresher_cv);
     }
     sg_keyset_release(k->current);
-    jwks_free_array(k->static_keys, k->nstatic);
-    jwks_free_array(k->url_keys, k->nurl);
+    jwk_array_free(k->static_keys, k->nstatic);
+    jwk_array_free(k->url_keys, k->nurl);
     free(k->url);
     pthread_mutex_destroy(&k->snap_mu);
     pthread_mutex_destroy(&k->fetch_mu);
     pthread_mutex_destroy(&k->wait_mu);
     free(k);
-}
-
-/* The algorithms a public key's type allows; 0 for keys we refuse (RSA
- * under 2048 bits, other curves, other key types). */
-static unsigned algs_for_pkey(EVP_PKEY *p)
-{
-    if (EVP_PKEY_is_a(p, "RSA")) return EVP_PKEY_get_bits(p) >= MIN_RSA_BITS ? RSA_ALGS : 0;
-    if (EVP_PKEY_is_a(p, "ED25519") || EVP_PKEY_is_a(p, "ED448")) return SG_ALG_BIT(SG_ALG_EDDSA);
-    if (EVP_PKEY_is_a(p, "EC")) {
-        char group[64];
-        if (!EVP_PKEY_get_utf8_string_param(p, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group,
-                                            NULL))
-            return 0;
-        if (strcmp(group, "prime256v1") == 0) return SG_ALG_BIT(SG_ALG_ES256);
-        if (strcmp(group, "secp384r1") == 0) return SG_ALG_BIT(SG_ALG_ES384);
-        if (strcmp(group, "secp521r1") == 0) return SG_ALG_BIT(SG_ALG_ES512);
-    }
-    return 0;
-}
-
-/* Appends a key to a growable array, taking ownership of *j (cleared on
- * return either way). Returns 0 or -1 (out of memory). */
-static int push_key(sg_jwk **arr, int *n, sg_jwk *j)
-{
-    sg_jwk *grown = realloc(*arr, (size_t)(*n + 1) * sizeof **arr);
-    if (!grown) {
-        jwk_clear(j);
-        return -1;
-    }
-    *arr = grown;
-    grown[(*n)++] = *j;
-    memset(j, 0, sizeof *j);
-    return 0;
-}
-
-static int kid_ok(const char *kid)
-{
-    return !kid || (strlen(kid) > 0 && strlen(kid) <= MAX_KID_LEN);
 }
 
 int sg_keys_add_pem(sg_keys *k, const char *pem, size_t len, const char *alg, const char *kid,
@@ -267,10 +182,10 @@ int sg_keys_add_pem(sg_keys *k, const char *pem, size_t len, const char *alg, co
         return -1;
     }
     if (SG_ALG_BIT(a) & HMAC_ALGS) {
-        sg_errf(err, errlen, "%s needs a configured secret, not a PEM key", alg_names[a]);
+        sg_errf(err, errlen, "%s needs a configured secret, not a PEM key", sg_jws_alg_name(a));
         return -1;
     }
-    if (!kid_ok(kid) || len > MAX_PEM_BYTES) {
+    if (!jwk_kid_ok(kid) || len > MAX_PEM_BYTES) {
         sg_errf(err, errlen, "kid or PEM too long");
         return -1;
     }
@@ -281,10 +196,10 @@ int sg_keys_add_pem(sg_keys *k, const char *pem, size_t len, const char *alg, co
         sg_errf(err, errlen, "not a PEM public key (BEGIN PUBLIC KEY)");
         return -1;
     }
-    if (!(algs_for_pkey(p) & SG_ALG_BIT(a))) {
+    if (!(jwk_algs_for_pkey(p) & SG_ALG_BIT(a))) {
         EVP_PKEY_free(p);
-        sg_errf(err, errlen, "the key does not fit alg %s (or RSA under %d bits)", alg_names[a],
-                MIN_RSA_BITS);
+        sg_errf(err, errlen, "the key does not fit alg %s (or RSA under %d bits)",
+                sg_jws_alg_name(a), MIN_RSA_BITS);
         return -1;
     }
     sg_jwk j = {.algs = SG_ALG_BIT(a), .pkey = p};
@@ -293,7 +208,7 @@ int sg_keys_add_pem(sg_keys *k, const char *pem, size_t len, const char *alg, co
         sg_errf(err, errlen, "out of memory");
         return -1;
     }
-    if (push_key(&k->static_keys, &k->nstatic, &j) != 0 || publish(k) != 0) {
+    if (jwk_array_push(&k->static_keys, &k->nstatic, &j) != 0 || publish(k) != 0) {
         sg_errf(err, errlen, "out of memory");
         return -1;
     }
@@ -324,11 +239,11 @@ int sg_keys_add_secret(sg_keys *k, const void *secret, size_t len, const char *a
     }
     size_t min = a == SG_ALG_HS256 ? 32 : a == SG_ALG_HS384 ? 48 : 64;
     if (len < min || len > 4096) {
-        sg_errf(err, errlen, "%s secrets must be %zu to 4096 bytes (RFC 7518 3.2)", alg_names[a],
-                min);
+        sg_errf(err, errlen, "%s secrets must be %zu to 4096 bytes (RFC 7518 3.2)",
+                sg_jws_alg_name(a), min);
         return -1;
     }
-    if (!kid_ok(kid)) {
+    if (!jwk_kid_ok(kid)) {
         sg_errf(err, errlen, "kid too long");
         return -1;
     }
@@ -340,240 +255,21 @@ int sg_keys_add_secret(sg_keys *k, const void *secret, size_t len, const char *a
         return -1;
     }
     memcpy(j.secret, secret, len);
-    if (push_key(&k->static_keys, &k->nstatic, &j) != 0 || publish(k) != 0) {
+    if (jwk_array_push(&k->static_keys, &k->nstatic, &j) != 0 || publish(k) != 0) {
         sg_errf(err, errlen, "out of memory");
         return -1;
     }
     return 0;
 }
 
-/* ---- JWK -> EVP_PKEY ------------------------------------------------------- */
-
-/* Decodes the base64url member `name` of a JWK into a malloc'd buffer of at
- * most max bytes. Returns NULL when absent, not a string or not canonical. */
-static unsigned char *jwk_bytes(const cJSON *jwk, const char *name, size_t max, size_t *len)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(jwk, name);
-    if (!cJSON_IsString(v)) return NULL;
-    size_t n = strlen(v->valuestring);
-    if (n == 0 || sg_b64url_decoded_max(n) > max + 2) return NULL;
-    unsigned char *out = malloc(sg_b64url_decoded_max(n));
-    if (!out) return NULL;
-    long got = sg_b64url_decode(v->valuestring, n, out);
-    if (got <= 0 || (size_t)got > max) {
-        free(out);
-        return NULL;
-    }
-    *len = (size_t)got;
-    return out;
-}
-
-static EVP_PKEY *pkey_fromdata(const char *type, OSSL_PARAM_BLD *bld)
-{
-    EVP_PKEY *p = NULL;
-    OSSL_PARAM *params = OSSL_PARAM_BLD_to_param(bld);
-    EVP_PKEY_CTX *ctx = params ? EVP_PKEY_CTX_new_from_name(NULL, type, NULL) : NULL;
-    if (ctx && EVP_PKEY_fromdata_init(ctx) > 0 &&
-        EVP_PKEY_fromdata(ctx, &p, EVP_PKEY_PUBLIC_KEY, params) <= 0)
-        p = NULL;
-    EVP_PKEY_CTX_free(ctx);
-    OSSL_PARAM_free(params);
-    if (p) { /* an EC point must be on its curve; cheap once per key */
-        EVP_PKEY_CTX *check = EVP_PKEY_CTX_new_from_pkey(NULL, p, NULL);
-        int ok = check && EVP_PKEY_public_check(check) > 0;
-        EVP_PKEY_CTX_free(check);
-        if (!ok) {
-            EVP_PKEY_free(p);
-            p = NULL;
-        }
-    }
-    return p;
-}
-
-static EVP_PKEY *jwk_rsa(const cJSON *jwk)
-{
-    size_t nlen = 0, elen = 0;
-    unsigned char *n = jwk_bytes(jwk, "n", MAX_RSA_MODULUS_BYTES, &nlen);
-    unsigned char *e = jwk_bytes(jwk, "e", MAX_RSA_EXPONENT_BYTES, &elen);
-    EVP_PKEY *p = NULL;
-    BIGNUM *bn_n = n ? BN_bin2bn(n, (int)nlen, NULL) : NULL;
-    BIGNUM *bn_e = e ? BN_bin2bn(e, (int)elen, NULL) : NULL;
-    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
-    if (bn_n && bn_e && bld && BN_is_odd(bn_e) && !BN_is_one(bn_e) &&
-        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) &&
-        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e))
-        p = pkey_fromdata("RSA", bld);
-    OSSL_PARAM_BLD_free(bld);
-    BN_free(bn_n);
-    BN_free(bn_e);
-    free(n);
-    free(e);
-    return p;
-}
-
-static EVP_PKEY *jwk_ec(const cJSON *jwk)
-{
-    const cJSON *crv = cJSON_GetObjectItemCaseSensitive(jwk, "crv");
-    if (!cJSON_IsString(crv)) return NULL;
-    const char *group;
-    size_t clen;
-    if (strcmp(crv->valuestring, "P-256") == 0) {
-        group = "prime256v1";
-        clen = 32;
-    } else if (strcmp(crv->valuestring, "P-384") == 0) {
-        group = "secp384r1";
-        clen = 48;
-    } else if (strcmp(crv->valuestring, "P-521") == 0) {
-        group = "secp521r1";
-        clen = 66;
-    } else {
-        return NULL;
-    }
-    size_t xlen = 0, ylen = 0;
-    unsigned char *x = jwk_bytes(jwk, "x", clen, &xlen);
-    unsigned char *y = jwk_bytes(jwk, "y", clen, &ylen);
-    EVP_PKEY *p = NULL;
-    unsigned char pub[1 + 2 * 66];
-    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
-    /* RFC 7518 6.2.1.2: coordinates are exactly the field size long. */
-    if (x && y && bld && xlen == clen && ylen == clen) {
-        pub[0] = 0x04;
-        memcpy(pub + 1, x, clen);
-        memcpy(pub + 1 + clen, y, clen);
-        if (OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) &&
-            OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pub, 1 + 2 * clen))
-            p = pkey_fromdata("EC", bld);
-    }
-    OSSL_PARAM_BLD_free(bld);
-    free(x);
-    free(y);
-    return p;
-}
-
-static EVP_PKEY *jwk_okp(const cJSON *jwk)
-{
-    const cJSON *crv = cJSON_GetObjectItemCaseSensitive(jwk, "crv");
-    if (!cJSON_IsString(crv)) return NULL;
-    int type;
-    size_t want;
-    if (strcmp(crv->valuestring, "Ed25519") == 0) {
-        type = EVP_PKEY_ED25519;
-        want = 32;
-    } else if (strcmp(crv->valuestring, "Ed448") == 0) {
-        type = EVP_PKEY_ED448;
-        want = 57;
-    } else {
-        return NULL;
-    }
-    size_t xlen = 0;
-    unsigned char *x = jwk_bytes(jwk, "x", want, &xlen);
-    EVP_PKEY *p = x && xlen == want ? EVP_PKEY_new_raw_public_key(type, NULL, x, xlen) : NULL;
-    free(x);
-    return p;
-}
-
-/* Turns one JWK into a key. Returns 1 (added to *out), 0 (skipped: *why
- * says why) or -1 (out of memory). */
-static int jwk_parse(const cJSON *jwk, sg_jwk *out, const char **why)
-{
-    memset(out, 0, sizeof *out);
-    if (!cJSON_IsObject(jwk)) return *why = "not an object", 0;
-    const cJSON *use = cJSON_GetObjectItemCaseSensitive(jwk, "use");
-    if (use && (!cJSON_IsString(use) || strcmp(use->valuestring, "sig") != 0))
-        return *why = "use is not sig", 0;
-    const cJSON *kty = cJSON_GetObjectItemCaseSensitive(jwk, "kty");
-    if (!cJSON_IsString(kty)) return *why = "no kty", 0;
-    const cJSON *kid = cJSON_GetObjectItemCaseSensitive(jwk, "kid");
-    if (kid && (!cJSON_IsString(kid) || !kid_ok(kid->valuestring)))
-        return *why = "kid is not a short non-empty string", 0;
-    const cJSON *alg = cJSON_GetObjectItemCaseSensitive(jwk, "alg");
-    if (alg && !cJSON_IsString(alg)) return *why = "alg is not a string", 0;
-
-    EVP_PKEY *p = NULL;
-    if (strcmp(kty->valuestring, "RSA") == 0)
-        p = jwk_rsa(jwk);
-    else if (strcmp(kty->valuestring, "EC") == 0)
-        p = jwk_ec(jwk);
-    else if (strcmp(kty->valuestring, "OKP") == 0)
-        p = jwk_okp(jwk);
-    else
-        return *why = "unsupported kty (oct keys are never taken from a JWKS)", 0;
-    if (!p) return *why = "invalid key parameters", 0;
-
-    unsigned algs = algs_for_pkey(p);
-    if (alg) {
-        int a = sg_jws_alg_from_name(alg->valuestring, strlen(alg->valuestring));
-        algs = a > SG_ALG_NONE ? algs & SG_ALG_BIT(a) : 0;
-    }
-    if (!algs) {
-        EVP_PKEY_free(p);
-        return *why = "alg does not fit the key (or RSA under 2048 bits)", 0;
-    }
-    out->pkey = p;
-    out->algs = algs;
-    if (kid && !(out->kid = strdup(kid->valuestring))) {
-        jwk_clear(out);
-        return -1;
-    }
-    return 1;
-}
-
-/* Parses a JWKS document into a new array. Returns the number of keys
- * (>= 1) or -1 with err set. */
-static int jwks_parse(const char *json, size_t len, sg_jwk **out, char *err, size_t errlen)
-{
-    *out = NULL;
-    if (len > SG_JWKS_MAX_BYTES) {
-        sg_errf(err, errlen, "JWKS larger than %d bytes", SG_JWKS_MAX_BYTES);
-        return -1;
-    }
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    const cJSON *keys = cJSON_GetObjectItemCaseSensitive(root, "keys");
-    if (!cJSON_IsObject(root) || !cJSON_IsArray(keys)) {
-        cJSON_Delete(root);
-        sg_errf(err, errlen, "not a JWKS document (a JSON object with a keys array)");
-        return -1;
-    }
-    if (cJSON_GetArraySize(keys) > SG_JWKS_MAX_KEYS) {
-        cJSON_Delete(root);
-        sg_errf(err, errlen, "JWKS holds more than %d keys", SG_JWKS_MAX_KEYS);
-        return -1;
-    }
-    sg_jwk *arr = NULL;
-    int n = 0, index = 0;
-    const cJSON *item;
-    cJSON_ArrayForEach(item, keys)
-    {
-        sg_jwk j;
-        const char *why = NULL;
-        int rc = jwk_parse(item, &j, &why);
-        if (rc < 0 || (rc == 1 && push_key(&arr, &n, &j) != 0)) {
-            jwks_free_array(arr, n);
-            cJSON_Delete(root);
-            sg_errf(err, errlen, "out of memory");
-            return -1;
-        }
-        if (rc == 0) sg_log(SG_LOG_WARN, "jwks: skipping key #%d: %s", index, why);
-        index++;
-    }
-    cJSON_Delete(root);
-    if (n == 0) {
-        free(arr);
-        sg_errf(err, errlen, "JWKS holds no usable signature key");
-        return -1;
-    }
-    *out = arr;
-    return n;
-}
-
 int sg_keys_add_jwks(sg_keys *k, const char *json, size_t len, char *err, size_t errlen)
 {
     sg_jwk *arr;
-    int n = jwks_parse(json, len, &arr, err, errlen);
+    int n = jwks_parse_doc(json, len, &arr, err, errlen);
     if (n < 0) return -1;
     for (int i = 0; i < n; i++) {
-        if (push_key(&k->static_keys, &k->nstatic, &arr[i]) != 0) {
-            jwks_free_array(arr, n);
+        if (jwk_array_push(&k->static_keys, &k->nstatic, &arr[i]) != 0) {
+            jwk_array_free(arr, n);
             sg_errf(err, errlen, "out of memory");
             return -1;
         }
@@ -614,7 +310,7 @@ static int fetch_jwks(const char *url, sg_jwk **out, char *err, size_t errlen)
     else if (status != 200)
         sg_errf(err, errlen, "fetching JWKS failed: HTTP status %ld", status);
     else
-        n = jwks_parse(body.data ? body.data : "", body.len, out, err, errlen);
+        n = jwks_parse_doc(body.data ? body.data : "", body.len, out, err, errlen);
     sg_buf_free(&body);
     return n;
 }
@@ -640,13 +336,13 @@ static int fetch_locked(sg_keys *k, char *err, size_t errlen)
     if (publish(k) != 0) {
         k->url_keys = old;
         k->nurl = nold;
-        jwks_free_array(arr, n);
+        jwk_array_free(arr, n);
         k->fetch_failures++;
         sg_metric_inc(SG_M_JWKS_FETCH_FAILURES);
         sg_errf(err, errlen, "out of memory");
         return -1;
     }
-    jwks_free_array(old, nold);
+    jwk_array_free(old, nold);
     k->fetches++;
     sg_metric_inc(SG_M_JWKS_FETCHES);
     __atomic_store_n(&k->next_refresh_ns, now + k->ttl_ns, __ATOMIC_RELEASE);

@@ -1,5 +1,5 @@
 /* fuzz_proxy.c -- libFuzzer target: the upstream side of the proxy
- * (src/upstream/proxy.c with its HTTP/1.1 client, src/upstream/http1.c) on whatever an
+ * (src/upstream/proxy.c with its HTTP/1.1 client, proxy_http1.c and http1.c) on whatever an
  * upstream answers.
  *
  * A loopback "upstream" thread answers every request with the current input

@@ -1,7 +1,7 @@
 /* http1.h -- an incremental HTTP/1.1 response parser.
  *
  * The upstream side of the gateway speaks plain HTTP/1.1 to http://
- * upstreams itself (proxy.c) instead of going through libcurl, which cost a
+ * upstreams itself (proxy_http1.c) instead of going through libcurl, which cost a
  * sixth of the forwarded path. This is the part of that client that must be
  * exactly right, so it is pure and on its own: bytes in, header lines and
  * de-chunked body pieces out, through callbacks, in any split the network

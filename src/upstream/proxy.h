@@ -15,9 +15,11 @@
  * is never among them (no token passthrough).
  *
  * The folder src/upstream/ is the side of scopegate that talks to the MCP
- * server: this lane of transfers (our own HTTP/1.1 keep-alive client for
- * http:// upstreams, libcurl for https://) and the incremental HTTP/1.1
- * response parser behind the former (http1.h).
+ * server: this lane of transfers, its lifecycle in proxy.c and one
+ * transport per scheme behind an ops table (proxy_impl.h): our own
+ * HTTP/1.1 keep-alive client for http:// upstreams (proxy_http1.c), libcurl
+ * for https:// (proxy_curl.c); and the incremental HTTP/1.1 response
+ * parser behind the former (http1.h).
  */
 #ifndef SG_PROXY_H
 #define SG_PROXY_H
@@ -45,20 +47,23 @@ sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, unsigned lanes, char *err, si
  * consumer holds a transfer. NULL is fine. */
 void sg_proxy_free(sg_proxy *p);
 
-/* Lane i (< lanes), or NULL. Each lane must then be used by one thread only. */
+/* Lane i (< lanes), or NULL. Each lane, and every transfer started on it,
+ * must then be used by one thread only (nothing is locked): the worker
+ * that attached it, or another thread after that worker was joined. */
 sg_proxy_lane *sg_proxy_lane_of(sg_proxy *p, unsigned i);
 
-/* Epoll events for curl's sockets carry this tag in data.u64 (the socket in
- * the low 32 bits); the worker passes such events to sg_proxy_lane_event. */
+/* Epoll events for the lane's upstream sockets carry this tag in data.u64
+ * (the socket in the low 32 bits); the worker passes such events to
+ * sg_proxy_lane_event. */
 #define SG_PROXY_EPOLL_TAG ((uint64_t)1 << 32)
 
 /* The lane registers its sockets in epfd, the worker's epoll set. Call once,
  * on the lane's thread, before any transfer. Returns 0. */
 int sg_proxy_lane_attach(sg_proxy_lane *l, int epfd);
 /* The longest the worker may wait in epoll before sg_proxy_lane_run is due
- * (curl's timers, the periodic sweep, pending cancels), in ms. */
+ * (the transport's timers, the periodic sweep, pending cancels), in ms. */
 long sg_proxy_lane_timeout_ms(sg_proxy_lane *l);
-/* One ready curl socket (tagged as above) with its epoll events. */
+/* One ready upstream socket (tagged as above) with its epoll events. */
 void sg_proxy_lane_event(sg_proxy_lane *l, uint64_t tagged, uint32_t events);
 /* Timers, completed transfers (their consumers are resumed), cancels and
  * unpauses, and every 250 ms response deadlines and parked clients that
@@ -106,9 +111,10 @@ typedef struct sg_proxy_request {
     size_t body_len;
 } sg_proxy_request;
 
-/* How the curl thread tells the consumer there is news. Both run with the
- * proxy's lock held: they must only flip the consumer's scheduling state
- * (e.g. MHD_suspend_connection / MHD_resume_connection) and return. */
+/* How the lane tells the consumer there is news. Both run on the lane's
+ * thread, from inside a call into the lane or the transfer: they must only
+ * flip the consumer's scheduling state (e.g. MHD_suspend_connection /
+ * MHD_resume_connection) and return. */
 typedef struct sg_transfer_ops {
     void (*suspend)(void *ud);
     void (*resume)(void *ud);

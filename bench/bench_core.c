@@ -328,12 +328,12 @@ static void bench_decisions(void)
     const int sizes[2] = {10, 10000};
     for (int s = 0; s < 2; s++) {
         char *path = write_policy(sizes[s]);
-        char *perr = NULL;
+        sg_buf perr = SG_BUF_INIT;
         decision_run r = {.token = tok.data};
-        r.policy = sg_policy_load(path, NULL, &perr);
+        r.policy = sg_policy_new(path, NULL, &perr);
         r.cache = sg_tcache_new(v, 0);
         if (!r.policy || !r.cache) {
-            fprintf(stderr, "bench: %s\n", perr ? perr : "out of memory");
+            fprintf(stderr, "bench: %s\n", perr.data ? perr.data : "out of memory");
             exit(1);
         }
         sg_arena_init(&r.arena, 4096);
@@ -349,7 +349,7 @@ static void bench_decisions(void)
         sg_policy_free(r.policy);
         unlink(path);
         free(path);
-        free(perr);
+        sg_buf_free(&perr);
     }
     report("static rule, 10 tools", rate[0][0]);
     report("static rule, 10,000 tools", rate[1][0]);

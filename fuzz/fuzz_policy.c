@@ -45,14 +45,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lim.call_time_ms = 50;
     lim.call_memory = (size_t)4 << 20;
     lim.pattern_steps = 1000000;
-    char *err = NULL;
-    sg_policy *p = sg_policy_load(path, &lim, &err);
+    sg_buf report = SG_BUF_INIT;
+    sg_policy *p = sg_policy_new(path, &lim, &report);
     if (!p) {
-        CHECK(err != NULL);
-        free(err);
+        CHECK(report.len > 0);
+        sg_buf_free(&report);
         return 0;
     }
-    CHECK(err == NULL);
+    CHECK(report.len == 0);
     (void)sg_policy_has_public_rule(p);
     const sg_policy_scope_use *uses;
     (void)sg_policy_function_scopes(p, &uses);

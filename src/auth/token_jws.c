@@ -115,26 +115,30 @@ static EVP_PKEY_CTX *verify_ctx_for(verify_ctx *vc, EVP_PKEY *pkey, int alg, con
 
 /* Checks a signature over data with a worker's reused contexts: the digest,
  * then EVP_PKEY_verify on it. RSA (PKCS #1 v1.5 and PSS) and ECDSA only.
- * Returns 1 valid, 0 invalid, -1 internal failure. */
-static int verify_prehashed(verify_ctx *vc, const sg_jwk *key, int alg, const EVP_MD *md,
-                            const unsigned char *data, size_t len, const unsigned char *sig,
-                            size_t siglen)
+ * Returns SG_TOKEN_OK, SG_TOKEN_BAD_SIGNATURE, or SG_TOKEN_INTERNAL (an
+ * OpenSSL failure). */
+static sg_token_err verify_prehashed(verify_ctx *vc, const sg_jwk *key, int alg, const EVP_MD *md,
+                                     const unsigned char *data, size_t len,
+                                     const unsigned char *sig, size_t siglen)
 {
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int dlen = 0;
-    if (!vc->md && !(vc->md = EVP_MD_CTX_new())) return -1;
+    if (!vc->md && !(vc->md = EVP_MD_CTX_new())) return SG_TOKEN_INTERNAL;
     if (EVP_DigestInit_ex(vc->md, md, NULL) <= 0 || EVP_DigestUpdate(vc->md, data, len) <= 0 ||
         EVP_DigestFinal_ex(vc->md, digest, &dlen) <= 0)
-        return -1;
+        return SG_TOKEN_INTERNAL;
     EVP_PKEY_CTX *pctx = verify_ctx_for(vc, key->pkey, alg, md);
-    if (!pctx) return -1;
-    return EVP_PKEY_verify(pctx, sig, siglen, digest, dlen) == 1;
+    if (!pctx) return SG_TOKEN_INTERNAL;
+    return EVP_PKEY_verify(pctx, sig, siglen, digest, dlen) == 1 ? SG_TOKEN_OK
+                                                                 : SG_TOKEN_BAD_SIGNATURE;
 }
 
-/* Returns 1 valid, 0 invalid, -1 internal failure. vc (a worker's reused
- * contexts) may be NULL: then everything is set up for this one check. */
-static int verify_signature(verify_ctx *vc, const sg_jwk *key, int alg, const unsigned char *data,
-                            size_t len, const unsigned char *sig, size_t siglen)
+/* Returns SG_TOKEN_OK, SG_TOKEN_BAD_SIGNATURE, or SG_TOKEN_INTERNAL (an
+ * OpenSSL failure). vc (a worker's reused contexts) may be NULL: then
+ * everything is set up for this one check. */
+static sg_token_err verify_signature(verify_ctx *vc, const sg_jwk *key, int alg,
+                                     const unsigned char *data, size_t len,
+                                     const unsigned char *sig, size_t siglen)
 {
     const EVP_MD *md = tok_alg_md(alg);
     if (tok_alg_is_hmac(alg)) {
@@ -142,46 +146,48 @@ static int verify_signature(verify_ctx *vc, const sg_jwk *key, int alg, const un
         unsigned int maclen = 0;
         if (!md || !key->secret ||
             !HMAC(md, key->secret, (int)key->secret_len, data, len, mac, &maclen))
-            return -1;
-        return siglen == maclen && CRYPTO_memcmp(mac, sig, maclen) == 0;
+            return SG_TOKEN_INTERNAL;
+        return siglen == maclen && CRYPTO_memcmp(mac, sig, maclen) == 0 ? SG_TOKEN_OK
+                                                                        : SG_TOKEN_BAD_SIGNATURE;
     }
-    if (!key->pkey) return -1;
+    if (!key->pkey) return SG_TOKEN_INTERNAL;
 
     unsigned char der[160]; /* DER ECDSA-Sig-Value of two 66-byte integers fits */
     size_t clen = tok_alg_ec_size(alg);
     if (clen) { /* JWS carries raw r||s of exactly the field size each */
-        if (siglen != 2 * clen) return 0;
+        if (siglen != 2 * clen) return SG_TOKEN_BAD_SIGNATURE;
         ECDSA_SIG *es = ECDSA_SIG_new();
         BIGNUM *r = BN_bin2bn(sig, (int)clen, NULL), *s = BN_bin2bn(sig + clen, (int)clen, NULL);
         if (!es || !r || !s || !ECDSA_SIG_set0(es, r, s)) {
             ECDSA_SIG_free(es);
             BN_free(r);
             BN_free(s);
-            return -1;
+            return SG_TOKEN_INTERNAL;
         }
         unsigned char *p = der;
         int n = i2d_ECDSA_SIG(es, NULL) <= (int)sizeof der ? i2d_ECDSA_SIG(es, &p) : -1;
         ECDSA_SIG_free(es);
-        if (n <= 0) return -1;
+        if (n <= 0) return SG_TOKEN_INTERNAL;
         sig = der;
         siglen = (size_t)n;
     } else if (alg != SG_ALG_EDDSA && siglen != (size_t)EVP_PKEY_get_size(key->pkey)) {
-        return 0; /* RSA signatures are exactly the modulus length */
+        return SG_TOKEN_BAD_SIGNATURE; /* RSA signatures are exactly the modulus length */
     }
     if (vc && md && alg != SG_ALG_EDDSA)
         return verify_prehashed(vc, key, alg, md, data, len, sig, siglen);
 
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     EVP_PKEY_CTX *pctx = NULL;
-    int rc = -1;
+    sg_token_err rc = SG_TOKEN_INTERNAL;
     if (ctx && EVP_DigestVerifyInit(ctx, &pctx, md, NULL, key->pkey) > 0) {
         if (tok_alg_is_pss(alg) &&
             (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
              EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) <= 0 ||
              EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) <= 0)) {
-            rc = -1;
+            rc = SG_TOKEN_INTERNAL;
         } else {
-            rc = EVP_DigestVerify(ctx, sig, siglen, data, len) == 1;
+            rc = EVP_DigestVerify(ctx, sig, siglen, data, len) == 1 ? SG_TOKEN_OK
+                                                                    : SG_TOKEN_BAD_SIGNATURE;
         }
     }
     EVP_MD_CTX_free(ctx);
@@ -308,9 +314,8 @@ static sg_token_err check_header_and_signature(const sg_verifier *v, const char 
     }
     if (e != SG_TOKEN_UNKNOWN_KID && ticket) *ticket = 0;
     if (e == SG_TOKEN_OK) {
-        int ok = verify_signature(vc, key, alg, (const unsigned char *)token, signed_len, scratch,
-                                  (size_t)siglen);
-        e = ok == 1 ? SG_TOKEN_OK : ok == 0 ? SG_TOKEN_BAD_SIGNATURE : SG_TOKEN_INTERNAL;
+        e = verify_signature(vc, key, alg, (const unsigned char *)token, signed_len, scratch,
+                             (size_t)siglen);
     }
     sg_keyset_release(s);
     return e;

@@ -111,13 +111,16 @@ int sg_cmd_explain(int argc, char **argv)
     if (rc < 0) return 2;
     if (npos != 1 || !message || (claims && jwt)) return explain_usage(stderr);
 
-    char *err = NULL;
-    sg_policy *p = sg_policy_load(pos[0], NULL, &err);
+    sg_buf report = SG_BUF_INIT;
+    sg_policy *p = sg_policy_new(pos[0], NULL, &report);
     if (!p) {
-        fprintf(stderr, "%s", err ? err : "scopegate explain: cannot load the policy\n");
-        free(err);
+        fprintf(stderr, "%s",
+                sg_buf_ok(&report) && report.data ? report.data
+                                                  : "scopegate explain: cannot load the policy\n");
+        sg_buf_free(&report);
         return 1;
     }
+    sg_buf_free(&report);
 
     int status = 1;
     char *body_text = NULL, *claims_text = NULL;

@@ -224,11 +224,11 @@ static int run_file(const char *path, tally *t)
         printf("# %s: not run (the test file has errors)\n", path);
         goto out;
     }
-    char *err = NULL;
-    sg_policy *p = sg_policy_load(f.policy_path, NULL, &err);
+    sg_buf report = SG_BUF_INIT;
+    sg_policy *p = sg_policy_new(f.policy_path, NULL, &report);
     if (!p) {
-        fprintf(stderr, "%s", err ? err : "out of memory\n");
-        free(err);
+        fprintf(stderr, "%s", sg_buf_ok(&report) && report.data ? report.data : "out of memory\n");
+        sg_buf_free(&report);
         printf("# %s: not run (the policy %s does not load)\n", path, f.policy_path);
         goto out;
     }

@@ -59,14 +59,11 @@ policy_gen *gw_gen_load(const sg_gateway *gw, const char *path, const char *want
     atomic_init(&g->refs, 1);
     g->nworkers = gw->nworkers;
     for (unsigned i = 0; i < gw->nworkers; i++) {
-        char *perr = NULL;
-        g->policies[i] = sg_policy_load(path, &gw->limits, &perr);
-        if (!g->policies[i]) {
-            copy_report(err, errlen, perr);
-            free(perr);
-            goto fail;
-        }
-        free(perr);
+        sg_buf report = SG_BUF_INIT;
+        g->policies[i] = sg_policy_new(path, &gw->limits, &report);
+        if (!g->policies[i]) copy_report(err, errlen, report.data);
+        sg_buf_free(&report);
+        if (!g->policies[i]) goto fail;
         const char *have = sg_policy_hash(g->policies[i]);
         const char *want = want_hash ? want_hash : sg_policy_hash(g->policies[0]);
         if (strcmp(have, want) != 0) {

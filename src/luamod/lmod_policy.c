@@ -91,12 +91,14 @@ static int l_policy_load(lua_State *L)
     lpolicy *ud = lua_newuserdatauv(L, sizeof *ud, 0);
     ud->p = NULL;
     luaL_setmetatable(L, POLICY_MT);
-    char *err = NULL;
-    ud->p = sg_policy_load(path, &lim, &err);
+    sg_buf report = SG_BUF_INIT;
+    ud->p = sg_policy_new(path, &lim, &report);
     if (!ud->p) {
+        while (report.len && report.data[report.len - 1] == '\n') /* one message, as before */
+            report.data[--report.len] = '\0';
         lua_pushnil(L);
-        lua_pushstring(L, err ? err : "out of memory");
-        free(err);
+        lua_pushstring(L, sg_buf_ok(&report) && report.data ? report.data : "out of memory");
+        sg_buf_free(&report);
         return 2;
     }
     return 1;

@@ -472,17 +472,31 @@ sg_policy *policy_load_into(const char *path, const sg_policy_limits *limits, lo
     return p;
 }
 
-sg_policy *sg_policy_load(const char *path, const sg_policy_limits *limits, char **err)
+sg_policy *sg_policy_new(const char *path, const sg_policy_limits *limits, sg_buf *report)
 {
     loader ld;
     sg_policy *p = policy_load_into(path, limits, &ld);
-    if (p) sg_policy_sources_hash(p->sb, p->hash);
-    if (!p && err) {
-        if (ld.errors.len && ld.errors.data[ld.errors.len - 1] == '\n')
-            ld.errors.data[--ld.errors.len] = '\0';
-        *err = sg_buf_steal(&ld.errors);
-        if (!*err) *err = strdup("out of memory");
+    if (p) {
+        sg_policy_sources_hash(p->sb, p->hash);
+    } else if (report) {
+        if (ld.errors.len && sg_buf_ok(&ld.errors))
+            sg_buf_append(report, ld.errors.data, ld.errors.len);
+        else
+            sg_buf_printf(report, "%s: out of memory\n", path);
     }
     policy_loader_free(&ld);
+    return p;
+}
+
+sg_policy *sg_policy_load(const char *path, const sg_policy_limits *limits, char **err)
+{
+    sg_buf report = SG_BUF_INIT;
+    sg_policy *p = sg_policy_new(path, limits, err ? &report : NULL);
+    if (!p && err) {
+        if (report.len && report.data[report.len - 1] == '\n') report.data[--report.len] = '\0';
+        *err = sg_buf_steal(&report);
+        if (!*err) *err = strdup("out of memory");
+    }
+    sg_buf_free(&report);
     return p;
 }

@@ -69,7 +69,8 @@ const sg_sandbox_limits *sg_sandbox_limits_of(const sg_sandbox *sb);
 
 /* Loads `path` as a text chunk whose environment is the sandbox globals and
  * runs it under the load budgets, leaving its first result on the stack.
- * Returns 0, or -1 with "file:line: message" in err (nothing pushed). */
+ * Returns 0, or -1 with "file:line: message" appended to err (an sg_buf: a
+ * Lua message has no length bound; nothing pushed). */
 int sg_sandbox_run_file(sg_sandbox *sb, const char *path, sg_buf *err);
 
 /* Ends load mode: from now on assigning a global raises "policy rules may

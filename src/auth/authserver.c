@@ -400,6 +400,36 @@ static void warn_limited(sg_introspector *in, const char *why)
         sg_log(SG_LOG_WARN, "introspection: %s (requests with opaque tokens get 503)", why);
 }
 
+/* Stores what the call said about j's token (kind, refusal) in the shared
+ * cache for as long as it is believed; token (an active answer's) is kept
+ * there or freed. */
+static void store_answer(sg_introspector *in, const job *j, int kind, sg_token_err refusal,
+                         sg_token *token, int64_t now)
+{
+    held_token *held = NULL;
+    int64_t until = now + (kind == ANSWER_ACTIVE    ? (int64_t)in->cache_ttl_s
+                           : kind == ANSWER_REFUSED ? (int64_t)in->negative_ttl_s
+                                                    : FAILED_TTL_S);
+    if (kind == ANSWER_ACTIVE) {
+        if (token->exp < until) until = token->exp; /* never believed past exp */
+        /* Inside the leeway after exp the token still passes, but only the
+         * request that asked sees it (cached one second). */
+        if (until <= now) until = now + 1;
+        held = malloc(sizeof *held);
+        if (!held) {
+            sg_token_free(token);
+            kind = ANSWER_FAILED;
+            until = now + FAILED_TTL_S;
+        } else {
+            atomic_init(&held->refs, 1);
+            held->token = token;
+        }
+    }
+    pthread_mutex_lock(&in->mu);
+    answer_store(in, j->key, kind, refusal, until, held);
+    pthread_mutex_unlock(&in->mu);
+}
+
 /* Makes one call and stores what it says. Runs on an introspection thread. */
 static void call_and_store(sg_introspector *in, job *j)
 {
@@ -462,29 +492,7 @@ static void call_and_store(sg_introspector *in, job *j)
         atomic_fetch_add(&in->failures, 1);
         warn_limited(in, why);
     }
-
-    held_token *held = NULL;
-    int64_t until = now + (kind == ANSWER_ACTIVE    ? (int64_t)in->cache_ttl_s
-                           : kind == ANSWER_REFUSED ? (int64_t)in->negative_ttl_s
-                                                    : FAILED_TTL_S);
-    if (kind == ANSWER_ACTIVE) {
-        if (token->exp < until) until = token->exp; /* never believed past exp */
-        /* Inside the leeway after exp the token still passes, but only the
-         * request that asked sees it (cached one second). */
-        if (until <= now) until = now + 1;
-        held = malloc(sizeof *held);
-        if (!held) {
-            sg_token_free(token);
-            kind = ANSWER_FAILED;
-            until = now + FAILED_TTL_S;
-        } else {
-            atomic_init(&held->refs, 1);
-            held->token = token;
-        }
-    }
-    pthread_mutex_lock(&in->mu);
-    answer_store(in, j->key, kind, refusal, until, held);
-    pthread_mutex_unlock(&in->mu);
+    store_answer(in, j, kind, refusal, token, now);
 }
 
 static void *introspection_main(void *arg)

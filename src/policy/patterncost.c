@@ -203,6 +203,67 @@ static int parse_items(const char *p, size_t len, pattern_item *items)
     return n;
 }
 
+/* What the suffix items[i..] of a pattern can do, kept walking backwards:
+ * what it can begin with (first), whether it matches at any position
+ * (always), whether it matches at the end of the subject (at_end) and how
+ * many optional items precede its first required one (chain). lead_ok: the
+ * pattern starts (after captures) with a required single character whose
+ * suffix always matches, so an attempt either fails on its first byte or
+ * succeeds: unanchored search is then linear. */
+typedef struct suffix_summary {
+    charset first;
+    int always, at_end, chain;
+    int lead_ok;
+} suffix_summary;
+
+/* The worst-case steps of matching item `it` followed by a suffix that
+ * costs `rest` and is summarised by s, on a subject of n bytes. */
+static double item_cost(const pattern_item *it, double rest, double n, const suffix_summary *s)
+{
+    switch (it->kind) {
+    case IT_ZERO_WIDTH:
+    case IT_END_ANCHOR:
+        return 1 + rest;
+    case IT_SCAN:
+        return n + rest;
+    default:
+        if (it->quant == '?') return 1 + 2 * rest;
+        if (it->quant == 0) return 1 + rest;
+        if (s->always) return n + rest;
+        if (!cs_meets(&it->set, &s->first)) return n * (1 + s->chain) + rest;
+        return n + (n + 1) * rest;
+    }
+}
+
+/* Updates s, the summary of items[i+1..], to describe items[i..]. */
+static void suffix_prepend(suffix_summary *s, const pattern_item *it)
+{
+    int capture = it->kind == IT_ZERO_WIDTH && it->set.w[0] == 0 && it->set.w[1] == 0;
+    if (!capture)
+        s->lead_ok = it->kind == IT_CHAR && (it->quant == 0 || it->quant == '+') && s->always;
+    if (capture) {
+        /* a capture bracket: transparent */
+    } else if (it->kind == IT_CHAR && (it->quant == '*' || it->quant == '-' || it->quant == '?')) {
+        charset all;
+        cs_fill(&all);
+        /* .* or .- before something that matches at the end can always eat
+         * its way there. */
+        if (it->quant != '?' && s->at_end && memcmp(&it->set, &all, sizeof all) == 0) s->always = 1;
+        cs_union(&s->first, &it->set);
+        s->chain++;
+    } else if (it->kind == IT_END_ANCHOR) {
+        memset(&s->first, 0, sizeof s->first);
+        s->always = 0;
+        s->at_end = 1;
+        s->chain = 0;
+    } else {
+        /* a required item: the suffix now starts with exactly it */
+        s->first = it->set;
+        s->always = s->at_end = 0;
+        s->chain = 0;
+    }
+}
+
 double sg_sandbox_pattern_cost(const char *p, size_t plen, size_t subject_len, int anchored_ok)
 {
     int anchored = anchored_ok && plen > 0 && p[0] == '^';
@@ -221,69 +282,12 @@ double sg_sandbox_pattern_cost(const char *p, size_t plen, size_t subject_len, i
     }
     double n = (double)subject_len;
     double cost = 1; /* C(count): the empty suffix */
-    /* Walking backwards we keep what the suffix after item i can begin
-     * with (first), whether it matches at any position (always), whether
-     * it matches at the end of the subject (at_end) and how many optional
-     * items precede its first required one (chain). */
-    charset first = {{0, 0, 0, 0}};
-    int always = 1, at_end = 1, chain = 0;
-    /* lead_ok: the pattern starts (after captures) with a required single
-     * character whose suffix always matches, so an attempt either fails on
-     * its first byte or succeeds: unanchored search is then linear. */
-    int lead_ok = 0;
+    suffix_summary s = {.first = {{0, 0, 0, 0}}, .always = 1, .at_end = 1};
     for (int i = count - 1; i >= 0; i--) {
-        pattern_item *it = &items[i];
-        double rest = cost;
-        switch (it->kind) {
-        case IT_ZERO_WIDTH:
-            cost = 1 + rest;
-            break;
-        case IT_END_ANCHOR:
-            cost = 1 + rest;
-            break;
-        case IT_SCAN:
-            cost = n + rest;
-            break;
-        default:
-            if (it->quant == '?')
-                cost = 1 + 2 * rest;
-            else if (it->quant == 0)
-                cost = 1 + rest;
-            else if (always)
-                cost = n + rest;
-            else if (!cs_meets(&it->set, &first))
-                cost = n * (1 + chain) + rest;
-            else
-                cost = n + (n + 1) * rest;
-        }
-        /* Update the suffix summary to describe items[i..]. */
-        int capture = it->kind == IT_ZERO_WIDTH && it->set.w[0] == 0 && it->set.w[1] == 0;
-        if (!capture)
-            lead_ok = it->kind == IT_CHAR && (it->quant == 0 || it->quant == '+') && always;
-        if (capture) {
-            /* a capture bracket: transparent */
-        } else if (it->kind == IT_CHAR &&
-                   (it->quant == '*' || it->quant == '-' || it->quant == '?')) {
-            charset all;
-            cs_fill(&all);
-            /* .* or .- before something that matches at the end can
-             * always eat its way there. */
-            if (it->quant != '?' && at_end && memcmp(&it->set, &all, sizeof all) == 0) always = 1;
-            cs_union(&first, &it->set);
-            chain++;
-        } else if (it->kind == IT_END_ANCHOR) {
-            memset(&first, 0, sizeof first);
-            always = 0;
-            at_end = 1;
-            chain = 0;
-        } else {
-            /* a required item: the suffix now starts with exactly it */
-            first = it->set;
-            always = at_end = 0;
-            chain = 0;
-        }
+        cost = item_cost(&items[i], cost, n, &s);
+        suffix_prepend(&s, &items[i]);
     }
     if (items != small) free(items);
     if (anchored) return cost;
-    return lead_ok ? n + cost : cost * (n + 1);
+    return s.lead_ok ? n + cost : cost * (n + 1);
 }

@@ -630,7 +630,10 @@ static void wrap_work(lua_State *L, const char *lib, const char *field, int kind
     lua_setfield(L, -2, field);
 }
 
-int sandbox_open_libraries(lua_State *L)
+/* The base library, without what reaches files or the collector, with the
+ * guarded replacements of print, load, require, pcall, xpcall and
+ * setmetatable. */
+static void open_base(lua_State *L)
 {
     luaL_requiref(L, "_G", luaopen_base, 1);
     lua_pop(L, 1);
@@ -655,9 +658,13 @@ int sandbox_open_libraries(lua_State *L)
     lua_pop(L, 1);
     lua_newtable(L);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &registry_loaded_key);
+}
 
-    /* string: the real table is what the string metatable's __index sees,
-     * so guard it in place, then hide the metatable and publish a proxy. */
+/* string: the real table is what the string metatable's __index sees, so
+ * it is guarded in place, then the metatable is hidden and a read-only
+ * proxy published. */
+static void open_string(lua_State *L)
+{
     luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 0);
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
@@ -683,7 +690,12 @@ int sandbox_open_libraries(lua_State *L)
     }
     lua_pop(L, 1);
     publish_readonly(L, LUA_STRLIBNAME);
+}
 
+int sandbox_open_libraries(lua_State *L)
+{
+    open_base(L);
+    open_string(L);
     luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 0);
     static const char *const table_fns[] = {"concat", "insert", "move", "remove", "sort", "unpack"};
     for (size_t i = 0; i < SG_ARRAY_LEN(table_fns); i++) {

@@ -29,14 +29,11 @@
 #define AUDIT_MAX_STRING 1024 /* longest string value recorded (cut beyond) */
 #define AUDIT_MAX_VALUE  4096 /* longest object or array argument recorded */
 #define REQUEST_ID_MAX   128
+/* Bytes a record usually takes (allocated at once for each message). */
+#define AUDIT_RECORD_GUESS 640
 
-static void j_key(sg_buf *b, const char *key)
-{
-    sg_buf_putc(b, ',');
-    sg_buf_putc(b, '"');
-    sg_buf_puts(b, key);
-    sg_buf_puts(b, "\":");
-}
+/* ,"key": for a literal key: one copy of a length known when compiling. */
+#define J_KEY(b, key) sg_buf_append((b), ",\"" key "\":", sizeof(",\"" key "\":") - 1)
 
 static void j_string(sg_buf *b, const char *s)
 {
@@ -48,11 +45,11 @@ static void j_string(sg_buf *b, const char *s)
     sg_json_append_string(b, s, n < AUDIT_MAX_STRING ? n : AUDIT_MAX_STRING);
 }
 
-static void j_field(sg_buf *b, const char *key, const char *s)
-{
-    j_key(b, key);
-    j_string(b, s);
-}
+#define J_FIELD(b, key, s)                                                                         \
+    do {                                                                                           \
+        J_KEY(b, key);                                                                             \
+        j_string(b, s);                                                                            \
+    } while (0)
 
 /* A requirement as JSON: a scope name, "public", "authenticated", "deny",
  * {"all_of": [...]} or {"any_of": [...]}. */
@@ -143,16 +140,32 @@ static const cJSON *argument_at(const cJSON *arguments, const char *path)
     return v;
 }
 
-/* RFC 3339 UTC with milliseconds: 2026-12-04T16:10:00.123Z. */
-static void j_now(sg_buf *b)
+/* RFC 3339 UTC with milliseconds, quoted: "2026-12-04T16:10:00.123Z"
+ * (26 bytes and the NUL). Every record has one: the text up to the
+ * seconds is kept per thread and made again only when the second changes. */
+static void j_now(char out[32])
 {
+    static _Thread_local time_t cached_sec = -1;
+    static _Thread_local char cached[24]; /* "2026-12-04T16:10:00 */
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    char text[40];
-    strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
-    sg_buf_printf(b, "\"%s.%03ldZ\"", text, ts.tv_nsec / 1000000);
+    if (ts.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        cached[0] = '"';
+        if (strftime(cached + 1, sizeof cached - 1, "%Y-%m-%dT%H:%M:%S", &tm) != 19) {
+            memcpy(out, "null", 5);
+            return;
+        }
+        cached_sec = ts.tv_sec;
+    }
+    unsigned ms = (unsigned)(ts.tv_nsec / 1000000);
+    memcpy(out, cached, 20);
+    out[20] = '.';
+    out[21] = (char)('0' + ms / 100);
+    out[22] = (char)('0' + ms / 10 % 10);
+    out[23] = (char)('0' + ms % 10);
+    memcpy(out + 24, "Z\"", 3);
 }
 
 /* A client's X-Request-Id is kept only when it is 1 to REQUEST_ID_MAX
@@ -174,41 +187,107 @@ static int request_id_valid(const char *s)
 
 /* The part of a record every message of the request shares, from the
  * opening brace: type, time, request id, client, who (verified), policy. */
-static void audit_common(sg_buf *b, const char *type, const char *time_json, const char *rid,
-                         const sg_gateway_request *req, const sg_token *token, const char *hash)
+/* A string the gateway made or checked itself and that holds nothing JSON
+ * escapes (a request id, an address, a policy hash): quoted as it is. */
+static void j_plain(sg_buf *b, const char *s)
+{
+    sg_buf_putc(b, '"');
+    sg_buf_puts(b, s);
+    sg_buf_putc(b, '"');
+}
+
+/* Who the caller is, as the record says it (sub, client_id, iss) and what
+ * it was granted: escaped once per token and kept while the same caller
+ * comes back (the key is the token's verified payload, byte for byte). */
+static void audit_who(sg_buf *b, worker *w, const sg_token *token, int granted)
+{
+    audit_who_cache *c = &w->audit_who;
+    if (!c->valid || !token || !token->claims_json || c->key.len != token->claims_json_len ||
+        memcmp(c->key.data, token->claims_json, c->key.len) != 0) {
+        sg_buf_reset(&c->key);
+        sg_buf_reset(&c->who);
+        sg_buf_reset(&c->granted);
+        J_FIELD(&c->who, "sub", token ? token->sub : NULL);
+        J_FIELD(&c->who, "client_id", token ? token->client_id : NULL);
+        J_FIELD(&c->who, "iss", token ? token->iss : NULL);
+        J_KEY(&c->granted, "granted");
+        sg_buf_putc(&c->granted, '[');
+        for (int k = 0; token && k < token->nscopes; k++) {
+            if (k) sg_buf_putc(&c->granted, ',');
+            j_string(&c->granted, token->scopes[k]);
+        }
+        sg_buf_putc(&c->granted, ']');
+        /* Kept only for a token whose payload identifies it. */
+        c->valid = token && token->claims_json;
+        if (c->valid) sg_buf_append(&c->key, token->claims_json, token->claims_json_len);
+    }
+    const sg_buf *part = granted ? &c->granted : &c->who;
+    sg_buf_append(b, part->data, part->len);
+}
+
+static void audit_common(sg_buf *b, worker *w, const char *type, const char *time_json,
+                         const char *rid, const sg_gateway_request *req, const sg_token *token,
+                         const char *hash)
 {
     sg_buf_puts(b, "{\"type\":\"");
     sg_buf_puts(b, type);
     sg_buf_puts(b, "\",\"time\":");
     sg_buf_puts(b, time_json);
-    j_field(b, "request_id", rid);
-    j_field(b, "client", req->client_addr);
-    j_field(b, "http_method", req->method);
-    j_field(b, "sub", token ? token->sub : NULL);
-    j_field(b, "client_id", token ? token->client_id : NULL);
-    j_field(b, "iss", token ? token->iss : NULL);
-    j_field(b, "policy", hash);
+    J_KEY(b, "request_id"); /* request_id(): [A-Za-z0-9._:-] only */
+    j_plain(b, rid);
+    J_FIELD(b, "client", req->client_addr);
+    J_FIELD(b, "http_method", req->method);
+    audit_who(b, w, token, 0);
+    J_KEY(b, "policy");
+    j_plain(b, hash); /* hex digits */
 }
 
 static void audit_message(sg_buf *b, const sg_mcp_body *body, size_t i)
 {
     const sg_mcp_msg *m = body ? &body->msgs[i] : NULL;
-    j_field(b, "method", m ? m->method : NULL);
-    j_field(b, "name", m ? m->name : NULL);
-    if (body && body->is_batch)
-        sg_buf_printf(b, ",\"batch\":{\"index\":%zu,\"size\":%zu}", i, body->nmsgs);
+    J_FIELD(b, "method", m ? m->method : NULL);
+    J_FIELD(b, "name", m ? m->name : NULL);
+    if (body && body->is_batch) {
+        sg_buf_puts(b, ",\"batch\":{\"index\":");
+        sg_buf_put_uint(b, i);
+        sg_buf_puts(b, ",\"size\":");
+        sg_buf_put_uint(b, body->nmsgs);
+        sg_buf_putc(b, '}');
+    }
 }
 
-static void audit_rule(sg_buf *b, const sg_universe *u, const sg_policy_decision *d)
+/* The rule of a decision: its name, file and line escaped once and kept
+ * while the next decision names the same rule (compared by content: a
+ * reload may put another rule where the last one was). */
+static void audit_rule(sg_buf *b, worker *w, const sg_universe *u, const sg_policy_decision *d)
 {
-    j_field(b, "rule", d && d->rule ? d->rule : NULL);
-    j_field(b, "rule_file", d && d->line > 0 ? d->file : NULL);
-    j_key(b, "rule_line");
-    if (d && d->line > 0)
-        sg_buf_printf(b, "%d", d->line);
-    else
-        sg_buf_puts(b, "null");
-    j_key(b, "required");
+    const char *rule = d && d->rule ? d->rule : NULL;
+    const char *file = d && d->line > 0 ? d->file : NULL;
+    int line = d && d->line > 0 ? d->line : 0;
+    audit_rule_cache *c = &w->audit_rule;
+    size_t rlen = rule ? strlen(rule) : 0, flen = file ? strlen(file) : 0;
+    int hit = c->valid && rule && file && c->line == line && c->key.len == rlen + 1 + flen &&
+              memcmp(c->key.data, rule, rlen + 1) == 0 &&
+              memcmp(c->key.data + rlen + 1, file, flen) == 0;
+    if (!hit) {
+        sg_buf_reset(&c->key);
+        sg_buf_reset(&c->text);
+        J_FIELD(&c->text, "rule", rule);
+        J_FIELD(&c->text, "rule_file", file);
+        J_KEY(&c->text, "rule_line");
+        if (line > 0)
+            sg_buf_put_uint(&c->text, (unsigned)line);
+        else
+            sg_buf_puts(&c->text, "null");
+        c->line = line;
+        c->valid = rule && file;
+        if (c->valid) { /* "rule\0file": the key */
+            sg_buf_append(&c->key, rule, rlen + 1);
+            sg_buf_append(&c->key, file, flen);
+        }
+    }
+    sg_buf_append(b, c->text.data, c->text.len);
+    J_KEY(b, "required");
     if (d && d->req)
         j_requirement(b, u, d->req);
     else
@@ -271,18 +350,18 @@ static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_reque
             continue;
         sg_audit_count_shadow(gw->audit);
         sg_buf_reset(b);
-        audit_common(b, "shadow", time_json, rid, req, caller->token, sg_policy_hash(w->policy));
+        audit_common(b, w, "shadow", time_json, rid, req, caller->token, sg_policy_hash(w->policy));
         audit_message(b, body, i);
         sg_buf_puts(b, ",\"shadow\":{\"policy\":");
         j_string(b, sg_policy_hash(w->shadow_policy));
         sg_buf_puts(b, ",\"live\":{\"decision\":");
         j_string(b, lo);
-        audit_rule(b, lu, &live[i]);
+        audit_rule(b, w, lu, &live[i]);
         sg_buf_puts(b, "},\"candidate\":{\"decision\":");
         j_string(b, so);
-        audit_rule(b, su, &cand[i]);
+        audit_rule(b, w, su, &cand[i]);
         sg_buf_puts(b, "}}}");
-        if (sg_buf_ok(b)) sg_audit_submit(gw->audit, b->data, b->len);
+        sg_audit_submit(gw->audit, b, 0);
     }
     sg_buf_free(&lreq);
     sg_buf_free(&sreq);
@@ -298,10 +377,17 @@ static void request_id(const sg_gateway *gw, worker *w, const sg_gateway_request
     const char *authz = gw_header_get(req, "Authorization");
     /* A client that puts (a piece of) its token there gets a generated id:
      * no byte of a credential is ever written to the audit log. */
-    if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid)))
-        snprintf(rid, REQUEST_ID_MAX + 1, "%s", client_rid);
-    else
-        snprintf(rid, REQUEST_ID_MAX + 1, "%s-%u-%lu", gw->boot_id, w->index, ++w->audit_seq);
+    if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid))) {
+        memcpy(rid, client_rid, strlen(client_rid) + 1); /* valid: at most REQUEST_ID_MAX */
+    } else { /* boot id (16 hex digits), worker, sequence: fits */
+        size_t n = strlen(gw->boot_id);
+        memcpy(rid, gw->boot_id, n);
+        rid[n++] = '-';
+        n += sg_format_uint(rid + n, w->index);
+        rid[n++] = '-';
+        n += sg_format_uint(rid + n, ++w->audit_seq);
+        rid[n] = '\0';
+    }
     if (out->status == 0 && out->nidentity < SG_ARRAY_LEN(out->identity)) {
         char *v = strdup(rid);
         if (v) {
@@ -323,17 +409,14 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
 {
     char rid[REQUEST_ID_MAX + 1];
     request_id(gw, w, req, out, rid);
-    char time_json[48];
-    sg_buf t = SG_BUF_INIT;
-    j_now(&t);
-    snprintf(time_json, sizeof time_json, "%s", sg_buf_ok(&t) ? t.data : "null");
-    sg_buf_free(&t);
+    char time_json[32];
+    j_now(time_json);
 
     const sg_universe *u = sg_policy_universe(w->policy);
     const char *decision = decision_name(out, &w->decision);
     size_t n = body ? body->nmsgs : 1;
-    if (!(out->audit_ids = calloc(n, sizeof *out->audit_ids))) return;
     sg_buf *b = &out->audit;
+    sg_buf_reserve(b, n * AUDIT_RECORD_GUESS); /* one allocation for most requests */
     /* In a batch, what each message's own requirement means for the caller:
      * one refused message refuses them all. */
     sg_scopeset granted, effective;
@@ -344,25 +427,21 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
     for (size_t i = 0; i < n; i++) {
         const sg_mcp_msg *m = body ? &body->msgs[i] : NULL;
         const sg_policy_decision *d = each ? &each[i] : NULL;
-        if (m && m->kind == SG_MCP_REQUEST && m->id_raw)
-            out->audit_ids[i] = strndup(m->id_raw, m->id_len);
-        audit_common(b, "decision", time_json, rid, req, token, sg_policy_hash(w->policy));
+        /* The id first (its outcome is looked up by it), then the record:
+         * the last record ends the buffer and is completed in place. */
+        if (m && m->kind == SG_MCP_REQUEST && m->id_raw) sg_buf_append(b, m->id_raw, m->id_len);
+        sg_buf_putc(b, '\0');
+        audit_common(b, w, "decision", time_json, rid, req, token, sg_policy_hash(w->policy));
         audit_message(b, body, i);
-        j_field(b, "decision", decision);
+        J_FIELD(b, "decision", decision);
         if (body && body->is_batch && d && d->req)
-            j_field(
+            J_FIELD(
                 b, "message_decision",
                 element_outcome(d->req, token, caller ? caller->token_error : NULL, &effective));
-        audit_rule(b, u, d && d->rule ? d : NULL);
-        j_key(b, "granted");
-        sg_buf_putc(b, '[');
-        for (int k = 0; token && k < token->nscopes; k++) {
-            if (k) sg_buf_putc(b, ',');
-            j_string(b, token->scopes[k]);
-        }
-        sg_buf_putc(b, ']');
+        audit_rule(b, w, u, d && d->rule ? d : NULL);
+        audit_who(b, w, token, 1);
         if ((out->status == 401 || out->status == 403) && decision[0] != 'd') {
-            j_key(b, "step_up");
+            J_KEY(b, "step_up");
             j_scopeset(b, u, &w->decision.scope);
         }
         if (d && d->error) sg_buf_puts(b, ",\"policy_error\":true");
@@ -394,51 +473,78 @@ typedef struct answer_msg {
     const char *outcome;
 } answer_msg;
 
-/* Reads one JSON text of the answer (a message or a batch) into msgs. */
+/* Reads one JSON text of the answer (a message or a batch) into msgs: in
+ * one cheap pass (sg_json_read_answer), or, for a text that pass cannot
+ * read plainly, with the strict pre-scan and a cJSON tree. */
 static void classify_json(const char *json, size_t len, answer_msg *msgs, size_t *n, size_t cap)
 {
-    static const sg_json_limits lim = {.max_depth = SG_JSON_MAX_DEPTH_CAP};
     static const char *const names[] = {
         [SG_JSON_OUTCOME_OK] = "ok",
         [SG_JSON_OUTCOME_ERROR] = "jsonrpc_error",
         [SG_JSON_OUTCOME_TOOL_ERROR] = "tool_error",
     };
-    sg_json_scan scan = {0};
-    if (sg_json_prescan(json, len, &lim, &scan, NULL) != 0) return;
-    /* One pass over member names, no tree; only a name written with escapes
-     * needs cJSON to decode it. */
-    unsigned char quick[64];
-    unsigned char *outcome = scan.nmessages <= sizeof quick ? quick : malloc(scan.nmessages);
-    cJSON *root = NULL;
-    if (outcome) {
-        sg_json_outcomes(json, len, &scan, outcome);
-        for (size_t i = 0; i < scan.nmessages && !root; i++)
-            if (outcome[i] == SG_JSON_OUTCOME_UNKNOWN) root = cJSON_ParseWithLength(json, len);
-    } else {
-        root = cJSON_ParseWithLength(json, len);
-    }
-    cJSON *m = root && scan.top_is_array ? root->child : root;
-    for (size_t i = 0; i < scan.nmessages; i++, m = m && scan.top_is_array ? m->next : NULL) {
-        if (*n >= cap || scan.id_spans[i].len == 0) continue;
-        const char *name;
-        if (outcome && outcome[i] != SG_JSON_OUTCOME_UNKNOWN) {
-            name = names[outcome[i]];
-        } else {
-            if (!cJSON_IsObject(m)) continue;
-            const cJSON *result = cJSON_GetObjectItemCaseSensitive(m, "result");
-            name = cJSON_GetObjectItemCaseSensitive(m, "error") ? "jsonrpc_error"
-                   : cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError"))
-                       ? "tool_error"
-                       : "ok";
-        }
-        msgs[*n].id = json + scan.id_spans[i].off;
-        msgs[*n].id_len = scan.id_spans[i].len;
-        msgs[*n].outcome = name;
+    _Static_assert(SG_ARRAY_LEN(names) == SG_JSON_OUTCOME_COUNT, "an outcome without a name");
+    sg_json_answer quick[16];
+    long k = sg_json_read_answer(json, len, quick, SG_ARRAY_LEN(quick));
+    for (long i = 0; i < k; i++) {
+        if (*n >= cap || quick[i].id.len == 0) continue;
+        msgs[*n] = (answer_msg){.id = json + quick[i].id.off,
+                                .id_len = quick[i].id.len,
+                                .outcome = names[quick[i].outcome]};
         (*n)++;
     }
-    if (outcome != quick) free(outcome);
+    if (k >= 0) return;
+
+    static const sg_json_limits lim = {.max_depth = SG_JSON_MAX_DEPTH_CAP};
+    sg_json_scan scan = {0};
+    if (sg_json_prescan(json, len, &lim, &scan, NULL) != 0) return;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *m = root && scan.top_is_array ? root->child : root;
+    for (size_t i = 0; i < scan.nmessages; i++, m = m && scan.top_is_array ? m->next : NULL) {
+        if (*n >= cap || scan.id_spans[i].len == 0 || !cJSON_IsObject(m)) continue;
+        const cJSON *result = cJSON_GetObjectItemCaseSensitive(m, "result");
+        int outcome = cJSON_GetObjectItemCaseSensitive(m, "error") ? SG_JSON_OUTCOME_ERROR
+                      : cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError"))
+                          ? SG_JSON_OUTCOME_TOOL_ERROR
+                          : SG_JSON_OUTCOME_OK;
+        msgs[*n] = (answer_msg){.id = json + scan.id_spans[i].off,
+                                .id_len = scan.id_spans[i].len,
+                                .outcome = names[outcome]};
+        (*n)++;
+    }
     cJSON_Delete(root);
     sg_json_scan_free(&scan);
+}
+
+/* Completes a record: the HTTP status, the upstream's status and outcome
+ * (outcome NULL: not forwarded), the latency (us: microseconds), the
+ * closing brace. */
+static void audit_outcome(sg_buf *line, const sg_gateway_outcome *o, const char *outcome,
+                          unsigned long long us)
+{
+    J_KEY(line, "status");
+    if (o->status > 0)
+        sg_buf_put_uint(line, (unsigned)o->status);
+    else
+        sg_buf_puts(line, "null");
+    J_KEY(line, "upstream");
+    if (outcome) {
+        sg_buf_puts(line, "{\"status\":");
+        if (o->upstream_status > 0)
+            sg_buf_put_uint(line, (unsigned)o->upstream_status);
+        else
+            sg_buf_puts(line, "null");
+        sg_buf_puts(line, ",\"outcome\":");
+        j_string(line, outcome);
+        sg_buf_putc(line, '}');
+    } else {
+        sg_buf_puts(line, "null");
+    }
+    sg_buf_puts(line, ",\"latency_ms\":");
+    sg_buf_put_uint(line, us / 1000);
+    char frac[5] = {'.', (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10),
+                    (char)('0' + us % 10), '}'};
+    sg_buf_append(line, frac, sizeof frac);
 }
 
 void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gateway_outcome *o)
@@ -450,7 +556,9 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
     sg_sse_event ev = SG_SSE_EVENT_INIT;
     if (!base && o->upstream_status >= 400) base = "http_error";
     if (!base && !o->body) base = "streamed";
-    if (!base && o->upstream_status && (msgs = calloc(r->naudit, sizeof *msgs))) {
+    answer_msg quick[8];
+    if (!base && o->upstream_status &&
+        (msgs = r->naudit <= SG_ARRAY_LEN(quick) ? quick : calloc(r->naudit, sizeof *msgs))) {
         const char *ct = o->content_type ? o->content_type : "";
         if (strncasecmp(ct, "text/event-stream", 17) == 0) {
             size_t pos = 0;
@@ -461,50 +569,40 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
             classify_json(o->body, o->body_len, msgs, &nmsgs, r->naudit);
         }
     }
-    double ms = (double)(sg_now_mono_ns() - o->started_ns) / 1e6;
-    sg_buf line = SG_BUF_INIT;
-    const char *p = r->audit.data;
-    for (size_t i = 0; p && i < r->naudit; i++) {
-        size_t len = strlen(p);
-        sg_buf_reset(&line);
-        sg_buf_append(&line, p, len);
-        j_key(&line, "status");
-        if (o->status)
-            sg_buf_printf(&line, "%d", o->status);
-        else
-            sg_buf_puts(&line, "null");
-        j_key(&line, "upstream");
-        if (o->upstream_status || o->upstream_outcome) {
-            const char *outcome = base;
-            const char *id = r->audit_ids ? r->audit_ids[i] : NULL;
-            if (!outcome) {
-                outcome = id ? "no_answer" : "ok";
-                for (size_t k = 0; id && k < nmsgs; k++)
-                    if (msgs[k].id_len == strlen(id) && memcmp(msgs[k].id, id, msgs[k].id_len) == 0)
-                        outcome = msgs[k].outcome;
-            }
-            sg_buf_puts(&line, "{\"status\":");
-            if (o->upstream_status)
-                sg_buf_printf(&line, "%d", o->upstream_status);
-            else
-                sg_buf_puts(&line, "null");
-            sg_buf_puts(&line, ",\"outcome\":");
-            j_string(&line, outcome);
-            sg_buf_putc(&line, '}');
-        } else {
-            sg_buf_puts(&line, "null");
+    /* Milliseconds with three decimals, rounded: microseconds in integers. */
+    unsigned long long us = (sg_now_mono_ns() - o->started_ns + 500) / 1000;
+    sg_buf copy = SG_BUF_INIT; /* the records before the last, completed one by one */
+    size_t at = 0;
+    for (size_t i = 0; !sg_buf_ok(&r->audit) && i < r->naudit; i++)
+        sg_audit_submit(gw->audit, &r->audit, 0); /* out of memory: each counted as dropped */
+    for (size_t i = 0; r->audit.data && i < r->naudit; i++) {
+        const char *id = r->audit.data + at;
+        size_t id_len = strlen(id), rec = at + id_len + 1, rec_len = strlen(r->audit.data + rec);
+        at = rec + rec_len + 1;
+        const char *outcome = NULL; /* NULL: not forwarded */
+        if (o->upstream_status || o->upstream_outcome) outcome = base;
+        if (!outcome && (o->upstream_status || o->upstream_outcome)) {
+            outcome = id_len ? "no_answer" : "ok";
+            for (size_t k = 0; id_len && k < nmsgs; k++)
+                if (msgs[k].id_len == id_len && memcmp(msgs[k].id, id, id_len) == 0)
+                    outcome = msgs[k].outcome;
         }
-        sg_buf_printf(&line, ",\"latency_ms\":%.3f}", ms);
-        if (sg_buf_ok(&line)) sg_audit_submit(gw->audit, line.data, line.len);
-        p += len + 1;
+        sg_buf *line = &r->audit;
+        size_t from = rec;
+        if (i + 1 < r->naudit) {
+            line = &copy;
+            from = 0;
+            sg_buf_reset(line);
+            sg_buf_append(line, r->audit.data + rec, rec_len);
+        } else {
+            r->audit.len = rec + rec_len; /* the last record: its NUL goes */
+        }
+        audit_outcome(line, o, outcome, us);
+        sg_audit_submit(gw->audit, line, from);
     }
-    sg_buf_free(&line);
+    sg_buf_free(&copy);
     sg_sse_event_free(&ev);
-    free(msgs);
-    for (size_t i = 0; r->audit_ids && i < r->naudit; i++)
-        free(r->audit_ids[i]);
-    free(r->audit_ids);
-    r->audit_ids = NULL;
+    if (msgs != quick) free(msgs);
     r->naudit = 0;
     sg_buf_free(&r->audit);
 }

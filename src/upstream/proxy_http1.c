@@ -63,14 +63,14 @@ struct http1_transfer {
     sg_http1 *parser;
 };
 
-static http1_lane *H(sg_proxy_lane *l)
+static http1_lane *http1_lane_of(sg_proxy_lane *l)
 {
     return l->impl;
 }
 
-static const http1_target *T(sg_proxy_lane *l)
+static const http1_target *target_of(sg_proxy_lane *l)
 {
-    return H(l)->target;
+    return http1_lane_of(l)->target;
 }
 
 /* For an http:// upstream: resolves the address once and prepares the
@@ -140,11 +140,12 @@ static void http1_watch(sg_proxy_lane *p, http1_transfer *t, uint32_t events)
 /* Gives the connection back to the pool (reuse) or closes it. */
 static void http1_close(sg_proxy_lane *p, http1_transfer *t, int reuse)
 {
+    http1_lane *hl = http1_lane_of(p);
     if (t->events) epoll_ctl(p->epfd, EPOLL_CTL_DEL, t->fd, NULL);
     t->events = 0;
-    if (t->fd < H(p)->nbyfd) H(p)->byfd[t->fd] = NULL;
-    if (reuse && H(p)->nidle < IDLE_MAX)
-        H(p)->idle[H(p)->nidle++] = t->fd;
+    if (t->fd < hl->nbyfd) hl->byfd[t->fd] = NULL;
+    if (reuse && hl->nidle < IDLE_MAX)
+        hl->idle[hl->nidle++] = t->fd;
     else
         close(t->fd);
     t->fd = -1;
@@ -185,17 +186,19 @@ static void http1_finish(sg_proxy_lane *p, http1_transfer *t, sg_proxy_error e)
  * or -1 (errno set) when no socket could be had. */
 static int http1_connect(sg_proxy_lane *p, http1_transfer *t, int allow_idle)
 {
-    t->reused = allow_idle && H(p)->nidle > 0;
+    http1_lane *hl = http1_lane_of(p);
+    const http1_target *tg = hl->target;
+    t->reused = allow_idle && hl->nidle > 0;
     t->connecting = 0;
     t->base.connect_deadline_ns = 0;
     if (t->reused) {
-        t->fd = H(p)->idle[--H(p)->nidle];
+        t->fd = hl->idle[--hl->nidle];
     } else {
-        t->fd = socket((T(p)->addr.ss_family), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        t->fd = socket(tg->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (t->fd < 0) return -1;
         int one = 1;
         setsockopt(t->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        t->connecting = connect(t->fd, (const struct sockaddr *)&T(p)->addr, T(p)->addrlen) != 0;
+        t->connecting = connect(t->fd, (const struct sockaddr *)&tg->addr, tg->addrlen) != 0;
         if (t->connecting && errno != EINPROGRESS) {
             close(t->fd);
             t->fd = -1;
@@ -204,20 +207,20 @@ static int http1_connect(sg_proxy_lane *p, http1_transfer *t, int allow_idle)
         if (t->connecting) /* the sweep times it out (proxy.c) */
             t->base.connect_deadline_ns = sg_now_mono_ns() + (uint64_t)p->connect_ms * 1000000u;
     }
-    if (t->fd >= H(p)->nbyfd) {
+    if (t->fd >= hl->nbyfd) {
         int n = t->fd + 64;
-        http1_transfer **m = realloc(H(p)->byfd, (size_t)n * sizeof *m);
+        http1_transfer **m = realloc(hl->byfd, (size_t)n * sizeof *m);
         if (!m) {
             close(t->fd);
             t->fd = -1;
             errno = ENOMEM;
             return -1;
         }
-        memset(m + H(p)->nbyfd, 0, (size_t)(n - H(p)->nbyfd) * sizeof *m);
-        H(p)->byfd = m;
-        H(p)->nbyfd = n;
+        memset(m + hl->nbyfd, 0, (size_t)(n - hl->nbyfd) * sizeof *m);
+        hl->byfd = m;
+        hl->nbyfd = n;
     }
-    H(p)->byfd[t->fd] = t;
+    hl->byfd[t->fd] = t;
     t->events = 0;
     t->sent = 0;
     t->got_bytes = 0;
@@ -365,7 +368,8 @@ static void http1_resume_reading(sg_proxy_lane *p, http1_transfer *t)
 static int http1_request(sg_proxy_lane *p, http1_transfer *t, const sg_proxy_request *req)
 {
     sg_buf *b = &t->request;
-    sg_buf_printf(b, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method, T(p)->path, T(p)->host_header);
+    const http1_target *tg = target_of(p);
+    sg_buf_printf(b, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method, tg->path, tg->host_header);
     proxy_upstream_headers(req, b);
     if (strcmp(req->method, "POST") == 0)
         sg_buf_printf(b, "Content-Length: %zu\r\n", req->body_len);
@@ -440,7 +444,8 @@ static int http1_start(sg_proxy_lane *p, sg_transfer *base, const sg_proxy_reque
 static void http1_event(sg_proxy_lane *p, uint64_t tagged, uint32_t events)
 {
     int fd = (int)(uint32_t)tagged;
-    http1_transfer *t = fd < H(p)->nbyfd ? H(p)->byfd[fd] : NULL;
+    http1_lane *hl = http1_lane_of(p);
+    http1_transfer *t = fd < hl->nbyfd ? hl->byfd[fd] : NULL;
     if (t) http1_conn_event(p, t, events);
 }
 

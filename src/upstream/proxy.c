@@ -158,6 +158,16 @@ static int header_value_safe(const char *v)
     return n <= MAX_HEADER_LINE;
 }
 
+/* "name: value" CRLF, appended by pieces (printf costs a request more than
+ * all its other headers: this runs for every forwarded request). */
+static void put_header(sg_buf *b, const char *name, const char *value)
+{
+    sg_buf_puts(b, name);
+    sg_buf_append(b, ": ", 2);
+    sg_buf_puts(b, value);
+    sg_buf_append(b, "\r\n", 2);
+}
+
 int proxy_upstream_headers(const sg_proxy_request *req, sg_buf *b)
 {
     int seen = 0;
@@ -167,10 +177,10 @@ int proxy_upstream_headers(const sg_proxy_request *req, sg_buf *b)
         if (!header_value_safe(hd->value)) continue;
         if (strcasecmp(hd->name, "Accept") == 0) seen |= PROXY_SENT_ACCEPT;
         if (strcasecmp(hd->name, "Content-Type") == 0) seen |= PROXY_SENT_CTYPE;
-        sg_buf_printf(b, "%s: %s\r\n", hd->name, hd->value);
+        put_header(b, hd->name, hd->value);
     }
     for (size_t i = 0; i < req->nextra; i++)
-        sg_buf_printf(b, "%s: %s\r\n", req->extra[i].name, req->extra[i].value);
+        put_header(b, req->extra[i].name, req->extra[i].value);
     return seen;
 }
 

@@ -369,10 +369,19 @@ static int http1_request(sg_proxy_lane *p, http1_transfer *t, const sg_proxy_req
 {
     sg_buf *b = &t->request;
     const http1_target *tg = target_of(p);
-    sg_buf_printf(b, "%s %s HTTP/1.1\r\nHost: %s\r\n", req->method, tg->path, tg->host_header);
+    /* By pieces, not printf: this runs for every forwarded request. */
+    sg_buf_puts(b, req->method);
+    sg_buf_putc(b, ' ');
+    sg_buf_puts(b, tg->path);
+    sg_buf_puts(b, " HTTP/1.1\r\nHost: ");
+    sg_buf_puts(b, tg->host_header);
+    sg_buf_puts(b, "\r\n");
     proxy_upstream_headers(req, b);
-    if (strcmp(req->method, "POST") == 0)
-        sg_buf_printf(b, "Content-Length: %zu\r\n", req->body_len);
+    if (strcmp(req->method, "POST") == 0) {
+        sg_buf_puts(b, "Content-Length: ");
+        sg_buf_put_uint(b, req->body_len);
+        sg_buf_puts(b, "\r\n");
+    }
     sg_buf_puts(b, "\r\n");
     if (strcmp(req->method, "POST") == 0 && req->body_len)
         sg_buf_append(b, req->body, req->body_len);

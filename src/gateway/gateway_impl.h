@@ -34,7 +34,8 @@ struct sg_policy_gen {
 };
 typedef struct sg_policy_gen policy_gen;
 
-typedef struct worker {
+typedef struct sg_gateway_worker worker;
+struct sg_gateway_worker {
     struct sg_gateway *gw;
     unsigned index;
     policy_gen *gen;    /* the policy this worker decides with; a reference */
@@ -52,7 +53,7 @@ typedef struct worker {
     unsigned long audit_seq;     /* generated request ids: this worker's counter */
     const sg_token *audit_token; /* GET/DELETE: the caller, for the record */
     sg_buf audit_scratch;        /* shadow records are formatted here */
-} worker;
+};
 
 struct sg_gateway {
     unsigned nworkers;

@@ -90,6 +90,7 @@ typedef struct http_worker {
     unsigned closes_at_sweep;   /* ...as counted at the previous sweep */
     struct MHD_Daemon *daemon;
     sg_proxy_lane *lane;
+    sg_gateway_worker *gateway; /* the gateway's context for this thread */
     int epfd, evfd;
     pthread_t thread;
     int started;
@@ -688,8 +689,9 @@ static enum MHD_Result advance_collect(exchange *ex)
     }
     sg_buf filtered = SG_BUF_INIT;
     enum MHD_Result ok;
-    if (sg_gateway_filter(ex->h->cfg.gateway, ex->worker, &ex->reply, ex->head.content_type,
-                          ex->answer.data ? ex->answer.data : "", ex->answer.len, &filtered) != 0) {
+    if (sg_gateway_filter(ex->h->cfg.gateway, ex->h->workers[ex->worker].gateway, &ex->reply,
+                          ex->head.content_type, ex->answer.data ? ex->answer.data : "",
+                          ex->answer.len, &filtered) != 0) {
         sg_log(SG_LOG_WARN, "upstream list answer could not be filtered: refused");
         int st = ex->head.status;
         ok = queue_upstream_error_status(ex, SG_PROXY_EUPSTREAM, st >= 400 && st <= 599 ? st : 0);
@@ -914,7 +916,7 @@ static enum MHD_Result first_call(sg_http *h, exchange *ex, const char *url, con
                                "GET, HEAD", 0);
         sg_buf b = SG_BUF_INIT;
         enum MHD_Result ok = MHD_NO;
-        if (sg_gateway_metadata(h->cfg.gateway, ex->worker, &b) == 0)
+        if (sg_gateway_metadata(h->cfg.gateway, h->workers[ex->worker].gateway, &b) == 0)
             ok = queue_bytes(conn, 200, "application/json", b.data, b.len, NULL, NULL, 0);
         sg_buf_free(&b);
         return ok;
@@ -1042,7 +1044,7 @@ static enum MHD_Result decide(exchange *ex, const char *method, int waited)
     } else {
         char client[INET6_ADDRSTRLEN] = "";
         if (sg_gateway_audits(h->cfg.gateway)) client_address(conn, client, sizeof client);
-        sg_gateway_request greq = {.worker = ex->worker,
+        sg_gateway_request greq = {.worker = h->workers[ex->worker].gateway,
                                    .method = method,
                                    .headers = hl->items,
                                    .nheaders = hl->n,
@@ -1263,6 +1265,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
         w->h = h;
         w->index = i;
         w->lane = sg_proxy_lane_of(cfg->proxy, i);
+        w->gateway = sg_gateway_worker_of(cfg->gateway, i);
         /* The first daemon binds (port 0 picks one); the others bind the
          * same port, and the kernel spreads connections over them. */
         if (i == 1) {
@@ -1293,7 +1296,7 @@ sg_http *sg_http_start(const sg_http_config *cfg, char *err, size_t errlen)
         const union MHD_DaemonInfo *ei = MHD_get_daemon_info(w->daemon, MHD_DAEMON_INFO_EPOLL_FD);
         w->epfd = epoll_create1(EPOLL_CLOEXEC);
         w->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (!w->lane || !ei || w->epfd < 0 || w->evfd < 0 ||
+        if (!w->lane || !w->gateway || !ei || w->epfd < 0 || w->evfd < 0 ||
             epoll_add(w->epfd, ei->epoll_fd, TAG_MHD) != 0 ||
             epoll_add(w->epfd, w->evfd, TAG_WAKE) != 0) {
             sg_errf(err, errlen, "cannot set up worker %u's event loop", i);

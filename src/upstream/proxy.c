@@ -40,7 +40,6 @@
 #define DEFER_BYTES         (64u * 1024)
 #define EASY_SPARES         256
 #define IDLE_MAX            1024 /* idle upstream connections kept per lane (plain http) */
-#define FAST_FLAG           ((uint64_t)1 << 40) /* epoll tag: one of our own connections */
 
 struct sg_transfer {
     sg_proxy_lane *lane;
@@ -429,7 +428,7 @@ static void fast_watch(sg_proxy_lane *p, sg_transfer *t, uint32_t events)
     struct epoll_event ev;
     memset(&ev, 0, sizeof ev);
     ev.events = events;
-    ev.data.u64 = SG_PROXY_EPOLL_TAG | FAST_FLAG | (uint64_t)(uint32_t)t->fd;
+    ev.data.u64 = SG_PROXY_EPOLL_TAG | SG_EVTAG_UPSTREAM_OWN | (uint64_t)(uint32_t)t->fd;
     epoll_ctl(p->epfd, t->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, t->fd, &ev);
     t->events = events;
 }
@@ -832,7 +831,7 @@ long sg_proxy_lane_timeout_ms(sg_proxy_lane *p)
 
 void sg_proxy_lane_event(sg_proxy_lane *p, uint64_t tagged, uint32_t events)
 {
-    if (tagged & FAST_FLAG) {
+    if (tagged & SG_EVTAG_UPSTREAM_OWN) {
         int fd = (int)(uint32_t)tagged;
         sg_transfer *t = fd < p->nbyfd ? p->byfd[fd] : NULL;
         if (t) fast_event(p, t, events);

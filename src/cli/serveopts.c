@@ -19,6 +19,9 @@
 
 #define U(x) ((unsigned long)(x))
 
+/* Long because it is one text: the usage reads top to bottom as the user
+ * sees it, and each bracketed default is a format argument taken from
+ * cli/defaults.h, listed in the order the text names them. */
 void serve_usage(FILE *f)
 {
     fprintf(f,
@@ -243,18 +246,19 @@ static const sg_flag_list *pick(const sg_flag_list *cli, const sg_flag_list *fil
     return cli->n ? cli : file;
 }
 
-int serve_parse(int argc, char **argv, serve_opts *o)
+/* The command line first, to find --config; then the file; then the
+ * command line again, so that its flags override the file's. The lists of
+ * each source are kept apart in *from_file and *from_cli. Returns as
+ * serve_parse does. */
+static int read_sources(int argc, char **argv, serve_opts *o, serve_lists *from_file,
+                        serve_lists *from_cli)
 {
-    serve_lists from_file, from_cli;
-    memset(&from_file, 0, sizeof from_file);
-    memset(&from_cli, 0, sizeof from_cli);
+    memset(from_file, 0, sizeof *from_file);
+    memset(from_cli, 0, sizeof *from_cli);
     sg_flag flags[SERVE_NFLAGS];
     const char *config = NULL;
     int npos = 0;
-
-    /* The command line first, to find --config; then the file; then the
-     * command line again, so that its flags override the file's. */
-    flag_table(o, &from_cli, &config, flags);
+    flag_table(o, from_cli, &config, flags);
     int rc = sg_flags_parse("serve", argc, argv, 2, flags, SERVE_NFLAGS, NULL, 0, &npos);
     if (rc == 1) {
         serve_usage(stdout);
@@ -264,18 +268,24 @@ int serve_parse(int argc, char **argv, serve_opts *o)
     if (config) {
         memset(o, 0, sizeof *o);
         const char *ignored = NULL;
-        flag_table(o, &from_file, &ignored, flags);
+        flag_table(o, from_file, &ignored, flags);
         if (sg_config_parse(config, flags, SERVE_NFLAGS, &o->config_argc, &o->config_argv) != 0)
             return -1;
-        memset(&from_cli, 0, sizeof from_cli);
-        flag_table(o, &from_cli, &ignored, flags);
+        memset(from_cli, 0, sizeof *from_cli);
+        flag_table(o, from_cli, &ignored, flags);
         if (sg_flags_parse("serve", argc, argv, 2, flags, SERVE_NFLAGS, NULL, 0, &npos) != 0)
             return -1;
     }
-    const sg_flag_list *hosts = pick(&from_cli.hosts, &from_file.hosts);
-    const sg_flag_list *origins = pick(&from_cli.origins, &from_file.origins);
-    const sg_flag_list *identity = pick(&from_cli.identity, &from_file.identity);
-    const sg_flag_list *claims = pick(&from_cli.claims, &from_file.claims);
+    return 0;
+}
+
+/* The repeatable flags: the command line's list replaces the file's.
+ * Returns 0, or -1 after printing why. */
+static int take_lists(serve_opts *o, const serve_lists *from_file, const serve_lists *from_cli)
+{
+    const sg_flag_list *hosts = pick(&from_cli->hosts, &from_file->hosts);
+    const sg_flag_list *origins = pick(&from_cli->origins, &from_file->origins);
+    const sg_flag_list *claims = pick(&from_cli->claims, &from_file->claims);
     if (claims->n > SG_VERIFIER_MAX_REQUIRED_CLAIMS) {
         fprintf(stderr, "scopegate serve: --require-claim: at most %d claims\n",
                 SG_VERIFIER_MAX_REQUIRED_CLAIMS);
@@ -298,6 +308,13 @@ int serve_parse(int argc, char **argv, serve_opts *o)
     }
     for (int i = 0; i < origins->n; i++)
         o->origins[o->norigins++] = origins->items[i];
+    return 0;
+}
+
+/* The options serve cannot run without. Returns 0, or -1 after printing
+ * why. */
+static int check_required(const serve_opts *o)
+{
     const char *missing =
         !o->listen     ? "--listen"
         : !o->upstream ? "--upstream"
@@ -317,8 +334,13 @@ int serve_parse(int argc, char **argv, serve_opts *o)
                 o->annotate);
         return -1;
     }
-    for (int i = 0; i < identity->n; i++)
-        if (parse_identity(identity->items[i], o) != 0) return -1;
+    return 0;
+}
+
+/* The rules between options, and the shapes of a few values. Returns 0, or
+ * -1 after printing why. */
+static int check_rules(serve_opts *o)
+{
     o->min_body_rate_bps = SG_DEFAULT_MIN_BODY_RATE;
     if (o->min_body_rate && sg_parse_ulong("serve", "--min-body-rate", o->min_body_rate, 0,
                                            1000000000ul, &o->min_body_rate_bps) != 0)
@@ -329,31 +351,32 @@ int serve_parse(int argc, char **argv, serve_opts *o)
                 o->introspection_auth);
         return -1;
     }
-    if ((o->introspection_client_id != NULL) != (o->introspection_secret_file != NULL)) {
-        fprintf(stderr, "scopegate serve: --introspection-client-id and "
-                        "--introspection-secret-file go together\n");
-        return -1;
-    }
-    if (o->introspection_url && !o->introspection_client_id) {
-        fprintf(stderr, "scopegate serve: --introspection-url needs --introspection-client-id "
-                        "and --introspection-secret-file (RFC 7662 2.1: the endpoint "
-                        "authenticates its callers)\n");
-        return -1;
-    }
-    if (o->shadow_policy && !o->audit_log) {
-        fprintf(stderr, "scopegate serve: --shadow-policy needs --audit-log (its disagreements "
-                        "are written there)\n");
-        return -1;
-    }
-    if (o->path && o->path[0] != '/') {
-        fprintf(stderr, "scopegate serve: --path must start with '/'\n");
-        return -1;
-    }
-    if (o->ready_window_s && !o->admin_listen) {
-        fprintf(stderr, "scopegate serve: --ready-upstream-window needs --admin-listen\n");
-        return -1;
-    }
-    return 0;
+    const char *why =
+        (o->introspection_client_id != NULL) != (o->introspection_secret_file != NULL)
+            ? "--introspection-client-id and --introspection-secret-file go together"
+        : o->introspection_url && !o->introspection_client_id
+            ? "--introspection-url needs --introspection-client-id and "
+              "--introspection-secret-file (RFC 7662 2.1: the endpoint authenticates its callers)"
+        : o->shadow_policy && !o->audit_log
+            ? "--shadow-policy needs --audit-log (its disagreements are written there)"
+        : o->path && o->path[0] != '/'          ? "--path must start with '/'"
+        : o->ready_window_s && !o->admin_listen ? "--ready-upstream-window needs --admin-listen"
+                                                : NULL;
+    if (!why) return 0;
+    fprintf(stderr, "scopegate serve: %s\n", why);
+    return -1;
+}
+
+int serve_parse(int argc, char **argv, serve_opts *o)
+{
+    serve_lists from_file, from_cli;
+    int rc = read_sources(argc, argv, o, &from_file, &from_cli);
+    if (rc != 0) return rc;
+    if (take_lists(o, &from_file, &from_cli) != 0 || check_required(o) != 0) return -1;
+    const sg_flag_list *identity = pick(&from_cli.identity, &from_file.identity);
+    for (int i = 0; i < identity->n; i++)
+        if (parse_identity(identity->items[i], o) != 0) return -1;
+    return check_rules(o);
 }
 
 #define SET_DEFAULT(field, value)                                                                  \

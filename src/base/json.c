@@ -162,6 +162,27 @@ static void append_utf8(sg_buf *b, uint32_t cp)
     sg_buf_append(b, out, n);
 }
 
+/* Past the run of bytes from p[i] that a JSON string holds as they are
+ * (printable ASCII other than '"' and '\\': most of any string), eight at a
+ * time while they last. Can't fail. */
+static size_t plain_run(const unsigned char *p, size_t i, size_t len)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    while (i + 8 <= len) {
+        uint64_t w, q, b;
+        memcpy(&w, p + i, 8);
+        q = w ^ 0x2222222222222222ull; /* a zero byte where w has '"' */
+        b = w ^ 0x5C5C5C5C5C5C5C5Cull; /* ... where w has a backslash */
+        uint64_t special = (w & highs) | ((w - 0x20 * ones) & ~w & highs) |
+                           ((q - ones) & ~q & highs) | ((b - ones) & ~b & highs);
+        if (special) break; /* the bytes below find which */
+        i += 8;
+    }
+    while (i < len && p[i] >= 0x20 && p[i] < 0x80 && p[i] != '"' && p[i] != '\\')
+        i++;
+    return i;
+}
+
 /* Scans the string whose opening quote is at s->pos and leaves s->pos after
  * the closing quote. When decoded is not NULL the unescaped bytes are
  * appended to it. Returns 0, or -1 with s->err filled. */
@@ -178,9 +199,7 @@ static int scan_string(scanner *s, sg_buf *decoded)
         if (c >= 0x20 && c < 0x80 && c != '\\') {
             /* A run of plain ASCII (most of any string) needs no check but
              * its end: taken, and appended, in one go. */
-            size_t j = i + 1;
-            while (j < s->len && p[j] >= 0x20 && p[j] < 0x80 && p[j] != '"' && p[j] != '\\')
-                j++;
+            size_t j = plain_run(p, i + 1, s->len);
             if (decoded) sg_buf_append(decoded, p + i, j - i);
             i = j;
             continue;
@@ -527,18 +546,7 @@ int sg_json_prescan(const char *p, size_t len, const sg_json_limits *lim, sg_jso
     return 0;
 }
 
-/* Past the string that starts at p[i] (a '"'); sets *escaped when it holds
- * a backslash. The text was validated by the pre-scan. */
-static size_t skip_string(const char *p, size_t len, size_t i, int *escaped)
-{
-    for (i++; i < len && p[i] != '"'; i++) {
-        if (p[i] == '\\') {
-            *escaped = 1;
-            i++;
-        }
-    }
-    return i + 1;
-}
+/* ---- reading an answer (sg_json_read_answer) ----------------------------- */
 
 static size_t skip_space(const char *p, size_t len, size_t i)
 {
@@ -547,56 +555,172 @@ static size_t skip_space(const char *p, size_t len, size_t i)
     return i;
 }
 
-void sg_json_outcomes(const char *p, size_t len, const sg_json_scan *scan, unsigned char *out)
+/* Past the string whose opening quote is p[i], or 0 when it is not
+ * terminated or holds a raw control character; *escaped is set when it
+ * holds a backslash. */
+static size_t end_of_string(const char *p, size_t len, size_t i, int *escaped)
 {
-    /* Message objects open at depth 1 (a single message) or 2 (a batch);
-     * their members are read at that depth, the result's one deeper. */
-    const int md = scan->top_is_array ? 2 : 1;
-    int depth = 0, in_result = 0, opened = 0; /* opened: inside some message object */
-    size_t msg = 0, elem = 0;                 /* elem: the batch element the scan is in */
-    for (size_t i = 0; i < scan->nmessages; i++)
-        out[i] = SG_JSON_OUTCOME_OK;
-    for (size_t i = 0; i < len;) {
+    const unsigned char *u = (const unsigned char *)p;
+    for (i++; (i = plain_run(u, i, len)) < len; i++) {
+        if (u[i] == '"') return i + 1;
+        if (u[i] == '\\') {
+            *escaped = 1;
+            i++;
+        } else if (u[i] < 0x20) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* Past a number or literal starting at p[i] (its characters, not its
+ * syntax), or 0 when none starts there. */
+static size_t end_of_scalar(const char *p, size_t len, size_t i)
+{
+    size_t start = i;
+    while (i < len && ((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'z') ||
+                       p[i] == '-' || p[i] == '+' || p[i] == '.' || p[i] == 'E'))
+        i++;
+    return i > start && (p[start] == '-' || (p[start] >= '0' && p[start] <= '9') ||
+                         p[start] == 't' || p[start] == 'f' || p[start] == 'n')
+               ? i
+               : 0;
+}
+
+/* The members the reader looks at, as bits of a message's "seen" set. */
+enum { MEMBER_OTHER = 0, MEMBER_ID = 1, MEMBER_ERROR = 2, MEMBER_RESULT = 4, MEMBER_ISERROR = 8 };
+
+static int member_kind(const char *k, size_t n, int in_result)
+{
+    if (in_result) return n == 7 && memcmp(k, "isError", 7) == 0 ? MEMBER_ISERROR : MEMBER_OTHER;
+    if (n == 2 && memcmp(k, "id", 2) == 0) return MEMBER_ID;
+    if (n == 5 && memcmp(k, "error", 5) == 0) return MEMBER_ERROR;
+    if (n == 6 && memcmp(k, "result", 6) == 0) return MEMBER_RESULT;
+    return MEMBER_OTHER;
+}
+
+/* The reader's state between tokens: what may come next. */
+enum {
+    WANT_VALUE,
+    WANT_VALUE_OR_CLOSE,
+    WANT_KEY,
+    WANT_KEY_OR_CLOSE,
+    WANT_COLON,
+    WANT_COMMA_OR_CLOSE,
+    WANT_END
+};
+
+long sg_json_read_answer(const char *p, size_t len, sg_json_answer *out, size_t max)
+{
+    char open[SG_JSON_MAX_DEPTH_CAP]; /* the bracket of each level */
+    size_t depth = 0, md = 0;         /* md: the depth of message objects (1, or 2 in a batch) */
+    long n = 0, cur = -1;             /* elements; the message being read, -1 none */
+    int state = WANT_VALUE, pending = MEMBER_OTHER, in_result = 0;
+    unsigned seen = 0, tool_error = 0;
+    size_t id_from = 0, id_depth = 0; /* the id value being read; id_depth 0: none */
+    size_t i = 0;
+    for (;;) {
+        i = skip_space(p, len, i);
+        if (i >= len) break;
         char c = p[i];
-        if (c == '"') {
-            int escaped = 0;
-            size_t start = i + 1, end = skip_string(p, len, i, &escaped);
-            size_t after = skip_space(p, len, end);
-            i = end;
-            if (after >= len || p[after] != ':' || !opened) continue; /* a value */
-            if (depth != md && !(in_result && depth == md + 1)) continue;
-            if (escaped) {
-                out[msg] = SG_JSON_OUTCOME_UNKNOWN;
-                continue;
-            }
-            size_t klen = end - 1 - start;
-            if (depth == md && klen == 5 && memcmp(p + start, "error", 5) == 0) {
-                if (out[msg] != SG_JSON_OUTCOME_UNKNOWN) out[msg] = SG_JSON_OUTCOME_ERROR;
-            } else if (depth == md && klen == 6 && memcmp(p + start, "result", 6) == 0) {
-                size_t v = skip_space(p, len, after + 1);
-                in_result = v < len && p[v] == '{';
-            } else if (depth == md + 1 && klen == 7 && memcmp(p + start, "isError", 7) == 0) {
-                size_t v = skip_space(p, len, after + 1);
-                if (v + 4 <= len && memcmp(p + v, "true", 4) == 0 && out[msg] == SG_JSON_OUTCOME_OK)
-                    out[msg] = SG_JSON_OUTCOME_TOOL_ERROR;
-            }
+        if (state == WANT_END) return -1;
+        if (state == WANT_COLON) {
+            if (c != ':') return -1;
+            i++;
+            state = WANT_VALUE;
             continue;
         }
-        if (c == '{' || c == '[') {
-            depth++;
-            if (depth == md && c == '{' && elem < scan->nmessages) {
-                msg = elem;
-                opened = 1;
+        if (state == WANT_KEY || state == WANT_KEY_OR_CLOSE) {
+            if (c == '}' && state == WANT_KEY_OR_CLOSE) goto close;
+            if (c != '"') return -1;
+            int escaped = 0;
+            size_t end = end_of_string(p, len, i, &escaped);
+            if (!end) return -1;
+            pending = MEMBER_OTHER;
+            if (cur >= 0 && (depth == md || (in_result && depth == md + 1))) {
+                if (escaped) return -1; /* could spell a member read here */
+                pending = member_kind(p + i + 1, end - i - 2, depth == md + 1);
+                if (seen & (unsigned)pending) return -1;
+                seen |= (unsigned)pending;
             }
-        } else if (c == ',' && depth == 1 && scan->top_is_array) {
-            elem++;
-            opened = 0;
-        } else if (c == '}' || c == ']') {
-            if (in_result && depth == md + 1) in_result = 0;
-            depth--;
+            i = end;
+            state = WANT_COLON;
+            continue;
         }
+        if (state == WANT_COMMA_OR_CLOSE) {
+            if (c == ',') {
+                i++;
+                state = open[depth - 1] == '{' ? WANT_KEY : WANT_VALUE;
+                continue;
+            }
+            goto close;
+        }
+        if (c == ']' && state == WANT_VALUE_OR_CLOSE) goto close;
+        /* ---- a value starts at p[i] ---- */
+        if (depth == 1 && md == 2) { /* an element of a batch */
+            if ((size_t)n >= max) return -1;
+            out[n] = (sg_json_answer){.outcome = SG_JSON_OUTCOME_OK};
+            cur = c == '{' ? n : -1;
+            seen = tool_error = 0;
+            n++;
+        }
+        if (pending == MEMBER_ID) {
+            id_from = i;
+            id_depth = depth;
+        }
+        if (c == '{' || c == '[') {
+            if (depth == SG_JSON_MAX_DEPTH_CAP) return -1;
+            if (depth == 0) {
+                md = c == '[' ? 2 : 1;
+                if (c == '{') {
+                    if (max < 1) return -1;
+                    out[0] = (sg_json_answer){.outcome = SG_JSON_OUTCOME_OK};
+                    cur = 0;
+                    n = 1;
+                }
+            }
+            if (pending == MEMBER_RESULT && c == '{') in_result = 1;
+            pending = MEMBER_OTHER;
+            open[depth++] = c;
+            i++;
+            state = c == '{' ? WANT_KEY_OR_CLOSE : WANT_VALUE_OR_CLOSE;
+            continue;
+        }
+        if (depth == 0) return -1; /* a scalar at the top: not an answer */
+        size_t end;
+        if (c == '"') {
+            int escaped = 0;
+            end = end_of_string(p, len, i, &escaped);
+        } else {
+            end = end_of_scalar(p, len, i);
+        }
+        if (!end) return -1;
+        if (pending == MEMBER_ISERROR && end - i == 4 && memcmp(p + i, "true", 4) == 0)
+            tool_error = 1;
+        pending = MEMBER_OTHER;
+        i = end;
+        goto value_done;
+
+    close:
+        if (c != (open[depth - 1] == '{' ? '}' : ']')) return -1;
         i++;
+        depth--;
+        if (in_result && depth == md) in_result = 0;
+        if (cur >= 0 && depth == md - 1) { /* the message object ends */
+            out[cur].outcome = (seen & MEMBER_ERROR) ? SG_JSON_OUTCOME_ERROR
+                               : tool_error          ? SG_JSON_OUTCOME_TOOL_ERROR
+                                                     : SG_JSON_OUTCOME_OK;
+            cur = -1;
+        }
+
+    value_done:
+        if (id_depth && depth == id_depth && cur >= 0) {
+            out[cur].id = (sg_json_span){.off = id_from, .len = i - id_from};
+            id_depth = 0;
+        }
+        state = depth == 0 ? WANT_END : WANT_COMMA_OR_CLOSE;
     }
+    return state == WANT_END ? n : -1;
 }
 
 void sg_json_scan_free(sg_json_scan *s)
@@ -627,12 +751,8 @@ void sg_json_append_string(sg_buf *out, const char *str, size_t len)
     const unsigned char *s = (const unsigned char *)str;
     sg_buf_putc(out, '"');
     size_t run_start = 0, i = 0;
-    while (i < len) {
+    while ((i = plain_run(s, i, len)) < len) {
         unsigned char c = s[i];
-        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
-            i++;
-            continue;
-        }
         size_t n = c >= 0x80 ? utf8_sequence_length(s + i, len - i) : 0;
         if (n > 0) {
             i += n;

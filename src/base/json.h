@@ -78,21 +78,34 @@ int sg_json_prescan(const char *p, size_t len, const sg_json_limits *lim, sg_jso
 /* Frees what sg_json_prescan allocated; the struct is left empty. Can't fail. */
 void sg_json_scan_free(sg_json_scan *s);
 
-/* What one JSON-RPC response says, read without building a tree (for the
- * audit log's upstream outcome). */
+/* What one JSON-RPC response says (for the audit log's upstream outcome). */
 typedef enum sg_json_outcome {
     SG_JSON_OUTCOME_OK,         /* a result that is not a tool error */
     SG_JSON_OUTCOME_ERROR,      /* an "error" member: a JSON-RPC error */
     SG_JSON_OUTCOME_TOOL_ERROR, /* "result": {"isError": true, ...} */
-    SG_JSON_OUTCOME_UNKNOWN     /* a member name written with escapes: not read */
+    SG_JSON_OUTCOME_COUNT
 } sg_json_outcome;
 
-/* For p[0..len), a text sg_json_prescan accepted with result scan, writes
- * the outcome of each message-level object into out[0..scan->nmessages).
- * A linear pass that only looks at member names at the message and result
- * levels; a name with a backslash escape makes that message UNKNOWN (the
- * caller may decode it some other way). Can't fail. */
-void sg_json_outcomes(const char *p, size_t len, const sg_json_scan *scan, unsigned char *out);
+/* One element of a JSON-RPC answer as sg_json_read_answer reads it. */
+typedef struct sg_json_answer {
+    sg_json_span id;       /* the raw text of its "id" member's value; len 0: none */
+    unsigned char outcome; /* an sg_json_outcome (OK for an element that is no object) */
+} sg_json_answer;
+
+/* Reads p[0..len), a JSON-RPC answer (one message object, or an array of
+ * them), in one pass and without building anything: for each message, the
+ * raw text of its id and its outcome, into out[0..max). Its use is the
+ * audit log, which labels every forwarded answer, so it is cheap: it checks
+ * the JSON grammar (strings, brackets, separators, what follows the top
+ * value) but not what only the strict pre-scan checks (UTF-8, the exact
+ * syntax of numbers and literals, duplicates of the members it does not
+ * read). Returns the number of elements, or -1 when it cannot read the text
+ * plainly: a grammar error, a scalar at the top, more than max elements or
+ * SG_JSON_MAX_DEPTH_CAP levels, or one of the members it reads ("id",
+ * "error", "result" of a message, "isError" of a result object) given twice
+ * or possibly written with escapes. The caller then decides with the strict
+ * parse. Can't fail otherwise; never reads past p+len. */
+long sg_json_read_answer(const char *p, size_t len, sg_json_answer *out, size_t max);
 
 /* Returns 1 when p[0..len) is exactly one JSON scalar usable as a JSON-RPC
  * id (a string, an integer without fraction or exponent, or null) and

@@ -33,7 +33,7 @@ void sg_buf_reset(sg_buf *b)
 
 /* Makes room for n more bytes plus the terminator. Returns 0, or -1 (and
  * marks the buffer failed) when the allocation fails or would overflow. */
-static int buf_reserve(sg_buf *b, size_t n)
+int sg_buf_reserve(sg_buf *b, size_t n)
 {
     if (b->oom) return -1;
     if (n > SIZE_MAX / 2 - b->len) goto fail;
@@ -51,22 +51,30 @@ fail:
     return -1;
 }
 
-void sg_buf_append(sg_buf *b, const void *p, size_t n)
+void sg_buf_append_grow(sg_buf *b, const void *p, size_t n)
 {
-    if (buf_reserve(b, n) != 0) return;
+    if (sg_buf_reserve(b, n) != 0) return;
     if (n) memcpy(b->data + b->len, p, n);
     b->len += n;
     b->data[b->len] = '\0';
 }
 
-void sg_buf_puts(sg_buf *b, const char *s)
+size_t sg_format_uint(char out[SG_UINT_DIGITS], unsigned long long v)
 {
-    sg_buf_append(b, s, strlen(s));
+    char digits[SG_UINT_DIGITS];
+    size_t at = sizeof digits;
+    do {
+        digits[--at] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    memcpy(out, digits + at, sizeof digits - at);
+    return sizeof digits - at;
 }
 
-void sg_buf_putc(sg_buf *b, char c)
+void sg_buf_put_uint(sg_buf *b, unsigned long long v)
 {
-    sg_buf_append(b, &c, 1);
+    char digits[SG_UINT_DIGITS];
+    sg_buf_append(b, digits, sg_format_uint(digits, v));
 }
 
 void sg_buf_printf(sg_buf *b, const char *fmt, ...)
@@ -84,7 +92,7 @@ void sg_buf_printf(sg_buf *b, const char *fmt, ...)
         sg_buf_append(b, small, (size_t)n);
         return;
     }
-    if (buf_reserve(b, (size_t)n) != 0) return;
+    if (sg_buf_reserve(b, (size_t)n) != 0) return;
     va_start(ap, fmt);
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);

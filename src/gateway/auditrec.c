@@ -30,13 +30,8 @@
 #define AUDIT_MAX_VALUE  4096 /* longest object or array argument recorded */
 #define REQUEST_ID_MAX   128
 
-static void j_key(sg_buf *b, const char *key)
-{
-    sg_buf_putc(b, ',');
-    sg_buf_putc(b, '"');
-    sg_buf_puts(b, key);
-    sg_buf_puts(b, "\":");
-}
+/* ,"key": for a literal key: one copy of a length known when compiling. */
+#define J_KEY(b, key) sg_buf_append((b), ",\"" key "\":", sizeof(",\"" key "\":") - 1)
 
 static void j_string(sg_buf *b, const char *s)
 {
@@ -48,11 +43,11 @@ static void j_string(sg_buf *b, const char *s)
     sg_json_append_string(b, s, n < AUDIT_MAX_STRING ? n : AUDIT_MAX_STRING);
 }
 
-static void j_field(sg_buf *b, const char *key, const char *s)
-{
-    j_key(b, key);
-    j_string(b, s);
-}
+#define J_FIELD(b, key, s)                                                                         \
+    do {                                                                                           \
+        J_KEY(b, key);                                                                             \
+        j_string(b, s);                                                                            \
+    } while (0)
 
 /* A requirement as JSON: a scope name, "public", "authenticated", "deny",
  * {"all_of": [...]} or {"any_of": [...]}. */
@@ -143,16 +138,32 @@ static const cJSON *argument_at(const cJSON *arguments, const char *path)
     return v;
 }
 
-/* RFC 3339 UTC with milliseconds: 2026-12-04T16:10:00.123Z. */
-static void j_now(sg_buf *b)
+/* RFC 3339 UTC with milliseconds, quoted: "2026-12-04T16:10:00.123Z"
+ * (26 bytes and the NUL). Every record has one: the text up to the
+ * seconds is kept per thread and made again only when the second changes. */
+static void j_now(char out[32])
 {
+    static _Thread_local time_t cached_sec = -1;
+    static _Thread_local char cached[24]; /* "2026-12-04T16:10:00 */
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    char text[40];
-    strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
-    sg_buf_printf(b, "\"%s.%03ldZ\"", text, ts.tv_nsec / 1000000);
+    if (ts.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        cached[0] = '"';
+        if (strftime(cached + 1, sizeof cached - 1, "%Y-%m-%dT%H:%M:%S", &tm) != 19) {
+            memcpy(out, "null", 5);
+            return;
+        }
+        cached_sec = ts.tv_sec;
+    }
+    unsigned ms = (unsigned)(ts.tv_nsec / 1000000);
+    memcpy(out, cached, 20);
+    out[20] = '.';
+    out[21] = (char)('0' + ms / 100);
+    out[22] = (char)('0' + ms / 10 % 10);
+    out[23] = (char)('0' + ms % 10);
+    memcpy(out + 24, "Z\"", 3);
 }
 
 /* A client's X-Request-Id is kept only when it is 1 to REQUEST_ID_MAX
@@ -181,34 +192,39 @@ static void audit_common(sg_buf *b, const char *type, const char *time_json, con
     sg_buf_puts(b, type);
     sg_buf_puts(b, "\",\"time\":");
     sg_buf_puts(b, time_json);
-    j_field(b, "request_id", rid);
-    j_field(b, "client", req->client_addr);
-    j_field(b, "http_method", req->method);
-    j_field(b, "sub", token ? token->sub : NULL);
-    j_field(b, "client_id", token ? token->client_id : NULL);
-    j_field(b, "iss", token ? token->iss : NULL);
-    j_field(b, "policy", hash);
+    J_FIELD(b, "request_id", rid);
+    J_FIELD(b, "client", req->client_addr);
+    J_FIELD(b, "http_method", req->method);
+    J_FIELD(b, "sub", token ? token->sub : NULL);
+    J_FIELD(b, "client_id", token ? token->client_id : NULL);
+    J_FIELD(b, "iss", token ? token->iss : NULL);
+    J_FIELD(b, "policy", hash);
 }
 
 static void audit_message(sg_buf *b, const sg_mcp_body *body, size_t i)
 {
     const sg_mcp_msg *m = body ? &body->msgs[i] : NULL;
-    j_field(b, "method", m ? m->method : NULL);
-    j_field(b, "name", m ? m->name : NULL);
-    if (body && body->is_batch)
-        sg_buf_printf(b, ",\"batch\":{\"index\":%zu,\"size\":%zu}", i, body->nmsgs);
+    J_FIELD(b, "method", m ? m->method : NULL);
+    J_FIELD(b, "name", m ? m->name : NULL);
+    if (body && body->is_batch) {
+        sg_buf_puts(b, ",\"batch\":{\"index\":");
+        sg_buf_put_uint(b, i);
+        sg_buf_puts(b, ",\"size\":");
+        sg_buf_put_uint(b, body->nmsgs);
+        sg_buf_putc(b, '}');
+    }
 }
 
 static void audit_rule(sg_buf *b, const sg_universe *u, const sg_policy_decision *d)
 {
-    j_field(b, "rule", d && d->rule ? d->rule : NULL);
-    j_field(b, "rule_file", d && d->line > 0 ? d->file : NULL);
-    j_key(b, "rule_line");
+    J_FIELD(b, "rule", d && d->rule ? d->rule : NULL);
+    J_FIELD(b, "rule_file", d && d->line > 0 ? d->file : NULL);
+    J_KEY(b, "rule_line");
     if (d && d->line > 0)
-        sg_buf_printf(b, "%d", d->line);
+        sg_buf_put_uint(b, (unsigned)d->line);
     else
         sg_buf_puts(b, "null");
-    j_key(b, "required");
+    J_KEY(b, "required");
     if (d && d->req)
         j_requirement(b, u, d->req);
     else
@@ -298,10 +314,17 @@ static void request_id(const sg_gateway *gw, worker *w, const sg_gateway_request
     const char *authz = gw_header_get(req, "Authorization");
     /* A client that puts (a piece of) its token there gets a generated id:
      * no byte of a credential is ever written to the audit log. */
-    if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid)))
-        snprintf(rid, REQUEST_ID_MAX + 1, "%s", client_rid);
-    else
-        snprintf(rid, REQUEST_ID_MAX + 1, "%s-%u-%lu", gw->boot_id, w->index, ++w->audit_seq);
+    if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid))) {
+        memcpy(rid, client_rid, strlen(client_rid) + 1); /* valid: at most REQUEST_ID_MAX */
+    } else { /* boot id (16 hex digits), worker, sequence: fits */
+        size_t n = strlen(gw->boot_id);
+        memcpy(rid, gw->boot_id, n);
+        rid[n++] = '-';
+        n += sg_format_uint(rid + n, w->index);
+        rid[n++] = '-';
+        n += sg_format_uint(rid + n, ++w->audit_seq);
+        rid[n] = '\0';
+    }
     if (out->status == 0 && out->nidentity < SG_ARRAY_LEN(out->identity)) {
         char *v = strdup(rid);
         if (v) {
@@ -323,11 +346,8 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
 {
     char rid[REQUEST_ID_MAX + 1];
     request_id(gw, w, req, out, rid);
-    char time_json[48];
-    sg_buf t = SG_BUF_INIT;
-    j_now(&t);
-    snprintf(time_json, sizeof time_json, "%s", sg_buf_ok(&t) ? t.data : "null");
-    sg_buf_free(&t);
+    char time_json[32];
+    j_now(time_json);
 
     const sg_universe *u = sg_policy_universe(w->policy);
     const char *decision = decision_name(out, &w->decision);
@@ -348,13 +368,13 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
             out->audit_ids[i] = strndup(m->id_raw, m->id_len);
         audit_common(b, "decision", time_json, rid, req, token, sg_policy_hash(w->policy));
         audit_message(b, body, i);
-        j_field(b, "decision", decision);
+        J_FIELD(b, "decision", decision);
         if (body && body->is_batch && d && d->req)
-            j_field(
+            J_FIELD(
                 b, "message_decision",
                 element_outcome(d->req, token, caller ? caller->token_error : NULL, &effective));
         audit_rule(b, u, d && d->rule ? d : NULL);
-        j_key(b, "granted");
+        J_KEY(b, "granted");
         sg_buf_putc(b, '[');
         for (int k = 0; token && k < token->nscopes; k++) {
             if (k) sg_buf_putc(b, ',');
@@ -362,7 +382,7 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
         }
         sg_buf_putc(b, ']');
         if ((out->status == 401 || out->status == 403) && decision[0] != 'd') {
-            j_key(b, "step_up");
+            J_KEY(b, "step_up");
             j_scopeset(b, u, &w->decision.scope);
         }
         if (d && d->error) sg_buf_puts(b, ",\"policy_error\":true");
@@ -394,49 +414,45 @@ typedef struct answer_msg {
     const char *outcome;
 } answer_msg;
 
-/* Reads one JSON text of the answer (a message or a batch) into msgs. */
+/* Reads one JSON text of the answer (a message or a batch) into msgs: in
+ * one cheap pass (sg_json_read_answer), or, for a text that pass cannot
+ * read plainly, with the strict pre-scan and a cJSON tree. */
 static void classify_json(const char *json, size_t len, answer_msg *msgs, size_t *n, size_t cap)
 {
-    static const sg_json_limits lim = {.max_depth = SG_JSON_MAX_DEPTH_CAP};
     static const char *const names[] = {
         [SG_JSON_OUTCOME_OK] = "ok",
         [SG_JSON_OUTCOME_ERROR] = "jsonrpc_error",
         [SG_JSON_OUTCOME_TOOL_ERROR] = "tool_error",
     };
-    sg_json_scan scan = {0};
-    if (sg_json_prescan(json, len, &lim, &scan, NULL) != 0) return;
-    /* One pass over member names, no tree; only a name written with escapes
-     * needs cJSON to decode it. */
-    unsigned char quick[64];
-    unsigned char *outcome = scan.nmessages <= sizeof quick ? quick : malloc(scan.nmessages);
-    cJSON *root = NULL;
-    if (outcome) {
-        sg_json_outcomes(json, len, &scan, outcome);
-        for (size_t i = 0; i < scan.nmessages && !root; i++)
-            if (outcome[i] == SG_JSON_OUTCOME_UNKNOWN) root = cJSON_ParseWithLength(json, len);
-    } else {
-        root = cJSON_ParseWithLength(json, len);
-    }
-    cJSON *m = root && scan.top_is_array ? root->child : root;
-    for (size_t i = 0; i < scan.nmessages; i++, m = m && scan.top_is_array ? m->next : NULL) {
-        if (*n >= cap || scan.id_spans[i].len == 0) continue;
-        const char *name;
-        if (outcome && outcome[i] != SG_JSON_OUTCOME_UNKNOWN) {
-            name = names[outcome[i]];
-        } else {
-            if (!cJSON_IsObject(m)) continue;
-            const cJSON *result = cJSON_GetObjectItemCaseSensitive(m, "result");
-            name = cJSON_GetObjectItemCaseSensitive(m, "error") ? "jsonrpc_error"
-                   : cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError"))
-                       ? "tool_error"
-                       : "ok";
-        }
-        msgs[*n].id = json + scan.id_spans[i].off;
-        msgs[*n].id_len = scan.id_spans[i].len;
-        msgs[*n].outcome = name;
+    _Static_assert(SG_ARRAY_LEN(names) == SG_JSON_OUTCOME_COUNT, "an outcome without a name");
+    sg_json_answer quick[16];
+    long k = sg_json_read_answer(json, len, quick, SG_ARRAY_LEN(quick));
+    for (long i = 0; i < k; i++) {
+        if (*n >= cap || quick[i].id.len == 0) continue;
+        msgs[*n] = (answer_msg){.id = json + quick[i].id.off,
+                                .id_len = quick[i].id.len,
+                                .outcome = names[quick[i].outcome]};
         (*n)++;
     }
-    if (outcome != quick) free(outcome);
+    if (k >= 0) return;
+
+    static const sg_json_limits lim = {.max_depth = SG_JSON_MAX_DEPTH_CAP};
+    sg_json_scan scan = {0};
+    if (sg_json_prescan(json, len, &lim, &scan, NULL) != 0) return;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *m = root && scan.top_is_array ? root->child : root;
+    for (size_t i = 0; i < scan.nmessages; i++, m = m && scan.top_is_array ? m->next : NULL) {
+        if (*n >= cap || scan.id_spans[i].len == 0 || !cJSON_IsObject(m)) continue;
+        const cJSON *result = cJSON_GetObjectItemCaseSensitive(m, "result");
+        int outcome = cJSON_GetObjectItemCaseSensitive(m, "error") ? SG_JSON_OUTCOME_ERROR
+                      : cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "isError"))
+                          ? SG_JSON_OUTCOME_TOOL_ERROR
+                          : SG_JSON_OUTCOME_OK;
+        msgs[*n] = (answer_msg){.id = json + scan.id_spans[i].off,
+                                .id_len = scan.id_spans[i].len,
+                                .outcome = names[outcome]};
+        (*n)++;
+    }
     cJSON_Delete(root);
     sg_json_scan_free(&scan);
 }
@@ -461,19 +477,20 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
             classify_json(o->body, o->body_len, msgs, &nmsgs, r->naudit);
         }
     }
-    double ms = (double)(sg_now_mono_ns() - o->started_ns) / 1e6;
+    /* Milliseconds with three decimals, rounded: microseconds in integers. */
+    unsigned long long us = (sg_now_mono_ns() - o->started_ns + 500) / 1000;
     sg_buf line = SG_BUF_INIT;
     const char *p = r->audit.data;
     for (size_t i = 0; p && i < r->naudit; i++) {
         size_t len = strlen(p);
         sg_buf_reset(&line);
         sg_buf_append(&line, p, len);
-        j_key(&line, "status");
-        if (o->status)
-            sg_buf_printf(&line, "%d", o->status);
+        J_KEY(&line, "status");
+        if (o->status > 0)
+            sg_buf_put_uint(&line, (unsigned)o->status);
         else
             sg_buf_puts(&line, "null");
-        j_key(&line, "upstream");
+        J_KEY(&line, "upstream");
         if (o->upstream_status || o->upstream_outcome) {
             const char *outcome = base;
             const char *id = r->audit_ids ? r->audit_ids[i] : NULL;
@@ -484,8 +501,8 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
                         outcome = msgs[k].outcome;
             }
             sg_buf_puts(&line, "{\"status\":");
-            if (o->upstream_status)
-                sg_buf_printf(&line, "%d", o->upstream_status);
+            if (o->upstream_status > 0)
+                sg_buf_put_uint(&line, (unsigned)o->upstream_status);
             else
                 sg_buf_puts(&line, "null");
             sg_buf_puts(&line, ",\"outcome\":");
@@ -494,7 +511,12 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
         } else {
             sg_buf_puts(&line, "null");
         }
-        sg_buf_printf(&line, ",\"latency_ms\":%.3f}", ms);
+        sg_buf_puts(&line, ",\"latency_ms\":");
+        sg_buf_put_uint(&line, us / 1000);
+        char frac[4] = {'.', (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10),
+                        (char)('0' + us % 10)};
+        sg_buf_append(&line, frac, sizeof frac);
+        sg_buf_putc(&line, '}');
         if (sg_buf_ok(&line)) sg_audit_submit(gw->audit, line.data, line.len);
         p += len + 1;
     }

@@ -196,11 +196,25 @@ describe("the audit log", function()
                                    '"message":"bad"}}'), { token = read }).status)
     assert.are.equal(200, post(raw('{"jsonrpc":"2.0","id":1,"result":{"content":[],' ..
                                    '"isError":true}}'), { token = read }).status)
-    local l = wait_lines(before + 3)
+    -- Answers the one-pass reader leaves to the strict parse: a member name
+    -- written with escapes is decoded there ("\u0069d" is "id"); a result
+    -- given twice is no answer the audit log can account for.
+    assert.are.equal(200, post(raw('{"jsonrpc":"2.0","\\u0069d":1,"error":{"code":1,' ..
+                                   '"message":"x"}}'), { token = read }).status)
+    assert.are.equal(200, post(raw('{"jsonrpc":"2.0","id":1,"result":{},"result":{' ..
+                                   '"isError":true}}'), { token = read }).status)
+    -- An isError deeper than the result's own members is not the result's.
+    assert.are.equal(200, post(raw('{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":' ..
+                                   '"text","text":"{\\"isError\\":true}","isError":true}]}}'),
+                               { token = read }).status)
+    local l = wait_lines(before + 6)
     assert.are.equal("503", field(l[before + 1], "status"))
     assert.are.equal('{"status":503,"outcome":"http_error"}', field(l[before + 1], "upstream"))
     assert.are.equal('{"status":200,"outcome":"jsonrpc_error"}', field(l[before + 2], "upstream"))
     assert.are.equal('{"status":200,"outcome":"tool_error"}', field(l[before + 3], "upstream"))
+    assert.are.equal('{"status":200,"outcome":"jsonrpc_error"}', field(l[before + 4], "upstream"))
+    assert.are.equal('{"status":200,"outcome":"no_answer"}', field(l[before + 5], "upstream"))
+    assert.are.equal('{"status":200,"outcome":"ok"}', field(l[before + 6], "upstream"))
   end)
 
   it("keeps a valid client X-Request-Id and replaces an invalid one", function()

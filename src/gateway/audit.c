@@ -36,8 +36,8 @@
 #define WRITER_TICK_MS 20
 
 typedef struct queued_line {
-    char *text;
-    size_t len;
+    char *text; /* the submitted buffer's bytes (freed by the writer) */
+    size_t from, len;
 } queued_line;
 
 struct sg_audit {
@@ -188,7 +188,7 @@ static void *writer_main(void *arg)
         size_t nlines = 0;
         while (a->count > 0 && batch.len < BATCH_BYTES) {
             queued_line *q = &a->ring[a->head];
-            sg_buf_append(&batch, q->text, q->len);
+            sg_buf_append(&batch, q->text + q->from, q->len);
             sg_buf_putc(&batch, '\n');
             free(q->text);
             q->text = NULL;
@@ -247,18 +247,17 @@ fail:
     return NULL;
 }
 
-int sg_audit_submit(sg_audit *a, const char *line, size_t len)
+int sg_audit_submit(sg_audit *a, sg_buf *line, size_t from)
 {
-    char *copy = len <= SG_AUDIT_MAX_LINE ? malloc(len) : NULL;
-    if (copy) memcpy(copy, line, len);
+    size_t len = line->len > from ? line->len - from : 0;
+    char *text = len <= SG_AUDIT_MAX_LINE ? sg_buf_steal(line) : NULL; /* NULL: a failed buffer */
+    sg_buf_free(line);
     pthread_mutex_lock(&a->mu);
     int full = a->count == a->cap;
-    if (copy && !full && !a->stopping) {
+    if (text && !full && !a->stopping) {
         queued_line *q = &a->ring[(a->head + a->count) % a->cap];
-        q->text = copy;
-        q->len = len;
+        *q = (queued_line){.text = text, .from = from, .len = len};
         a->count++;
-        copy = NULL;
         /* Wake the writer only when it sleeps on an empty queue, or when
          * the queue is half full: while lines keep coming it drains them
          * every WRITER_TICK_MS by itself, one write for many lines. A wake
@@ -269,7 +268,7 @@ int sg_audit_submit(sg_audit *a, const char *line, size_t len)
         return 0;
     }
     pthread_mutex_unlock(&a->mu);
-    free(copy);
+    free(text);
     if (full) atomic_fetch_add(&a->queue_full, 1);
     atomic_fetch_add(&a->dropped, 1);
     return -1;

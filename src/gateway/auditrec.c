@@ -29,6 +29,8 @@
 #define AUDIT_MAX_STRING 1024 /* longest string value recorded (cut beyond) */
 #define AUDIT_MAX_VALUE  4096 /* longest object or array argument recorded */
 #define REQUEST_ID_MAX   128
+/* Bytes a record usually takes (allocated at once for each message). */
+#define AUDIT_RECORD_GUESS 640
 
 /* ,"key": for a literal key: one copy of a length known when compiling. */
 #define J_KEY(b, key) sg_buf_append((b), ",\"" key "\":", sizeof(",\"" key "\":") - 1)
@@ -185,20 +187,59 @@ static int request_id_valid(const char *s)
 
 /* The part of a record every message of the request shares, from the
  * opening brace: type, time, request id, client, who (verified), policy. */
-static void audit_common(sg_buf *b, const char *type, const char *time_json, const char *rid,
-                         const sg_gateway_request *req, const sg_token *token, const char *hash)
+/* A string the gateway made or checked itself and that holds nothing JSON
+ * escapes (a request id, an address, a policy hash): quoted as it is. */
+static void j_plain(sg_buf *b, const char *s)
+{
+    sg_buf_putc(b, '"');
+    sg_buf_puts(b, s);
+    sg_buf_putc(b, '"');
+}
+
+/* Who the caller is, as the record says it (sub, client_id, iss) and what
+ * it was granted: escaped once per token and kept while the same caller
+ * comes back (the key is the token's verified payload, byte for byte). */
+static void audit_who(sg_buf *b, worker *w, const sg_token *token, int granted)
+{
+    audit_who_cache *c = &w->audit_who;
+    if (!c->valid || !token || !token->claims_json || c->key.len != token->claims_json_len ||
+        memcmp(c->key.data, token->claims_json, c->key.len) != 0) {
+        sg_buf_reset(&c->key);
+        sg_buf_reset(&c->who);
+        sg_buf_reset(&c->granted);
+        J_FIELD(&c->who, "sub", token ? token->sub : NULL);
+        J_FIELD(&c->who, "client_id", token ? token->client_id : NULL);
+        J_FIELD(&c->who, "iss", token ? token->iss : NULL);
+        J_KEY(&c->granted, "granted");
+        sg_buf_putc(&c->granted, '[');
+        for (int k = 0; token && k < token->nscopes; k++) {
+            if (k) sg_buf_putc(&c->granted, ',');
+            j_string(&c->granted, token->scopes[k]);
+        }
+        sg_buf_putc(&c->granted, ']');
+        /* Kept only for a token whose payload identifies it. */
+        c->valid = token && token->claims_json;
+        if (c->valid) sg_buf_append(&c->key, token->claims_json, token->claims_json_len);
+    }
+    const sg_buf *part = granted ? &c->granted : &c->who;
+    sg_buf_append(b, part->data, part->len);
+}
+
+static void audit_common(sg_buf *b, worker *w, const char *type, const char *time_json,
+                         const char *rid, const sg_gateway_request *req, const sg_token *token,
+                         const char *hash)
 {
     sg_buf_puts(b, "{\"type\":\"");
     sg_buf_puts(b, type);
     sg_buf_puts(b, "\",\"time\":");
     sg_buf_puts(b, time_json);
-    J_FIELD(b, "request_id", rid);
+    J_KEY(b, "request_id"); /* request_id(): [A-Za-z0-9._:-] only */
+    j_plain(b, rid);
     J_FIELD(b, "client", req->client_addr);
     J_FIELD(b, "http_method", req->method);
-    J_FIELD(b, "sub", token ? token->sub : NULL);
-    J_FIELD(b, "client_id", token ? token->client_id : NULL);
-    J_FIELD(b, "iss", token ? token->iss : NULL);
-    J_FIELD(b, "policy", hash);
+    audit_who(b, w, token, 0);
+    J_KEY(b, "policy");
+    j_plain(b, hash); /* hex digits */
 }
 
 static void audit_message(sg_buf *b, const sg_mcp_body *body, size_t i)
@@ -215,15 +256,37 @@ static void audit_message(sg_buf *b, const sg_mcp_body *body, size_t i)
     }
 }
 
-static void audit_rule(sg_buf *b, const sg_universe *u, const sg_policy_decision *d)
+/* The rule of a decision: its name, file and line escaped once and kept
+ * while the next decision names the same rule (compared by content: a
+ * reload may put another rule where the last one was). */
+static void audit_rule(sg_buf *b, worker *w, const sg_universe *u, const sg_policy_decision *d)
 {
-    J_FIELD(b, "rule", d && d->rule ? d->rule : NULL);
-    J_FIELD(b, "rule_file", d && d->line > 0 ? d->file : NULL);
-    J_KEY(b, "rule_line");
-    if (d && d->line > 0)
-        sg_buf_put_uint(b, (unsigned)d->line);
-    else
-        sg_buf_puts(b, "null");
+    const char *rule = d && d->rule ? d->rule : NULL;
+    const char *file = d && d->line > 0 ? d->file : NULL;
+    int line = d && d->line > 0 ? d->line : 0;
+    audit_rule_cache *c = &w->audit_rule;
+    size_t rlen = rule ? strlen(rule) : 0, flen = file ? strlen(file) : 0;
+    int hit = c->valid && rule && file && c->line == line && c->key.len == rlen + 1 + flen &&
+              memcmp(c->key.data, rule, rlen + 1) == 0 &&
+              memcmp(c->key.data + rlen + 1, file, flen) == 0;
+    if (!hit) {
+        sg_buf_reset(&c->key);
+        sg_buf_reset(&c->text);
+        J_FIELD(&c->text, "rule", rule);
+        J_FIELD(&c->text, "rule_file", file);
+        J_KEY(&c->text, "rule_line");
+        if (line > 0)
+            sg_buf_put_uint(&c->text, (unsigned)line);
+        else
+            sg_buf_puts(&c->text, "null");
+        c->line = line;
+        c->valid = rule && file;
+        if (c->valid) { /* "rule\0file": the key */
+            sg_buf_append(&c->key, rule, rlen + 1);
+            sg_buf_append(&c->key, file, flen);
+        }
+    }
+    sg_buf_append(b, c->text.data, c->text.len);
     J_KEY(b, "required");
     if (d && d->req)
         j_requirement(b, u, d->req);
@@ -287,18 +350,18 @@ static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_reque
             continue;
         sg_audit_count_shadow(gw->audit);
         sg_buf_reset(b);
-        audit_common(b, "shadow", time_json, rid, req, caller->token, sg_policy_hash(w->policy));
+        audit_common(b, w, "shadow", time_json, rid, req, caller->token, sg_policy_hash(w->policy));
         audit_message(b, body, i);
         sg_buf_puts(b, ",\"shadow\":{\"policy\":");
         j_string(b, sg_policy_hash(w->shadow_policy));
         sg_buf_puts(b, ",\"live\":{\"decision\":");
         j_string(b, lo);
-        audit_rule(b, lu, &live[i]);
+        audit_rule(b, w, lu, &live[i]);
         sg_buf_puts(b, "},\"candidate\":{\"decision\":");
         j_string(b, so);
-        audit_rule(b, su, &cand[i]);
+        audit_rule(b, w, su, &cand[i]);
         sg_buf_puts(b, "}}}");
-        if (sg_buf_ok(b)) sg_audit_submit(gw->audit, b->data, b->len);
+        sg_audit_submit(gw->audit, b, 0);
     }
     sg_buf_free(&lreq);
     sg_buf_free(&sreq);
@@ -352,8 +415,8 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
     const sg_universe *u = sg_policy_universe(w->policy);
     const char *decision = decision_name(out, &w->decision);
     size_t n = body ? body->nmsgs : 1;
-    if (!(out->audit_ids = calloc(n, sizeof *out->audit_ids))) return;
     sg_buf *b = &out->audit;
+    sg_buf_reserve(b, n * AUDIT_RECORD_GUESS); /* one allocation for most requests */
     /* In a batch, what each message's own requirement means for the caller:
      * one refused message refuses them all. */
     sg_scopeset granted, effective;
@@ -364,23 +427,19 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
     for (size_t i = 0; i < n; i++) {
         const sg_mcp_msg *m = body ? &body->msgs[i] : NULL;
         const sg_policy_decision *d = each ? &each[i] : NULL;
-        if (m && m->kind == SG_MCP_REQUEST && m->id_raw)
-            out->audit_ids[i] = strndup(m->id_raw, m->id_len);
-        audit_common(b, "decision", time_json, rid, req, token, sg_policy_hash(w->policy));
+        /* The id first (its outcome is looked up by it), then the record:
+         * the last record ends the buffer and is completed in place. */
+        if (m && m->kind == SG_MCP_REQUEST && m->id_raw) sg_buf_append(b, m->id_raw, m->id_len);
+        sg_buf_putc(b, '\0');
+        audit_common(b, w, "decision", time_json, rid, req, token, sg_policy_hash(w->policy));
         audit_message(b, body, i);
         J_FIELD(b, "decision", decision);
         if (body && body->is_batch && d && d->req)
             J_FIELD(
                 b, "message_decision",
                 element_outcome(d->req, token, caller ? caller->token_error : NULL, &effective));
-        audit_rule(b, u, d && d->rule ? d : NULL);
-        J_KEY(b, "granted");
-        sg_buf_putc(b, '[');
-        for (int k = 0; token && k < token->nscopes; k++) {
-            if (k) sg_buf_putc(b, ',');
-            j_string(b, token->scopes[k]);
-        }
-        sg_buf_putc(b, ']');
+        audit_rule(b, w, u, d && d->rule ? d : NULL);
+        audit_who(b, w, token, 1);
         if ((out->status == 401 || out->status == 403) && decision[0] != 'd') {
             J_KEY(b, "step_up");
             j_scopeset(b, u, &w->decision.scope);
@@ -457,6 +516,37 @@ static void classify_json(const char *json, size_t len, answer_msg *msgs, size_t
     sg_json_scan_free(&scan);
 }
 
+/* Completes a record: the HTTP status, the upstream's status and outcome
+ * (outcome NULL: not forwarded), the latency (us: microseconds), the
+ * closing brace. */
+static void audit_outcome(sg_buf *line, const sg_gateway_outcome *o, const char *outcome,
+                          unsigned long long us)
+{
+    J_KEY(line, "status");
+    if (o->status > 0)
+        sg_buf_put_uint(line, (unsigned)o->status);
+    else
+        sg_buf_puts(line, "null");
+    J_KEY(line, "upstream");
+    if (outcome) {
+        sg_buf_puts(line, "{\"status\":");
+        if (o->upstream_status > 0)
+            sg_buf_put_uint(line, (unsigned)o->upstream_status);
+        else
+            sg_buf_puts(line, "null");
+        sg_buf_puts(line, ",\"outcome\":");
+        j_string(line, outcome);
+        sg_buf_putc(line, '}');
+    } else {
+        sg_buf_puts(line, "null");
+    }
+    sg_buf_puts(line, ",\"latency_ms\":");
+    sg_buf_put_uint(line, us / 1000);
+    char frac[5] = {'.', (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10),
+                    (char)('0' + us % 10), '}'};
+    sg_buf_append(line, frac, sizeof frac);
+}
+
 void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gateway_outcome *o)
 {
     if (!gw->audit || r->naudit == 0) return;
@@ -466,7 +556,9 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
     sg_sse_event ev = SG_SSE_EVENT_INIT;
     if (!base && o->upstream_status >= 400) base = "http_error";
     if (!base && !o->body) base = "streamed";
-    if (!base && o->upstream_status && (msgs = calloc(r->naudit, sizeof *msgs))) {
+    answer_msg quick[8];
+    if (!base && o->upstream_status &&
+        (msgs = r->naudit <= SG_ARRAY_LEN(quick) ? quick : calloc(r->naudit, sizeof *msgs))) {
         const char *ct = o->content_type ? o->content_type : "";
         if (strncasecmp(ct, "text/event-stream", 17) == 0) {
             size_t pos = 0;
@@ -479,54 +571,38 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
     }
     /* Milliseconds with three decimals, rounded: microseconds in integers. */
     unsigned long long us = (sg_now_mono_ns() - o->started_ns + 500) / 1000;
-    sg_buf line = SG_BUF_INIT;
-    const char *p = r->audit.data;
-    for (size_t i = 0; p && i < r->naudit; i++) {
-        size_t len = strlen(p);
-        sg_buf_reset(&line);
-        sg_buf_append(&line, p, len);
-        J_KEY(&line, "status");
-        if (o->status > 0)
-            sg_buf_put_uint(&line, (unsigned)o->status);
-        else
-            sg_buf_puts(&line, "null");
-        J_KEY(&line, "upstream");
-        if (o->upstream_status || o->upstream_outcome) {
-            const char *outcome = base;
-            const char *id = r->audit_ids ? r->audit_ids[i] : NULL;
-            if (!outcome) {
-                outcome = id ? "no_answer" : "ok";
-                for (size_t k = 0; id && k < nmsgs; k++)
-                    if (msgs[k].id_len == strlen(id) && memcmp(msgs[k].id, id, msgs[k].id_len) == 0)
-                        outcome = msgs[k].outcome;
-            }
-            sg_buf_puts(&line, "{\"status\":");
-            if (o->upstream_status > 0)
-                sg_buf_put_uint(&line, (unsigned)o->upstream_status);
-            else
-                sg_buf_puts(&line, "null");
-            sg_buf_puts(&line, ",\"outcome\":");
-            j_string(&line, outcome);
-            sg_buf_putc(&line, '}');
-        } else {
-            sg_buf_puts(&line, "null");
+    sg_buf copy = SG_BUF_INIT; /* the records before the last, completed one by one */
+    size_t at = 0;
+    for (size_t i = 0; !sg_buf_ok(&r->audit) && i < r->naudit; i++)
+        sg_audit_submit(gw->audit, &r->audit, 0); /* out of memory: each counted as dropped */
+    for (size_t i = 0; r->audit.data && i < r->naudit; i++) {
+        const char *id = r->audit.data + at;
+        size_t id_len = strlen(id), rec = at + id_len + 1, rec_len = strlen(r->audit.data + rec);
+        at = rec + rec_len + 1;
+        const char *outcome = NULL; /* NULL: not forwarded */
+        if (o->upstream_status || o->upstream_outcome) outcome = base;
+        if (!outcome && (o->upstream_status || o->upstream_outcome)) {
+            outcome = id_len ? "no_answer" : "ok";
+            for (size_t k = 0; id_len && k < nmsgs; k++)
+                if (msgs[k].id_len == id_len && memcmp(msgs[k].id, id, id_len) == 0)
+                    outcome = msgs[k].outcome;
         }
-        sg_buf_puts(&line, ",\"latency_ms\":");
-        sg_buf_put_uint(&line, us / 1000);
-        char frac[4] = {'.', (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10),
-                        (char)('0' + us % 10)};
-        sg_buf_append(&line, frac, sizeof frac);
-        sg_buf_putc(&line, '}');
-        if (sg_buf_ok(&line)) sg_audit_submit(gw->audit, line.data, line.len);
-        p += len + 1;
+        sg_buf *line = &r->audit;
+        size_t from = rec;
+        if (i + 1 < r->naudit) {
+            line = &copy;
+            from = 0;
+            sg_buf_reset(line);
+            sg_buf_append(line, r->audit.data + rec, rec_len);
+        } else {
+            r->audit.len = rec + rec_len; /* the last record: its NUL goes */
+        }
+        audit_outcome(line, o, outcome, us);
+        sg_audit_submit(gw->audit, line, from);
     }
-    sg_buf_free(&line);
+    sg_buf_free(&copy);
     sg_sse_event_free(&ev);
-    free(msgs);
-    for (size_t i = 0; r->audit_ids && i < r->naudit; i++)
-        free(r->audit_ids[i]);
-    free(r->audit_ids);
-    r->audit_ids = NULL;
+    if (msgs != quick) free(msgs);
     r->naudit = 0;
     sg_buf_free(&r->audit);
 }

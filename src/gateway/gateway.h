@@ -190,8 +190,8 @@ typedef struct sg_gateway_reply {
     /* When auditing: the records of this request waiting for its outcome
      * (sg_gateway_audit_finish), one per message; 0 once written. */
     size_t naudit;
-    sg_buf audit;     /* the records' opening parts, each NUL-terminated */
-    char **audit_ids; /* [naudit]: each message's raw id, or NULL */
+    sg_buf audit; /* per message: its raw id ("" for none) and its record's
+                     opening part, each NUL-terminated */
 } sg_gateway_reply;
 
 /* Which list result a request's answer carries. */

@@ -34,6 +34,20 @@ struct sg_policy_gen {
 };
 typedef struct sg_policy_gen policy_gen;
 
+/* auditrec.c: the parts of a record most requests repeat, escaped once and
+ * kept per worker with the content they were made from (the key). */
+typedef struct audit_who_cache {
+    int valid;           /* the parts below are those of the payload in key */
+    sg_buf key;          /* the token's verified payload */
+    sg_buf who, granted; /* ,"sub":..,"client_id":..,"iss":..  and  ,"granted":[..] */
+} audit_who_cache;
+typedef struct audit_rule_cache {
+    int valid;  /* text is that of the rule in key */
+    sg_buf key; /* rule NUL file */
+    int line;
+    sg_buf text; /* ,"rule":..,"rule_file":..,"rule_line":.. */
+} audit_rule_cache;
+
 typedef struct sg_gateway_worker worker;
 struct sg_gateway_worker {
     struct sg_gateway *gw;
@@ -53,6 +67,8 @@ struct sg_gateway_worker {
     unsigned long audit_seq;     /* generated request ids: this worker's counter */
     const sg_token *audit_token; /* GET/DELETE: the caller, for the record */
     sg_buf audit_scratch;        /* shadow records are formatted here */
+    audit_who_cache audit_who;
+    audit_rule_cache audit_rule;
 };
 
 struct sg_gateway {

@@ -81,7 +81,7 @@ static void plan(sg_gateway_reply *out, const char *body, const char *authz)
         {"MCP-Protocol-Version", "2025-06-18"},
         {"Authorization", authz},
     };
-    sg_gateway_request req = {.worker = 0,
+    sg_gateway_request req = {.worker = sg_gateway_worker_of(gw, 0),
                               .method = "POST",
                               .headers = h,
                               .nheaders = authz ? 4 : 3,
@@ -217,8 +217,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(pos <= len);
 
     sg_buf out = SG_BUF_INIT;
-    int rc = sg_gateway_filter(gw, 0, p, sse ? "text/event-stream" : "application/json", body, len,
-                               &out);
+    int rc = sg_gateway_filter(gw, sg_gateway_worker_of(gw, 0), p,
+                               sse ? "text/event-stream" : "application/json", body, len, &out);
     CHECK(rc == 0 || rc == -1);
     if (rc == 0 && strict) {
         if (sse) {

@@ -96,6 +96,77 @@ static int push_value(lua_State *L, argv_builder *b, const char *flag, const cha
     return -1;
 }
 
+/* The keys of the settings table (at the top of L's stack), sorted, so
+ * errors and overrides are deterministic; the strings stay alive in the
+ * table. Returns 0 with *keys malloc'd (the caller frees it), -1 after
+ * printing why, -2 out of memory. */
+static int sorted_keys(lua_State *L, const char *path, const char *src, size_t srclen,
+                       const char ***keys_out, size_t *nkeys_out)
+{
+    const char **keys = NULL;
+    size_t nkeys = 0, cap = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            fprintf(stderr, "scopegate serve: %s:%d: every key must be a flag name\n", path,
+                    src ? return_line(src, srclen) : 1);
+            lua_pop(L, 1);
+            free(keys);
+            return -1;
+        }
+        if (nkeys == cap) {
+            cap = cap ? cap * 2 : 16;
+            const char **k = realloc(keys, cap * sizeof *k);
+            if (!k) {
+                lua_pop(L, 1);
+                free(keys);
+                return -2;
+            }
+            keys = k;
+        }
+        keys[nkeys++] = lua_tostring(L, -1); /* the table keeps the string alive */
+    }
+    qsort(keys, nkeys, sizeof *keys, by_string);
+    *keys_out = keys;
+    *nkeys_out = nkeys;
+    return 0;
+}
+
+/* One setting of the table (at the top of L's stack) appended to b as its
+ * flag and checked by the one flag parser, so that its message carries the
+ * setting's file:line. Returns 0, -1 after printing why, -2 out of memory. */
+static int take_setting(lua_State *L, argv_builder *b, const char *key, const char *path,
+                        const char *src, size_t srclen, const sg_flag *flags, size_t nflags)
+{
+    char where[1100];
+    int line = src ? key_line(src, srclen, key) : 0;
+    snprintf(where, sizeof where, "%s:%d", path, line > 0 ? line : 1);
+    char flag[96];
+    int n = snprintf(flag, sizeof flag, "--%s", key);
+    for (char *c = flag + 2; *c; c++)
+        if (*c == '_') *c = '-';
+    int known = 0;
+    for (size_t k = 0; k < nflags && n > 0 && (size_t)n < sizeof flag; k++)
+        known |= strcmp(flags[k].name, flag) == 0 && strcmp(flag, "--config") != 0;
+    if (!known) {
+        fprintf(stderr,
+                "scopegate serve: %s: unknown setting '%s' (the flag names of "
+                "scopegate serve --help, without dashes)\n",
+                where, key);
+        return -1;
+    }
+    int first = b->n;
+    lua_getfield(L, -1, key);
+    int vr = push_value(L, b, flag, where, key);
+    lua_pop(L, 1);
+    if (vr != 0) return vr;
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "serve: %s", where);
+    int npos = 0;
+    return sg_flags_parse(cmd, b->n, b->v, first, flags, nflags, NULL, 0, &npos) != 0 ? -1 : 0;
+}
+
 int sg_config_parse(const char *path, const sg_flag *flags, size_t nflags, int *argc_out,
                     char ***argv_out)
 {
@@ -109,10 +180,9 @@ int sg_config_parse(const char *path, const sg_flag *flags, size_t nflags, int *
     sg_buf err = SG_BUF_INIT;
     argv_builder b = {NULL, 0, 0};
     const char **keys = NULL;
-    size_t srclen = 0;
+    size_t nkeys = 0, srclen = 0;
     char *src = NULL;
     int rc = -1;
-    char where[1100];
     if (sg_sandbox_run_file(sb, path, &err) != 0) {
         fprintf(stderr, "scopegate serve: --config %s\n", err.data ? err.data : path);
         goto done;
@@ -125,64 +195,16 @@ int sg_config_parse(const char *path, const sg_flag *flags, size_t nflags, int *
                 src ? return_line(src, srclen) : 1);
         goto done;
     }
-    /* Keys in sorted order, so errors and overrides are deterministic. */
-    size_t nkeys = 0, cap = 0;
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING) {
-            fprintf(stderr, "scopegate serve: %s:%d: every key must be a flag name\n", path,
-                    src ? return_line(src, srclen) : 1);
-            lua_pop(L, 1);
-            goto done;
-        }
-        if (nkeys == cap) {
-            cap = cap ? cap * 2 : 16;
-            const char **k = realloc(keys, cap * sizeof *k);
-            if (!k) goto oom;
-            keys = k;
-        }
-        keys[nkeys++] = lua_tostring(L, -1); /* the table keeps the string alive */
-    }
-    qsort(keys, nkeys, sizeof *keys, by_string);
-    for (size_t i = 0; i < nkeys; i++) {
-        int line = src ? key_line(src, srclen, keys[i]) : 0;
-        snprintf(where, sizeof where, "%s:%d", path, line > 0 ? line : 1);
-        char flag[96];
-        int n = snprintf(flag, sizeof flag, "--%s", keys[i]);
-        for (char *c = flag + 2; *c; c++)
-            if (*c == '_') *c = '-';
-        int known = 0;
-        for (size_t k = 0; k < nflags && n > 0 && (size_t)n < sizeof flag; k++)
-            known |= strcmp(flags[k].name, flag) == 0 && strcmp(flag, "--config") != 0;
-        if (!known) {
-            fprintf(stderr,
-                    "scopegate serve: %s: unknown setting '%s' (the flag names of "
-                    "scopegate serve --help, without dashes)\n",
-                    where, keys[i]);
-            goto done;
-        }
-        int first = b.n;
-        lua_getfield(L, -1, keys[i]);
-        int vr = push_value(L, &b, flag, where, keys[i]);
-        lua_pop(L, 1);
-        if (vr == -2) goto oom;
-        if (vr != 0) goto done;
-        /* Checked by the one flag parser, one setting at a time, so that
-         * its message carries this setting's file:line. */
-        char cmd[1200];
-        snprintf(cmd, sizeof cmd, "serve: %s", where);
-        int npos = 0;
-        if (sg_flags_parse(cmd, b.n, b.v, first, flags, nflags, NULL, 0, &npos) != 0) goto done;
-    }
+    int r = sorted_keys(L, path, src, srclen, &keys, &nkeys);
+    for (size_t i = 0; r == 0 && i < nkeys; i++)
+        r = take_setting(L, &b, keys[i], path, src, srclen, flags, nflags);
+    if (r == -2) fprintf(stderr, "scopegate serve: out of memory\n");
+    if (r != 0) goto done;
     *argc_out = b.n;
     *argv_out = b.v;
     b.v = NULL;
     b.n = 0;
     rc = 0;
-    goto done;
-oom:
-    fprintf(stderr, "scopegate serve: out of memory\n");
 done:
     sg_config_argv_free(b.n, b.v);
     free(keys);

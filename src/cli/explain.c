@@ -92,6 +92,110 @@ static char *read_stdin(size_t *len)
     return sg_buf_steal(&b);
 }
 
+/* The caller: --claims as given, or --token's payload (its signature is not
+ * checked: explain shows what a policy decides for these claims). *token
+ * stays NULL without either. Returns 0, or -1 after printing why. */
+static int read_token(const char *claims, const char *jwt, sg_token **token)
+{
+    char *claims_text = NULL;
+    size_t claims_len = 0;
+    if (jwt) {
+        if (!(claims_text = jwt_payload(jwt, &claims_len))) {
+            fprintf(stderr, "scopegate explain: --token is not a compact JWS\n");
+            return -1;
+        }
+    } else if (claims) {
+        claims_text = strdup(claims);
+        claims_len = strlen(claims);
+    }
+    int rc = 0;
+    if (claims_text) {
+        sg_token_err e = sg_token_from_claims(claims_text, claims_len, token);
+        if (e != SG_TOKEN_OK) {
+            fprintf(stderr, "scopegate explain: the claims are refused: %s (%s)\n",
+                    sg_token_error_message(e), sg_token_error_name(e));
+            rc = -1;
+        }
+    }
+    free(claims_text);
+    return rc;
+}
+
+/* Each --header 'Name: value' into hdrs, the name lower-cased into a copy
+ * (copies[i], freed by the caller; the value points into the flag). Returns
+ * 0, or -1 after printing why. */
+static int read_headers(const sg_flag_list *headers, sg_header *hdrs, char **copies)
+{
+    for (int i = 0; i < headers->n; i++) {
+        const char *colon = strchr(headers->items[i], ':');
+        if (!colon) {
+            fprintf(stderr, "scopegate explain: --header needs 'Name: value', not '%s'\n",
+                    headers->items[i]);
+            return -1;
+        }
+        copies[i] = strndup(headers->items[i], (size_t)(colon - headers->items[i]));
+        for (char *c = copies[i]; c && *c; c++)
+            if (*c >= 'A' && *c <= 'Z') *c = (char)(*c - 'A' + 'a');
+        const char *v = colon + 1;
+        while (*v == ' ')
+            v++;
+        hdrs[i].name = copies[i] ? copies[i] : "";
+        hdrs[i].value = v;
+    }
+    return 0;
+}
+
+/* One block per message: its method and name, the rule that decided it
+ * (file:line), what it requires, a policy error. each may be NULL (out of
+ * memory): then only the methods. */
+static void print_messages(const sg_mcp_body *body, const sg_policy_decision *each,
+                           const sg_universe *u)
+{
+    sg_buf text = SG_BUF_INIT;
+    for (size_t i = 0; i < body->nmsgs; i++) {
+        const sg_mcp_msg *m = &body->msgs[i];
+        sg_buf_reset(&text);
+        if (each && each[i].req) sg_req_to_lua(u, each[i].req, &text);
+        printf("message %zu:   %s%s%s\n", i + 1, m->method ? m->method : "(response)",
+               m->name ? " " : "", m->name ? m->name : "");
+        if (each && each[i].rule) {
+            if (each[i].line > 0)
+                printf("  rule:      %s (%s:%d)\n", each[i].rule, each[i].file, each[i].line);
+            else
+                printf("  rule:      %s\n", each[i].rule);
+        }
+        printf("  requires:  %s\n", text.data ? text.data : "?");
+        if (each && each[i].error) printf("  error:     %s\n", each[i].error);
+    }
+    sg_buf_free(&text);
+}
+
+/* Decides the parsed body for the caller, prints each message and the
+ * decision, and returns the exit status of that outcome. */
+static int explain_body(sg_policy *p, const sg_mcp_body *body, const sg_bridge_caller *caller,
+                        const char *public_url)
+{
+    sg_arena arena;
+    sg_arena_init(&arena, 4096);
+    sg_decision d;
+    sg_decision_init(&d);
+    sg_policy_decision *each = calloc(body->nmsgs, sizeof *each);
+    sg_buf rm = SG_BUF_INIT;
+    sg_site site;
+    sg_bridge_site(p, public_url, &rm, &site);
+    sg_bridge_decide(p, body, caller, &site, &arena, each, &d);
+    print_messages(body, each, site.universe);
+    free(each);
+    printf("decision:    %s\n", outcome_names[d.outcome]);
+    if (d.challenge.len) printf("challenge:   WWW-Authenticate: %s\n", d.challenge.data);
+    if (d.outcome != SG_ALLOW) printf("message:     %s\n", d.message.data ? d.message.data : "");
+    int status = outcome_exit[d.outcome];
+    sg_buf_free(&rm);
+    sg_decision_free(&d);
+    sg_arena_free(&arena);
+    return status;
+}
+
 int sg_cmd_explain(int argc, char **argv)
 {
     const char *message = NULL, *claims = NULL, *jwt = NULL, *version = NULL, *public_url = NULL;
@@ -123,17 +227,13 @@ int sg_cmd_explain(int argc, char **argv)
     sg_buf_free(&report);
 
     int status = 1;
-    char *body_text = NULL, *claims_text = NULL;
-    size_t body_len = 0, claims_len = 0;
+    char *body_text = NULL;
+    size_t body_len = 0;
     sg_token *token = NULL;
     sg_header hdrs[SG_FLAG_LIST_MAX];
     char *hdr_copies[SG_FLAG_LIST_MAX] = {0};
     sg_mcp_body body;
     memset(&body, 0, sizeof body);
-    sg_arena arena;
-    sg_arena_init(&arena, 4096);
-    sg_decision d;
-    sg_decision_init(&d);
 
     if (strcmp(message, "-") == 0) {
         body_text = read_stdin(&body_len);
@@ -141,39 +241,8 @@ int sg_cmd_explain(int argc, char **argv)
         body_text = strdup(message);
         body_len = strlen(message);
     }
-    if (jwt) {
-        if (!(claims_text = jwt_payload(jwt, &claims_len))) {
-            fprintf(stderr, "scopegate explain: --token is not a compact JWS\n");
-            goto done;
-        }
-    } else if (claims) {
-        claims_text = strdup(claims);
-        claims_len = strlen(claims);
-    }
-    if (claims_text) {
-        sg_token_err e = sg_token_from_claims(claims_text, claims_len, &token);
-        if (e != SG_TOKEN_OK) {
-            fprintf(stderr, "scopegate explain: the claims are refused: %s (%s)\n",
-                    sg_token_error_message(e), sg_token_error_name(e));
-            goto done;
-        }
-    }
-    for (int i = 0; i < headers.n; i++) {
-        const char *colon = strchr(headers.items[i], ':');
-        if (!colon) {
-            fprintf(stderr, "scopegate explain: --header needs 'Name: value', not '%s'\n",
-                    headers.items[i]);
-            goto done;
-        }
-        hdr_copies[i] = strndup(headers.items[i], (size_t)(colon - headers.items[i]));
-        for (char *c = hdr_copies[i]; *c; c++)
-            if (*c >= 'A' && *c <= 'Z') *c = (char)(*c - 'A' + 'a');
-        const char *v = colon + 1;
-        while (*v == ' ')
-            v++;
-        hdrs[i].name = hdr_copies[i];
-        hdrs[i].value = v;
-    }
+    if (read_token(claims, jwt, &token) != 0 || read_headers(&headers, hdrs, hdr_copies) != 0)
+        goto done;
 
     /* The same content hash the gateway logs when it loads or reloads this
      * text, so a decision can be tied to the policy that made it. */
@@ -184,50 +253,17 @@ int sg_cmd_explain(int argc, char **argv)
         status = EXPLAIN_EXIT_INVALID;
         goto done;
     }
-    version = version ? version : SG_MCP_DEFAULT_VERSION;
-    sg_policy_decision *each = calloc(body.nmsgs, sizeof *each);
-    sg_buf rm = SG_BUF_INIT;
-    sg_site site;
-    sg_bridge_site(p, public_url, &rm, &site);
     sg_bridge_caller caller = {.token = token,
                                .headers = hdrs,
                                .nheaders = (size_t)headers.n,
-                               .protocol_version = version};
-    sg_bridge_decide(p, &body, &caller, &site, &arena, each, &d);
-    const sg_universe *u = site.universe;
-    sg_buf text = SG_BUF_INIT;
-    for (size_t i = 0; i < body.nmsgs; i++) {
-        const sg_mcp_msg *m = &body.msgs[i];
-        sg_buf_reset(&text);
-        if (each && each[i].req) sg_req_to_lua(u, each[i].req, &text);
-        printf("message %zu:   %s%s%s\n", i + 1, m->method ? m->method : "(response)",
-               m->name ? " " : "", m->name ? m->name : "");
-        if (each && each[i].rule) {
-            if (each[i].line > 0)
-                printf("  rule:      %s (%s:%d)\n", each[i].rule, each[i].file, each[i].line);
-            else
-                printf("  rule:      %s\n", each[i].rule);
-        }
-        printf("  requires:  %s\n", text.data ? text.data : "?");
-        if (each && each[i].error) printf("  error:     %s\n", each[i].error);
-    }
-    sg_buf_free(&text);
-    free(each);
-
-    printf("decision:    %s\n", outcome_names[d.outcome]);
-    if (d.challenge.len) printf("challenge:   WWW-Authenticate: %s\n", d.challenge.data);
-    if (d.outcome != SG_ALLOW) printf("message:     %s\n", d.message.data ? d.message.data : "");
-    sg_buf_free(&rm);
-    status = outcome_exit[d.outcome];
+                               .protocol_version = version ? version : SG_MCP_DEFAULT_VERSION};
+    status = explain_body(p, &body, &caller, public_url);
 done:
     sg_mcp_body_free(&body);
-    sg_decision_free(&d);
-    sg_arena_free(&arena);
     for (int i = 0; i < headers.n; i++)
         free(hdr_copies[i]);
     sg_token_free(token);
     free(body_text);
-    free(claims_text);
     sg_policy_free(p);
     return status;
 }

@@ -78,6 +78,97 @@ static void describe_outcome(int outcome, const char *scopes, sg_buf *out)
     if (scopes) sg_buf_printf(out, " challenge scope=\"%s\"", scopes);
 }
 
+/* Compares the decision on the case's body with its expectation (outcome,
+ * challenge scopes, rule); appends the diagnostics of a mismatch to diag.
+ * Returns 1 when it matches. */
+static int check_decision(const test_case *c, const sg_universe *u, const sg_mcp_body *body,
+                          const sg_policy_decision *each, const sg_decision *d, sg_buf *diag)
+{
+    int ok = 1;
+    sg_buf scope = SG_BUF_INIT;
+    char *actual_scopes = NULL;
+    if (d->challenge.len && (d->outcome == SG_UNAUTHORIZED || d->outcome == SG_FORBIDDEN)) {
+        sg_universe_format(u, &d->scope, &scope);
+        /* sort as the expectation is sorted */
+        size_t n = 0;
+        const char *items[1024];
+        for (char *s = scope.data ? strtok(scope.data, " ") : NULL; s && n < 1024;
+             s = strtok(NULL, " "))
+            items[n++] = s;
+        actual_scopes = sg_testfile_sorted_join(items, n, " ");
+    }
+    int outcome_ok = c->expect < 0 || (int)d->outcome == c->expect;
+    int challenge_ok = !c->challenge || (actual_scopes && strcmp(actual_scopes, c->challenge) == 0);
+    int rule_ok = !c->rule ||
+                  (each && body->nmsgs == 1 && each[0].rule && strcmp(each[0].rule, c->rule) == 0);
+    if (!outcome_ok || !challenge_ok || !rule_ok) {
+        ok = 0;
+        sg_buf_puts(diag, "#   expected: ");
+        describe_outcome(c->expect >= 0 ? c->expect : (int)d->outcome, c->challenge, diag);
+        if (c->rule) sg_buf_printf(diag, ", rule %s", c->rule);
+        sg_buf_puts(diag, "\n#   actual:   ");
+        describe_outcome((int)d->outcome, actual_scopes, diag);
+        if (c->rule && each && body->nmsgs == 1)
+            sg_buf_printf(diag, ", rule %s", each[0].rule ? each[0].rule : "?");
+        sg_buf_puts(diag, "\n");
+        for (size_t i = 0; each && i < body->nmsgs; i++) {
+            sg_buf_printf(diag, "#   decided:  ");
+            describe_rule(u, &each[i], diag);
+            sg_buf_puts(diag, "\n");
+        }
+        if (d->message.len) sg_buf_printf(diag, "#   message:  %s\n", d->message.data);
+    }
+    free(actual_scopes);
+    sg_buf_free(&scope);
+    return ok;
+}
+
+/* The tools the caller sees in a tools/list answer (the list phase over
+ * the test file's upstream tools) compared with the case's `visible`;
+ * appends the diagnostics of a mismatch to diag. Returns 1 when it
+ * matches. */
+static int check_visible(const test_file *f, const test_case *c, sg_policy *p, const sg_universe *u,
+                         const sg_token *token, const char *protocol_version, const sg_decision *d,
+                         sg_arena *arena, sg_buf *diag)
+{
+    int ok = 1;
+    sg_buf seen_diag = SG_BUF_INIT;
+    const char **seen = calloc(f->ntools ? f->ntools : 1, sizeof *seen);
+    size_t nseen = 0;
+    sg_scopeset granted, effective;
+    sg_token_granted(u, token, &granted);
+    sg_universe_effective(u, &granted, &effective);
+    for (size_t i = 0; seen && d->outcome == SG_ALLOW && i < f->ntools; i++) {
+        sg_policy_input in = {.phase = SG_PHASE_LIST,
+                              .method = "tools/call",
+                              .name = f->tools[i].name,
+                              .token = token,
+                              .protocol_version = protocol_version,
+                              .annotations = f->tools[i].annotations};
+        sg_policy_decision ld;
+        if (sg_bridge_list_visible(p, &in, &effective, arena, &ld))
+            seen[nseen++] = f->tools[i].name;
+        sg_buf_printf(&seen_diag, "#     %s: ", f->tools[i].name);
+        describe_rule(u, &ld, &seen_diag);
+        sg_buf_puts(&seen_diag, "\n");
+    }
+    char *actual = seen ? sg_testfile_sorted_join(seen, nseen, ", ") : NULL;
+    if (!actual || strcmp(actual, c->visible) != 0) {
+        ok = 0;
+        sg_buf_printf(diag, "#   expected visible: %s\n#   actual visible:   %s\n", c->visible,
+                      actual ? actual : "?");
+        if (d->outcome != SG_ALLOW)
+            sg_buf_printf(diag, "#   (tools/list itself is refused: %s)\n",
+                          sg_testfile_outcome_words[d->outcome]);
+        else if (seen_diag.len)
+            sg_buf_printf(diag, "#   list phase:\n%s", seen_diag.data);
+    }
+    free(actual);
+    free(seen);
+    sg_buf_free(&seen_diag);
+    return ok;
+}
+
 /* Runs one case; prints its TAP line (and diagnostics when it fails). */
 static void run_case(const test_file *f, sg_policy *p, const sg_site *site, const test_case *c,
                      tally *t)
@@ -121,78 +212,9 @@ static void run_case(const test_file *f, sg_policy *p, const sg_site *site, cons
     each = calloc(body.nmsgs, sizeof *each);
     sg_bridge_decide(p, &body, &caller, site, &arena, each, &d);
 
-    sg_buf scope = SG_BUF_INIT;
-    char *actual_scopes = NULL;
-    if (d.challenge.len && (d.outcome == SG_UNAUTHORIZED || d.outcome == SG_FORBIDDEN)) {
-        sg_universe_format(u, &d.scope, &scope);
-        /* sort as the expectation is sorted */
-        size_t n = 0;
-        const char *items[1024];
-        for (char *s = scope.data ? strtok(scope.data, " ") : NULL; s && n < 1024;
-             s = strtok(NULL, " "))
-            items[n++] = s;
-        actual_scopes = sg_testfile_sorted_join(items, n, " ");
-    }
-    int outcome_ok = c->expect < 0 || (int)d.outcome == c->expect;
-    int challenge_ok = !c->challenge || (actual_scopes && strcmp(actual_scopes, c->challenge) == 0);
-    int rule_ok =
-        !c->rule || (each && body.nmsgs == 1 && each[0].rule && strcmp(each[0].rule, c->rule) == 0);
-    if (!outcome_ok || !challenge_ok || !rule_ok) {
+    if (!check_decision(c, u, &body, each, &d, &diag)) ok = 0;
+    if (c->visible && !check_visible(f, c, p, u, token, caller.protocol_version, &d, &arena, &diag))
         ok = 0;
-        sg_buf_puts(&diag, "#   expected: ");
-        describe_outcome(c->expect >= 0 ? c->expect : (int)d.outcome, c->challenge, &diag);
-        if (c->rule) sg_buf_printf(&diag, ", rule %s", c->rule);
-        sg_buf_puts(&diag, "\n#   actual:   ");
-        describe_outcome((int)d.outcome, actual_scopes, &diag);
-        if (c->rule && each && body.nmsgs == 1)
-            sg_buf_printf(&diag, ", rule %s", each[0].rule ? each[0].rule : "?");
-        sg_buf_puts(&diag, "\n");
-        for (size_t i = 0; each && i < body.nmsgs; i++) {
-            sg_buf_printf(&diag, "#   decided:  ");
-            describe_rule(u, &each[i], &diag);
-            sg_buf_puts(&diag, "\n");
-        }
-        if (d.message.len) sg_buf_printf(&diag, "#   message:  %s\n", d.message.data);
-    }
-    free(actual_scopes);
-    sg_buf_free(&scope);
-
-    if (c->visible) {
-        sg_buf seen_diag = SG_BUF_INIT;
-        const char **seen = calloc(f->ntools ? f->ntools : 1, sizeof *seen);
-        size_t nseen = 0;
-        sg_scopeset granted, effective;
-        sg_token_granted(u, token, &granted);
-        sg_universe_effective(u, &granted, &effective);
-        for (size_t i = 0; seen && d.outcome == SG_ALLOW && i < f->ntools; i++) {
-            sg_policy_input in = {.phase = SG_PHASE_LIST,
-                                  .method = "tools/call",
-                                  .name = f->tools[i].name,
-                                  .token = token,
-                                  .protocol_version = caller.protocol_version,
-                                  .annotations = f->tools[i].annotations};
-            sg_policy_decision ld;
-            if (sg_bridge_list_visible(p, &in, &effective, &arena, &ld))
-                seen[nseen++] = f->tools[i].name;
-            sg_buf_printf(&seen_diag, "#     %s: ", f->tools[i].name);
-            describe_rule(u, &ld, &seen_diag);
-            sg_buf_puts(&seen_diag, "\n");
-        }
-        char *actual = seen ? sg_testfile_sorted_join(seen, nseen, ", ") : NULL;
-        if (!actual || strcmp(actual, c->visible) != 0) {
-            ok = 0;
-            sg_buf_printf(&diag, "#   expected visible: %s\n#   actual visible:   %s\n", c->visible,
-                          actual ? actual : "?");
-            if (d.outcome != SG_ALLOW)
-                sg_buf_printf(&diag, "#   (tools/list itself is refused: %s)\n",
-                              sg_testfile_outcome_words[d.outcome]);
-            else if (seen_diag.len)
-                sg_buf_printf(&diag, "#   list phase:\n%s", seen_diag.data);
-        }
-        free(actual);
-        free(seen);
-        sg_buf_free(&seen_diag);
-    }
 
 report:
     t->n++;

@@ -250,48 +250,30 @@ static char *case_body(reader *rd, int t, int line, const char *kind, size_t fro
     return json_text(msg);
 }
 
-/* Reads the case table at the top of the stack into c. */
-static void read_case(reader *rd, test_case *c, int index, const case_span *span)
-{
-    lua_State *L = rd->L;
-    int t = lua_gettop(L);
-    size_t from = span ? span->start : 0, to = span ? span->end : 0;
-    int line = c->line;
-    int before = rd->nerrors;
-    c->expect = -1;
-    if (lua_type(L, t) != LUA_TTABLE) {
-        problem(rd, line, "case %d must be a table, got %s", index, luaL_typename(L, t));
-        return;
-    }
-    if (lua_rawgeti(L, t, 1) == LUA_TSTRING && lua_rawlen(L, -1) > 0)
-        c->desc = strdup(lua_tostring(L, -1));
-    else
-        problem(rd, line, "case %d: the first entry must be a description string", index);
-    lua_pop(L, 1);
-    char name[160]; /* how problems name the case */
-    if (c->desc)
-        snprintf(name, sizeof name, "case %d \"%.120s\"", index, c->desc);
-    else
-        snprintf(name, sizeof name, "case %d", index);
-    /* keys: [1] = description, then the known names */
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_pop(L, 1);
-        if (lua_type(L, -1) == LUA_TSTRING) {
-            const char *k = lua_tostring(L, -1);
-            if (!in_list(k, case_keys, SG_ARRAY_LEN(case_keys)))
-                problem(rd, key_line(rd, from, to, k, line),
-                        "%s: unknown key \"%s\" (expected a description first, then tool, "
-                        "resource, prompt, method, params, message, arguments, annotations, "
-                        "scopes, claims, token, headers, protocol_version, expect, challenge, "
-                        "rule or visible)",
-                        name, k);
-        } else if (!(lua_isinteger(L, -1) && lua_tointeger(L, -1) == 1)) {
-            problem(rd, line, "%s: only one list entry is allowed (the description)", name);
-        }
-    }
+/* One case table being read: where it is (stack index, source span, line)
+ * and how problems name it. */
+typedef struct case_ctx {
+    reader *rd;
+    test_case *c;
+    int t;
+    size_t from, to;
+    int line;
+    const char *name;
+    int before;      /* rd->nerrors when the case began */
+    int has_visible; /* a `visible` case: it checks a tools/list */
+} case_ctx;
 
-    /* the message */
+/* The case's message: exactly one of tool, resource, prompt, method or
+ * message (none for a `visible` case), its companions, and the upstream
+ * annotations it comes with. */
+static void read_case_message(case_ctx *x)
+{
+    reader *rd = x->rd;
+    lua_State *L = rd->L;
+    test_case *c = x->c;
+    int t = x->t, line = x->line;
+    size_t from = x->from, to = x->to;
+    const char *name = x->name;
     const char *kind = NULL;
     int nkinds = 0;
     for (size_t k = 0; k < SG_ARRAY_LEN(message_keys); k++) {
@@ -305,7 +287,7 @@ static void read_case(reader *rd, test_case *c, int index, const case_span *span
         }
         lua_pop(L, 1);
     }
-    int has_visible = field(L, t, "visible") != LUA_TNIL;
+    int has_visible = x->has_visible = field(L, t, "visible") != LUA_TNIL;
     lua_pop(L, 1);
     if (has_visible && nkinds > 0)
         problem(rd, line,
@@ -326,7 +308,7 @@ static void read_case(reader *rd, test_case *c, int index, const case_span *span
             problem(rd, key_line(rd, from, to, companions[k].key, line), "%s: %s goes with %s",
                     name, companions[k].key, companions[k].needs);
     }
-    if (rd->nerrors == before) {
+    if (rd->nerrors == x->before) {
         if (has_visible)
             c->body = strdup("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}");
         else
@@ -343,8 +325,19 @@ static void read_case(reader *rd, test_case *c, int index, const case_span *span
                 "%s: annotations must be a table or false", name);
     }
     lua_pop(L, 1);
+}
 
-    /* the caller */
+/* The caller: scopes, claims or no token, its headers and protocol
+ * version. */
+static void read_case_caller(case_ctx *x)
+{
+    reader *rd = x->rd;
+    lua_State *L = rd->L;
+    test_case *c = x->c;
+    int t = x->t, line = x->line;
+    size_t from = x->from, to = x->to;
+    const char *name = x->name;
+    int type;
     int ncallers = 0;
     if (field(L, t, "scopes") != LUA_TNIL) {
         ncallers++;
@@ -401,8 +394,19 @@ static void read_case(reader *rd, test_case *c, int index, const case_span *span
         problem(rd, key_line(rd, from, to, "protocol_version", line),
                 "%s: protocol_version must be a string", name);
     lua_pop(L, 1);
+}
 
-    /* the expectations */
+/* The expectations: the outcome, the challenge scopes, the rule, the
+ * visible tools. */
+static void read_case_expect(case_ctx *x)
+{
+    reader *rd = x->rd;
+    lua_State *L = rd->L;
+    test_case *c = x->c;
+    int t = x->t, line = x->line;
+    size_t from = x->from, to = x->to;
+    const char *name = x->name;
+    int type, has_visible = x->has_visible;
     int el = key_line(rd, from, to, "expect", line);
     if ((type = field(L, t, "expect")) != LUA_TNIL) {
         const char *w = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
@@ -439,6 +443,60 @@ static void read_case(reader *rd, test_case *c, int index, const case_span *span
     }
 }
 
+/* Reads the case table at the top of the stack into c. */
+static void read_case(reader *rd, test_case *c, int index, const case_span *span)
+{
+    lua_State *L = rd->L;
+    int t = lua_gettop(L);
+    size_t from = span ? span->start : 0, to = span ? span->end : 0;
+    int line = c->line;
+    int before = rd->nerrors;
+    c->expect = -1;
+    if (lua_type(L, t) != LUA_TTABLE) {
+        problem(rd, line, "case %d must be a table, got %s", index, luaL_typename(L, t));
+        return;
+    }
+    if (lua_rawgeti(L, t, 1) == LUA_TSTRING && lua_rawlen(L, -1) > 0)
+        c->desc = strdup(lua_tostring(L, -1));
+    else
+        problem(rd, line, "case %d: the first entry must be a description string", index);
+    lua_pop(L, 1);
+    char name[160]; /* how problems name the case */
+    if (c->desc)
+        snprintf(name, sizeof name, "case %d \"%.120s\"", index, c->desc);
+    else
+        snprintf(name, sizeof name, "case %d", index);
+    /* keys: [1] = description, then the known names */
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            const char *k = lua_tostring(L, -1);
+            if (!in_list(k, case_keys, SG_ARRAY_LEN(case_keys)))
+                problem(rd, key_line(rd, from, to, k, line),
+                        "%s: unknown key \"%s\" (expected a description first, then tool, "
+                        "resource, prompt, method, params, message, arguments, annotations, "
+                        "scopes, claims, token, headers, protocol_version, expect, challenge, "
+                        "rule or visible)",
+                        name, k);
+        } else if (!(lua_isinteger(L, -1) && lua_tointeger(L, -1) == 1)) {
+            problem(rd, line, "%s: only one list entry is allowed (the description)", name);
+        }
+    }
+
+    case_ctx x = {.rd = rd,
+                  .c = c,
+                  .t = t,
+                  .from = from,
+                  .to = to,
+                  .line = line,
+                  .name = name,
+                  .before = before};
+    read_case_message(&x);
+    read_case_caller(&x);
+    read_case_expect(&x);
+}
+
 static void read_upstream_tools(reader *rd, test_file *f, int t, int line)
 {
     lua_State *L = rd->L;
@@ -463,6 +521,49 @@ static void read_upstream_tools(reader *rd, test_file *f, int t, int line)
         }
         lua_settop(L, e - 1);
     }
+}
+
+/* The file's settings besides its cases (the table at stack index top):
+ * unknown keys, the policy path (relative to the test file), public_url,
+ * upstream_tools. Problems go to rd. */
+static void read_file_settings(reader *rd, test_file *f, int top)
+{
+    lua_State *L = rd->L;
+    lua_pushnil(L);
+    while (lua_next(L, top)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING ||
+            !in_list(lua_tostring(L, -1), file_keys, SG_ARRAY_LEN(file_keys)))
+            problem(rd,
+                    lua_type(L, -1) == LUA_TSTRING
+                        ? key_line(rd, 0, rd->srclen, lua_tostring(L, -1), 1)
+                        : 1,
+                    "unknown key %s%s%s (expected policy, cases, upstream_tools or public_url)",
+                    lua_type(L, -1) == LUA_TSTRING ? "\"" : "",
+                    lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(not a name)",
+                    lua_type(L, -1) == LUA_TSTRING ? "\"" : "");
+    }
+    if (field(L, top, "policy") == LUA_TSTRING) {
+        const char *p = lua_tostring(L, -1);
+        const char *slash = strrchr(f->path, '/');
+        sg_buf b = SG_BUF_INIT;
+        if (p[0] != '/' && slash) sg_buf_printf(&b, "%.*s/", (int)(slash - f->path), f->path);
+        sg_buf_puts(&b, p);
+        f->policy_path = sg_buf_steal(&b);
+    } else {
+        problem(rd, key_line(rd, 0, rd->srclen, "policy", 1),
+                "policy must be the path of the policy file (relative to the test file)");
+    }
+    lua_pop(L, 1);
+    int type = field(L, top, "public_url");
+    if (type == LUA_TSTRING)
+        f->public_url = strdup(lua_tostring(L, -1));
+    else if (type != LUA_TNIL)
+        problem(rd, key_line(rd, 0, rd->srclen, "public_url", 1), "public_url must be a string");
+    lua_pop(L, 1);
+    if (field(L, top, "upstream_tools") != LUA_TNIL)
+        read_upstream_tools(rd, f, lua_gettop(L), key_line(rd, 0, rd->srclen, "upstream_tools", 1));
+    lua_pop(L, 1);
 }
 
 /* Loads and validates a test file. Returns 0, or -1 with every problem
@@ -495,41 +596,7 @@ int sg_testfile_read(const char *path, test_file *f, sg_buf *errors)
         problem(&rd, 1, "a test file must return a table { policy = ..., cases = { ... } }");
         goto out;
     }
-    lua_pushnil(L);
-    while (lua_next(L, top)) {
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING ||
-            !in_list(lua_tostring(L, -1), file_keys, SG_ARRAY_LEN(file_keys)))
-            problem(&rd,
-                    lua_type(L, -1) == LUA_TSTRING
-                        ? key_line(&rd, 0, srclen, lua_tostring(L, -1), 1)
-                        : 1,
-                    "unknown key %s%s%s (expected policy, cases, upstream_tools or public_url)",
-                    lua_type(L, -1) == LUA_TSTRING ? "\"" : "",
-                    lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(not a name)",
-                    lua_type(L, -1) == LUA_TSTRING ? "\"" : "");
-    }
-    if (field(L, top, "policy") == LUA_TSTRING) {
-        const char *p = lua_tostring(L, -1);
-        const char *slash = strrchr(path, '/');
-        sg_buf b = SG_BUF_INIT;
-        if (p[0] != '/' && slash) sg_buf_printf(&b, "%.*s/", (int)(slash - path), path);
-        sg_buf_puts(&b, p);
-        f->policy_path = sg_buf_steal(&b);
-    } else {
-        problem(&rd, key_line(&rd, 0, srclen, "policy", 1),
-                "policy must be the path of the policy file (relative to the test file)");
-    }
-    lua_pop(L, 1);
-    int type = field(L, top, "public_url");
-    if (type == LUA_TSTRING)
-        f->public_url = strdup(lua_tostring(L, -1));
-    else if (type != LUA_TNIL)
-        problem(&rd, key_line(&rd, 0, srclen, "public_url", 1), "public_url must be a string");
-    lua_pop(L, 1);
-    if (field(L, top, "upstream_tools") != LUA_TNIL)
-        read_upstream_tools(&rd, f, lua_gettop(L), key_line(&rd, 0, srclen, "upstream_tools", 1));
-    lua_pop(L, 1);
+    read_file_settings(&rd, f, top);
 
     size_t cases_key = sg_luasrc_find(&rd.idx, SG_LUASRC_KEY, "cases", 5, 0);
     int cases_line = cases_key == SG_LUASRC_NONE ? 1 : sg_luasrc_line(&rd.idx, cases_key);

@@ -365,14 +365,14 @@ static void refused_sse(const sg_gateway_reply *plan, sg_buf *out)
     }
 }
 
-int sg_gateway_filter(sg_gateway *gw, unsigned worker_index, const sg_gateway_reply *plan,
+int sg_gateway_filter(sg_gateway *gw, sg_gateway_worker *w, const sg_gateway_reply *plan,
                       const char *content_type, const char *body, size_t len, sg_buf *out)
 {
-    if (worker_index >= gw->nworkers || !content_type) return -1;
+    if (!w || w->gw != gw || !content_type) return -1;
     list_ctx c;
-    c.w = &gw->workers[worker_index];
+    c.w = w;
     /* The policy the request was decided with, even if a reload came since. */
-    c.policy = plan->policy_gen ? plan->policy_gen->policies[worker_index] : c.w->policy;
+    c.policy = plan->policy_gen ? plan->policy_gen->policies[w->index] : c.w->policy;
     c.gw = gw;
     c.plan = plan;
     c.answered = calloc(plan->nlists ? plan->nlists : 1, sizeof *c.answered);

@@ -207,10 +207,14 @@ void sg_gateway_free(sg_gateway *gw)
     free(gw);
 }
 
-int sg_gateway_metadata(sg_gateway *gw, unsigned worker_index, sg_buf *out)
+sg_gateway_worker *sg_gateway_worker_of(sg_gateway *gw, unsigned i)
 {
-    if (worker_index >= gw->nworkers) return -1;
-    worker *w = &gw->workers[worker_index];
+    return i < gw->nworkers ? &gw->workers[i] : NULL;
+}
+
+int sg_gateway_metadata(sg_gateway *gw, sg_gateway_worker *w, sg_buf *out)
+{
+    if (!w || w->gw != gw) return -1;
     gw_worker_refresh(gw, w);
     sg_buf_puts(out, w->gen->metadata_json);
     return sg_buf_ok(out) ? 0 : -1;
@@ -634,9 +638,9 @@ sg_gateway_action sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *re
                                     sg_gateway_reply *out)
 {
     sg_gateway_reply_free(out);
-    if (req->worker >= gw->nworkers)
+    worker *w = req->worker;
+    if (!w || w->gw != gw)
         return answer(out, 503, NULL, 0, SG_JSONRPC_INTERNAL_ERROR, "No worker available");
-    worker *w = &gw->workers[req->worker];
     gw_worker_refresh(gw, w);
     sg_arena_reset(&w->arena);
     sg_gateway_action rc;

@@ -8,9 +8,12 @@
  * It also renders the RFC 9728 metadata and the JSON-RPC bodies for upstream
  * failures. It knows nothing of sockets.
  *
- * Workers: the gateway holds `workers` independent contexts (a policy Lua
- * state, a token cache, scratch memory); a context is used by one thread
- * only, chosen by the worker index the caller passes.
+ * Workers: the gateway holds `workers` independent contexts
+ * (sg_gateway_worker: a policy Lua state, a token cache, scratch memory);
+ * a context is used by one thread only, the one whose worker holds it
+ * (sg_gateway_worker_of). The gateway allocates them because a reload loads
+ * one copy of the policy for each; the caller's worker (src/net/worker.h)
+ * is the only thread that touches one.
  *
  * The folder src/gateway/ is one request through the product: this access
  * decision and list filtering, the upstream tool catalogue (catalog.h) and
@@ -83,6 +86,9 @@ typedef struct sg_gateway_config {
 } sg_gateway_config;
 
 typedef struct sg_gateway sg_gateway;
+/* One worker's context in the gateway: its policy state (the generation it
+ * decides with), its token cache, its arena. Opaque. */
+typedef struct sg_gateway_worker sg_gateway_worker;
 
 /* Loads the policy once per worker. Returns NULL with a message (naming the
  * file and line for a policy error) in err. */
@@ -134,12 +140,16 @@ char **sg_gateway_policy_files(sg_gateway *gw);
 void sg_gateway_policy_hash(sg_gateway *gw, char hash[SG_POLICY_HASH_LEN + 1]);
 /* NULL is fine. */
 void sg_gateway_free(sg_gateway *gw);
+/* Context i (< cfg.workers), owned by the gateway and valid until it is
+ * freed; NULL for an index out of range. Hand it to one thread only: every
+ * call that takes it must be made on that thread. Can't fail otherwise. */
+sg_gateway_worker *sg_gateway_worker_of(sg_gateway *gw, unsigned i);
 
 /* One HTTP request on the MCP endpoint, as the HTTP layer saw it. Header
  * names are as received (matched case-insensitively); a header that occurs
  * more than once is listed more than once. */
 typedef struct sg_gateway_request {
-    unsigned worker; /* < cfg.workers; selects the context */
+    sg_gateway_worker *worker; /* the calling thread's context (sg_gateway_worker_of) */
     const char *method;
     const sg_header *headers;
     size_t nheaders;
@@ -218,7 +228,7 @@ typedef enum sg_gateway_action {
  * sg_gateway_wait_done(gw, out->wait_ticket), and calls again with
  * req->waited = 1 (which never returns SG_GATEWAY_WAIT). An opaque token
  * the authorization server could not judge is answered 503. Must be called
- * on the thread that owns req->worker. */
+ * on the thread that holds req->worker. */
 sg_gateway_action sg_gateway_handle(sg_gateway *gw, const sg_gateway_request *req,
                                     sg_gateway_reply *out);
 
@@ -264,19 +274,19 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
  * the request's raw id text. Every JSON message must pass sg_json_prescan,
  * every response must answer a request of the body once, and every list
  * request must be answered once (an error, or a result holding its list).
- * Must run on the thread that owns `worker`. Appends the new body to out
+ * Must run on the thread that holds `worker`. Appends the new body to out
  * and returns 0; an event stream that fails those checks is replaced by one
  * JSON-RPC error event per request (still 0, logged). Returns -1 (the
  * caller answers 502) when a JSON answer fails them, for any other content
  * type, or when out of memory: a list that cannot be filtered is never
  * passed through. */
-int sg_gateway_filter(sg_gateway *gw, unsigned worker, const sg_gateway_reply *plan,
+int sg_gateway_filter(sg_gateway *gw, sg_gateway_worker *worker, const sg_gateway_reply *plan,
                       const char *content_type, const char *body, size_t len, sg_buf *out);
 
 /* Appends the RFC 9728 protected resource metadata JSON of the policy in
  * force. Returns 0, or -1 when out of memory. Must be called on the thread
- * that owns `worker` (it may switch that worker to a reloaded policy). */
-int sg_gateway_metadata(sg_gateway *gw, unsigned worker, sg_buf *out);
+ * that holds `worker` (it may switch that worker to a reloaded policy). */
+int sg_gateway_metadata(sg_gateway *gw, sg_gateway_worker *worker, sg_buf *out);
 
 /* Renders the answer for a forwarded request whose upstream failed before a
  * response: status (502 or 504, 503 on shutdown) and a JSON-RPC error body

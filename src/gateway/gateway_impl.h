@@ -48,7 +48,8 @@ typedef struct audit_rule_cache {
     sg_buf text; /* ,"rule":..,"rule_file":..,"rule_line":.. */
 } audit_rule_cache;
 
-typedef struct worker {
+typedef struct sg_gateway_worker worker;
+struct sg_gateway_worker {
     struct sg_gateway *gw;
     unsigned index;
     policy_gen *gen;    /* the policy this worker decides with; a reference */
@@ -68,7 +69,7 @@ typedef struct worker {
     sg_buf audit_scratch;        /* shadow records are formatted here */
     audit_who_cache audit_who;
     audit_rule_cache audit_rule;
-} worker;
+};
 
 struct sg_gateway {
     unsigned nworkers;

@@ -8,8 +8,10 @@
  * RFC 9728 metadata, /healthz) and the streaming of upstream answers back to
  * clients with suspend/resume, so no thread waits on the upstream.
  *
- * The folder src/net/ is the client-facing side: these workers and the
- * strict RFC 9112 request framing every client byte passes first (wire.h).
+ * The folder src/net/ is the client-facing side: this listener and its
+ * workers (worker.h: one event loop each), the strict RFC 9112 request
+ * framing every client byte passes first (wire.h) and the admin listener
+ * (admin.h).
  */
 #ifndef SG_HTTP_H
 #define SG_HTTP_H
@@ -19,6 +21,16 @@
 
 #include "gateway/gateway.h"
 #include "upstream/proxy.h"
+
+/* What a zero limit (and a NULL mcp_path) means; `scopegate serve`'s
+ * defaults (src/cli/defaults.h) are these. */
+#define SG_HTTP_DEFAULT_MAX_BODY         (1024u * 1024) /* 1 MiB */
+#define SG_HTTP_DEFAULT_MAX_HEADER       (36u * 1024)   /* 36 KiB: see http.c */
+#define SG_HTTP_DEFAULT_MAX_CONNECTIONS  1000u
+#define SG_HTTP_DEFAULT_TIMEOUT_S        30u
+#define SG_HTTP_DEFAULT_HEADER_TIMEOUT_S 5u
+#define SG_HTTP_DEFAULT_BODY_GRACE_S     5u
+#define SG_HTTP_DEFAULT_MCP_PATH         "/mcp"
 
 typedef struct sg_http_limits {
     size_t max_body;           /* request body bytes: 413 beyond [1 MiB] */

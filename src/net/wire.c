@@ -224,6 +224,11 @@ static int end_head(sg_wire_scan *s)
     return 0;
 }
 
+/* Long because it is one state machine: every byte of every client request
+ * passes through this loop, one case per state of RFC 9112's request
+ * grammar, so all the transitions are read (and audited against the RFC)
+ * in one place and a byte costs one switch, not a call per state. The
+ * non-trivial steps (header values, the end of a head) are helpers above. */
 int sg_wire_scan_feed(sg_wire_scan *s, const char *p, size_t n, size_t *good)
 {
     size_t good_end = 0;

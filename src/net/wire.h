@@ -11,7 +11,7 @@
  * (sg_wire_scan); a request it refuses is answered here (400, or 501 for an
  * unknown transfer coding, then close) and libmicrohttpd never sees it. The
  * scanner also knows when each request head and body began, which the slow
- * client limits (src/http.c) are measured against.
+ * client limits (src/net/conn.c) are measured against.
  *
  * How: the executable defines recv(2) (libmicrohttpd's only way to read a
  * socket), so the dynamic linker binds libmicrohttpd's calls to it. Sockets
@@ -58,7 +58,7 @@ int sg_wire_scan_feed(sg_wire_scan *s, const char *p, size_t n, size_t *good);
 sg_wire_phase sg_wire_scan_phase(const sg_wire_scan *s);
 
 /* One client connection as the scanner and the slow-client limits see it.
- * Owned by the caller (src/http.c); lives from accept to close. */
+ * Owned by the caller (src/net/conn.c); lives from accept to close. */
 typedef struct sg_wire_conn {
     int fd;
     sg_wire_scan scan;
@@ -71,7 +71,7 @@ typedef struct sg_wire_conn {
     int closed; /* refused or shed: every later read sees end of stream */
     /* The lowest address libmicrohttpd has read this connection's bytes
      * into: the start of its per-connection memory pool, where its read
-     * buffer always begins (0 before the first read). http.c gives the
+     * buffer always begins (0 before the first read). conn.c gives the
      * pool's all-zero pages back while the connection is idle. */
     uintptr_t read_base;
 } sg_wire_conn;

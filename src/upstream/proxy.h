@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/evtag.h"
 #include "base/sg.h"
 
 typedef struct sg_proxy_config {
@@ -52,10 +53,10 @@ void sg_proxy_free(sg_proxy *p);
  * that attached it, or another thread after that worker was joined. */
 sg_proxy_lane *sg_proxy_lane_of(sg_proxy *p, unsigned i);
 
-/* Epoll events for the lane's upstream sockets carry this tag in data.u64
- * (the socket in the low 32 bits); the worker passes such events to
- * sg_proxy_lane_event. */
-#define SG_PROXY_EPOLL_TAG ((uint64_t)1 << 32)
+/* Epoll events for the lane's sockets carry this tag in data.u64 (the socket
+ * in the low 32 bits); the worker passes such events to sg_proxy_lane_event.
+ * The value is SG_EVTAG_UPSTREAM: every tag is defined in base/evtag.h. */
+#define SG_PROXY_EPOLL_TAG SG_EVTAG_UPSTREAM
 
 /* The lane registers its sockets in epfd, the worker's epoll set. Call once,
  * on the lane's thread, before any transfer. Returns 0. */

@@ -164,3 +164,67 @@ describe("the README", function()
     assert.equal(K.read("policies/examples/minimal.lua"), block)
   end)
 end)
+
+-- Every default of `scopegate serve` is written once, in src/cli/defaults.h:
+-- the usage text prints it from there and serve applies it from there. These
+-- fail when a default is written anywhere else, or when what --help prints
+-- is not what the binary does.
+describe("scopegate serve defaults", function()
+  local usage = sg("serve --help")
+  local function default_of(flag)
+    -- The bracketed default closing the flag's entry (continuation lines
+    -- included).
+    local entry = usage:match("\n  " .. flag:gsub("%-", "%%-") .. " .-%[([^%]]+)%]")
+    assert(entry, flag .. ": no default in the usage text")
+    return entry
+  end
+
+  it("prints no default the usage text spells out itself", function()
+    local src = K.read("src/cli/serveopts.c")
+    local text = assert(src:match("\nvoid serve_usage%(FILE %*f%)\n(.-)\n}\n"))
+    local literal = text:match("%[%d+%]") or text:match("%[/[%w/]*%]") or
+                    text:match("%[oauthScope%]") or text:match("%[info%]") or
+                    text:match("%[basic%]")
+    assert.is_nil(literal, "a default written in the usage text: " .. tostring(literal))
+  end)
+
+  it("uses every default of defaults.h and defines none elsewhere in src/cli", function()
+    local header = K.read("src/cli/defaults.h")
+    local used = K.read("src/cli/serveopts.c") .. K.read("src/cli/serve.c")
+    local n = 0
+    for name in header:gmatch("#define (SG_DEFAULT_[%w_]+)") do
+      n = n + 1
+      assert.truthy(used:find(name .. "[^%w_]"), name .. " is not used by serve")
+    end
+    assert.is_true(n >= 20)
+    for _, f in ipairs { "src/cli/serveopts.c", "src/cli/serve.c" } do
+      assert.is_nil(K.read(f):find("#define SG_DEFAULT_", 1, true), f)
+    end
+  end)
+
+  it("applies the --max-body and --path defaults it prints", function()
+    local max_body = assert(tonumber(default_of("--max-body BYTES")))
+    local path = default_of("--path PATH")
+    local dir = K.tmpdir()
+    local key = K.gen(dir, "rsa", "rsa")
+    local up_pid, up = procs.echo_upstream(dir)
+    local gw_pid, gw = procs.start_gateway(table.concat({ "--upstream", K.q("http://" .. up .. "/mcp"),
+      "--policy", K.q("policies/examples/minimal.lua"), "--public-key", K.q(key.pub_file) }, " "),
+      dir .. "/gw.err")
+    local function post(size)
+      local head, tail = '{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"', '"}}'
+      local body = head .. string.rep("x", size - #head - #tail) .. tail
+      assert.equal(size, #body)
+      return procs.http { url = "http://" .. gw .. path, scratch = dir, method = "POST", body = body,
+        headers = { "Content-Type: application/json", "Accept: application/json, text/event-stream",
+                    "Expect:" } }
+    end
+    local at, over = post(max_body), post(max_body + 1)
+    procs.stop(gw_pid)
+    procs.stop(up_pid)
+    os.execute(K.CLEAN .. "rm -rf " .. K.q(dir))
+    assert.are_not.equal(404, at.status) -- the default path is served
+    assert.are_not.equal(413, at.status) -- a body of exactly the default passes
+    assert.equal(413, over.status)        -- one byte more is refused
+  end)
+end)

@@ -342,19 +342,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return decide(ex, method, 0);
 }
 
-/* The client's numeric address, for the audit log ("" when unknown). */
-static void client_address(struct MHD_Connection *conn, char *out, size_t len)
+/* The client's numeric address, for the audit log ("" when unknown):
+ * formatted once per connection (inet_ntop is a printf), kept in its slot. */
+static const char *client_address(exchange *ex)
 {
+    conn_slot *c = ex->slot;
+    if (c && c->client[0]) return c->client;
+    static _Thread_local char scratch[INET6_ADDRSTRLEN];
+    char *out = c ? c->client : scratch;
     const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        MHD_get_connection_info(ex->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const struct sockaddr *sa = ci ? ci->client_addr : NULL;
     out[0] = 0;
     if (sa && sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
-                  (socklen_t)len);
+                  INET6_ADDRSTRLEN);
     else if (sa && sa->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
-                  (socklen_t)len);
+                  INET6_ADDRSTRLEN);
+    return out;
 }
 
 /* Decides the whole request and answers, forwards, or (its token's key is
@@ -377,8 +383,7 @@ static enum MHD_Result decide(exchange *ex, const char *method, int waited)
         ok = queue_error(conn, 400, SG_JSONRPC_INVALID_REQUEST,
                          "Repeated Authorization or Host header", NULL, 1);
     } else {
-        char client[INET6_ADDRSTRLEN] = "";
-        if (sg_gateway_audits(h->cfg.gateway)) client_address(conn, client, sizeof client);
+        const char *client = sg_gateway_audits(h->cfg.gateway) ? client_address(ex) : "";
         sg_gateway_request greq = {.worker = ex->worker->gateway,
                                    .method = method,
                                    .headers = hl->items,

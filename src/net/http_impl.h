@@ -10,6 +10,7 @@
 #define SG_HTTP_IMPL_H
 
 #include <stdatomic.h>
+#include <netinet/in.h> /* INET6_ADDRSTRLEN */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,6 +48,7 @@ typedef struct conn_slot {
     int counted;                   /* it counts against --max-connections */
     unsigned pool_seen_answered;   /* wire.answered at the last sweep */
     int pool_released;             /* its pool's zero pages are given back (idle since) */
+    char client[INET6_ADDRSTRLEN]; /* its peer's address as text, once audited ("" before) */
 } conn_slot;
 
 /* Where a request is: its body arriving, parked on a key refetch or an

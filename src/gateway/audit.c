@@ -1,13 +1,17 @@
 /* audit.c -- the audit log writer (see audit.h).
  *
- * Why a queue of copies and a thread: a worker's event loop serves many
- * connections and must never wait for a disk, a full file system or a pipe
- * nobody reads. Submitting is a copy and a short critical section; the
- * writer thread takes everything queued at once and writes it outside the
- * lock. The descriptor is non-blocking (for the files this opens) and every
- * write is preceded by poll(2) with a short timeout, so the writer itself
- * never sleeps in write(2): it can still log dropped lines, take a reopen
- * request and stop on time while the file accepts nothing. */
+ * Why a queue and a thread: a worker's event loop serves many connections
+ * and must never wait for a disk, a full file system or a pipe nobody
+ * reads. The queue is one ring of bytes: submitting copies the line in
+ * under a short lock, and the writer thread writes what is queued straight
+ * from the ring, outside the lock, then gives the space back. No line is
+ * allocated, and no memory goes from one thread's allocator to another's
+ * (the first version queued a malloc'd copy per line that the writer freed:
+ * the cross-thread frees cost more than the formatting). The descriptor is
+ * non-blocking (for the files this opens) and a write that would block is
+ * retried after poll(2) with a short timeout, so the writer itself never
+ * sleeps in write(2): it can still log dropped lines, take a reopen request
+ * and stop on time while the file accepts nothing. */
 #include "gateway/audit.h"
 
 #include <errno.h>
@@ -26,19 +30,12 @@
 
 /* How long close waits for a file that accepts nothing. */
 #define CLOSE_GRACE_NS 1000000000ull
-/* Bytes handed to one write(2): within PIPE_BUF, so a pipe that poll says
- * is writable takes it whole. */
-#define WRITE_CHUNK 4096
-/* Bytes the writer takes from the queue at a time. */
-#define BATCH_BYTES (1u << 20)
+/* Bytes of ring per line of --audit-queue (a record is 400 to 700 bytes;
+ * the line count is the limit that usually binds). */
+#define RING_BYTES_PER_LINE 512
 /* While lines keep coming, the writer drains them this often (and at once
  * when the queue is half full): one write for many lines. */
 #define WRITER_TICK_MS 20
-
-typedef struct queued_line {
-    char *text; /* the submitted buffer's bytes (freed by the writer) */
-    size_t from, len;
-} queued_line;
 
 struct sg_audit {
     char *path; /* NULL for stdout */
@@ -46,14 +43,18 @@ struct sg_audit {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t wake;
-    queued_line *ring; /* [cap] */
-    size_t cap, head, count;
-    int stopping;          /* under mu */
-    int writer_idle;       /* under mu: the writer waits on an empty queue */
-    int writer_busy;       /* writer only: its last round found lines */
-    uint64_t stop_ns;      /* when close was asked (writer thread reads it after stopping) */
-    atomic_int reopen;     /* a reopen was asked */
-    int partial;           /* a write error left a line unfinished: start the next on a new line */
+    /* The queue, under mu: whole lines, each ending in '\n', from ring[head]
+     * on, wrapping around; the writer owns the bytes it is writing until it
+     * gives them back (submits only append after head + used). */
+    char *ring;
+    size_t ring_bytes, head, used;
+    size_t count, cap; /* lines queued; the most it may hold (--audit-queue) */
+    int stopping;      /* under mu */
+    int writer_idle;   /* under mu: the writer waits on an empty queue */
+    int writer_busy;   /* writer only: its last round found lines */
+    uint64_t stop_ns;  /* when close was asked (writer thread reads it after stopping) */
+    atomic_int reopen; /* a reopen was asked */
+    int partial; /* writer: a write error left a line unfinished: start the next on a new line */
     uint64_t logged_drops; /* writer thread: dropped count at the last log line */
     uint64_t last_log_ns;
     _Atomic uint64_t written, dropped, queue_full, write_errors, shadow, reopened;
@@ -101,14 +102,6 @@ static void do_reopen(sg_audit *a)
     sg_log(SG_LOG_INFO, "audit log: reopened %s", a->path);
 }
 
-static size_t count_lines(const char *p, size_t n)
-{
-    size_t lines = 0;
-    for (size_t i = 0; i < n; i++)
-        lines += p[i] == '\n';
-    return lines;
-}
-
 /* 1 when the writer should give up on what it holds: closing for longer
  * than the grace, or a reopen was asked (the file may be the problem). */
 static int give_up(sg_audit *a)
@@ -121,26 +114,26 @@ static int give_up(sg_audit *a)
     return stopping && sg_now_mono_ns() - since > CLOSE_GRACE_NS;
 }
 
-/* Writes the batch (nlines whole lines). Lines not written are counted as
- * dropped. Writer thread. */
-static void write_batch(sg_audit *a, const char *p, size_t n, size_t nlines)
+/* Writes p[0..n); returns the bytes written (fewer after a write error, or
+ * when giving up on a file that accepts nothing). Writer thread. */
+static size_t write_all(sg_audit *a, const char *p, size_t n)
 {
     size_t off = 0;
     while (off < n) {
-        struct pollfd pfd = {.fd = a->fd, .events = POLLOUT};
-        int pr = poll(&pfd, 1, 100);
-        if (pr == 0 || (pr < 0 && errno == EINTR)) {
-            log_drops(a, 0);
-            if (give_up(a)) break;
-            continue;
-        }
-        size_t chunk = n - off < WRITE_CHUNK ? n - off : WRITE_CHUNK;
-        ssize_t w = write(a->fd, p + off, chunk);
+        ssize_t w = write(a->fd, p + off, n - off);
         if (w > 0) {
             off += (size_t)w;
             continue;
         }
-        if (w < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) { /* a pipe or socket that is full: wait a little */
+            struct pollfd pfd = {.fd = a->fd, .events = POLLOUT};
+            if (poll(&pfd, 1, 100) <= 0) {
+                log_drops(a, 0);
+                if (give_up(a)) break;
+            }
+            continue;
+        }
         uint64_t errors = atomic_fetch_add(&a->write_errors, 1);
         if (errors == 0 || sg_now_mono_ns() - a->last_log_ns >= 1000000000ull) {
             a->last_log_ns = sg_now_mono_ns();
@@ -149,8 +142,23 @@ static void write_batch(sg_audit *a, const char *p, size_t n, size_t nlines)
         }
         break;
     }
-    size_t lost = off < n ? count_lines(p + off, n - off) : 0;
-    if (off < n && off > 0 && p[off - 1] != '\n') a->partial = 1;
+    return off;
+}
+
+/* Writes the lines the writer took: ring[start..) for n bytes, wrapping,
+ * nlines whole lines. Lines not written are counted as dropped. */
+static void write_taken(sg_audit *a, size_t start, size_t n, size_t nlines)
+{
+    if (a->partial && write_all(a, "\n", 1) == 1) a->partial = 0;
+    size_t first = n < a->ring_bytes - start ? n : a->ring_bytes - start;
+    size_t done = write_all(a, a->ring + start, first);
+    if (done == first && n > first) done += write_all(a, a->ring, n - first);
+    size_t lost = 0;
+    if (done < n) { /* count what is lost: the lines that did not end in the file */
+        for (size_t i = done; i < n; i++)
+            lost += a->ring[(start + i) % a->ring_bytes] == '\n';
+        if (done > 0 && a->ring[(start + done - 1) % a->ring_bytes] != '\n') a->partial = 1;
+    }
     atomic_fetch_add(&a->written, nlines - lost);
     if (lost) atomic_fetch_add(&a->dropped, lost);
 }
@@ -158,7 +166,6 @@ static void write_batch(sg_audit *a, const char *p, size_t n, size_t nlines)
 static void *writer_main(void *arg)
 {
     sg_audit *a = arg;
-    sg_buf batch = SG_BUF_INIT;
     for (;;) {
         pthread_mutex_lock(&a->mu);
         if (a->writer_busy && !a->stopping && !atomic_load(&a->reopen)) {
@@ -171,7 +178,8 @@ static void *writer_main(void *arg)
                 until.tv_sec++;
                 until.tv_nsec -= 1000000000L;
             }
-            while (a->count < a->cap / 2 && !a->stopping && !atomic_load(&a->reopen))
+            while (a->count < a->cap / 2 && a->used < a->ring_bytes / 2 && !a->stopping &&
+                   !atomic_load(&a->reopen))
                 if (pthread_cond_timedwait(&a->wake, &a->mu, &until) == ETIMEDOUT) break;
         }
         a->writer_idle = 1;
@@ -183,33 +191,21 @@ static void *writer_main(void *arg)
         }
         a->writer_idle = 0;
         a->writer_busy = a->count > 0;
-        sg_buf_reset(&batch);
-        if (a->partial) sg_buf_putc(&batch, '\n');
-        size_t nlines = 0;
-        while (a->count > 0 && batch.len < BATCH_BYTES) {
-            queued_line *q = &a->ring[a->head];
-            sg_buf_append(&batch, q->text + q->from, q->len);
-            sg_buf_putc(&batch, '\n');
-            free(q->text);
-            q->text = NULL;
-            a->head = (a->head + 1) % a->cap;
-            a->count--;
-            nlines++;
-        }
-        int done = a->stopping && a->count == 0;
+        size_t start = a->head, n = a->used, nlines = a->count; /* all of it, written unlocked */
+        int stopping = a->stopping;
         pthread_mutex_unlock(&a->mu);
         if (atomic_exchange(&a->reopen, 0)) do_reopen(a);
-        if (nlines > 0 && sg_buf_ok(&batch)) {
-            a->partial = 0;
-            write_batch(a, batch.data, batch.len, nlines);
-        } else if (nlines > 0) {
-            atomic_fetch_add(&a->dropped, nlines);
-        }
+        if (nlines > 0) write_taken(a, start, n, nlines);
+        pthread_mutex_lock(&a->mu);
+        a->head = (a->head + n) % a->ring_bytes;
+        a->used -= n;
+        a->count -= nlines;
+        int done = stopping && a->count == 0;
+        pthread_mutex_unlock(&a->mu);
         log_drops(a, 0);
         if (done) break;
     }
     log_drops(a, 1);
-    sg_buf_free(&batch);
     return NULL;
 }
 
@@ -221,7 +217,11 @@ sg_audit *sg_audit_open(const sg_audit_config *cfg, char *err, size_t errlen)
         return NULL;
     }
     a->cap = cfg->queue_lines ? cfg->queue_lines : SG_AUDIT_QUEUE_DEFAULT;
-    a->ring = calloc(a->cap, sizeof *a->ring);
+    /* Room for the longest line twice over, whatever --audit-queue says.
+     * malloc, not calloc: pages are only touched as lines come. */
+    a->ring_bytes = a->cap * RING_BYTES_PER_LINE;
+    if (a->ring_bytes < 2 * (SG_AUDIT_MAX_LINE + 1)) a->ring_bytes = 2 * (SG_AUDIT_MAX_LINE + 1);
+    a->ring = malloc(a->ring_bytes);
     a->fd = -1;
     int is_stdout = strcmp(cfg->path, "-") == 0;
     if (!a->ring || (!is_stdout && !(a->path = strdup(cfg->path)))) {
@@ -247,29 +247,30 @@ fail:
     return NULL;
 }
 
-int sg_audit_submit(sg_audit *a, sg_buf *line, size_t from)
+int sg_audit_submit(sg_audit *a, const char *line, size_t len)
 {
-    size_t len = line->len > from ? line->len - from : 0;
-    char *text = len <= SG_AUDIT_MAX_LINE ? sg_buf_steal(line) : NULL; /* NULL: a failed buffer */
-    sg_buf_free(line);
     pthread_mutex_lock(&a->mu);
-    int full = a->count == a->cap;
-    if (text && !full && !a->stopping) {
-        queued_line *q = &a->ring[(a->head + a->count) % a->cap];
-        *q = (queued_line){.text = text, .from = from, .len = len};
+    int full = a->count == a->cap || a->ring_bytes - a->used < len + 1;
+    if (len <= SG_AUDIT_MAX_LINE && !full && !a->stopping) {
+        size_t at = (a->head + a->used) % a->ring_bytes;
+        size_t first = len < a->ring_bytes - at ? len : a->ring_bytes - at;
+        memcpy(a->ring + at, line, first);
+        memcpy(a->ring, line + first, len - first);
+        a->ring[(at + len) % a->ring_bytes] = '\n';
+        a->used += len + 1;
         a->count++;
         /* Wake the writer only when it sleeps on an empty queue, or when
          * the queue is half full: while lines keep coming it drains them
          * every WRITER_TICK_MS by itself, one write for many lines. A wake
          * per line would cost a context switch per request. */
-        if ((a->count == 1 && a->writer_idle) || a->count == a->cap / 2)
+        if ((a->count == 1 && a->writer_idle) || a->count == a->cap / 2 ||
+            (a->used >= a->ring_bytes / 2 && a->used - (len + 1) < a->ring_bytes / 2))
             pthread_cond_signal(&a->wake);
         pthread_mutex_unlock(&a->mu);
         return 0;
     }
     pthread_mutex_unlock(&a->mu);
-    free(text);
-    if (full) atomic_fetch_add(&a->queue_full, 1);
+    if (full && len <= SG_AUDIT_MAX_LINE) atomic_fetch_add(&a->queue_full, 1);
     atomic_fetch_add(&a->dropped, 1);
     return -1;
 }
@@ -340,11 +341,7 @@ void sg_audit_close(sg_audit *a)
     pthread_mutex_unlock(&a->mu);
     pthread_join(a->thread, NULL);
     /* Lines left after a give-up: counted, never written. */
-    for (; a->count > 0; a->count--) {
-        free(a->ring[a->head].text);
-        a->head = (a->head + 1) % a->cap;
-        atomic_fetch_add(&a->dropped, 1);
-    }
+    if (a->count) atomic_fetch_add(&a->dropped, a->count);
     sg_audit_stats s;
     sg_audit_stats_get(a, &s);
     sg_log(SG_LOG_INFO,

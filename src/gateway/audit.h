@@ -4,8 +4,8 @@
  * Operators need a durable record of who was allowed or refused what, and
  * why (docs/operations.md, "Audit log"); the request path must never wait
  * for a disk to record it. So a worker hands a finished line to
- * sg_audit_submit, which puts the buffer holding it (no copy) into a bounded
- * queue and returns at once; one writer thread drains the queue into the file. When the queue
+ * sg_audit_submit, which copies it into a bounded queue and returns at
+ * once; one writer thread drains the queue into the file. When the queue
  * is full the line is dropped and counted (a gateway that stalled behind a
  * full disk would turn an audit problem into an outage); a write error
  * drops the lines being written and is counted too. Both are logged, at
@@ -22,7 +22,8 @@
 #include "base/sg.h"
 #include <stdint.h>
 
-/* Lines the queue holds by default (--audit-queue). */
+/* Lines the queue holds by default (--audit-queue); it holds them in a ring
+ * of 512 bytes per line. */
 #define SG_AUDIT_QUEUE_DEFAULT 8192
 /* Longest line accepted; a longer one is dropped (counted). */
 #define SG_AUDIT_MAX_LINE (64u * 1024)
@@ -50,14 +51,11 @@ typedef struct sg_audit_stats {
  * be opened or the thread cannot start. */
 sg_audit *sg_audit_open(const sg_audit_config *cfg, char *err, size_t errlen);
 
-/* Queues the bytes of line from offset `from` to its end (one JSON object,
- * without the newline: the writer adds it), taking over the buffer: line is
- * left empty whatever happens (no copy is made; the writer frees it). A
- * failed buffer (sg_buf_ok false) is dropped. Never blocks on I/O;
- * thread-safe. Returns 0, or -1 when the line was dropped (queue full, too
- * long, out of memory, or closing): counted, and logged at most once a
- * second. */
-int sg_audit_submit(sg_audit *a, sg_buf *line, size_t from);
+/* Queues a copy of line[0..len) (one JSON object, without the newline: the
+ * writer adds it). Never blocks on I/O; thread-safe. Returns 0, or -1 when
+ * the line was dropped (queue full, too long, or closing): counted, and
+ * logged at most once a second. */
+int sg_audit_submit(sg_audit *a, const char *line, size_t len);
 
 /* Asks the writer to reopen the file by its path (after logrotate moved
  * it); returns at once. A reopen that fails keeps the old file and is

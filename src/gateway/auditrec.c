@@ -361,7 +361,7 @@ static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_reque
         j_string(b, so);
         audit_rule(b, w, su, &cand[i]);
         sg_buf_puts(b, "}}}");
-        sg_audit_submit(gw->audit, b, 0);
+        if (sg_buf_ok(b)) sg_audit_submit(gw->audit, b->data, b->len);
     }
     sg_buf_free(&lreq);
     sg_buf_free(&sreq);
@@ -574,10 +574,12 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
     sg_buf copy = SG_BUF_INIT; /* the records before the last, completed one by one */
     size_t at = 0;
     for (size_t i = 0; !sg_buf_ok(&r->audit) && i < r->naudit; i++)
-        sg_audit_submit(gw->audit, &r->audit, 0); /* out of memory: each counted as dropped */
+        sg_audit_submit(gw->audit, NULL, SG_AUDIT_MAX_LINE + 1); /* out of memory: dropped */
     for (size_t i = 0; r->audit.data && i < r->naudit; i++) {
         const char *id = r->audit.data + at;
-        size_t id_len = strlen(id), rec = at + id_len + 1, rec_len = strlen(r->audit.data + rec);
+        size_t id_len = strlen(id), rec = at + id_len + 1;
+        /* The last record ends the buffer: its length is known. */
+        size_t rec_len = i + 1 == r->naudit ? r->audit.len - rec - 1 : strlen(r->audit.data + rec);
         at = rec + rec_len + 1;
         const char *outcome = NULL; /* NULL: not forwarded */
         if (o->upstream_status || o->upstream_outcome) outcome = base;
@@ -598,7 +600,7 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
             r->audit.len = rec + rec_len; /* the last record: its NUL goes */
         }
         audit_outcome(line, o, outcome, us);
-        sg_audit_submit(gw->audit, line, from);
+        if (sg_buf_ok(line)) sg_audit_submit(gw->audit, line->data + from, line->len - from);
     }
     sg_buf_free(&copy);
     sg_sse_event_free(&ev);

@@ -2,7 +2,7 @@
  * the sandbox it runs policy code in (src/policy/sandbox.c).
  *
  * The input is the text of a policy file. It is written to a scratch
- * directory and loaded with sg_policy_load under tight limits (a million
+ * directory and loaded with sg_policy_new under tight limits (a million
  * instructions, 16 MiB, 200 ms), the way `scopegate check` and every worker
  * load one. A policy that loads is then asked to decide a few fixed
  * messages, in both phases, with and without a token: a loaded policy must

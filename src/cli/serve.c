@@ -266,6 +266,7 @@ typedef struct serve_run {
     sg_keys *keys;
     key_sources ks;
     char *audience_owned;
+    sg_policy *preloaded; /* loaded for its resource; the gateway takes it over */
     sg_verifier *verifier;
     sg_introspector *introspector;
     sg_audit *audit;
@@ -392,27 +393,36 @@ static int load_keys(serve_run *s)
     return 0;
 }
 
+/* The sandbox limits every copy of the policy is loaded with. */
+static sg_policy_limits serve_policy_limits(const serve_opts *o)
+{
+    return (sg_policy_limits){.arguments_bytes = o->max_arguments,
+                              .arguments_depth = (uint32_t)o->max_arguments_depth};
+}
+
 /* The audience defaults to the resource this gateway protects, the same URI
  * its RFC 9728 metadata names: the policy's `resource`, else the public URL
- * (never unchecked). The verifier has to exist before the gateway that
- * loads the policy for every worker, so without --audience the policy is
- * loaded once more here, just for its `resource`. Returns the audience, or
- * NULL after printing why. */
+ * (never unchecked). The verifier has to exist before the gateway, so
+ * without --audience the policy is loaded here, with the gateway's limits,
+ * and handed to the gateway as one worker's copy (s->preloaded): it is not
+ * loaded twice. Returns the audience, or NULL after printing why. */
 static const char *pick_audience(serve_run *s)
 {
     serve_opts *o = &s->o;
     if (o->audience) return o->audience;
-    char *perr = NULL;
-    sg_policy *p = sg_policy_load(o->policy, NULL, &perr);
+    sg_buf report = SG_BUF_INIT;
+    sg_policy_limits limits = serve_policy_limits(o);
+    sg_policy *p = sg_policy_new(o->policy, &limits, &report);
     if (!p) {
-        fprintf(stderr, "scopegate serve: policy failed to load:\n%s", perr ? perr : "");
-        free(perr);
+        fprintf(stderr, "scopegate serve: policy failed to load:\n%s",
+                sg_buf_ok(&report) && report.data ? report.data : "out of memory\n");
+        sg_buf_free(&report);
         return NULL;
     }
-    free(perr);
+    sg_buf_free(&report);
     const char *r = sg_policy_resource(p) ? sg_policy_resource(p) : o->public_url;
     if (r) s->audience_owned = strdup(r);
-    sg_policy_free(p);
+    s->preloaded = p;
     if (!s->audience_owned)
         fprintf(stderr, "scopegate serve: no --audience, no --public-url and no `resource` in "
                         "the policy: tokens could not be bound to this resource\n");
@@ -474,13 +484,14 @@ static int start_gateway(serve_run *s)
         .nidentity = (size_t)o->nidentity,
         .upstream_url = o->upstream,
         .upstream_ca = o->upstream_ca,
-        .policy_limits = {.arguments_bytes = o->max_arguments,
-                          .arguments_depth = (uint32_t)o->max_arguments_depth},
+        .policy_limits = serve_policy_limits(o),
+        .preloaded_policy = s->preloaded,
         .introspector = s->introspector,
         .default_authorization_server = s->discovered.issuer,
         .audit = s->audit,
         .shadow_policy_path = o->shadow_policy,
     };
+    s->preloaded = NULL; /* the gateway's now, whatever happens */
     if (!(s->gw = sg_gateway_new(&gc, s->err, sizeof s->err))) {
         fprintf(stderr, "scopegate serve: policy failed to load:\n%s\n", s->err);
         return -1;
@@ -663,6 +674,7 @@ static void serve_teardown(serve_run *s)
     sg_verifier_free(s->verifier);
     sg_keys_free(s->keys);
     free(s->audience_owned);
+    sg_policy_free(s->preloaded);
     free(s->public_origin);
     for (size_t i = 0; i < SG_ARRAY_LEN(s->default_hosts); i++)
         free(s->default_hosts[i]);

@@ -98,13 +98,16 @@ static void make_boot_id(sg_gateway *gw)
 
 sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errlen)
 {
+    sg_policy *first = cfg->preloaded_policy; /* ours from here on */
     if (cfg->workers == 0 || !cfg->policy_path || !cfg->verifier) {
+        sg_policy_free(first);
         sg_errf(err, errlen, "gateway: a policy, a verifier and at least one worker are needed");
         return NULL;
     }
     sg_gateway *gw = calloc(1, sizeof *gw);
     if (!gw || !(gw->workers = calloc(cfg->workers, sizeof *gw->workers))) {
         free(gw);
+        sg_policy_free(first);
         sg_errf(err, errlen, "out of memory");
         return NULL;
     }
@@ -150,11 +153,13 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
         goto fail;
     }
     if (cfg->audit) make_boot_id(gw);
-    if (!(gw->current = gw_gen_load(gw, gw->policy_path, NULL, err, errlen))) goto fail;
+    gw->current = gw_gen_load(gw, gw->policy_path, NULL, first, err, errlen);
+    first = NULL; /* taken over, loaded or not */
+    if (!gw->current) goto fail;
     if (cfg->shadow_policy_path) {
         char serr[4096];
         if (!(gw->shadow_path = strdup(cfg->shadow_policy_path)) ||
-            !(gw->shadow = gw_gen_load(gw, gw->shadow_path, NULL, serr, sizeof serr))) {
+            !(gw->shadow = gw_gen_load(gw, gw->shadow_path, NULL, NULL, serr, sizeof serr))) {
             sg_errf(err, errlen, "shadow policy: %s", gw->shadow_path ? serr : "out of memory");
             goto fail;
         }
@@ -170,6 +175,7 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
         gw_worker_refresh(gw, &gw->workers[i]);
     return gw;
 fail:
+    sg_policy_free(first);
     sg_gateway_free(gw);
     return NULL;
 }

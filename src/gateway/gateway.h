@@ -50,7 +50,12 @@ typedef struct sg_identity_header {
 #define SG_GATEWAY_MAX_IDENTITY 8
 
 typedef struct sg_gateway_config {
-    const char *policy_path;     /* loaded once per worker */
+    const char *policy_path; /* loaded once per worker */
+    /* A copy of policy_path the caller has already loaded with
+     * policy_limits (serve does, to learn the policy's `resource` before
+     * the verifier exists), or NULL. sg_gateway_new takes it over, whether
+     * it succeeds or not, as one worker's copy: it is not loaded again. */
+    sg_policy *preloaded_policy;
     const sg_verifier *verifier; /* borrowed; shared by all workers */
     size_t token_cache_entries;  /* per worker; 0: the default */
     unsigned workers;            /* >= 1 */
@@ -90,8 +95,9 @@ typedef struct sg_gateway sg_gateway;
  * decides with), its token cache, its arena. Opaque. */
 typedef struct sg_gateway_worker sg_gateway_worker;
 
-/* Loads the policy once per worker. Returns NULL with a message (naming the
- * file and line for a policy error) in err. */
+/* Loads the policy once per worker (but for cfg->preloaded_policy).
+ * Returns NULL with a message (naming the file and line for a policy error)
+ * in err. */
 sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errlen);
 
 /* Hot reload. Runs everything `scopegate check` runs on the policy file

@@ -130,11 +130,13 @@ void gw_gen_release(policy_gen *g);
 /* Adds one reference and returns g. Thread-safe. Can't fail. */
 policy_gen *gw_gen_retain(policy_gen *g);
 /* Loads one copy of the policy per worker and derives the metadata. When
- * want_hash is not NULL every copy must be that text. Returns the generation
+ * want_hash is not NULL every copy must be that text. first, when not NULL,
+ * is a copy already loaded: taken over (freed on error too) as worker 0's,
+ * and the others must be its text. Returns the generation
  * with one reference; on error, NULL is returned and err says why (naming
  * file and line for a policy error). */
-policy_gen *gw_gen_load(const sg_gateway *gw, const char *path, const char *want_hash, char *err,
-                        size_t errlen);
+policy_gen *gw_gen_load(const sg_gateway *gw, const char *path, const char *want_hash,
+                        sg_policy *first, char *err, size_t errlen);
 /* Makes the worker decide with the current policy (and shadow) if a reload
  * replaced them. Request boundaries only, on the worker's thread. Can't
  * fail. */

@@ -47,20 +47,22 @@ static void copy_report(char *err, size_t errlen, const char *report)
  * want_hash is not NULL every copy must be that text (it was checked).
  * Returns the generation with one reference, or NULL with a message in err
  * (naming file and line for a policy error). */
-policy_gen *gw_gen_load(const sg_gateway *gw, const char *path, const char *want_hash, char *err,
-                        size_t errlen)
+policy_gen *gw_gen_load(const sg_gateway *gw, const char *path, const char *want_hash,
+                        sg_policy *first, char *err, size_t errlen)
 {
     policy_gen *g = calloc(1, sizeof *g);
     if (!g || !(g->policies = calloc(gw->nworkers, sizeof *g->policies))) {
         free(g);
+        sg_policy_free(first);
         sg_errf(err, errlen, "out of memory");
         return NULL;
     }
     atomic_init(&g->refs, 1);
     g->nworkers = gw->nworkers;
+    g->policies[0] = first; /* one copy fewer to load */
     for (unsigned i = 0; i < gw->nworkers; i++) {
         sg_buf report = SG_BUF_INIT;
-        g->policies[i] = sg_policy_new(path, &gw->limits, &report);
+        if (!g->policies[i]) g->policies[i] = sg_policy_new(path, &gw->limits, &report);
         if (!g->policies[i]) copy_report(err, errlen, report.data);
         sg_buf_free(&report);
         if (!g->policies[i]) goto fail;
@@ -214,7 +216,7 @@ static int reload_into(sg_gateway *gw, const char *path, policy_gen **slot, sg_b
     pthread_mutex_unlock(&gw->gen_mu);
     if (same) return 1;
     char err[4096];
-    policy_gen *g = gw_gen_load(gw, path, checked, err, sizeof err);
+    policy_gen *g = gw_gen_load(gw, path, checked, NULL, err, sizeof err);
     if (!g) {
         sg_buf_puts(report, err);
         return -1;

@@ -317,7 +317,7 @@ static void default_supported(loader *ld)
     }
 }
 
-/* The protected body of sg_policy_load: arg 2 is what the file returned. */
+/* The protected body of sg_policy_new: arg 2 is what the file returned. */
 static int compile_policy(lua_State *L)
 {
     loader *ld = lua_touserdata(L, 1);
@@ -485,18 +485,5 @@ sg_policy *sg_policy_new(const char *path, const sg_policy_limits *limits, sg_bu
             sg_buf_printf(report, "%s: out of memory\n", path);
     }
     policy_loader_free(&ld);
-    return p;
-}
-
-sg_policy *sg_policy_load(const char *path, const sg_policy_limits *limits, char **err)
-{
-    sg_buf report = SG_BUF_INIT;
-    sg_policy *p = sg_policy_new(path, limits, err ? &report : NULL);
-    if (!p && err) {
-        if (report.len && report.data[report.len - 1] == '\n') report.data[--report.len] = '\0';
-        *err = sg_buf_steal(&report);
-        if (!*err) *err = strdup("out of memory");
-    }
-    sg_buf_free(&report);
     return p;
 }

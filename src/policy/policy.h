@@ -75,10 +75,6 @@ typedef struct sg_policy_decision {
  * "file:line: key: problem" line per error appended to report (the
  * caller's; may be NULL). */
 sg_policy *sg_policy_new(const char *path, const sg_policy_limits *limits, sg_buf *report);
-/* Deprecated: sg_policy_new with the errors as one malloc'd message
- * (without the last newline; free() it) in *err. Kept only for
- * src/cli/serve.c until it moves to sg_policy_new; nothing else calls it. */
-sg_policy *sg_policy_load(const char *path, const sg_policy_limits *limits, char **err);
 /* Frees the policy and its Lua state. Accepts NULL. */
 void sg_policy_free(sg_policy *p);
 

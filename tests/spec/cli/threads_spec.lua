@@ -76,6 +76,27 @@ describe("worker threads default to the usable CPUs (real binary)", function()
     assert.are.equal("", how)
   end)
 
+  -- One copy of the policy per worker and no more: without --audience the
+  -- copy read for its `resource` is one of them (issue: serve loaded it an
+  -- extra time just to learn the audience).
+  it("loads the policy once per worker, even to learn the audience", function()
+    keys.write(dir .. "/loud.lua", 'print("policy loaded") return { resource = ' ..
+               '"https://t.example.com/mcp", authorization_servers = { "https://auth.example.com" }, ' ..
+               'scopes = { r = "Read" }, tools = { echo = "r" } }\n')
+    for _, threads in ipairs { 1, 3 } do
+      local err = dir .. "/loud" .. threads .. ".err"
+      local pid = procs.spawn(table.concat({ "exec", q(procs.SCOPEGATE),
+        "serve --listen 127.0.0.1:0 --upstream http://127.0.0.1:9/mcp --policy",
+        q(dir .. "/loud.lua"), "--public-key", q(key.pub_file), "--threads", threads }, " "),
+        dir .. "/loud.out", err)
+      local ok, line = pcall(procs.wait_for, err, "(listening on [^\n]*)", 10)
+      procs.stop(pid)
+      assert(ok, line)
+      local _, loads = procs.read_file(err):gsub("policy loaded", "")
+      assert.are.equal(threads, loads)
+    end
+  end)
+
   it("agrees with the module's count of usable CPUs", function()
     assert.are.equal(expected_cpus(), core.cpus_usable())
   end)

@@ -315,12 +315,12 @@ struct sg_introspector {
 void sg_introspect_config_init(sg_introspect_config *c)
 {
     memset(c, 0, sizeof *c);
-    c->cache_ttl_s = 60;
-    c->negative_ttl_s = 5;
-    c->cache_entries = 10000;
-    c->concurrency = 4;
-    c->queue = 256;
-    c->timeout_ms = 3000;
+    c->cache_ttl_s = SG_INTROSPECT_DEFAULT_CACHE_TTL_S;
+    c->negative_ttl_s = SG_INTROSPECT_DEFAULT_NEGATIVE_TTL_S;
+    c->cache_entries = SG_INTROSPECT_DEFAULT_CACHE_ENTRIES;
+    c->concurrency = SG_INTROSPECT_DEFAULT_CONCURRENCY;
+    c->queue = SG_INTROSPECT_DEFAULT_QUEUE;
+    c->timeout_ms = SG_INTROSPECT_DEFAULT_TIMEOUT_MS;
 }
 
 static uint64_t bucket_hash(const sg_introspector *in, const unsigned char key[32])
@@ -593,7 +593,7 @@ sg_introspector *sg_introspector_new(const sg_introspect_config *c, const sg_ver
     in->v = v;
     in->cache_ttl_s = c->cache_ttl_s ? c->cache_ttl_s : 1;
     in->negative_ttl_s = c->negative_ttl_s ? c->negative_ttl_s : 1;
-    in->timeout_ms = c->timeout_ms ? c->timeout_ms : 3000;
+    in->timeout_ms = c->timeout_ms ? c->timeout_ms : SG_INTROSPECT_DEFAULT_TIMEOUT_MS;
     in->concurrency = concurrency;
     in->queue_cap = queue;
     in->capacity = entries;

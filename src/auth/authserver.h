@@ -91,6 +91,15 @@ typedef struct sg_introspect_config {
     unsigned timeout_ms;     /* one call, connect included [3000] */
 } sg_introspect_config;
 
+/* What sg_introspect_config_init sets (the defaults of serve's
+ * --introspection-* flags). */
+#define SG_INTROSPECT_DEFAULT_CACHE_TTL_S    60u
+#define SG_INTROSPECT_DEFAULT_NEGATIVE_TTL_S 5u
+#define SG_INTROSPECT_DEFAULT_CACHE_ENTRIES  10000u
+#define SG_INTROSPECT_DEFAULT_CONCURRENCY    4u
+#define SG_INTROSPECT_DEFAULT_QUEUE          256u
+#define SG_INTROSPECT_DEFAULT_TIMEOUT_MS     3000u
+
 /* The defaults above. Can't fail. */
 void sg_introspect_config_init(sg_introspect_config *c);
 

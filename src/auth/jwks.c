@@ -26,10 +26,8 @@
 #include "base/metrics.h"
 #include "base/sg.h"
 
-#define DEFAULT_TTL_MS     (300 * 1000ull)
-#define DEFAULT_REFETCH_MS (30 * 1000ull)
-#define FETCH_TIMEOUT_MS   5000L
-#define MAX_PEM_BYTES      (64 * 1024)
+#define FETCH_TIMEOUT_MS 5000L
+#define MAX_PEM_BYTES    (64 * 1024)
 
 #define HMAC_ALGS (SG_ALG_BIT(SG_ALG_HS256) | SG_ALG_BIT(SG_ALG_HS384) | SG_ALG_BIT(SG_ALG_HS512))
 
@@ -364,8 +362,8 @@ int sg_keys_set_jwks_url(sg_keys *k, const char *url, uint64_t ttl_ms, uint64_t 
         sg_errf(err, errlen, "out of memory");
         return -1;
     }
-    k->ttl_ns = (ttl_ms ? ttl_ms : DEFAULT_TTL_MS) * 1000000ull;
-    k->refetch_ns = (refetch_ms ? refetch_ms : DEFAULT_REFETCH_MS) * 1000000ull;
+    k->ttl_ns = (ttl_ms ? ttl_ms : SG_JWKS_DEFAULT_TTL_S * 1000ull) * 1000000ull;
+    k->refetch_ns = (refetch_ms ? refetch_ms : SG_JWKS_DEFAULT_REFETCH_S * 1000ull) * 1000000ull;
     pthread_mutex_lock(&k->fetch_mu);
     int rc = fetch_locked(k, err, errlen);
     pthread_mutex_unlock(&k->fetch_mu);

@@ -99,9 +99,16 @@ int sg_keys_add_secret(sg_keys *k, const void *secret, size_t len, const char *a
  * usable key, is an error. */
 int sg_keys_add_jwks(sg_keys *k, const char *json, size_t len, char *err, size_t errlen);
 int sg_keys_add_jwks_file(sg_keys *k, const char *path, char *err, size_t errlen);
+/* How often a JWKS URL is fetched again, and at most how often a token
+ * with an unknown kid makes it fetched early (the defaults of serve's
+ * --jwks-ttl and --jwks-refetch). */
+#define SG_JWKS_DEFAULT_TTL_S     300u
+#define SG_JWKS_DEFAULT_REFETCH_S 30u
+
 /* Fetches the JWKS at url now (failure, or no usable key, is an error for
- * the caller to report), then re-fetches it every ttl_ms (0: 300 s) and, on
- * a token with an unknown kid, at most once per refetch_ms (0: 30 s; the
+ * the caller to report), then re-fetches it every ttl_ms (0:
+ * SG_JWKS_DEFAULT_TTL_S) and, on a token with an unknown kid, at most once
+ * per refetch_ms (0: SG_JWKS_DEFAULT_REFETCH_S; the
  * same limit spaces out retries after a failed refresh). Only one URL. */
 int sg_keys_set_jwks_url(sg_keys *k, const char *url, uint64_t ttl_ms, uint64_t refetch_ms,
                          char *err, size_t errlen);

@@ -71,7 +71,7 @@ const char *sg_token_error_message(sg_token_err e)
 void sg_verifier_config_init(sg_verifier_config *c)
 {
     memset(c, 0, sizeof *c);
-    c->leeway_s = 60;
+    c->leeway_s = SG_TOKEN_DEFAULT_LEEWAY_S;
     c->max_token_bytes = SG_TOKEN_DEFAULT_MAX_BYTES;
     c->require_exp = 1;
 }

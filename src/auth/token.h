@@ -94,10 +94,14 @@ const char *sg_token_error_message(sg_token_err e);
 
 #define SG_VERIFIER_MAX_REQUIRED_CLAIMS 16
 
+/* The clock skew allowed by default (serve's --leeway). */
+#define SG_TOKEN_DEFAULT_LEEWAY_S 60
+
 typedef struct sg_verifier_config {
-    const char *issuer;     /* exact match; NULL: not checked (not recommended) */
-    const char *audience;   /* canonical resource URI the aud must contain; NULL: not checked */
-    int leeway_s;           /* clock skew allowed on exp, nbf and iat [60, at most 3600] */
+    const char *issuer;   /* exact match; NULL: not checked (not recommended) */
+    const char *audience; /* canonical resource URI the aud must contain; NULL: not checked */
+    int leeway_s; /* clock skew allowed on exp, nbf and iat [SG_TOKEN_DEFAULT_LEEWAY_S, at most
+                     3600] */
     size_t max_token_bytes; /* larger tokens are refused unparsed [16384] */
     int require_exp;        /* refuse tokens without exp [1] */
     /* Algorithms accepted at all (SG_ALG_BIT of sg_jws_alg); 0: every alg

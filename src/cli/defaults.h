@@ -8,17 +8,22 @@
  * what this header says, and the usage text prints its bracketed defaults
  * from the same macros (tests/spec/cli/cli_spec.lua compares them).
  *
- * Where a layer below owns a named default (the HTTP limits, the token
- * cache, the sandbox, the audit queue), the macro here is that name, so the
- * value is still written once. The default thread count is not a constant:
+ * Where a layer below owns a named default (the HTTP limits, timeouts of
+ * the upstream, keys, tokens and introspection, the sandbox, the audit
+ * queue, readiness), the macro here is that name, so the value is written
+ * once, where it is applied when a caller leaves it 0. The default thread count is not a constant:
  * it is sg_cpus_usable() (the CPUs the process may use). */
 #ifndef SG_CLI_DEFAULTS_H
 #define SG_CLI_DEFAULTS_H
 
+#include "auth/authserver.h"
+#include "auth/jwks.h"
 #include "auth/token.h"
 #include "gateway/audit.h"
+#include "net/admin.h"
 #include "net/http.h"
 #include "policy/sandbox.h"
+#include "upstream/proxy.h"
 
 /* The client side (src/net/http.h). */
 #define SG_DEFAULT_MCP_PATH         SG_HTTP_DEFAULT_MCP_PATH
@@ -35,30 +40,30 @@
 #define SG_DEFAULT_MAX_ARGUMENTS_DEPTH SG_SANDBOX_DEFAULT_ARGUMENTS_DEPTH
 
 /* The upstream. */
-#define SG_DEFAULT_UPSTREAM_TIMEOUT_MS 30000u
-#define SG_DEFAULT_CONNECT_TIMEOUT_MS  5000u
+#define SG_DEFAULT_UPSTREAM_TIMEOUT_MS SG_PROXY_DEFAULT_RESPONSE_MS
+#define SG_DEFAULT_CONNECT_TIMEOUT_MS  SG_PROXY_DEFAULT_CONNECT_MS
 
 /* Tokens and keys. */
 #define SG_DEFAULT_TOKEN_CACHE     SG_TCACHE_DEFAULT_ENTRIES
 #define SG_DEFAULT_MAX_TOKEN_BYTES SG_TOKEN_DEFAULT_MAX_BYTES
-#define SG_DEFAULT_LEEWAY_S        60u
-#define SG_DEFAULT_JWKS_TTL_S      300u
-#define SG_DEFAULT_JWKS_REFETCH_S  30u
+#define SG_DEFAULT_LEEWAY_S        SG_TOKEN_DEFAULT_LEEWAY_S
+#define SG_DEFAULT_JWKS_TTL_S      SG_JWKS_DEFAULT_TTL_S
+#define SG_DEFAULT_JWKS_REFETCH_S  SG_JWKS_DEFAULT_REFETCH_S
 #define SG_DEFAULT_KEY_ALG         "RS256"
 #define SG_DEFAULT_DISCOVERY_MS    5000u /* the --issuer discovery at start */
 
 /* Opaque tokens (RFC 7662 introspection). */
 #define SG_DEFAULT_INTROSPECTION_AUTH         "basic"
-#define SG_DEFAULT_INTROSPECTION_CACHE_TTL_S  60u
-#define SG_DEFAULT_INTROSPECTION_NEGATIVE_TTL 5u
-#define SG_DEFAULT_INTROSPECTION_TIMEOUT_MS   3000u
-#define SG_DEFAULT_INTROSPECTION_CONCURRENCY  4u
-#define SG_DEFAULT_INTROSPECTION_QUEUE        256u
+#define SG_DEFAULT_INTROSPECTION_CACHE_TTL_S  SG_INTROSPECT_DEFAULT_CACHE_TTL_S
+#define SG_DEFAULT_INTROSPECTION_NEGATIVE_TTL SG_INTROSPECT_DEFAULT_NEGATIVE_TTL_S
+#define SG_DEFAULT_INTROSPECTION_TIMEOUT_MS   SG_INTROSPECT_DEFAULT_TIMEOUT_MS
+#define SG_DEFAULT_INTROSPECTION_CONCURRENCY  SG_INTROSPECT_DEFAULT_CONCURRENCY
+#define SG_DEFAULT_INTROSPECTION_QUEUE        SG_INTROSPECT_DEFAULT_QUEUE
 
 /* Answers, logs, operations. */
 #define SG_DEFAULT_ANNOTATE       "oauthScope"
 #define SG_DEFAULT_LOG_LEVEL      "info"
 #define SG_DEFAULT_AUDIT_QUEUE    SG_AUDIT_QUEUE_DEFAULT
-#define SG_DEFAULT_READY_WINDOW_S 30u
+#define SG_DEFAULT_READY_WINDOW_S SG_ADMIN_DEFAULT_READY_WINDOW_S
 
 #endif

@@ -334,7 +334,7 @@ sg_admin *sg_admin_start(const sg_admin_config *cfg, char *err, size_t errlen)
         return NULL;
     }
     a->cfg = *cfg;
-    if (!a->cfg.ready_window_s) a->cfg.ready_window_s = 30;
+    if (!a->cfg.ready_window_s) a->cfg.ready_window_s = SG_ADMIN_DEFAULT_READY_WINDOW_S;
     if (!a->cfg.max_connections) a->cfg.max_connections = 1000;
     if (!a->cfg.timeout_s) a->cfg.timeout_s = 30;
     if (!a->cfg.max_header) a->cfg.max_header = 32 * 1024;

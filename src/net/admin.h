@@ -22,6 +22,10 @@
 #include "gateway/gateway.h"
 #include "net/http.h"
 
+/* The readiness window when the config leaves it 0 (serve's
+ * --ready-upstream-window). */
+#define SG_ADMIN_DEFAULT_READY_WINDOW_S 30u
+
 typedef struct sg_admin_config {
     const char *host; /* numeric IPv4 or IPv6 address */
     uint16_t port;    /* 0: an ephemeral port (sg_admin_port) */

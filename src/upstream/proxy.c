@@ -26,12 +26,10 @@
 #include <strings.h>
 #include <sys/socket.h>
 
-#define DEFAULT_CONNECT_MS  5000u
-#define DEFAULT_RESPONSE_MS 30000u
-#define DEFAULT_BUFFERED    (256u * 1024)
-#define MAX_HEADER_VALUE    512
-#define DEFER_BYTES         (64u * 1024)
-#define SWEEP_NS            (250u * 1000000u)
+#define DEFAULT_BUFFERED (256u * 1024)
+#define MAX_HEADER_VALUE 512
+#define DEFER_BYTES      (64u * 1024)
+#define SWEEP_NS         (250u * 1000000u)
 
 static const char *const forwarded_request_headers[] = {
     "Content-Type",  "Accept",     "Mcp-Session-Id", "MCP-Protocol-Version",
@@ -433,8 +431,10 @@ sg_proxy *sg_proxy_new(const sg_proxy_config *cfg, unsigned lanes, char *err, si
         l->transport = p->transport;
         l->url = p->url;
         l->ca_file = p->ca_file;
-        l->connect_ms = cfg->connect_timeout_ms ? cfg->connect_timeout_ms : DEFAULT_CONNECT_MS;
-        l->response_ms = cfg->response_timeout_ms ? cfg->response_timeout_ms : DEFAULT_RESPONSE_MS;
+        l->connect_ms =
+            cfg->connect_timeout_ms ? cfg->connect_timeout_ms : SG_PROXY_DEFAULT_CONNECT_MS;
+        l->response_ms =
+            cfg->response_timeout_ms ? cfg->response_timeout_ms : SG_PROXY_DEFAULT_RESPONSE_MS;
         l->max_buffered = cfg->max_buffered ? cfg->max_buffered : DEFAULT_BUFFERED;
         l->epfd = -1;
         p->nlanes++;

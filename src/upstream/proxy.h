@@ -30,10 +30,15 @@
 #include "base/evtag.h"
 #include "base/sg.h"
 
+/* The timeouts a lane applies when its config leaves them 0 (the defaults
+ * of serve's --connect-timeout-ms and --upstream-timeout-ms). */
+#define SG_PROXY_DEFAULT_CONNECT_MS  5000u
+#define SG_PROXY_DEFAULT_RESPONSE_MS 30000u
+
 typedef struct sg_proxy_config {
     const char *upstream_url;     /* http(s) URL of the upstream MCP endpoint */
-    uint32_t connect_timeout_ms;  /* TCP+TLS connect [5000] */
-    uint32_t response_timeout_ms; /* from start until the response headers [30000] */
+    uint32_t connect_timeout_ms;  /* TCP+TLS connect [SG_PROXY_DEFAULT_CONNECT_MS] */
+    uint32_t response_timeout_ms; /* until the response headers [SG_PROXY_DEFAULT_RESPONSE_MS] */
     size_t max_buffered;          /* response bytes held per transfer before pausing [256 KiB] */
     const char *ca_file;          /* https upstreams: CA bundle to verify them with [system's] */
 } sg_proxy_config;

@@ -166,14 +166,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sg_transfer *t = sg_proxy_start(lane, &req, &ops, -1);
     CHECK(t);
     sg_transfer_head head;
-    int r;
-    while ((r = sg_transfer_head_get(t, &head)) == 0)
+    sg_transfer_head_state r;
+    while ((r = sg_transfer_head_get(t, &head)) == SG_HEAD_PENDING)
         pump(50);
     if (getenv("SG_FUZZ_VERBOSE"))
-        fprintf(stderr, "fuzz_proxy: head %d status %d complete %d error %s\n", r,
-                r == 1 ? head.status : 0, r == 1 ? head.complete : 0,
+        fprintf(stderr, "fuzz_proxy: head %d status %d complete %d error %s\n", (int)r,
+                r == SG_HEAD_READY ? head.status : 0, r == SG_HEAD_READY ? head.complete : 0,
                 sg_proxy_error_text(sg_transfer_error(t)));
-    if (r == 1) {
+    if (r == SG_HEAD_READY) {
         CHECK(head.status >= 100 && head.status <= 599);
         if (take && head.complete) {
             size_t len = 0;

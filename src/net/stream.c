@@ -290,8 +290,8 @@ enum MHD_Result http_advance_head(exchange *ex)
 {
     for (;;) {
         sg_transfer_head head;
-        int r = sg_transfer_head_get(ex->xfer, &head);
-        if (r > 0) {
+        sg_transfer_head_state r = sg_transfer_head_get(ex->xfer, &head);
+        if (r == SG_HEAD_READY) {
             if (sg_metrics_enabled()) {
                 sg_metric_observe(SG_H_UPSTREAM_SECONDS,
                                   sg_now_mono_ns() - ex->upstream_started_ns);
@@ -299,7 +299,7 @@ enum MHD_Result http_advance_head(exchange *ex)
             }
             return queue_stream(ex, &head);
         }
-        if (r < 0) return queue_upstream_error(ex, sg_transfer_error(ex->xfer));
+        if (r == SG_HEAD_FAILED) return queue_upstream_error(ex, sg_transfer_error(ex->xfer));
         if (sg_transfer_park(ex->xfer, SG_WANT_HEAD)) return MHD_YES;
     }
 }

@@ -479,17 +479,17 @@ sg_transfer *sg_proxy_start(sg_proxy_lane *p, const sg_proxy_request *req,
 
 /* ---- the consumer's side --------------------------------------------------------- */
 
-int sg_transfer_head_get(sg_transfer *t, sg_transfer_head *out)
+sg_transfer_head_state sg_transfer_head_get(sg_transfer *t, sg_transfer_head *out)
 {
     if (t->done && t->error != SG_PROXY_OK)
-        return -1; /* nothing was sent to the client yet: answer 502/504 instead */
-    if (!t->head_done || (t->defer && !t->done)) return 0;
+        return SG_HEAD_FAILED; /* nothing was sent to the client yet: answer 502/504 instead */
+    if (!t->head_done || (t->defer && !t->done)) return SG_HEAD_PENDING;
     out->status = t->status;
     out->content_type = t->content_type;
     out->session_id = t->session_id;
     out->complete = t->done;
     t->defer = 0; /* the consumer streams from here on */
-    return 1;
+    return SG_HEAD_READY;
 }
 
 long sg_transfer_read(sg_transfer *t, char *buf, size_t max)

@@ -146,12 +146,18 @@ typedef struct sg_transfer_head {
     int complete;           /* the whole body is already buffered (see sg_transfer_take_body) */
 } sg_transfer_head;
 
-/* Returns 1 with *out filled once the response headers are in, 0 while they
- * are not, -1 when the transfer failed before them (see sg_transfer_error).
- * For a body that is not an event stream, the headers are held back until
- * the body is complete or 64 KiB of it are buffered, so a small answer
- * arrives in one piece (out->complete). */
-int sg_transfer_head_get(sg_transfer *t, sg_transfer_head *out);
+/* Where the upstream's response headers are. */
+typedef enum sg_transfer_head_state {
+    SG_HEAD_PENDING, /* not in yet: park the request (sg_transfer_park) */
+    SG_HEAD_READY,   /* in: *out is filled */
+    SG_HEAD_FAILED   /* the transfer failed before them (see sg_transfer_error) */
+} sg_transfer_head_state;
+
+/* Fills *out once the response headers are in (SG_HEAD_READY). For a body
+ * that is not an event stream, the headers are held back until the body is
+ * complete or 64 KiB of it are buffered, so a small answer arrives in one
+ * piece (out->complete). */
+sg_transfer_head_state sg_transfer_head_get(sg_transfer *t, sg_transfer_head *out);
 
 enum { SG_TRANSFER_EOF = -1, SG_TRANSFER_FAILED = -2 };
 /* Copies up to max body bytes into buf. Returns the count (> 0), 0 when

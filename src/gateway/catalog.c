@@ -422,6 +422,96 @@ static const cJSON *request(session *s, int id, const char *method, const char *
     return result;
 }
 
+/* Opens the session: initialize (keeping the version the upstream chose)
+ * and notifications/initialized. Returns 0, or -1 with err set. */
+static int open_session(session *s, char *err, size_t errlen)
+{
+    cJSON *answer = NULL;
+    const cJSON *r =
+        request(s, 1, "initialize",
+                "{\"protocolVersion\":\"" PROTOCOL_VERSION "\",\"capabilities\":{},"
+                "\"clientInfo\":{\"name\":\"scopegate\",\"version\":\"" SG_VERSION "\"}}",
+                &answer, err, errlen);
+    if (r) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(r, "protocolVersion");
+        snprintf(s->version, sizeof s->version, "%s",
+                 cJSON_IsString(v) ? v->valuestring : PROTOCOL_VERSION);
+    }
+    cJSON_Delete(answer);
+    if (!r) return -1;
+    exchange x = {.body = SG_BUF_INIT};
+    post(s, "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}", &x, err, errlen);
+    sg_buf_free(&x.body);
+    return 0;
+}
+
+/* The params of tools/list: {} or {"cursor": ...}. */
+static void list_params(sg_buf *params, const char *cursor)
+{
+    if (!cursor) {
+        sg_buf_puts(params, "{}");
+        return;
+    }
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "cursor", cursor);
+    char *text = cJSON_PrintUnformatted(p);
+    sg_buf_puts(params, text ? text : "{}");
+    free(text);
+    cJSON_Delete(p);
+}
+
+/* Every page of tools/list into all (at most SG_CATALOG_MAX_TOOLS tools,
+ * SG_CATALOG_MAX_PAGES pages). Returns 0, or -1 with err set. */
+static int list_tools(session *s, cJSON *all, char *err, size_t errlen)
+{
+    char *cursor = NULL;
+    for (int page = 0; page < SG_CATALOG_MAX_PAGES; page++) {
+        sg_buf params = SG_BUF_INIT;
+        list_params(&params, cursor);
+        free(cursor);
+        cursor = NULL;
+        cJSON *answer = NULL;
+        const cJSON *r = request(s, 2 + page, "tools/list", params.data ? params.data : "{}",
+                                 &answer, err, errlen);
+        sg_buf_free(&params);
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(r, "tools");
+        if (r && !cJSON_IsArray(list)) sg_errf(err, errlen, "tools/list: no tools array");
+        if (!r || !cJSON_IsArray(list)) {
+            cJSON_Delete(answer);
+            return -1;
+        }
+        const cJSON *t;
+        cJSON_ArrayForEach(t, list)
+        {
+            if (cJSON_GetArraySize(all) >= SG_CATALOG_MAX_TOOLS) break;
+            cJSON_AddItemToArray(all, cJSON_Duplicate(t, 1));
+        }
+        const cJSON *next = cJSON_GetObjectItemCaseSensitive(r, "nextCursor");
+        if (cJSON_IsString(next) && next->valuestring[0]) cursor = strdup(next->valuestring);
+        cJSON_Delete(answer);
+        if (!cursor) return 0;
+    }
+    free(cursor);
+    sg_errf(err, errlen, "tools/list: more than %d pages", SG_CATALOG_MAX_PAGES);
+    return -1;
+}
+
+/* Ends the session the fetch opened; its failure does not matter. */
+static void close_session(session *s)
+{
+    if (!s->id[0]) return;
+    char line[400];
+    struct curl_slist *h = NULL;
+    snprintf(line, sizeof line, "Mcp-Session-Id: %s", s->id);
+    h = curl_slist_append(h, line);
+    exchange_defaults(s->curl, s->cfg);
+    curl_easy_setopt(s->curl, CURLOPT_CUSTOMREQUEST, "DELETE");
+    curl_easy_setopt(s->curl, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(s->curl, CURLOPT_NOBODY, 1L);
+    curl_easy_perform(s->curl);
+    curl_slist_free_all(h);
+}
+
 int sg_catalog_fetch(const sg_catalog_config *cfg, cJSON **tools, char *err, size_t errlen)
 {
     *tools = NULL;
@@ -433,77 +523,8 @@ int sg_catalog_fetch(const sg_catalog_config *cfg, cJSON **tools, char *err, siz
         sg_errf(err, errlen, "out of memory");
         return -1;
     }
-    int rc = -1;
-    cJSON *answer = NULL;
-    const cJSON *r =
-        request(&s, 1, "initialize",
-                "{\"protocolVersion\":\"" PROTOCOL_VERSION "\",\"capabilities\":{},"
-                "\"clientInfo\":{\"name\":\"scopegate\",\"version\":\"" SG_VERSION "\"}}",
-                &answer, err, errlen);
-    if (r) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(r, "protocolVersion");
-        snprintf(s.version, sizeof s.version, "%s",
-                 cJSON_IsString(v) ? v->valuestring : PROTOCOL_VERSION);
-    }
-    cJSON_Delete(answer);
-    if (!r) goto out;
-    exchange x = {.body = SG_BUF_INIT};
-    post(&s, "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}", &x, err, errlen);
-    sg_buf_free(&x.body);
-
-    char *cursor = NULL;
-    for (int page = 0; page < SG_CATALOG_MAX_PAGES; page++) {
-        sg_buf params = SG_BUF_INIT;
-        if (cursor) {
-            cJSON *p = cJSON_CreateObject();
-            cJSON_AddStringToObject(p, "cursor", cursor);
-            char *text = cJSON_PrintUnformatted(p);
-            sg_buf_puts(&params, text ? text : "{}");
-            free(text);
-            cJSON_Delete(p);
-        } else {
-            sg_buf_puts(&params, "{}");
-        }
-        free(cursor);
-        cursor = NULL;
-        r = request(&s, 2 + page, "tools/list", params.data ? params.data : "{}", &answer, err,
-                    errlen);
-        sg_buf_free(&params);
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(r, "tools");
-        if (r && !cJSON_IsArray(list)) sg_errf(err, errlen, "tools/list: no tools array");
-        if (!r || !cJSON_IsArray(list)) {
-            cJSON_Delete(answer);
-            goto out;
-        }
-        const cJSON *t;
-        cJSON_ArrayForEach(t, list)
-        {
-            if (cJSON_GetArraySize(all) >= SG_CATALOG_MAX_TOOLS) break;
-            cJSON_AddItemToArray(all, cJSON_Duplicate(t, 1));
-        }
-        const cJSON *next = cJSON_GetObjectItemCaseSensitive(r, "nextCursor");
-        if (cJSON_IsString(next) && next->valuestring[0]) cursor = strdup(next->valuestring);
-        cJSON_Delete(answer);
-        if (!cursor) {
-            rc = 0;
-            break;
-        }
-    }
-    free(cursor);
-    if (rc != 0) sg_errf(err, errlen, "tools/list: more than %d pages", SG_CATALOG_MAX_PAGES);
-out:
-    if (s.id[0]) { /* end the session we opened; failure does not matter */
-        char line[400];
-        struct curl_slist *h = NULL;
-        snprintf(line, sizeof line, "Mcp-Session-Id: %s", s.id);
-        h = curl_slist_append(h, line);
-        exchange_defaults(s.curl, cfg);
-        curl_easy_setopt(s.curl, CURLOPT_CUSTOMREQUEST, "DELETE");
-        curl_easy_setopt(s.curl, CURLOPT_HTTPHEADER, h);
-        curl_easy_setopt(s.curl, CURLOPT_NOBODY, 1L);
-        curl_easy_perform(s.curl);
-        curl_slist_free_all(h);
-    }
+    int rc = open_session(&s, err, errlen) == 0 ? list_tools(&s, all, err, errlen) : -1;
+    close_session(&s);
     curl_easy_cleanup(s.curl);
     if (rc == 0)
         *tools = all;

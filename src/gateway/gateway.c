@@ -96,6 +96,39 @@ static void make_boot_id(sg_gateway *gw)
     sg_hex(rnd, sizeof rnd, gw->boot_id);
 }
 
+/* The configuration's strings the gateway keeps. Returns 0, or -1 when out
+ * of memory. */
+static int copy_strings(sg_gateway *gw, const sg_gateway_config *cfg)
+{
+    gw->policy_path = strdup(cfg->policy_path);
+    gw->public_url = cfg->public_url ? strdup(cfg->public_url) : NULL;
+    gw->default_authorization_server =
+        cfg->default_authorization_server ? strdup(cfg->default_authorization_server) : NULL;
+    gw->upstream_url = cfg->upstream_url ? strdup(cfg->upstream_url) : NULL;
+    gw->upstream_ca = cfg->upstream_ca ? strdup(cfg->upstream_ca) : NULL;
+    return !gw->policy_path || (cfg->public_url && !gw->public_url) ||
+                   (cfg->default_authorization_server && !gw->default_authorization_server) ||
+                   (cfg->upstream_url && !gw->upstream_url) ||
+                   (cfg->upstream_ca && !gw->upstream_ca)
+               ? -1
+               : 0;
+}
+
+/* Each worker's arena, decision and token cache. Returns 0, or -1 when out
+ * of memory (what was made is freed with the gateway). */
+static int init_workers(sg_gateway *gw, const sg_gateway_config *cfg)
+{
+    for (unsigned i = 0; i < cfg->workers; i++) {
+        worker *w = &gw->workers[i];
+        w->gw = gw;
+        w->index = i;
+        sg_arena_init(&w->arena, ARENA_BLOCK);
+        sg_decision_init(&w->decision);
+        if (!(w->tcache = sg_tcache_new(cfg->verifier, cfg->token_cache_entries))) return -1;
+    }
+    return 0;
+}
+
 sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errlen)
 {
     sg_policy *first = cfg->preloaded_policy; /* ours from here on */
@@ -124,28 +157,9 @@ sg_gateway *sg_gateway_new(const sg_gateway_config *cfg, char *err, size_t errle
         gw->identity[i] = cfg->identity[i]; /* borrowed: the config outlives the gateway */
     sg_mcp_limits defaults = SG_MCP_LIMITS_DEFAULT;
     gw->mcp_limits = cfg->mcp_limits.max_body ? cfg->mcp_limits : defaults;
-    gw->policy_path = strdup(cfg->policy_path);
-    gw->public_url = cfg->public_url ? strdup(cfg->public_url) : NULL;
-    gw->default_authorization_server =
-        cfg->default_authorization_server ? strdup(cfg->default_authorization_server) : NULL;
-    gw->upstream_url = cfg->upstream_url ? strdup(cfg->upstream_url) : NULL;
-    gw->upstream_ca = cfg->upstream_ca ? strdup(cfg->upstream_ca) : NULL;
-    if (!gw->policy_path || (cfg->public_url && !gw->public_url) ||
-        (cfg->default_authorization_server && !gw->default_authorization_server) ||
-        (cfg->upstream_url && !gw->upstream_url) || (cfg->upstream_ca && !gw->upstream_ca)) {
+    if (copy_strings(gw, cfg) != 0 || init_workers(gw, cfg) != 0) {
         sg_errf(err, errlen, "out of memory");
         goto fail;
-    }
-    for (unsigned i = 0; i < cfg->workers; i++) {
-        worker *w = &gw->workers[i];
-        w->gw = gw;
-        w->index = i;
-        sg_arena_init(&w->arena, ARENA_BLOCK);
-        sg_decision_init(&w->decision);
-        if (!(w->tcache = sg_tcache_new(cfg->verifier, cfg->token_cache_entries))) {
-            sg_errf(err, errlen, "out of memory");
-            goto fail;
-        }
     }
     gw->audit = cfg->audit;
     if (cfg->shadow_policy_path && !cfg->audit) {

@@ -370,9 +370,50 @@ static const char *const outcome_words[] = {
 };
 _Static_assert(sizeof outcome_words / sizeof *outcome_words == SG_OUTCOME_COUNT, "every outcome");
 
+/* The table evaluate returns: outcome, status, challenge, scope, message
+ * and each message's decision; or, for a body that did not parse, 400 and
+ * why. */
+static void push_evaluation(lua_State *L, sg_policy *p, int parsed, const sg_mcp_body *body,
+                            const sg_decision *d, sg_buf *scope, const sg_policy_decision *each)
+{
+    lua_createtable(L, 0, 6);
+    if (!parsed) {
+        lua_pushstring(L, "400");
+        lua_setfield(L, -2, "outcome");
+        lua_pushinteger(L, 400);
+        lua_setfield(L, -2, "status");
+        lua_pushstring(L, body->error_message[0] ? body->error_message : "out of memory");
+        lua_setfield(L, -2, "message");
+    } else {
+        lua_pushstring(L, outcome_words[d->outcome]);
+        lua_setfield(L, -2, "outcome");
+        lua_pushinteger(L, d->status);
+        lua_setfield(L, -2, "status");
+        if (d->challenge.len) {
+            lua_pushstring(L, d->challenge.data);
+            lua_setfield(L, -2, "challenge");
+        }
+        lua_newtable(L);
+        int n = 0;
+        for (char *tok = scope->data ? strtok(scope->data, " ") : NULL; tok;
+             tok = strtok(NULL, " ")) {
+            lua_pushstring(L, tok);
+            lua_rawseti(L, -2, ++n);
+        }
+        lua_setfield(L, -2, "scope");
+        lua_pushstring(L, d->message.data ? d->message.data : "");
+        lua_setfield(L, -2, "message");
+        lua_createtable(L, (int)body->nmsgs, 0);
+        for (size_t i = 0; each && i < body->nmsgs; i++) {
+            push_decision(L, p, &each[i]);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        lua_setfield(L, -2, "decisions");
+    }
+}
+
 static int l_policy_evaluate(lua_State *L)
 {
-    const char *const *outcomes = outcome_words;
     sg_policy *p = check_policy(L);
     luaL_checktype(L, 2, LUA_TTABLE);
     const char *version = opt_string_field(L, 2, "protocol_version");
@@ -406,40 +447,7 @@ static int l_policy_evaluate(lua_State *L)
         sg_bridge_decide(p, &body, &caller, &site, &arena, each, &d);
         if (d.challenge.len) sg_universe_format(site.universe, &d.scope, &scope);
     }
-    lua_createtable(L, 0, 6);
-    if (prc != 0) {
-        lua_pushstring(L, "400");
-        lua_setfield(L, -2, "outcome");
-        lua_pushinteger(L, 400);
-        lua_setfield(L, -2, "status");
-        lua_pushstring(L, body.error_message[0] ? body.error_message : "out of memory");
-        lua_setfield(L, -2, "message");
-    } else {
-        lua_pushstring(L, outcomes[d.outcome]);
-        lua_setfield(L, -2, "outcome");
-        lua_pushinteger(L, d.status);
-        lua_setfield(L, -2, "status");
-        if (d.challenge.len) {
-            lua_pushstring(L, d.challenge.data);
-            lua_setfield(L, -2, "challenge");
-        }
-        lua_newtable(L);
-        int n = 0;
-        for (char *tok = scope.data ? strtok(scope.data, " ") : NULL; tok;
-             tok = strtok(NULL, " ")) {
-            lua_pushstring(L, tok);
-            lua_rawseti(L, -2, ++n);
-        }
-        lua_setfield(L, -2, "scope");
-        lua_pushstring(L, d.message.data ? d.message.data : "");
-        lua_setfield(L, -2, "message");
-        lua_createtable(L, (int)body.nmsgs, 0);
-        for (size_t i = 0; each && i < body.nmsgs; i++) {
-            push_decision(L, p, &each[i]);
-            lua_rawseti(L, -2, (lua_Integer)i + 1);
-        }
-        lua_setfield(L, -2, "decisions");
-    }
+    push_evaluation(L, p, prc == 0, &body, &d, &scope, each);
     free(each);
     sg_buf_free(&rm);
     sg_buf_free(&scope);

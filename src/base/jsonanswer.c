@@ -13,7 +13,10 @@
 #include "base/json.h"
 #include "base/json_impl.h"
 
-static size_t skip_space(const char *p, size_t len, size_t i)
+/* The small steps below run once per token of every answer: inlined. */
+#define HOT static inline __attribute__((always_inline))
+
+HOT size_t skip_space(const char *p, size_t len, size_t i)
 {
     while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
         i++;
@@ -23,10 +26,17 @@ static size_t skip_space(const char *p, size_t len, size_t i)
 /* Past the string whose opening quote is p[i], or 0 when it is not
  * terminated or holds a raw control character; *escaped is set when it
  * holds a backslash. */
-static size_t end_of_string(const char *p, size_t len, size_t i, int *escaped)
+HOT size_t end_of_string(const char *p, size_t len, size_t i, int *escaped)
 {
     const unsigned char *u = (const unsigned char *)p;
-    for (i++; (i = sg_json_plain_run(u, i, len)) < len; i++) {
+    for (i++; i < len; i++) {
+        /* Most strings here are short: their bytes one by one, in line; a
+         * long one goes on eight at a time. */
+        size_t stop = len - i > 16 ? i + 16 : len;
+        while (i < stop && sg_json_plain[u[i]])
+            i++;
+        if (i == stop) i = sg_json_plain_run(u, i, len);
+        if (i >= len) break;
         if (u[i] == '"') return i + 1;
         if (u[i] == '\\') {
             *escaped = 1;
@@ -40,7 +50,7 @@ static size_t end_of_string(const char *p, size_t len, size_t i, int *escaped)
 
 /* Past a number or literal starting at p[i] (its characters, not its
  * syntax), or 0 when none starts there. */
-static size_t end_of_scalar(const char *p, size_t len, size_t i)
+HOT size_t end_of_scalar(const char *p, size_t len, size_t i)
 {
     size_t start = i;
     while (i < len && ((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'z') ||
@@ -55,7 +65,7 @@ static size_t end_of_scalar(const char *p, size_t len, size_t i)
 /* The members the reader looks at, as bits of a message's "seen" set. */
 enum { MEMBER_OTHER = 0, MEMBER_ID = 1, MEMBER_ERROR = 2, MEMBER_RESULT = 4, MEMBER_ISERROR = 8 };
 
-static int member_kind(const char *k, size_t n, int in_result)
+HOT int member_kind(const char *k, size_t n, int in_result)
 {
     if (in_result) return n == 7 && memcmp(k, "isError", 7) == 0 ? MEMBER_ISERROR : MEMBER_OTHER;
     if (n == 2 && memcmp(k, "id", 2) == 0) return MEMBER_ID;
@@ -64,129 +74,173 @@ static int member_kind(const char *k, size_t n, int in_result)
     return MEMBER_OTHER;
 }
 
-/* The reader's state between tokens: what may come next. */
-enum {
-    WANT_VALUE,
-    WANT_VALUE_OR_CLOSE,
-    WANT_KEY,
-    WANT_KEY_OR_CLOSE,
-    WANT_COLON,
-    WANT_COMMA_OR_CLOSE,
-    WANT_END
-};
+/* A reader over one answer: where it is, and where the messages go. */
+typedef struct reader {
+    const char *p;
+    size_t len, i;
+} reader;
 
-/* Long because it is one state machine: the states share the depth, the
- * message being read and the member last seen, and split apart they would
- * pass all of them around. */
+/* The byte at the reader after any whitespace, or 0 at the end (a NUL in
+ * the text reads as 0 too: no token starts with one, so it is an error
+ * wherever it is met). */
+HOT char next(reader *r)
+{
+    r->i = skip_space(r->p, r->len, r->i);
+    return r->i < r->len ? r->p[r->i] : 0;
+}
+
+/* Past a member name at r->i (a string, then a colon); *escaped tells
+ * whether it holds a backslash. Returns 0, or -1 on a grammar error. */
+HOT int member_name(reader *r, size_t *at, size_t *n, int *escaped)
+{
+    if (next(r) != '"') return -1;
+    size_t end = end_of_string(r->p, r->len, r->i, escaped);
+    if (!end) return -1;
+    *at = r->i + 1;
+    *n = end - r->i - 2;
+    r->i = end;
+    if (next(r) != ':') return -1;
+    r->i++;
+    return 0;
+}
+
+/* Past one value of any kind, depth levels deep already. Returns 0, or -1
+ * on a grammar error or past SG_JSON_MAX_DEPTH_CAP levels. */
+static int skip_value(reader *r, unsigned depth)
+{
+    char c = next(r);
+    if (c == '"') {
+        int escaped = 0;
+        size_t end = end_of_string(r->p, r->len, r->i, &escaped);
+        if (!end) return -1;
+        r->i = end;
+        return 0;
+    }
+    if (c != '{' && c != '[') {
+        size_t end = end_of_scalar(r->p, r->len, r->i);
+        if (!end) return -1;
+        r->i = end;
+        return 0;
+    }
+    if (depth >= SG_JSON_MAX_DEPTH_CAP) return -1;
+    char close = c == '{' ? '}' : ']';
+    r->i++;
+    if (next(r) == close) {
+        r->i++;
+        return 0;
+    }
+    for (;;) {
+        if (c == '{') {
+            size_t at, n;
+            int escaped = 0;
+            if (member_name(r, &at, &n, &escaped) != 0) return -1;
+        }
+        if (skip_value(r, depth + 1) != 0) return -1;
+        char d = next(r);
+        r->i++;
+        if (d == close) return 0;
+        if (d != ',') return -1;
+    }
+}
+
+/* The members of a message's "result" object (r->i at its brace): only
+ * isError is read. Sets *tool_error when it is the literal true. Returns 0
+ * or -1 (a grammar error, isError twice or perhaps written with escapes). */
+static int read_result(reader *r, int *tool_error)
+{
+    int seen = 0;
+    r->i++;
+    if (next(r) == '}') {
+        r->i++;
+        return 0;
+    }
+    for (;;) {
+        size_t at, n;
+        int escaped = 0;
+        if (member_name(r, &at, &n, &escaped) != 0 || escaped) return -1;
+        if (member_kind(r->p + at, n, 1) == MEMBER_ISERROR) {
+            if (seen++) return -1;
+            next(r);
+            size_t end = end_of_scalar(r->p, r->len, r->i);
+            if (end - r->i == 4 && memcmp(r->p + r->i, "true", 4) == 0) *tool_error = 1;
+        }
+        if (skip_value(r, 3) != 0) return -1;
+        char d = next(r);
+        r->i++;
+        if (d == '}') return 0;
+        if (d != ',') return -1;
+    }
+}
+
+/* One message object (r->i at its brace) into *out: its id's span and its
+ * outcome. Returns 0 or -1 (a grammar error; id, error or result twice, or
+ * a member name with escapes, which could spell one of them). */
+static int read_message(reader *r, sg_json_answer *out, unsigned depth)
+{
+    unsigned seen = 0;
+    int tool_error = 0;
+    *out = (sg_json_answer){.outcome = SG_JSON_OUTCOME_OK};
+    r->i++;
+    if (next(r) == '}') {
+        r->i++;
+        return 0;
+    }
+    for (;;) {
+        size_t at, n;
+        int escaped = 0;
+        if (member_name(r, &at, &n, &escaped) != 0 || escaped) return -1;
+        int kind = member_kind(r->p + at, n, 0);
+        if (seen & (unsigned)kind) return -1;
+        seen |= (unsigned)kind;
+        char c = next(r);
+        size_t from = r->i;
+        if (kind == MEMBER_RESULT && c == '{') {
+            if (read_result(r, &tool_error) != 0) return -1;
+        } else if (skip_value(r, depth + 1) != 0) {
+            return -1;
+        }
+        if (kind == MEMBER_ID) out->id = (sg_json_span){.off = from, .len = r->i - from};
+        char d = next(r);
+        r->i++;
+        if (d == '}') break;
+        if (d != ',') return -1;
+    }
+    out->outcome = (seen & MEMBER_ERROR) ? SG_JSON_OUTCOME_ERROR
+                   : tool_error          ? SG_JSON_OUTCOME_TOOL_ERROR
+                                         : SG_JSON_OUTCOME_OK;
+    return 0;
+}
+
 long sg_json_read_answer(const char *p, size_t len, sg_json_answer *out, size_t max)
 {
-    char open[SG_JSON_MAX_DEPTH_CAP]; /* the bracket of each level */
-    size_t depth = 0, md = 0;         /* md: the depth of message objects (1, or 2 in a batch) */
-    long n = 0, cur = -1;             /* elements; the message being read, -1 none */
-    int state = WANT_VALUE, pending = MEMBER_OTHER, in_result = 0;
-    unsigned seen = 0, tool_error = 0;
-    size_t id_from = 0, id_depth = 0; /* the id value being read; id_depth 0: none */
-    size_t i = 0;
-    for (;;) {
-        i = skip_space(p, len, i);
-        if (i >= len) break;
-        char c = p[i];
-        if (state == WANT_END) return -1;
-        if (state == WANT_COLON) {
-            if (c != ':') return -1;
-            i++;
-            state = WANT_VALUE;
-            continue;
-        }
-        if (state == WANT_KEY || state == WANT_KEY_OR_CLOSE) {
-            if (c == '}' && state == WANT_KEY_OR_CLOSE) goto close;
-            if (c != '"') return -1;
-            int escaped = 0;
-            size_t end = end_of_string(p, len, i, &escaped);
-            if (!end) return -1;
-            pending = MEMBER_OTHER;
-            if (cur >= 0 && (depth == md || (in_result && depth == md + 1))) {
-                if (escaped) return -1; /* could spell a member read here */
-                pending = member_kind(p + i + 1, end - i - 2, depth == md + 1);
-                if (seen & (unsigned)pending) return -1;
-                seen |= (unsigned)pending;
-            }
-            i = end;
-            state = WANT_COLON;
-            continue;
-        }
-        if (state == WANT_COMMA_OR_CLOSE) {
-            if (c == ',') {
-                i++;
-                state = open[depth - 1] == '{' ? WANT_KEY : WANT_VALUE;
-                continue;
-            }
-            goto close;
-        }
-        if (c == ']' && state == WANT_VALUE_OR_CLOSE) goto close;
-        /* ---- a value starts at p[i] ---- */
-        if (depth == 1 && md == 2) { /* an element of a batch */
-            if ((size_t)n >= max) return -1;
-            out[n] = (sg_json_answer){.outcome = SG_JSON_OUTCOME_OK};
-            cur = c == '{' ? n : -1;
-            seen = tool_error = 0;
-            n++;
-        }
-        if (pending == MEMBER_ID) {
-            id_from = i;
-            id_depth = depth;
-        }
-        if (c == '{' || c == '[') {
-            if (depth == SG_JSON_MAX_DEPTH_CAP) return -1;
-            if (depth == 0) {
-                md = c == '[' ? 2 : 1;
-                if (c == '{') {
-                    if (max < 1) return -1;
-                    out[0] = (sg_json_answer){.outcome = SG_JSON_OUTCOME_OK};
-                    cur = 0;
-                    n = 1;
-                }
-            }
-            if (pending == MEMBER_RESULT && c == '{') in_result = 1;
-            pending = MEMBER_OTHER;
-            open[depth++] = c;
-            i++;
-            state = c == '{' ? WANT_KEY_OR_CLOSE : WANT_VALUE_OR_CLOSE;
-            continue;
-        }
-        if (depth == 0) return -1; /* a scalar at the top: not an answer */
-        size_t end;
-        if (c == '"') {
-            int escaped = 0;
-            end = end_of_string(p, len, i, &escaped);
+    reader r = {.p = p, .len = len, .i = 0};
+    long n = 0;
+    char c = next(&r);
+    if (c == '{') {
+        if (max < 1 || read_message(&r, &out[0], 1) != 0) return -1;
+        n = 1;
+    } else if (c == '[') {
+        r.i++;
+        if (next(&r) == ']') {
+            r.i++;
         } else {
-            end = end_of_scalar(p, len, i);
+            for (;;) {
+                if ((size_t)n >= max) return -1;
+                if (next(&r) == '{') {
+                    if (read_message(&r, &out[n], 2) != 0) return -1;
+                } else {
+                    out[n] = (sg_json_answer){.outcome = SG_JSON_OUTCOME_OK};
+                    if (skip_value(&r, 2) != 0) return -1;
+                }
+                n++;
+                char d = next(&r);
+                r.i++;
+                if (d == ']') break;
+                if (d != ',') return -1;
+            }
         }
-        if (!end) return -1;
-        if (pending == MEMBER_ISERROR && end - i == 4 && memcmp(p + i, "true", 4) == 0)
-            tool_error = 1;
-        pending = MEMBER_OTHER;
-        i = end;
-        goto value_done;
-
-    close:
-        if (c != (open[depth - 1] == '{' ? '}' : ']')) return -1;
-        i++;
-        depth--;
-        if (in_result && depth == md) in_result = 0;
-        if (cur >= 0 && depth == md - 1) { /* the message object ends */
-            out[cur].outcome = (seen & MEMBER_ERROR) ? SG_JSON_OUTCOME_ERROR
-                               : tool_error          ? SG_JSON_OUTCOME_TOOL_ERROR
-                                                     : SG_JSON_OUTCOME_OK;
-            cur = -1;
-        }
-
-    value_done:
-        if (id_depth && depth == id_depth && cur >= 0) {
-            out[cur].id = (sg_json_span){.off = id_from, .len = i - id_from};
-            id_depth = 0;
-        }
-        state = depth == 0 ? WANT_END : WANT_COMMA_OR_CLOSE;
+    } else {
+        return -1; /* a scalar at the top, or nothing: not an answer */
     }
-    return state == WANT_END ? n : -1;
+    return skip_space(p, len, r.i) == len ? n : -1; /* nothing but whitespace after it */
 }

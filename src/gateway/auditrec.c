@@ -235,7 +235,11 @@ static void audit_common(sg_buf *b, worker *w, const char *type, const char *tim
     sg_buf_puts(b, time_json);
     J_KEY(b, "request_id"); /* request_id(): [A-Za-z0-9._:-] only */
     j_plain(b, rid);
-    J_FIELD(b, "client", req->client_addr);
+    J_KEY(b, "client"); /* a numeric address the HTTP layer formatted */
+    if (req->client_addr)
+        j_plain(b, req->client_addr);
+    else
+        sg_buf_puts(b, "null");
     J_FIELD(b, "http_method", req->method);
     audit_who(b, w, token, 0);
     J_KEY(b, "policy");
@@ -374,7 +378,7 @@ static void request_id(const sg_gateway *gw, worker *w, const sg_gateway_request
                        sg_gateway_reply *out, char rid[REQUEST_ID_MAX + 1])
 {
     const char *client_rid = gw_header_get(req, "X-Request-Id");
-    const char *authz = gw_header_get(req, "Authorization");
+    const char *authz = client_rid ? gw_header_get(req, "Authorization") : NULL;
     /* A client that puts (a piece of) its token there gets a generated id:
      * no byte of a credential is ever written to the audit log. */
     if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid))) {

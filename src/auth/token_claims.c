@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "authz/scope.h"
@@ -56,6 +57,25 @@ typedef struct claims_view {
     uint32_t required_seen; /* bit i: v->required_claims[i] is present */
 } claims_view;
 
+/* The slot of a claim whose name is written with escapes (rare: the walk
+ * above matches plain names by length first), or NULL. */
+static jvalue *escaped_claim(claims_view *c, const jvalue *key)
+{
+    static const struct {
+        const char *name;
+        size_t len, offset;
+    } names[] = {
+#define CLAIM(n) {#n, sizeof #n - 1, offsetof(claims_view, n)}
+        CLAIM(exp), CLAIM(nbf), CLAIM(iat), CLAIM(iss),   CLAIM(sub),
+        CLAIM(aud), CLAIM(azp), CLAIM(scp), CLAIM(scope), CLAIM(client_id),
+#undef CLAIM
+    };
+    for (size_t i = 0; i < SG_ARRAY_LEN(names); i++)
+        if (tok_key_is(key, names[i].name, names[i].len))
+            return (jvalue *)(void *)((char *)c + names[i].offset);
+    return NULL;
+}
+
 static void read_claims(const sg_verifier *v, const char *json, size_t n, claims_view *c)
 {
     memset(c, 0, sizeof *c);
@@ -87,18 +107,7 @@ static void read_claims(const sg_verifier *v, const char *json, size_t n, claims
             break;
         }
         /* An escaped key can name any of them, whatever its raw length. */
-        if (!slot && memchr(key.p, '\\', key.len))
-            slot = KEY_IS(&key, "exp")         ? &c->exp
-                   : KEY_IS(&key, "nbf")       ? &c->nbf
-                   : KEY_IS(&key, "iat")       ? &c->iat
-                   : KEY_IS(&key, "iss")       ? &c->iss
-                   : KEY_IS(&key, "sub")       ? &c->sub
-                   : KEY_IS(&key, "aud")       ? &c->aud
-                   : KEY_IS(&key, "azp")       ? &c->azp
-                   : KEY_IS(&key, "scp")       ? &c->scp
-                   : KEY_IS(&key, "scope")     ? &c->scope
-                   : KEY_IS(&key, "client_id") ? &c->client_id
-                                               : NULL;
+        if (!slot && memchr(key.p, '\\', key.len)) slot = escaped_claim(c, &key);
         if (slot) *slot = val;
         for (int i = 0; i < v->nrequired_claims; i++)
             if (tok_key_is(&key, v->required_claims[i], strlen(v->required_claims[i])))

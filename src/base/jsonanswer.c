@@ -104,6 +104,25 @@ HOT int member_name(reader *r, size_t *at, size_t *n, int *escaped)
     return 0;
 }
 
+/* Steps into an object or array (r->i at its bracket). Returns 1 when it is
+ * empty (and steps past it), else 0. */
+HOT int open_container(reader *r, char close)
+{
+    r->i++;
+    if (next(r) != close) return 0;
+    r->i++;
+    return 1;
+}
+
+/* After a member or element: 1 at the closing bracket (stepped past), 0 at
+ * a comma (stepped past: another follows), -1 on anything else. */
+HOT int after_value(reader *r, char close)
+{
+    char d = next(r);
+    r->i++;
+    return d == close ? 1 : d == ',' ? 0 : -1;
+}
+
 /* Past one value of any kind, depth levels deep already. Returns 0, or -1
  * on a grammar error or past SG_JSON_MAX_DEPTH_CAP levels. */
 static int skip_value(reader *r, unsigned depth)
@@ -124,23 +143,16 @@ static int skip_value(reader *r, unsigned depth)
     }
     if (depth >= SG_JSON_MAX_DEPTH_CAP) return -1;
     char close = c == '{' ? '}' : ']';
-    r->i++;
-    if (next(r) == close) {
-        r->i++;
-        return 0;
-    }
-    for (;;) {
+    int done = open_container(r, close);
+    while (!done) {
         if (c == '{') {
             size_t at, n;
             int escaped = 0;
             if (member_name(r, &at, &n, &escaped) != 0) return -1;
         }
-        if (skip_value(r, depth + 1) != 0) return -1;
-        char d = next(r);
-        r->i++;
-        if (d == close) return 0;
-        if (d != ',') return -1;
+        if (skip_value(r, depth + 1) != 0 || (done = after_value(r, close)) < 0) return -1;
     }
+    return 0;
 }
 
 /* The members of a message's "result" object (r->i at its brace): only
@@ -148,13 +160,8 @@ static int skip_value(reader *r, unsigned depth)
  * or -1 (a grammar error, isError twice or perhaps written with escapes). */
 static int read_result(reader *r, int *tool_error)
 {
-    int seen = 0;
-    r->i++;
-    if (next(r) == '}') {
-        r->i++;
-        return 0;
-    }
-    for (;;) {
+    int seen = 0, done = open_container(r, '}');
+    while (!done) {
         size_t at, n;
         int escaped = 0;
         if (member_name(r, &at, &n, &escaped) != 0 || escaped) return -1;
@@ -164,12 +171,9 @@ static int read_result(reader *r, int *tool_error)
             size_t end = end_of_scalar(r->p, r->len, r->i);
             if (end - r->i == 4 && memcmp(r->p + r->i, "true", 4) == 0) *tool_error = 1;
         }
-        if (skip_value(r, 3) != 0) return -1;
-        char d = next(r);
-        r->i++;
-        if (d == '}') return 0;
-        if (d != ',') return -1;
+        if (skip_value(r, 3) != 0 || (done = after_value(r, '}')) < 0) return -1;
     }
+    return 0;
 }
 
 /* One message object (r->i at its brace) into *out: its id's span and its
@@ -180,12 +184,8 @@ static int read_message(reader *r, sg_json_answer *out, unsigned depth)
     unsigned seen = 0;
     int tool_error = 0;
     *out = (sg_json_answer){.outcome = SG_JSON_OUTCOME_OK};
-    r->i++;
-    if (next(r) == '}') {
-        r->i++;
-        return 0;
-    }
-    for (;;) {
+    int done = open_container(r, '}');
+    while (!done) {
         size_t at, n;
         int escaped = 0;
         if (member_name(r, &at, &n, &escaped) != 0 || escaped) return -1;
@@ -200,10 +200,7 @@ static int read_message(reader *r, sg_json_answer *out, unsigned depth)
             return -1;
         }
         if (kind == MEMBER_ID) out->id = (sg_json_span){.off = from, .len = r->i - from};
-        char d = next(r);
-        r->i++;
-        if (d == '}') break;
-        if (d != ',') return -1;
+        if ((done = after_value(r, '}')) < 0) return -1;
     }
     out->outcome = (seen & MEMBER_ERROR) ? SG_JSON_OUTCOME_ERROR
                    : tool_error          ? SG_JSON_OUTCOME_TOOL_ERROR
@@ -220,24 +217,17 @@ long sg_json_read_answer(const char *p, size_t len, sg_json_answer *out, size_t 
         if (max < 1 || read_message(&r, &out[0], 1) != 0) return -1;
         n = 1;
     } else if (c == '[') {
-        r.i++;
-        if (next(&r) == ']') {
-            r.i++;
-        } else {
-            for (;;) {
-                if ((size_t)n >= max) return -1;
-                if (next(&r) == '{') {
-                    if (read_message(&r, &out[n], 2) != 0) return -1;
-                } else {
-                    out[n] = (sg_json_answer){.outcome = SG_JSON_OUTCOME_OK};
-                    if (skip_value(&r, 2) != 0) return -1;
-                }
-                n++;
-                char d = next(&r);
-                r.i++;
-                if (d == ']') break;
-                if (d != ',') return -1;
+        int done = open_container(&r, ']');
+        while (!done) {
+            if ((size_t)n >= max) return -1;
+            if (next(&r) == '{') {
+                if (read_message(&r, &out[n], 2) != 0) return -1;
+            } else {
+                out[n] = (sg_json_answer){.outcome = SG_JSON_OUTCOME_OK};
+                if (skip_value(&r, 2) != 0) return -1;
             }
+            n++;
+            if ((done = after_value(&r, ']')) < 0) return -1;
         }
     } else {
         return -1; /* a scalar at the top, or nothing: not an answer */

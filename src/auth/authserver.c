@@ -500,6 +500,7 @@ static void *introspection_main(void *arg)
     sg_introspector *in = ((void **)arg)[0];
     unsigned index = (unsigned)(uintptr_t)((void **)arg)[1];
     free(arg);
+    sg_thread_name("sg-introspect", index);
     pthread_mutex_lock(&in->mu);
     for (;;) {
         while (!in->stop && in->qlen == 0)

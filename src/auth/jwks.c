@@ -389,6 +389,7 @@ static const sg_keyset *acquire_current(sg_keys *k)
 static void *refresher_main(void *arg)
 {
     sg_keys *k = arg;
+    sg_thread_name("sg-jwks", -1);
     pthread_mutex_lock(&k->wait_mu);
     while (!k->refresher_stop) {
         if (k->kid_queued) {

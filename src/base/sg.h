@@ -105,6 +105,12 @@ void sg_arena_free(sg_arena *a);
 int64_t sg_now_unix(void);     /* wall clock, seconds since the epoch */
 uint64_t sg_now_mono_ns(void); /* monotonic clock, nanoseconds */
 
+/* ---- threads ---------------------------------------------------------------
+ * Names the calling thread for top -H, ps -L and perf ("sg-worker-0",
+ * "sg-audit"): name, then "-index" unless index < 0, cut to the 15 bytes
+ * the kernel keeps. Best effort: can't fail. */
+void sg_thread_name(const char *name, long index);
+
 /* ---- logging ---------------------------------------------------------------
  * One line per call on stderr, prefixed with an ISO-8601 time and the level.
  * Thread-safe (one write(2) per line). The level threshold is process-wide. */

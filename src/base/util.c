@@ -2,9 +2,11 @@
  *
  * See sg.h for the contracts. These are deliberately plain: a buffer is a
  * pointer, a length and a capacity; an arena is a list of blocks. */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include "base/sg.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -346,4 +348,15 @@ void sg_hex(const unsigned char *p, size_t n, char *out)
         out[2 * i + 1] = digits[p[i] & 15];
     }
     out[2 * n] = '\0';
+}
+
+void sg_thread_name(const char *name, long index)
+{
+    char text[40];
+    if (index < 0)
+        snprintf(text, sizeof text, "%s", name);
+    else
+        snprintf(text, sizeof text, "%s-%ld", name, index);
+    text[15] = '\0'; /* the kernel keeps 15 bytes and the NUL */
+    pthread_setname_np(pthread_self(), text);
 }

@@ -166,6 +166,7 @@ static void write_taken(sg_audit *a, size_t start, size_t n, size_t nlines)
 static void *writer_main(void *arg)
 {
     sg_audit *a = arg;
+    sg_thread_name("sg-audit", -1);
     for (;;) {
         pthread_mutex_lock(&a->mu);
         if (a->writer_busy && !a->stopping && !atomic_load(&a->reopen)) {

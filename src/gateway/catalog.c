@@ -538,6 +538,7 @@ int sg_catalog_fetch(const sg_catalog_config *cfg, cJSON **tools, char *err, siz
 static void *catalog_main(void *arg)
 {
     sg_catalog *c = arg;
+    sg_thread_name("sg-catalog", -1);
     unsigned backoff_ms = 0;
     pthread_mutex_lock(&c->mu);
     while (!c->stop) {

@@ -263,6 +263,7 @@ static void reload_keys(sg_reloader *r)
 static void *reloader_main(void *arg)
 {
     sg_reloader *r = arg;
+    sg_thread_name("sg-reload", -1);
     int pending = 0, rebuild = 0;
     uint64_t deadline = 0;
     while (!atomic_load(&r->stop)) {

@@ -287,6 +287,7 @@ __attribute__((format(printf, 2, 0))) static void admin_log(void *cls, const cha
 static void *probe_main(void *arg)
 {
     sg_admin *a = arg;
+    sg_thread_name("sg-ready-probe", -1);
     uint64_t window_ms = (uint64_t)a->cfg.ready_window_s * 1000u;
     uint64_t interval_ms = window_ms / 3;
     if (interval_ms < PROBE_MIN_INTERVAL_MS) interval_ms = PROBE_MIN_INTERVAL_MS;

@@ -123,6 +123,7 @@ static int loop_timeout_ms(sg_worker *w, uint64_t now, int resumed, int draining
 static void *worker_main(void *arg)
 {
     sg_worker *w = arg;
+    sg_thread_name("sg-worker", (long)w->index);
     sg_http *h = w->http;
     struct epoll_event evs[64];
     int draining = 0;

@@ -35,7 +35,7 @@ struct MHD_Daemon;
 
 typedef struct sg_worker {
     struct sg_http *http;       /* the listener it serves: limits, shared counters */
-    unsigned index;             /* for log lines only */
+    unsigned index;             /* for log lines and its thread's name */
     int epfd;                   /* the event loop's epoll set (owned) */
     int evfd;                   /* its wake eventfd (owned) */
     struct MHD_Daemon *daemon;  /* owned once sg_worker_open succeeds */

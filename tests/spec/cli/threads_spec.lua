@@ -97,6 +97,25 @@ describe("worker threads default to the usable CPUs (real binary)", function()
     end
   end)
 
+  -- Each thread says what it is, for top -H, ps -L and perf.
+  it("names its threads", function()
+    local err = dir .. "/names.err"
+    local pid = procs.spawn(table.concat({ "exec", q(procs.SCOPEGATE),
+      "serve --listen 127.0.0.1:0 --upstream http://127.0.0.1:9/mcp --policy",
+      q(dir .. "/policy.lua"), "--public-key", q(key.pub_file), "--threads 2",
+      "--audit-log", q(dir .. "/names.audit") }, " "), dir .. "/names.out", err)
+    local ok, line = pcall(procs.wait_for, err, "(listening on [^\n]*)", 10)
+    local names = {}
+    local p = io.popen("cat /proc/" .. pid .. "/task/*/comm 2>/dev/null")
+    for n in p:lines() do names[n] = true end
+    p:close()
+    procs.stop(pid)
+    assert(ok, line)
+    for _, want in ipairs { "sg-worker-0", "sg-worker-1", "sg-audit", "sg-reload" } do
+      assert.is_true(names[want] == true, want .. " not among the threads")
+    end
+  end)
+
   it("agrees with the module's count of usable CPUs", function()
     assert.are.equal(expected_cpus(), core.cpus_usable())
   end)

@@ -105,14 +105,23 @@ describe("worker threads default to the usable CPUs (real binary)", function()
       q(dir .. "/policy.lua"), "--public-key", q(key.pub_file), "--threads 2",
       "--audit-log", q(dir .. "/names.audit") }, " "), dir .. "/names.out", err)
     local ok, line = pcall(procs.wait_for, err, "(listening on [^\n]*)", 10)
-    local names = {}
-    local p = io.popen("cat /proc/" .. pid .. "/task/*/comm 2>/dev/null")
-    for n in p:lines() do names[n] = true end
-    p:close()
+    -- A thread names itself when it starts to run: give a loaded machine
+    -- a moment after the ready line.
+    local want, names = { "sg-worker-0", "sg-worker-1", "sg-audit", "sg-reload" }, {}
+    for _ = 1, 40 do
+      names = {}
+      local p = io.popen("cat /proc/" .. pid .. "/task/*/comm 2>/dev/null")
+      for n in p:lines() do names[n] = true end
+      p:close()
+      local all = true
+      for _, w in ipairs(want) do all = all and names[w] == true end
+      if all then break end
+      procs.sleep(0.05)
+    end
     procs.stop(pid)
     assert(ok, line)
-    for _, want in ipairs { "sg-worker-0", "sg-worker-1", "sg-audit", "sg-reload" } do
-      assert.is_true(names[want] == true, want .. " not among the threads")
+    for _, w in ipairs(want) do
+      assert.is_true(names[w] == true, w .. " not among the threads")
     end
   end)
 

@@ -175,19 +175,10 @@ const unsigned char sg_json_plain[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
-#define JSON_PLAIN(c) sg_json_plain[(unsigned char)(c)]
 
-/* Past the run of plain bytes from p[i] (most of any string): byte by byte
- * for the first sixteen (most strings of a JSON-RPC message are short),
- * then eight at a time. Can't fail. */
-size_t sg_json_plain_run(const unsigned char *p, size_t i, size_t len)
+size_t sg_json_plain_words(const unsigned char *p, size_t i, size_t len)
 {
     const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    if (i >= len) return i;
-    size_t first = len - i > 16 ? i + 16 : len;
-    while (i < first && JSON_PLAIN(p[i]))
-        i++;
-    if (i < first) return i;
     while (i + 8 <= len) {
         uint64_t w, q, b;
         memcpy(&w, p + i, 8);
@@ -198,15 +189,16 @@ size_t sg_json_plain_run(const unsigned char *p, size_t i, size_t len)
         if (special) break; /* the bytes below find which */
         i += 8;
     }
-    while (i < len && JSON_PLAIN(p[i]))
+    while (i < len && sg_json_plain[p[i]])
         i++;
     return i;
 }
 
 /* Scans the string whose opening quote is at s->pos and leaves s->pos after
- * the closing quote. Long because every escape JSON has is one case of one
- * switch, next to the byte loop it interrupts. When decoded is not NULL the unescaped bytes are
- * appended to it. Returns 0, or -1 with s->err filled. */
+ * the closing quote. When decoded is not NULL the unescaped bytes are
+ * appended to it. Returns 0, or -1 with s->err filled.
+ * Long because every escape JSON has is one case of one switch, next to the
+ * byte loop it interrupts. */
 static int scan_string(scanner *s, sg_buf *decoded)
 {
     const unsigned char *p = s->p;

@@ -29,14 +29,7 @@ HOT size_t skip_space(const char *p, size_t len, size_t i)
 HOT size_t end_of_string(const char *p, size_t len, size_t i, int *escaped)
 {
     const unsigned char *u = (const unsigned char *)p;
-    for (i++; i < len; i++) {
-        /* Most strings here are short: their bytes one by one, in line; a
-         * long one goes on eight at a time. */
-        size_t stop = len - i > 16 ? i + 16 : len;
-        while (i < stop && sg_json_plain[u[i]])
-            i++;
-        if (i == stop) i = sg_json_plain_run(u, i, len);
-        if (i >= len) break;
+    for (i++; (i = sg_json_plain_run(u, i, len)) < len; i++) {
         if (u[i] == '"') return i + 1;
         if (u[i] == '\\') {
             *escaped = 1;
@@ -158,7 +151,7 @@ static int skip_value(reader *r, unsigned depth)
 /* The members of a message's "result" object (r->i at its brace): only
  * isError is read. Sets *tool_error when it is the literal true. Returns 0
  * or -1 (a grammar error, isError twice or perhaps written with escapes). */
-static int read_result(reader *r, int *tool_error)
+static int read_result(reader *r, int *tool_error, unsigned depth /* the result's level */)
 {
     int seen = 0, done = open_container(r, '}');
     while (!done) {
@@ -171,7 +164,7 @@ static int read_result(reader *r, int *tool_error)
             size_t end = end_of_scalar(r->p, r->len, r->i);
             if (end - r->i == 4 && memcmp(r->p + r->i, "true", 4) == 0) *tool_error = 1;
         }
-        if (skip_value(r, 3) != 0 || (done = after_value(r, '}')) < 0) return -1;
+        if (skip_value(r, depth + 1) != 0 || (done = after_value(r, '}')) < 0) return -1;
     }
     return 0;
 }
@@ -195,7 +188,7 @@ static int read_message(reader *r, sg_json_answer *out, unsigned depth)
         char c = next(r);
         size_t from = r->i;
         if (kind == MEMBER_RESULT && c == '{') {
-            if (read_result(r, &tool_error) != 0) return -1;
+            if (read_result(r, &tool_error, depth + 1) != 0) return -1;
         } else if (skip_value(r, depth + 1) != 0) {
             return -1;
         }

@@ -252,7 +252,7 @@ int sg_audit_submit(sg_audit *a, const char *line, size_t len)
 {
     pthread_mutex_lock(&a->mu);
     int full = a->count == a->cap || a->ring_bytes - a->used < len + 1;
-    if (len <= SG_AUDIT_MAX_LINE && !full && !a->stopping) {
+    if (line && len <= SG_AUDIT_MAX_LINE && !full && !a->stopping) {
         size_t at = (a->head + a->used) % a->ring_bytes;
         size_t first = len < a->ring_bytes - at ? len : a->ring_bytes - at;
         memcpy(a->ring + at, line, first);
@@ -271,7 +271,7 @@ int sg_audit_submit(sg_audit *a, const char *line, size_t len)
         return 0;
     }
     pthread_mutex_unlock(&a->mu);
-    if (full && len <= SG_AUDIT_MAX_LINE) atomic_fetch_add(&a->queue_full, 1);
+    if (full && line && len <= SG_AUDIT_MAX_LINE) atomic_fetch_add(&a->queue_full, 1);
     atomic_fetch_add(&a->dropped, 1);
     return -1;
 }

@@ -52,9 +52,10 @@ typedef struct sg_audit_stats {
 sg_audit *sg_audit_open(const sg_audit_config *cfg, char *err, size_t errlen);
 
 /* Queues a copy of line[0..len) (one JSON object, without the newline: the
- * writer adds it). Never blocks on I/O; thread-safe. Returns 0, or -1 when
- * the line was dropped (queue full, too long, or closing): counted, and
- * logged at most once a second. */
+ * writer adds it). line NULL is a line that could not be made (out of
+ * memory): dropped. Never blocks on I/O; thread-safe. Returns 0, or -1 when
+ * the line was dropped (queue full, too long, not made, or closing):
+ * counted, and logged at most once a second. */
 int sg_audit_submit(sg_audit *a, const char *line, size_t len);
 
 /* Asks the writer to reopen the file by its path (after logrotate moved

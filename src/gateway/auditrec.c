@@ -365,7 +365,7 @@ static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_reque
         j_string(b, so);
         audit_rule(b, w, su, &cand[i]);
         sg_buf_puts(b, "}}}");
-        if (sg_buf_ok(b)) sg_audit_submit(gw->audit, b->data, b->len);
+        sg_audit_submit(gw->audit, sg_buf_ok(b) ? b->data : NULL, b->len);
     }
     sg_buf_free(&lreq);
     sg_buf_free(&sreq);
@@ -577,17 +577,19 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
     unsigned long long us = (sg_now_mono_ns() - o->started_ns + 500) / 1000;
     sg_buf copy = SG_BUF_INIT; /* the records before the last, completed one by one */
     size_t at = 0;
-    for (size_t i = 0; !sg_buf_ok(&r->audit) && i < r->naudit; i++)
-        sg_audit_submit(gw->audit, NULL, SG_AUDIT_MAX_LINE + 1); /* out of memory: dropped */
-    for (size_t i = 0; r->audit.data && i < r->naudit; i++) {
+    /* A record buffer that ran out of memory holds fewer records than
+     * naudit: none of it is read, each record is counted as dropped. */
+    int whole = sg_buf_ok(&r->audit) && r->audit.data;
+    for (size_t i = 0; !whole && i < r->naudit; i++)
+        sg_audit_submit(gw->audit, NULL, 0);
+    for (size_t i = 0; whole && i < r->naudit; i++) {
         const char *id = r->audit.data + at;
         size_t id_len = strlen(id), rec = at + id_len + 1;
         /* The last record ends the buffer: its length is known. */
         size_t rec_len = i + 1 == r->naudit ? r->audit.len - rec - 1 : strlen(r->audit.data + rec);
         at = rec + rec_len + 1;
         const char *outcome = NULL; /* NULL: not forwarded */
-        if (o->upstream_status || o->upstream_outcome) outcome = base;
-        if (!outcome && (o->upstream_status || o->upstream_outcome)) {
+        if ((o->upstream_status || o->upstream_outcome) && !(outcome = base)) {
             outcome = id_len ? "no_answer" : "ok";
             for (size_t k = 0; id_len && k < nmsgs; k++)
                 if (msgs[k].id_len == id_len && memcmp(msgs[k].id, id, id_len) == 0)
@@ -604,7 +606,7 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
             r->audit.len = rec + rec_len; /* the last record: its NUL goes */
         }
         audit_outcome(line, o, outcome, us);
-        if (sg_buf_ok(line)) sg_audit_submit(gw->audit, line->data + from, line->len - from);
+        sg_audit_submit(gw->audit, sg_buf_ok(line) ? line->data + from : NULL, line->len - from);
     }
     sg_buf_free(&copy);
     sg_sse_event_free(&ev);

@@ -26,6 +26,7 @@
 #include "base/metrics.h"
 #include "gateway/catalog.h"
 #include "gateway/reload.h"
+#include "net/http_impl.h"
 #include "upstream/proxy.h"
 
 #define PROBE_MIN_INTERVAL_MS 250
@@ -217,18 +218,11 @@ int sg_admin_render_metrics(sg_admin *a, sg_buf *out)
 
 /* ---- the listener ------------------------------------------------------------------ */
 
+/* Every admin answer: complete, no-store; allow for a 405. */
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *ctype,
                              const char *body, size_t len, const char *allow)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(len, (void *)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
-    if (!r) return MHD_NO;
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    if (allow) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
-    enum MHD_Result ok = MHD_queue_response(conn, status, r);
-    MHD_destroy_response(r);
-    return ok;
+    return http_queue_bytes(conn, status, ctype, body, len, NULL, allow, 0);
 }
 
 static enum MHD_Result text(struct MHD_Connection *conn, unsigned status, const char *s)

@@ -5,7 +5,8 @@
  * memory of idle ones); stream.c forwards a decided request and streams
  * the upstream's answer back; worker.c runs one worker's event loop. They
  * share the listener's struct, the per-request exchange and the few
- * functions declared here. */
+ * functions declared here. The admin listener (admin.c) answers with the
+ * same http_queue_bytes. */
 #ifndef SG_HTTP_IMPL_H
 #define SG_HTTP_IMPL_H
 

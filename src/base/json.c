@@ -537,14 +537,21 @@ int sg_json_prescan(const char *p, size_t len, const sg_json_limits *lim, sg_jso
 
     scanner s = {
         (const unsigned char *)p, p ? len : 0, 0, err, SG_BUF_INIT, SG_BUF_INIT, SG_BUF_INIT, 0, 0};
-    frame *stack = malloc(sizeof(frame) * l.max_depth);
+    /* The frames and the key table of a usual message without malloc's
+     * slow paths: the frames on the stack (3 KiB; malloc'd only for a
+     * deeper limit), the key table and store reserved once instead of
+     * grown by doubling from empty (three reallocations per message). */
+    frame local[DEFAULT_MAX_DEPTH];
+    frame *stack = l.max_depth <= DEFAULT_MAX_DEPTH ? local : malloc(sizeof(frame) * l.max_depth);
+    sg_buf_reserve(&s.keys, 16 * sizeof(key_entry));
+    sg_buf_reserve(&s.key_store, 200);
     int rc;
     if (!stack) {
         rc = fail_nomem(&s);
     } else {
         rc = run(&s, &l, stack);
     }
-    free(stack);
+    if (stack != local) free(stack);
     sg_buf_free(&s.key_store);
     sg_buf_free(&s.keys);
     if (rc != 0) {

@@ -40,9 +40,14 @@ int sg_buf_reserve(sg_buf *b, size_t n)
     if (b->oom) return -1;
     if (n > SIZE_MAX / 2 - b->len) goto fail;
     if (b->len + n + 1 <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 64;
+    /* Capacities of 2^k - 8 bytes: with glibc's 8-byte chunk header each
+     * block is exactly 2^k, and a buffer of up to 1016 bytes stays in the
+     * per-thread cache (glibc's tcache takes requests of up to 1032 bytes):
+     * a 1024-byte buffer, as the audit record once was, took the slow paths
+     * of malloc and free on every request. */
+    size_t cap = b->cap ? b->cap : 56;
     while (cap < b->len + n + 1)
-        cap *= 2;
+        cap = cap * 2 + 8;
     char *p = realloc(b->data, cap);
     if (!p) goto fail;
     b->data = p;

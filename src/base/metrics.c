@@ -37,6 +37,7 @@ typedef struct shard {
     } hist[SG_H_COUNT];
     _Atomic uint64_t upstream_seen_ns; /* monotonic; 0: never */
     unsigned ndecisions;               /* owner only */
+    decision_entry *last;              /* owner only: the entry counted last */
     decision_entry decisions[DECISION_SLOTS];
     struct shard *next;
 } shard;
@@ -142,46 +143,57 @@ const char *sg_metrics_outcome_name(int outcome)
 }
 
 /* Every method the MCP specification defines (2024-11-05 to 2025-11-25),
- * requests and notifications, both directions. */
-static const char *const mcp_methods[] = {
-    "initialize",
-    "ping",
-    "tools/list",
-    "tools/call",
-    "prompts/list",
-    "prompts/get",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "logging/setLevel",
-    "completion/complete",
-    "sampling/createMessage",
-    "elicitation/create",
-    "roots/list",
-    "tasks/get",
-    "tasks/list",
-    "tasks/result",
-    "tasks/cancel",
-    "notifications/initialized",
-    "notifications/cancelled",
-    "notifications/progress",
-    "notifications/message",
-    "notifications/roots/list_changed",
-    "notifications/resources/updated",
-    "notifications/resources/list_changed",
-    "notifications/tools/list_changed",
-    "notifications/prompts/list_changed",
-    "notifications/elicitation/complete",
-    "notifications/tasks/status",
+ * requests and notifications, both directions; with their lengths, so a
+ * lookup compares only the names as long as the method. */
+#define M_(name)                                                                                   \
+    {                                                                                              \
+        name, sizeof name - 1                                                                      \
+    }
+static const struct {
+    const char *name;
+    size_t len;
+} mcp_methods[] = {
+    M_("initialize"),
+    M_("ping"),
+    M_("tools/list"),
+    M_("tools/call"),
+    M_("prompts/list"),
+    M_("prompts/get"),
+    M_("resources/list"),
+    M_("resources/templates/list"),
+    M_("resources/read"),
+    M_("resources/subscribe"),
+    M_("resources/unsubscribe"),
+    M_("logging/setLevel"),
+    M_("completion/complete"),
+    M_("sampling/createMessage"),
+    M_("elicitation/create"),
+    M_("roots/list"),
+    M_("tasks/get"),
+    M_("tasks/list"),
+    M_("tasks/result"),
+    M_("tasks/cancel"),
+    M_("notifications/initialized"),
+    M_("notifications/cancelled"),
+    M_("notifications/progress"),
+    M_("notifications/message"),
+    M_("notifications/roots/list_changed"),
+    M_("notifications/resources/updated"),
+    M_("notifications/resources/list_changed"),
+    M_("notifications/tools/list_changed"),
+    M_("notifications/prompts/list_changed"),
+    M_("notifications/elicitation/complete"),
+    M_("notifications/tasks/status"),
 };
+#undef M_
 
 const char *sg_metrics_method_label(const char *method)
 {
     if (!method) return "response";
+    size_t n = strlen(method);
     for (size_t i = 0; i < SG_ARRAY_LEN(mcp_methods); i++)
-        if (strcmp(method, mcp_methods[i]) == 0) return mcp_methods[i];
+        if (mcp_methods[i].len == n && memcmp(method, mcp_methods[i].name, n) == 0)
+            return mcp_methods[i].name;
     return "other";
 }
 
@@ -219,6 +231,14 @@ void sg_metric_decision(const char *method, const char *tool, int outcome)
     if (!sg_metrics_enabled()) return;
     shard *s = my_shard();
     if (!s) return;
+    /* A worker mostly sees the same call again: its entry is kept at hand
+     * (a tool that matches it is no longer than SG_METRICS_TOOL_MAX). */
+    decision_entry *last = s->last;
+    if (last && tool && last->method == method && last->outcome == outcome &&
+        strcmp(last->tool, tool) == 0) {
+        bump_u64(&last->count, 1);
+        return;
+    }
     if (!tool || strlen(tool) > SG_METRICS_TOOL_MAX) tool = "other";
     /* Room is kept for every method's "other" series, so a full table
      * still counts everything. */
@@ -226,13 +246,16 @@ void sg_metric_decision(const char *method, const char *tool, int outcome)
     decision_entry *e = decision_slot(s, method, tool, outcome, room);
     if (!e) e = decision_slot(s, method, *tool ? "other" : "", outcome, 1);
     if (e) bump_u64(&e->count, 1);
+    s->last = e;
 }
 
-void sg_metric_upstream_seen(void)
+void sg_metric_upstream_seen(uint64_t now_ns)
 {
     if (!sg_metrics_enabled()) return;
     shard *s = my_shard();
-    if (s) atomic_store_explicit(&s->upstream_seen_ns, sg_now_mono_ns(), memory_order_relaxed);
+    if (s)
+        atomic_store_explicit(&s->upstream_seen_ns, now_ns ? now_ns : sg_now_mono_ns(),
+                              memory_order_relaxed);
 }
 
 uint64_t sg_metrics_upstream_age_ns(void)

@@ -137,9 +137,11 @@ void sg_metric_decision(const char *method, const char *tool, int outcome);
  * responses only) is "response". Returns a static string. Can't fail. */
 const char *sg_metrics_method_label(const char *method);
 
-/* The calling thread heard from the upstream (any HTTP response): readiness
- * (sg_metrics_upstream_age_ns). */
-void sg_metric_upstream_seen(void);
+/* The calling thread heard from the upstream (any HTTP response) at
+ * sg_now_mono_ns() time now_ns, or now when now_ns is 0: readiness
+ * (sg_metrics_upstream_age_ns). A caller that has just read the clock
+ * passes its reading: one read less on every forwarded request. */
+void sg_metric_upstream_seen(uint64_t now_ns);
 /* Nanoseconds since any thread last heard from the upstream, or UINT64_MAX
  * when never. Thread-safe. */
 uint64_t sg_metrics_upstream_age_ns(void);

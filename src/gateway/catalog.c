@@ -350,7 +350,7 @@ static long post(session *s, const char *json, exchange *x, char *err, size_t er
     curl_slist_free_all(h);
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    if (status > 0) sg_metric_upstream_seen(); /* any answer: reachable (readiness) */
+    if (status > 0) sg_metric_upstream_seen(0); /* any answer: reachable (readiness) */
     if (rc != CURLE_OK) {
         sg_errf(err, errlen, "%s", x->too_large ? "answer too large" : curl_easy_strerror(rc));
         return 0;
@@ -385,7 +385,7 @@ long sg_catalog_ping(const sg_catalog_config *cfg)
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
-    if (status > 0) sg_metric_upstream_seen();
+    if (status > 0) sg_metric_upstream_seen(0);
     return status;
 }
 

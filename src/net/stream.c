@@ -293,9 +293,9 @@ enum MHD_Result http_advance_head(exchange *ex)
         sg_transfer_head_state r = sg_transfer_head_get(ex->xfer, &head);
         if (r == SG_HEAD_READY) {
             if (sg_metrics_enabled()) {
-                sg_metric_observe(SG_H_UPSTREAM_SECONDS,
-                                  sg_now_mono_ns() - ex->upstream_started_ns);
-                sg_metric_upstream_seen();
+                uint64_t now = sg_now_mono_ns();
+                sg_metric_observe(SG_H_UPSTREAM_SECONDS, now - ex->upstream_started_ns);
+                sg_metric_upstream_seen(now);
             }
             return queue_stream(ex, &head);
         }

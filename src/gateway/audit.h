@@ -22,8 +22,9 @@
 #include "base/sg.h"
 #include <stdint.h>
 
-/* Lines the queue holds by default (--audit-queue); it holds them in a ring
- * of 512 bytes per line. */
+/* Lines the queue holds by default (--audit-queue): waiting while the
+ * writer writes the previous batch, in a buffer of 512 bytes per line (two
+ * such buffers, used in turn; their pages are touched only as they fill). */
 #define SG_AUDIT_QUEUE_DEFAULT 8192
 /* Longest line accepted; a longer one is dropped (counted). */
 #define SG_AUDIT_MAX_LINE (64u * 1024)

@@ -28,7 +28,6 @@
 
 #define AUDIT_MAX_STRING 1024 /* longest string value recorded (cut beyond) */
 #define AUDIT_MAX_VALUE  4096 /* longest object or array argument recorded */
-#define REQUEST_ID_MAX   128
 /* Bytes a record usually takes (allocated at once for each message). */
 #define AUDIT_RECORD_GUESS 640
 
@@ -168,7 +167,7 @@ static void j_now(char out[32])
     memcpy(out + 24, "Z\"", 3);
 }
 
-/* A client's X-Request-Id is kept only when it is 1 to REQUEST_ID_MAX
+/* A client's X-Request-Id is kept only when it is 1 to SG_GATEWAY_REQUEST_ID_MAX
  * characters of [A-Za-z0-9._:-] (and no part of its credential): anything
  * else could be a header or log injection, and is replaced by a generated
  * id. */
@@ -177,7 +176,7 @@ static int request_id_valid(const char *s)
     size_t n = 0;
     for (; s[n]; n++) {
         char c = s[n];
-        if (n >= REQUEST_ID_MAX ||
+        if (n >= SG_GATEWAY_REQUEST_ID_MAX ||
             !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '.' || c == '_' || c == ':' || c == '-'))
             return 0;
@@ -371,18 +370,19 @@ static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_reque
     sg_buf_free(&sreq);
 }
 
-/* The request's id: the client's X-Request-Id when it is valid and not a
- * piece of its credential, else a generated one (unique per process); a
- * forwarded request carries it upstream as X-Request-Id. */
+/* The request's id, into out->request_id: the client's X-Request-Id when it
+ * is valid and not a piece of its credential, else a generated one (unique
+ * per process); a forwarded request carries it upstream as X-Request-Id. */
 static void request_id(const sg_gateway *gw, worker *w, const sg_gateway_request *req,
-                       sg_gateway_reply *out, char rid[REQUEST_ID_MAX + 1])
+                       sg_gateway_reply *out)
 {
+    char *rid = out->request_id;
     const char *client_rid = gw_header_get(req, "X-Request-Id");
     const char *authz = client_rid ? gw_header_get(req, "Authorization") : NULL;
     /* A client that puts (a piece of) its token there gets a generated id:
      * no byte of a credential is ever written to the audit log. */
     if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid))) {
-        memcpy(rid, client_rid, strlen(client_rid) + 1); /* valid: at most REQUEST_ID_MAX */
+        memcpy(rid, client_rid, strlen(client_rid) + 1); /* valid: at most the maximum */
     } else { /* boot id (16 hex digits), worker, sequence: fits */
         size_t n = strlen(gw->boot_id);
         memcpy(rid, gw->boot_id, n);
@@ -393,12 +393,9 @@ static void request_id(const sg_gateway *gw, worker *w, const sg_gateway_request
         rid[n] = '\0';
     }
     if (out->status == 0 && out->nidentity < SG_ARRAY_LEN(out->identity)) {
-        char *v = strdup(rid);
-        if (v) {
-            out->identity[out->nidentity].name = "X-Request-Id";
-            out->identity[out->nidentity].value = v;
-            out->nidentity++;
-        }
+        out->identity[out->nidentity].name = "X-Request-Id";
+        out->identity[out->nidentity].value = rid; /* not owned: sg_gateway_reply_free knows */
+        out->nidentity++;
     }
 }
 
@@ -411,8 +408,8 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
                     const sg_mcp_body *body, const sg_policy_decision *each, const sg_token *token,
                     const sg_bridge_caller *caller, sg_gateway_reply *out)
 {
-    char rid[REQUEST_ID_MAX + 1];
-    request_id(gw, w, req, out, rid);
+    request_id(gw, w, req, out);
+    const char *rid = out->request_id;
     char time_json[32];
     j_now(time_json);
 

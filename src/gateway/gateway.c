@@ -56,7 +56,7 @@ void sg_gateway_reply_free(sg_gateway_reply *r)
         free(r->lists[i].id_raw);
     free(r->lists);
     for (size_t i = 0; i < r->nidentity; i++)
-        free((char *)r->identity[i].value);
+        if (r->identity[i].value != r->request_id) free((char *)r->identity[i].value);
     gw_gen_release(r->policy_gen);
     sg_buf_free(&r->audit);
     sg_buf_free(&r->body);

@@ -48,6 +48,8 @@ typedef struct sg_identity_header {
 } sg_identity_header;
 
 #define SG_GATEWAY_MAX_IDENTITY 8
+/* Longest X-Request-Id kept from a client (and the audit log's request_id). */
+#define SG_GATEWAY_REQUEST_ID_MAX 128
 
 typedef struct sg_gateway_config {
     const char *policy_path; /* loaded once per worker */
@@ -185,10 +187,12 @@ typedef struct sg_gateway_reply {
     char *protocol_version;
     struct sg_gateway_list *lists; /* with filter: every request (id, kind) of the body */
     size_t nlists;
-    /* Headers the gateway adds upstream (values owned): the verified-identity
-     * headers, and X-Request-Id when auditing. */
+    /* Headers the gateway adds upstream: the verified-identity headers
+     * (values owned), and X-Request-Id when auditing (its value is
+     * request_id below, not owned). */
     sg_header identity[SG_GATEWAY_MAX_IDENTITY + 1];
     size_t nidentity;
+    char request_id[SG_GATEWAY_REQUEST_ID_MAX + 1]; /* when auditing; "" otherwise */
     struct sg_policy_gen *policy_gen; /* with filter: the policy that decided (a reference) */
     /* sg_gateway_handle returned SG_GATEWAY_WAIT: what to wait for (a key refetch or an
      * introspection call; sg_gateway_wait_done tells them apart). */

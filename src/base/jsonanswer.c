@@ -18,6 +18,8 @@
 
 HOT size_t skip_space(const char *p, size_t len, size_t i)
 {
+    /* Most answers are compact: one test for the usual case, a byte that
+     * is no whitespace (every JSON whitespace byte is below '!'). */
     while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
         i++;
     return i;
@@ -43,11 +45,19 @@ HOT size_t end_of_string(const char *p, size_t len, size_t i, int *escaped)
 
 /* Past a number or literal starting at p[i] (its characters, not its
  * syntax), or 0 when none starts there. */
+/* 1 for the bytes a number or literal is written with. */
+static const unsigned char scalar_byte[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+    ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1,
+    ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1,
+    ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1, ['-'] = 1, ['+'] = 1, ['.'] = 1, ['E'] = 1,
+};
+
 HOT size_t end_of_scalar(const char *p, size_t len, size_t i)
 {
     size_t start = i;
-    while (i < len && ((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'z') ||
-                       p[i] == '-' || p[i] == '+' || p[i] == '.' || p[i] == 'E'))
+    while (i < len && scalar_byte[(unsigned char)p[i]])
         i++;
     return i > start && (p[start] == '-' || (p[start] >= '0' && p[start] <= '9') ||
                          p[start] == 't' || p[start] == 'f' || p[start] == 'n')

@@ -139,26 +139,39 @@ static const cJSON *argument_at(const cJSON *arguments, const char *path)
     return v;
 }
 
-/* RFC 3339 UTC with milliseconds, quoted: "2026-12-04T16:10:00.123Z"
- * (26 bytes and the NUL). Every record has one: the text up to the
- * seconds is kept per thread and made again only when the second changes. */
-static void j_now(char out[32])
+/* RFC 3339 UTC with milliseconds, quoted: "2026-12-04T16:10:00.123Z" (26
+ * bytes and the NUL), of mono_ns, a sg_now_mono_ns() time (0: now). Every
+ * record has one, so nothing is read from the clocks per record: the
+ * offset of the wall clock from the monotonic one is taken once a second
+ * per thread, and the text up to the seconds is made again only when the
+ * second changes. */
+static void j_time(char out[32], uint64_t mono_ns)
 {
+    static _Thread_local uint64_t offset_taken = UINT64_MAX; /* in this monotonic second */
+    static _Thread_local int64_t offset_ns;
     static _Thread_local time_t cached_sec = -1;
     static _Thread_local char cached[24]; /* "2026-12-04T16:10:00 */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    if (ts.tv_sec != cached_sec) {
+    if (!mono_ns) mono_ns = sg_now_mono_ns();
+    if (mono_ns / 1000000000u != offset_taken) {
+        struct timespec rt;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        int64_t wall = (int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec;
+        offset_ns = wall - (int64_t)sg_now_mono_ns();
+        offset_taken = mono_ns / 1000000000u;
+    }
+    int64_t wall = (int64_t)mono_ns + offset_ns;
+    time_t sec = (time_t)(wall / 1000000000);
+    if (sec != cached_sec) {
         struct tm tm;
-        gmtime_r(&ts.tv_sec, &tm);
+        gmtime_r(&sec, &tm);
         cached[0] = '"';
         if (strftime(cached + 1, sizeof cached - 1, "%Y-%m-%dT%H:%M:%S", &tm) != 19) {
             memcpy(out, "null", 5);
             return;
         }
-        cached_sec = ts.tv_sec;
+        cached_sec = sec;
     }
-    unsigned ms = (unsigned)(ts.tv_nsec / 1000000);
+    unsigned ms = (unsigned)(wall % 1000000000 / 1000000);
     memcpy(out, cached, 20);
     out[20] = '.';
     out[21] = (char)('0' + ms / 100);
@@ -195,10 +208,21 @@ static void j_plain(sg_buf *b, const char *s)
     sg_buf_putc(b, '"');
 }
 
+/* Appends a kept part, or marks b failed when making the part ran out of
+ * memory (a record is never written with a piece missing). */
+static void append_part(sg_buf *b, const sg_buf *part)
+{
+    if (!sg_buf_ok(part))
+        b->oom = 1;
+    else if (part->len)
+        sg_buf_append(b, part->data, part->len);
+}
+
 /* Who the caller is, as the record says it (sub, client_id, iss) and what
  * it was granted: escaped once per token and kept while the same caller
- * comes back (the key is the token's verified payload, byte for byte). */
-static void audit_who(sg_buf *b, worker *w, const sg_token *token, int granted)
+ * comes back (the key is the token's verified payload, byte for byte).
+ * Returns the worker's cache, made for this token. */
+static const audit_who_cache *who_part(worker *w, const sg_token *token)
 {
     audit_who_cache *c = &w->audit_who;
     if (!c->valid || !token || !token->claims_json || c->key.len != token->claims_json_len ||
@@ -219,14 +243,24 @@ static void audit_who(sg_buf *b, worker *w, const sg_token *token, int granted)
         /* Kept only for a token whose payload identifies it. */
         c->valid = token && token->claims_json;
         if (c->valid) sg_buf_append(&c->key, token->claims_json, token->claims_json_len);
+        c->serial++;
     }
-    const sg_buf *part = granted ? &c->granted : &c->who;
-    sg_buf_append(b, part->data, part->len);
+    return c;
 }
 
-static void audit_common(sg_buf *b, worker *w, const char *type, const char *time_json,
-                         const char *rid, const sg_gateway_request *req, const sg_token *token,
+/* ,"http_method":..<who>,"policy":.. */
+static void audit_caller(sg_buf *b, const audit_who_cache *who, const sg_gateway_request *req,
                          const char *hash)
+{
+    J_FIELD(b, "http_method", req->method);
+    append_part(b, &who->who);
+    J_KEY(b, "policy");
+    j_plain(b, hash); /* hex digits */
+}
+
+/* {"type":..,"time":..,"request_id":..,"client":.. */
+static void audit_head(sg_buf *b, const char *type, const char *time_json, const char *rid,
+                       const sg_gateway_request *req)
 {
     sg_buf_puts(b, "{\"type\":\"");
     sg_buf_puts(b, type);
@@ -239,10 +273,6 @@ static void audit_common(sg_buf *b, worker *w, const char *type, const char *tim
         j_plain(b, req->client_addr);
     else
         sg_buf_puts(b, "null");
-    J_FIELD(b, "http_method", req->method);
-    audit_who(b, w, token, 0);
-    J_KEY(b, "policy");
-    j_plain(b, hash); /* hex digits */
 }
 
 static void audit_message(sg_buf *b, const sg_mcp_body *body, size_t i)
@@ -261,8 +291,10 @@ static void audit_message(sg_buf *b, const sg_mcp_body *body, size_t i)
 
 /* The rule of a decision: its name, file and line escaped once and kept
  * while the next decision names the same rule (compared by content: a
- * reload may put another rule where the last one was). */
-static void audit_rule(sg_buf *b, worker *w, const sg_universe *u, const sg_policy_decision *d)
+ * reload may put another rule where the last one was, and a built-in
+ * rule's name is made per request). Returns the worker's cache, made for
+ * this rule. */
+static const audit_rule_cache *rule_part(worker *w, const sg_policy_decision *d)
 {
     const char *rule = d && d->rule ? d->rule : NULL;
     const char *file = d && d->line > 0 ? d->file : NULL;
@@ -288,13 +320,81 @@ static void audit_rule(sg_buf *b, worker *w, const sg_universe *u, const sg_poli
             sg_buf_append(&c->key, rule, rlen + 1);
             sg_buf_append(&c->key, file, flen);
         }
+        c->serial++;
     }
-    sg_buf_append(b, c->text.data, c->text.len);
+    return c;
+}
+
+static void audit_required(sg_buf *b, const sg_universe *u, const sg_policy_decision *d)
+{
     J_KEY(b, "required");
     if (d && d->req)
         j_requirement(b, u, d->req);
     else
         sg_buf_puts(b, "null");
+}
+
+static void audit_rule(sg_buf *b, worker *w, const sg_universe *u, const sg_policy_decision *d)
+{
+    append_part(b, &rule_part(w, d)->text);
+    audit_required(b, u, d);
+}
+
+/* The strings of a middle's key: the HTTP method, the message's method and
+ * name (NULL for none). The key is a byte saying which are there, then
+ * each that is, with its NUL. */
+enum { MIDDLE_STRINGS = 3 };
+
+static int middle_key_is(const sg_buf *key, const char *const s[MIDDLE_STRINGS])
+{
+    unsigned char present = 0;
+    for (int i = 0; i < MIDDLE_STRINGS; i++)
+        present |= (unsigned char)(s[i] ? 1u << i : 0);
+    if (key->len < 1 || (unsigned char)key->data[0] != present) return 0;
+    size_t at = 1;
+    for (int i = 0; i < MIDDLE_STRINGS; i++) {
+        if (!s[i]) continue;
+        size_t n = strlen(s[i]) + 1;
+        if (key->len - at < n || memcmp(key->data + at, s[i], n) != 0) return 0;
+        at += n;
+    }
+    return at == key->len;
+}
+
+/* The middle of a decision record for one message outside a batch, from
+ * ,"http_method" to the rule's line: kept while the next message repeats
+ * the caller, the rule, the policy, the decision and the strings of the
+ * key (the usual case: a client calling the same tool again). */
+static void audit_middle(sg_buf *b, worker *w, const audit_who_cache *who,
+                         const sg_gateway_request *req, const sg_mcp_msg *m, const char *decision,
+                         const sg_policy_decision *d)
+{
+    const audit_rule_cache *rule = rule_part(w, d);
+    audit_middle_cache *c = &w->audit_middle;
+    const char *const s[MIDDLE_STRINGS] = {req->method, m ? m->method : NULL, m ? m->name : NULL};
+    if (!c->valid || !who->valid || !rule->valid || c->who_serial != who->serial ||
+        c->rule_serial != rule->serial || c->seen != w->seen || c->decision != decision ||
+        !middle_key_is(&c->key, s)) {
+        sg_buf_reset(&c->key);
+        sg_buf_reset(&c->text);
+        audit_caller(&c->text, who, req, sg_policy_hash(w->policy));
+        J_FIELD(&c->text, "method", s[1]);
+        J_FIELD(&c->text, "name", s[2]);
+        J_FIELD(&c->text, "decision", decision);
+        append_part(&c->text, &rule->text);
+        unsigned char present = 0;
+        for (int i = 0; i < MIDDLE_STRINGS; i++)
+            present |= (unsigned char)(s[i] ? 1u << i : 0);
+        sg_buf_putc(&c->key, (char)present);
+        for (int i = 0; i < MIDDLE_STRINGS; i++)
+            if (s[i]) sg_buf_append(&c->key, s[i], strlen(s[i]) + 1);
+        c->who_serial = who->serial;
+        c->rule_serial = rule->serial;
+        c->seen = w->seen;
+        c->decision = decision;
+        c->valid = who->valid && rule->valid && sg_buf_ok(&c->key);
+    }
+    append_part(b, &c->text);
 }
 
 /* What one message's requirement means for this caller on its own. */
@@ -353,7 +453,8 @@ static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_reque
             continue;
         sg_audit_count_shadow(gw->audit);
         sg_buf_reset(b);
-        audit_common(b, w, "shadow", time_json, rid, req, caller->token, sg_policy_hash(w->policy));
+        audit_head(b, "shadow", time_json, rid, req);
+        audit_caller(b, who_part(w, caller->token), req, sg_policy_hash(w->policy));
         audit_message(b, body, i);
         sg_buf_puts(b, ",\"shadow\":{\"policy\":");
         j_string(b, sg_policy_hash(w->shadow_policy));
@@ -411,13 +512,16 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
     request_id(gw, w, req, out);
     const char *rid = out->request_id;
     char time_json[32];
-    j_now(time_json);
+    j_time(time_json, req->received_ns);
 
     const sg_universe *u = sg_policy_universe(w->policy);
     const char *decision = decision_name(out, &w->decision);
     size_t n = body ? body->nmsgs : 1;
     sg_buf *b = &out->audit;
-    sg_buf_reserve(b, n * AUDIT_RECORD_GUESS); /* one allocation for most requests */
+    if (!b->data && w->audit_spares.n > 0) *b = w->audit_spares.bufs[--w->audit_spares.n];
+    out->audit_worker = w;
+    sg_buf_reserve(b, n * AUDIT_RECORD_GUESS);       /* one allocation for most requests */
+    const audit_who_cache *who = who_part(w, token); /* one caller for every message */
     /* In a batch, what each message's own requirement means for the caller:
      * one refused message refuses them all. */
     sg_scopeset granted, effective;
@@ -432,15 +536,22 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
          * the last record ends the buffer and is completed in place. */
         if (m && m->kind == SG_MCP_REQUEST && m->id_raw) sg_buf_append(b, m->id_raw, m->id_len);
         sg_buf_putc(b, '\0');
-        audit_common(b, w, "decision", time_json, rid, req, token, sg_policy_hash(w->policy));
-        audit_message(b, body, i);
-        J_FIELD(b, "decision", decision);
-        if (body && body->is_batch && d && d->req)
-            J_FIELD(
-                b, "message_decision",
-                element_outcome(d->req, token, caller ? caller->token_error : NULL, &effective));
-        audit_rule(b, w, u, d && d->rule ? d : NULL);
-        audit_who(b, w, token, 1);
+        audit_head(b, "decision", time_json, rid, req);
+        const sg_policy_decision *rd = d && d->rule ? d : NULL;
+        if (body && body->is_batch) {
+            audit_caller(b, who, req, sg_policy_hash(w->policy));
+            audit_message(b, body, i);
+            J_FIELD(b, "decision", decision);
+            if (d && d->req)
+                J_FIELD(b, "message_decision",
+                        element_outcome(d->req, token, caller ? caller->token_error : NULL,
+                                        &effective));
+            audit_rule(b, w, u, rd);
+        } else {
+            audit_middle(b, w, who, req, m, decision, rd);
+            audit_required(b, u, rd);
+        }
+        append_part(b, &who->granted);
         if ((out->status == 401 || out->status == 403) && decision[0] != 'd') {
             J_KEY(b, "step_up");
             j_scopeset(b, u, &w->decision.scope);
@@ -536,7 +647,7 @@ static void audit_outcome(sg_buf *line, const sg_gateway_outcome *o, const char 
         else
             sg_buf_puts(line, "null");
         sg_buf_puts(line, ",\"outcome\":");
-        j_string(line, outcome);
+        j_plain(line, outcome); /* one of the gateway's own words */
         sg_buf_putc(line, '}');
     } else {
         sg_buf_puts(line, "null");
@@ -546,6 +657,20 @@ static void audit_outcome(sg_buf *line, const sg_gateway_outcome *o, const char 
     char frac[5] = {'.', (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10),
                     (char)('0' + us % 10), '}'};
     sg_buf_append(line, frac, sizeof frac);
+}
+
+/* The reply's record buffer, emptied, to its worker's spares (or freed). */
+static void give_back(sg_gateway_reply *r)
+{
+    worker *w = r->audit_worker;
+    if (w && r->audit.data && sg_buf_ok(&r->audit) && r->audit.cap <= AUDIT_SPARE_MAX_CAP &&
+        w->audit_spares.n < AUDIT_SPARES) {
+        sg_buf_reset(&r->audit);
+        w->audit_spares.bufs[w->audit_spares.n++] = r->audit;
+        r->audit = (sg_buf)SG_BUF_INIT;
+    } else {
+        sg_buf_free(&r->audit);
+    }
 }
 
 void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gateway_outcome *o)
@@ -571,7 +696,8 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
         }
     }
     /* Milliseconds with three decimals, rounded: microseconds in integers. */
-    unsigned long long us = (sg_now_mono_ns() - o->started_ns + 500) / 1000;
+    uint64_t now = o->now_ns ? o->now_ns : sg_now_mono_ns();
+    unsigned long long us = (now - o->started_ns + 500) / 1000;
     sg_buf copy = SG_BUF_INIT; /* the records before the last, completed one by one */
     size_t at = 0;
     /* A record buffer that ran out of memory holds fewer records than
@@ -609,5 +735,5 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
     sg_sse_event_free(&ev);
     if (msgs != quick) free(msgs);
     r->naudit = 0;
-    sg_buf_free(&r->audit);
+    give_back(r);
 }

@@ -170,6 +170,9 @@ typedef struct sg_gateway_request {
     /* The client's address (numeric), for the audit log; NULL when unknown
      * or when the gateway does not audit. */
     const char *client_addr;
+    /* sg_now_mono_ns() when the request arrived, for the audit record's
+     * time; 0: unknown (the time of the decision is used). */
+    uint64_t received_ns;
 } sg_gateway_request;
 
 /* The answer: either a complete response (status != 0) or "forward". */
@@ -202,6 +205,7 @@ typedef struct sg_gateway_reply {
     size_t naudit;
     sg_buf audit; /* per message: its raw id ("" for none) and its record's
                      opening part, each NUL-terminated */
+    struct sg_gateway_worker *audit_worker; /* whose spare buffers `audit` goes back to */
 } sg_gateway_reply;
 
 /* Which list result a request's answer carries. */
@@ -266,6 +270,7 @@ typedef struct sg_gateway_outcome {
     const char *body;
     size_t body_len;
     uint64_t started_ns; /* sg_now_mono_ns() when the request arrived */
+    uint64_t now_ns;     /* sg_now_mono_ns() when the outcome was known; 0: now */
 } sg_gateway_outcome;
 
 /* Completes and queues the audit records of a decided request (one per

@@ -37,16 +37,42 @@ typedef struct sg_policy_gen policy_gen;
 /* auditrec.c: the parts of a record most requests repeat, escaped once and
  * kept per worker with the content they were made from (the key). */
 typedef struct audit_who_cache {
-    int valid;           /* the parts below are those of the payload in key */
-    sg_buf key;          /* the token's verified payload */
-    sg_buf who, granted; /* ,"sub":..,"client_id":..,"iss":..  and  ,"granted":[..] */
+    int valid;            /* the parts below are those of the payload in key */
+    unsigned long serial; /* counts the times the parts were made */
+    sg_buf key;           /* the token's verified payload */
+    sg_buf who, granted;  /* ,"sub":..,"client_id":..,"iss":..  and  ,"granted":[..] */
 } audit_who_cache;
 typedef struct audit_rule_cache {
-    int valid;  /* text is that of the rule in key */
-    sg_buf key; /* rule NUL file */
+    int valid;            /* text is that of the rule in key */
+    unsigned long serial; /* counts the times text was made */
+    sg_buf key;           /* rule NUL file */
     int line;
     sg_buf text; /* ,"rule":..,"rule_file":..,"rule_line":.. */
 } audit_rule_cache;
+/* The middle of a decision record, from ,"http_method" to the rule's line:
+ * made from the two parts above (by their serials), the policy in force
+ * (by the worker's generation), the decision (a static string) and the
+ * strings in key, and kept while the next message repeats all of them. */
+typedef struct audit_middle_cache {
+    int valid;
+    unsigned long who_serial, rule_serial, seen;
+    const char *decision;
+    sg_buf key;  /* http method NUL method NUL name NUL (a NULL string as "\1") */
+    sg_buf text; /* ,"http_method":..<who>,"policy":..,"method":..,"name":..,"decision":..<rule> */
+} audit_middle_cache;
+
+/* Record buffers of finished requests, kept for the next ones: a request
+ * holds its records from its decision until the upstream answers, so a
+ * worker with tens of requests in flight holds tens of them, more than
+ * malloc's per-thread cache keeps for one size (seven): without these, most
+ * took malloc's and free's slow paths. A buffer grown past
+ * AUDIT_SPARE_MAX_CAP (a large batch) is freed, not kept. */
+#define AUDIT_SPARES        64
+#define AUDIT_SPARE_MAX_CAP 2040
+typedef struct audit_spares {
+    unsigned n;
+    sg_buf bufs[AUDIT_SPARES];
+} audit_spares;
 
 typedef struct sg_gateway_worker worker;
 struct sg_gateway_worker {
@@ -69,6 +95,8 @@ struct sg_gateway_worker {
     sg_buf audit_scratch;        /* shadow records are formatted here */
     audit_who_cache audit_who;
     audit_rule_cache audit_rule;
+    audit_middle_cache audit_middle;
+    audit_spares audit_spares;
 };
 
 struct sg_gateway {

@@ -193,7 +193,7 @@ static enum MHD_Result check_origin(void *cls, enum MHD_ValueKind kind, const ch
 /* ---- audit records ---------------------------------------------------------- */
 
 void http_audit_done(exchange *ex, int status, int upstream_status, const char *upstream_outcome,
-                     const char *content_type, const char *body, size_t len)
+                     const char *content_type, const char *body, size_t len, uint64_t now_ns)
 {
     sg_gateway_outcome o = {.status = status,
                             .upstream_status = upstream_status,
@@ -201,7 +201,8 @@ void http_audit_done(exchange *ex, int status, int upstream_status, const char *
                             .content_type = content_type,
                             .body = body,
                             .body_len = len,
-                            .started_ns = ex->started_ns};
+                            .started_ns = ex->started_ns,
+                            .now_ns = now_ns};
     sg_gateway_audit_finish(ex->h->cfg.gateway, &ex->reply, &o);
 }
 
@@ -391,7 +392,8 @@ static enum MHD_Result decide(exchange *ex, const char *method, int waited)
                                    .body = ex->body.data ? ex->body.data : "",
                                    .body_len = ex->body.len,
                                    .waited = waited,
-                                   .client_addr = client[0] ? client : NULL};
+                                   .client_addr = client[0] ? client : NULL,
+                                   .received_ns = ex->started_ns};
         sg_gateway_action next = sg_gateway_handle(h->cfg.gateway, &greq, &ex->reply);
         if (next == SG_GATEWAY_FORWARD) {
             ok = http_forward(ex, method, hl);
@@ -403,7 +405,7 @@ static enum MHD_Result decide(exchange *ex, const char *method, int waited)
             ok = http_queue_bytes(
                 conn, (unsigned)r->status, r->content_type, r->body.data, r->body.len,
                 r->www_authenticate.len ? r->www_authenticate.data : NULL, r->allow, 0);
-            if (r->naudit) http_audit_done(ex, r->status, 0, NULL, NULL, NULL, 0);
+            if (r->naudit) http_audit_done(ex, r->status, 0, NULL, NULL, NULL, 0, 0);
         }
     }
     free(hl);
@@ -432,7 +434,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     if (ex->phase == PHASE_WAIT) sg_worker_unpark(ex->worker, ex);
     /* Forwarded, and the client left before any answer was queued. */
-    if (ex->reply.naudit) http_audit_done(ex, 0, 0, "client_gone", NULL, NULL, 0);
+    if (ex->reply.naudit) http_audit_done(ex, 0, 0, "client_gone", NULL, NULL, 0, 0);
     if (ex->xfer) {
         sg_transfer_release(ex->xfer);
         atomic_fetch_sub(&ex->h->forwarded, 1);

@@ -81,9 +81,10 @@ typedef struct exchange {
     sg_buf answer;         /* PHASE_COLLECT: a list answer, whole, for filtering */
     char carry[64];        /* last bytes from upstream, for a notification split in two */
     size_t ncarry;
-    uint64_t upstream_started_ns;       /* when it was forwarded (upstream latency) */
-    int sse_counted;                    /* counted in the open event streams gauge */
-    uint64_t wait_ticket;               /* PHASE_WAIT: what it waits for */
+    uint64_t upstream_started_ns; /* when it was forwarded (upstream latency) */
+    uint64_t head_ns;     /* when the upstream's head came (with metrics or an audit log), or 0 */
+    int sse_counted;      /* counted in the open event streams gauge */
+    uint64_t wait_ticket; /* PHASE_WAIT: what it waits for */
     struct exchange *kw_prev, *kw_next; /* PHASE_WAIT: in the worker's waiters */
 } exchange;
 
@@ -104,9 +105,11 @@ enum MHD_Result http_queue_bytes(struct MHD_Connection *conn, unsigned status, c
                                  const char *data, size_t len, const char *www_auth,
                                  const char *allow, int close_after);
 /* Completes the request's audit records, if it has any waiting (only when
- * the gateway audits). upstream_outcome NULL: classified from body. */
+ * the gateway audits). upstream_outcome NULL: classified from body. now_ns:
+ * sg_now_mono_ns() when the outcome was known, if the caller has just read
+ * it (the upstream's head: head_ns), else 0 (read here). */
 void http_audit_done(exchange *ex, int status, int upstream_status, const char *upstream_outcome,
-                     const char *content_type, const char *body, size_t len);
+                     const char *content_type, const char *body, size_t len, uint64_t now_ns);
 
 /* ---- stream.c ---- */
 

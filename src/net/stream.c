@@ -151,7 +151,7 @@ static enum MHD_Result queue_upstream_error_status(exchange *ex, sg_proxy_error 
     if (keep_status) status = keep_status;
     if (ex->reply.naudit)
         http_audit_done(ex, status, ex->phase == PHASE_COLLECT ? ex->head.status : 0,
-                        proxy_outcome(e), NULL, NULL, 0);
+                        proxy_outcome(e), NULL, NULL, 0, 0);
     enum MHD_Result ok = sg_buf_ok(&b)
                              ? http_queue_bytes(ex->conn, (unsigned)status, "application/json",
                                                 b.data, b.len, NULL, NULL, 0)
@@ -199,7 +199,7 @@ enum MHD_Result http_advance_collect(exchange *ex)
     } else {
         if (ex->reply.naudit)
             http_audit_done(ex, ex->head.status, ex->head.status, NULL, ex->head.content_type,
-                            ex->answer.data ? ex->answer.data : "", ex->answer.len);
+                            ex->answer.data ? ex->answer.data : "", ex->answer.len, 0);
         struct MHD_Response *r = MHD_create_response_from_buffer(
             filtered.len, filtered.data ? filtered.data : (char *)"", MHD_RESPMEM_MUST_COPY);
         ok = MHD_NO;
@@ -231,7 +231,8 @@ static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
         sg_transfer_release(ex->xfer);
         ex->xfer = NULL;
         atomic_fetch_sub(&ex->h->forwarded, 1);
-        if (ex->reply.naudit) http_audit_done(ex, 202, head->status, "ok", NULL, NULL, 0);
+        if (ex->reply.naudit)
+            http_audit_done(ex, 202, head->status, "ok", NULL, NULL, 0, ex->head_ns);
         return http_queue_bytes(ex->conn, 202, NULL, NULL, 0, NULL, NULL, 0);
     }
     if (head->complete) {
@@ -240,7 +241,8 @@ static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
         size_t len;
         char *body = sg_transfer_take_body(ex->xfer, &len);
         if (ex->reply.naudit && body)
-            http_audit_done(ex, head->status, head->status, NULL, head->content_type, body, len);
+            http_audit_done(ex, head->status, head->status, NULL, head->content_type, body, len,
+                            ex->head_ns);
         struct MHD_Response *r =
             body ? MHD_create_response_from_buffer_with_free_callback(len, body, free) : NULL;
         if (!r) {
@@ -279,7 +281,8 @@ static enum MHD_Result queue_stream(exchange *ex, const sg_transfer_head *head)
     ex->tail[0] = ex->tail[1] = '\n'; /* the stream starts on an event boundary */
     ex->phase = PHASE_STREAM;
     if (ex->slot) ex->slot->streaming = 1;
-    if (ex->reply.naudit) http_audit_done(ex, head->status, head->status, NULL, NULL, NULL, 0);
+    if (ex->reply.naudit)
+        http_audit_done(ex, head->status, head->status, NULL, NULL, NULL, 0, ex->head_ns);
     enum MHD_Result ok = MHD_queue_response(ex->conn, (unsigned)head->status, r);
     MHD_destroy_response(r);
     return ok;
@@ -292,10 +295,12 @@ enum MHD_Result http_advance_head(exchange *ex)
         sg_transfer_head head;
         sg_transfer_head_state r = sg_transfer_head_get(ex->xfer, &head);
         if (r == SG_HEAD_READY) {
+            /* One clock read for the latency histogram, readiness and the
+             * audit record's latency. */
+            if (sg_metrics_enabled() || ex->reply.naudit) ex->head_ns = sg_now_mono_ns();
             if (sg_metrics_enabled()) {
-                uint64_t now = sg_now_mono_ns();
-                sg_metric_observe(SG_H_UPSTREAM_SECONDS, now - ex->upstream_started_ns);
-                sg_metric_upstream_seen(now);
+                sg_metric_observe(SG_H_UPSTREAM_SECONDS, ex->head_ns - ex->upstream_started_ns);
+                sg_metric_upstream_seen(ex->head_ns);
             }
             return queue_stream(ex, &head);
         }

@@ -31,9 +31,9 @@ local dir, key, up_pid, up, gw_pid, gw, gw_err, audit_file
 local tokens = {} -- every token minted here: none may show up in a log
 local logs = {}   -- every log file a gateway of this spec wrote
 
-local function mint(scope)
+local function mint(scope, sub)
   local tok = assert(core.mint { alg = "ES256", key_file = key.priv_file,
-    claims = keys.json { iss = ISS, aud = AUD, sub = "alice", client_id = "cli-7", scope = scope,
+    claims = keys.json { iss = ISS, aud = AUD, sub = sub or "alice", client_id = "cli-7", scope = scope,
                          exp = os.time() + 600 } })
   tokens[#tokens + 1] = tok
   return tok
@@ -255,6 +255,57 @@ describe("the audit log", function()
     local fresh = wait_lines(1)
     assert.are.equal(1, #fresh)
     assert.are.equal(before, #lines_of(audit_file .. ".1"), "the moved file gets nothing more")
+  end)
+end)
+
+describe("a worker's kept record parts", function()
+  -- A worker keeps the parts of a record the next request usually repeats
+  -- (the caller, the rule, the middle from http_method to the rule's line).
+  -- One worker, so every request below meets what the one before left:
+  -- each record must still say what its own request was.
+  it("never lend one request's caller, tool, rule or decision to the next", function()
+    local err, file = dir .. "/gw-kept.err", dir .. "/audit-kept.log"
+    logs[#logs + 1] = err
+    keys.write(dir .. "/kept.lua", POLICY)
+    local pid, addr = procs.start_gateway("--upstream " .. q("http://" .. up .. "/mcp") ..
+      " --policy " .. q(dir .. "/kept.lua") .. " --public-key " .. q(key.pub_file) ..
+      " --key-alg ES256 --issuer " .. q(ISS) .. " --audit-log " .. q(file) .. " --threads 1", err)
+    local alice, bob = mint("echo:read"), mint("echo:read", "bob")
+    local ping = '{"jsonrpc":"2.0","id":2,"method":"ping"}'
+    local steps = {
+      { call("echo"), alice, 200, { sub = '"alice"', name = '"echo"', rule = '"tools.echo"', rule_line = "5", decision = '"allow"' } },
+      { call("echo"), alice, 200, { sub = '"alice"', name = '"echo"', rule = '"tools.echo"', rule_line = "5", decision = '"allow"' } },
+      { call("echo"), bob, 200, { sub = '"bob"', name = '"echo"', rule = '"tools.echo"', decision = '"allow"' } },
+      { call("plain"), bob, 200, { sub = '"bob"', name = '"plain"', rule = '"tools.plain"', rule_line = "6" } },
+      { ping, bob, 200, { sub = '"bob"', method = '"ping"', name = "null", rule = '"builtin.ping"', rule_line = "null" } },
+      { call("write"), bob, 403, { sub = '"bob"', name = '"write"', decision = '"insufficient_scope"', required = '"echo:write"' } },
+      { call("echo"), nil, 401, { sub = "null", name = '"echo"', decision = '"unauthorized"' } },
+      -- Tools without a rule of their own: the same rule (default), only the name differs.
+      { call("nosuch1"), bob, 403, { sub = '"bob"', name = '"nosuch1"', rule = '"default"', decision = '"deny"' } },
+      { call("nosuch2"), bob, 403, { sub = '"bob"', name = '"nosuch2"', rule = '"default"', decision = '"deny"' } },
+      { call("echo"), bob, 200, { sub = '"bob"', name = '"echo"', decision = '"allow"', rule_line = "5" } },
+    }
+    for i, st in ipairs(steps) do
+      assert.are.equal(st[3], post(st[1], { token = st[2], gw = addr }).status, "step " .. i)
+      local line = wait_lines(i, file)[i]
+      for k, v in pairs(st[4]) do assert.are.equal(v, field(line, k), "step " .. i .. ": " .. k) end
+    end
+    -- A reload that moves the rule: same caller, tool and decision, new line.
+    keys.write(dir .. "/kept.lua", "-- moved down a line\n" .. POLICY)
+    procs.wait_for(err, "policy reloaded", 5)
+    assert.are.equal(200, post(call("echo"), { token = bob, gw = addr }).status)
+    local line = wait_lines(#steps + 1, file)[#steps + 1]
+    assert.are.equal("6", field(line, "rule_line"))
+    assert.are_not.equal(field(wait_lines(1, file)[1], "policy"), field(line, "policy"))
+    -- A reload that changes only the policy's text: everything the same but
+    -- the policy's hash.
+    keys.write(dir .. "/kept.lua", "-- moved down a line\n" .. POLICY .. "-- and a comment\n")
+    procs.wait_for(err, "policy reloaded.*policy reloaded", 5)
+    assert.are.equal(200, post(call("echo"), { token = bob, gw = addr }).status)
+    local last = wait_lines(#steps + 2, file)[#steps + 2]
+    assert.are.equal("6", field(last, "rule_line"))
+    assert.are_not.equal(field(line, "policy"), field(last, "policy"))
+    assert.is_true(procs.stop(pid))
   end)
 end)
 

@@ -240,9 +240,11 @@ static const audit_who_cache *who_part(worker *w, const sg_token *token)
             j_string(&c->granted, token->scopes[k]);
         }
         sg_buf_putc(&c->granted, ']');
-        /* Kept only for a token whose payload identifies it. */
+        /* Kept only for a token whose payload identifies it, and only when
+         * every part was made whole (else it is made again next time). */
         c->valid = token && token->claims_json;
         if (c->valid) sg_buf_append(&c->key, token->claims_json, token->claims_json_len);
+        c->valid = c->valid && sg_buf_ok(&c->key) && sg_buf_ok(&c->who) && sg_buf_ok(&c->granted);
         c->serial++;
     }
     return c;
@@ -320,6 +322,7 @@ static const audit_rule_cache *rule_part(worker *w, const sg_policy_decision *d)
             sg_buf_append(&c->key, rule, rlen + 1);
             sg_buf_append(&c->key, file, flen);
         }
+        c->valid = c->valid && sg_buf_ok(&c->key) && sg_buf_ok(&c->text);
         c->serial++;
     }
     return c;
@@ -392,7 +395,7 @@ static void audit_middle(sg_buf *b, worker *w, const audit_who_cache *who,
         c->rule_serial = rule->serial;
         c->seen = w->seen;
         c->decision = decision;
-        c->valid = who->valid && rule->valid && sg_buf_ok(&c->key);
+        c->valid = who->valid && rule->valid && sg_buf_ok(&c->key) && sg_buf_ok(&c->text);
     }
     append_part(b, &c->text);
 }

@@ -28,7 +28,7 @@
 
 #define WELL_KNOWN       "/.well-known/oauth-protected-resource"
 #define CONNECTION_SLACK 16 /* beyond the soft limit, so the 503 can be sent */
-#define DISCARD_FACTOR   4  /* an oversized chunked body is read this far, then dropped */
+#define DISCARD_FACTOR   4  /* an oversized body is read this far, then the connection dropped */
 
 /* ---- small helpers ---------------------------------------------------------- */
 
@@ -265,9 +265,20 @@ static enum MHD_Result first_call(sg_http *h, exchange *ex, const char *url, con
     if (cl) {
         char *end = NULL;
         unsigned long long n = strtoull(cl, &end, 10);
-        if (end != cl && n > h->cfg.limits.max_body)
-            return queue_error(conn, 413, SG_JSONRPC_INVALID_REQUEST, "Request body too large",
-                               NULL, 1);
+        if (end != cl && n > h->cfg.limits.max_body) {
+            /* Answered at once only when the client has sent none of the
+             * body yet (it waits for 100 Continue) or announces more than
+             * would be read: closing with unread bytes in the socket makes
+             * the kernel reset the connection, and the client may lose the
+             * answer. Otherwise the body is read and dropped, then 413. */
+            const char *expect =
+                MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+            if ((expect && strcasecmp(expect, "100-continue") == 0) ||
+                n > DISCARD_FACTOR * (unsigned long long)h->cfg.limits.max_body)
+                return queue_error(conn, 413, SG_JSONRPC_INVALID_REQUEST, "Request body too large",
+                                   NULL, 1);
+            ex->late_status = 413;
+        }
     }
     ex->phase = PHASE_BODY;
     return MHD_YES;

@@ -157,6 +157,24 @@ describe("scopegate serve", function()
                        '"message":"Request body too large"}}', r.body)
     end)
 
+    it("answers 413 to a declared oversized body sent without waiting, and the client reads it", function()
+      -- Without Expect: 100-continue a client sends its whole body at once.
+      -- A gateway that answers on the header and closes leaves unread bytes
+      -- in its socket: the kernel then resets the connection, and the
+      -- client often loses the answer (curl reports no status at all).
+      local big = dir .. "/big3.json"
+      keys.write(big, string.rep("a", 3 * 1024 * 1024))
+      for i = 1, 5 do
+        local r = http { method = "POST", body_file = big,
+                         headers = { "Content-Type: application/json", "Expect:" } }
+        assert.are.equal(413, r.status, "try " .. i)
+      end
+      -- A client that waits for 100 Continue gets the 413 instead, at once.
+      local r = http { method = "POST", body_file = big,
+                       headers = { "Content-Type: application/json", "Expect: 100-continue" } }
+      assert.are.equal(413, r.status)
+    end)
+
     it("refuses oversized headers with 431", function()
       local r = http { method = "POST", body = "{}",
                        headers = { "Content-Type: application/json",

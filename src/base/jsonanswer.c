@@ -18,8 +18,6 @@
 
 HOT size_t skip_space(const char *p, size_t len, size_t i)
 {
-    /* Most answers are compact: one test for the usual case, a byte that
-     * is no whitespace (every JSON whitespace byte is below '!'). */
     while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
         i++;
     return i;
@@ -43,8 +41,6 @@ HOT size_t end_of_string(const char *p, size_t len, size_t i, int *escaped)
     return 0;
 }
 
-/* Past a number or literal starting at p[i] (its characters, not its
- * syntax), or 0 when none starts there. */
 /* 1 for the bytes a number or literal is written with. */
 static const unsigned char scalar_byte[256] = {
     ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
@@ -54,6 +50,8 @@ static const unsigned char scalar_byte[256] = {
     ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1, ['-'] = 1, ['+'] = 1, ['.'] = 1, ['E'] = 1,
 };
 
+/* Past a number or literal starting at p[i] (its characters, not its
+ * syntax), or 0 when none starts there. */
 HOT size_t end_of_scalar(const char *p, size_t len, size_t i)
 {
     size_t start = i;

@@ -348,12 +348,17 @@ static void audit_rule(sg_buf *b, worker *w, const sg_universe *u, const sg_poli
  * each that is, with its NUL. */
 enum { MIDDLE_STRINGS = 3 };
 
-static int middle_key_is(const sg_buf *key, const char *const s[MIDDLE_STRINGS])
+static unsigned char middle_present(const char *const s[MIDDLE_STRINGS])
 {
     unsigned char present = 0;
     for (int i = 0; i < MIDDLE_STRINGS; i++)
         present |= (unsigned char)(s[i] ? 1u << i : 0);
-    if (key->len < 1 || (unsigned char)key->data[0] != present) return 0;
+    return present;
+}
+
+static int middle_key_is(const sg_buf *key, const char *const s[MIDDLE_STRINGS])
+{
+    if (key->len < 1 || (unsigned char)key->data[0] != middle_present(s)) return 0;
     size_t at = 1;
     for (int i = 0; i < MIDDLE_STRINGS; i++) {
         if (!s[i]) continue;
@@ -385,10 +390,7 @@ static void audit_middle(sg_buf *b, worker *w, const audit_who_cache *who,
         J_FIELD(&c->text, "name", s[2]);
         J_FIELD(&c->text, "decision", decision);
         append_part(&c->text, &rule->text);
-        unsigned char present = 0;
-        for (int i = 0; i < MIDDLE_STRINGS; i++)
-            present |= (unsigned char)(s[i] ? 1u << i : 0);
-        sg_buf_putc(&c->key, (char)present);
+        sg_buf_putc(&c->key, (char)middle_present(s));
         for (int i = 0; i < MIDDLE_STRINGS; i++)
             if (s[i]) sg_buf_append(&c->key, s[i], strlen(s[i]) + 1);
         c->who_serial = who->serial;

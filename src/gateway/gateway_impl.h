@@ -57,7 +57,9 @@ typedef struct audit_middle_cache {
     int valid;
     unsigned long who_serial, rule_serial, seen;
     const char *decision;
-    sg_buf key;  /* http method NUL method NUL name NUL (a NULL string as "\1") */
+    /* A byte saying which of the HTTP method, method and name there are,
+     * then each that is, with its NUL. */
+    sg_buf key;
     sg_buf text; /* ,"http_method":..<who>,"policy":..,"method":..,"name":..,"decision":..<rule> */
 } audit_middle_cache;
 

@@ -443,6 +443,40 @@ describe("scopegate serve", function()
       end
     end)
 
+    -- An idle pooled connection stays in the gateway's epoll set (no
+    -- epoll_ctl per forwarded request). When the upstream closes it, the
+    -- gateway must close its end at once: left open it sits in CLOSE_WAIT,
+    -- and, watched level-triggered, wakes the worker in a busy loop.
+    it("closes a pooled connection as soon as the upstream closes it, without spinning", function()
+      local up_port = tonumber(up:match(":(%d+)$"))
+      local function close_wait()
+        local n = 0
+        for line in io.lines("/proc/net/tcp") do
+          local rport, st = line:match("^%s*%d+: %x+:%x+ %x+:(%x+) (%x%x)")
+          if rport and tonumber(rport, 16) == up_port and st == "08" then n = n + 1 end
+        end
+        return n
+      end
+      local function cpu_ticks()
+        local stat = read_file("/proc/" .. gw_pid .. "/stat")
+        local fields = {}
+        for f in stat:match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = f end
+        return tonumber(fields[12]) + tonumber(fields[13]) -- utime + stime
+      end
+      assert.are.equal(200, post(call(91, "close_after"), mint("echo:read")).status)
+      local waited = 0
+      while close_wait() > 0 and waited < 2 do
+        sleep(0.05)
+        waited = waited + 0.05
+      end
+      assert.are.equal(0, close_wait(), "the gateway kept a connection the upstream closed")
+      local before = cpu_ticks()
+      sleep(1)
+      local used = cpu_ticks() - before
+      assert(used < 30, "an idle gateway used " .. used .. " ticks of CPU in 1 s")
+      assert.are.equal(200, post(call(92, "echo"), mint("echo:read")).status)
+    end)
+
     it("answers 504 with the request id when the upstream is slow", function()
       local r = post(call(23, "slow", '{"seconds":4}'), mint("echo:read"))
       assert.are.equal(504, r.status)

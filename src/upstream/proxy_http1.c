@@ -34,6 +34,11 @@
 #include "upstream/http1.h"
 
 #define IDLE_MAX 1024 /* idle upstream connections kept per lane */
+/* Response parsers kept for reuse per lane: each holds an 8 KiB line
+ * buffer, too large for malloc's per-thread cache, and a malloc and free
+ * of that size per forwarded request took malloc's slow path (and made it
+ * consolidate its fast bins) every time. */
+#define SPARE_PARSERS 16
 
 /* Where to connect and what to say, resolved once per proxy. */
 typedef struct http1_target {
@@ -51,6 +56,8 @@ typedef struct http1_lane {
     int nidle;
     http1_transfer **byfd;
     int nbyfd;
+    sg_http1 *spare_parsers[SPARE_PARSERS];
+    int nspare_parsers;
 } http1_lane;
 
 struct http1_transfer {
@@ -448,6 +455,8 @@ static void http1_lane_free(sg_proxy_lane *l)
     if (!hl) return;
     for (int i = 0; i < hl->nidle; i++)
         close(hl->idle[i]);
+    for (int i = 0; i < hl->nspare_parsers; i++)
+        free(hl->spare_parsers[i]);
     free(hl->byfd);
     free(hl);
     l->impl = NULL;
@@ -456,8 +465,11 @@ static void http1_lane_free(sg_proxy_lane *l)
 static int http1_start(sg_proxy_lane *p, sg_transfer *base, const sg_proxy_request *req)
 {
     http1_transfer *t = (http1_transfer *)base;
+    http1_lane *hl = http1_lane_of(p);
     t->fd = -1;
-    if (!(t->parser = malloc(sizeof *t->parser)) || http1_request(p, t, req) != 0) return -1;
+    t->parser = hl->nspare_parsers > 0 ? hl->spare_parsers[--hl->nspare_parsers]
+                                       : malloc(sizeof *t->parser);
+    if (!t->parser || http1_request(p, t, req) != 0) return -1;
     proxy_activate(p, base);
     if (http1_connect(p, t, 1) != 0)
         http1_finish(p, t, SG_PROXY_EUNREACHABLE); /* no socket: as an unreachable upstream */
@@ -518,9 +530,13 @@ static void http1_detach(sg_proxy_lane *p, sg_transfer *base)
 static void http1_transfer_free(sg_transfer *base)
 {
     http1_transfer *t = (http1_transfer *)base;
+    http1_lane *hl = http1_lane_of(base->lane); /* freed after its transfers */
     sg_buf_free(&t->request);
     sg_buf_free(&t->unread);
-    free(t->parser);
+    if (t->parser && hl->nspare_parsers < SPARE_PARSERS)
+        hl->spare_parsers[hl->nspare_parsers++] = t->parser;
+    else
+        free(t->parser);
 }
 
 const upstream_transport sg_upstream_http1 = {

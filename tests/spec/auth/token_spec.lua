@@ -211,6 +211,36 @@ describe("token verification", function()
       assert.is_nil(core.b64url_decode("Y+"))   -- standard alphabet
       assert.is_nil(core.b64url_decode("Y"))    -- impossible length
     end)
+
+    it("decodes every byte value in every position of a quad as the alphabet says", function()
+      local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+      for b = 0, 255 do
+        local ch = string.char(b)
+        local in_alphabet = alphabet:find(ch, 1, true) ~= nil
+        for pos = 1, 4 do
+          local quad = ("QUFB"):sub(1, pos - 1) .. ch .. ("QUFB"):sub(pos + 1)
+          if in_alphabet then
+            assert.equal(K.unb64url(quad), core.b64url_decode(quad), "byte " .. b .. " at " .. pos)
+            if pos <= 2 then -- canonical tails decode too
+              assert.equal(K.unb64url("QUFBQUA"), core.b64url_decode("QUFBQUA"))
+              assert.equal(K.unb64url("QUFBQQ"), core.b64url_decode("QUFBQQ"))
+            end
+          else
+            assert.is_nil(core.b64url_decode(quad), "byte " .. b .. " at " .. pos)
+            assert.is_nil(core.b64url_decode(quad .. "QQ"), "byte " .. b .. " at " .. pos)
+            -- in a tail of three or two (the rest of it canonical: "QUA", "QQ")
+            if pos <= 3 then
+              local tail = ("QUA"):sub(1, pos - 1) .. ch .. ("QUA"):sub(pos + 1)
+              assert.is_nil(core.b64url_decode("QUFB" .. tail), "byte " .. b .. " in a tail of 3")
+            end
+            if pos <= 2 then
+              local tail = ("QQ"):sub(1, pos - 1) .. ch .. ("QQ"):sub(pos + 1)
+              assert.is_nil(core.b64url_decode("QUFB" .. tail), "byte " .. b .. " in a tail of 2")
+            end
+          end
+        end
+      end
+    end)
   end)
 
   describe("refusals", function()

@@ -291,7 +291,7 @@ static char *write_policy(int ntools)
 static double decide_rate(decision_run *r, const char *body)
 {
     sg_mcp_body_free(&r->body);
-    if (sg_mcp_parse(body, strlen(body), NULL, &r->body) != 0) exit(1);
+    if (sg_mcp_parse(body, strlen(body), NULL, NULL, &r->body) != 0) exit(1);
     return measure(op_decide, r);
 }
 

@@ -100,10 +100,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_is_json(&quoted);
     sg_buf_free(&quoted);
 
-    /* The MCP parse, with the gateway's default limits. */
+    /* The MCP parse, with the gateway's default limits, on the heap and
+     * (as the gateway does it) in an arena: the two must read alike. */
+    sg_json_memory_init();
+    static sg_arena scratch;
+    if (!scratch.block_size) sg_arena_init(&scratch, 16 * 1024);
+    sg_arena_reset(&scratch);
     sg_mcp_limits ml = SG_MCP_LIMITS_DEFAULT;
-    sg_mcp_body mb;
-    int rc = sg_mcp_parse(body, size, &ml, &mb);
+    sg_mcp_body mb, in_arena;
+    int rc = sg_mcp_parse(body, size, &ml, NULL, &mb);
+    int arena_rc = sg_mcp_parse(body, size, &ml, &scratch, &in_arena);
+    CHECK(arena_rc == rc && in_arena.nmsgs == mb.nmsgs && in_arena.is_batch == mb.is_batch);
+    CHECK(in_arena.tree_in_mem || !in_arena.root);
+    for (size_t i = 0; i < mb.nmsgs; i++) {
+        const sg_mcp_msg *a = &mb.msgs[i], *b = &in_arena.msgs[i];
+        CHECK(a->kind == b->kind && a->id_len == b->id_len && a->error_code == b->error_code);
+        CHECK(!a->id_raw == !b->id_raw &&
+              (!a->id_raw || memcmp(a->id_raw, b->id_raw, a->id_len) == 0));
+        CHECK(!a->method == !b->method && (!a->method || strcmp(a->method, b->method) == 0));
+        CHECK(!a->name == !b->name && (!a->name || strcmp(a->name, b->name) == 0));
+        CHECK(!a->arguments == !b->arguments);
+    }
+    sg_mcp_body_free(&in_arena);
     /* The pre-scan accepted what cJSON then refused: the two disagree. */
     CHECK(
         !(rc == SG_JSONRPC_PARSE_ERROR && strstr(mb.error_message, "rejected by the JSON parser")));

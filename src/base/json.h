@@ -117,4 +117,18 @@ int sg_json_is_id_literal(const char *p, size_t len);
  * always valid JSON. Allocation failure is recorded in out (sg_buf_ok). */
 void sg_json_append_string(sg_buf *out, const char *s, size_t len);
 
+/* ---- cJSON's memory (jsonmem.c) ---------------------------------------------
+ * Installs scopegate's allocation hooks in cJSON, once per process; call it
+ * before any other thread uses cJSON (main does). Until it is called, the
+ * two functions below change nothing. Can't fail. */
+void sg_json_memory_init(void);
+
+/* Until sg_json_arena_end, the calling thread's cJSON allocations come from
+ * a, and its cJSON frees do nothing: wrap exactly one cJSON_Parse* call in
+ * the pair. Returns 1 when the tree will be in a (never cJSON_Delete it,
+ * never add to it; it goes with the arena's next reset), 0 when the hooks
+ * are not installed (or a is NULL) and the tree is on the heap as usual. */
+int sg_json_arena_begin(sg_arena *a);
+void sg_json_arena_end(void);
+
 #endif

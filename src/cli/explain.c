@@ -247,7 +247,7 @@ int sg_cmd_explain(int argc, char **argv)
     /* The same content hash the gateway logs when it loads or reloads this
      * text, so a decision can be tied to the policy that made it. */
     printf("policy:      %s (policy %s)\n", pos[0], sg_policy_hash(p));
-    int prc = sg_mcp_parse(body_text, body_len, NULL, &body);
+    int prc = sg_mcp_parse(body_text, body_len, NULL, NULL, &body);
     if (prc != 0) {
         printf("decision:    400 (JSON-RPC %d)\nmessage:     %s\n", prc, body.error_message);
         status = EXPLAIN_EXIT_INVALID;

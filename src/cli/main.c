@@ -14,6 +14,7 @@
 #include "cli/cli.h"
 #include "policy/lint.h"
 #include "policy/policy.h"
+#include "base/json.h"
 #include "base/sg.h"
 #include "auth/mint.h"
 #include "auth/token.h"
@@ -167,6 +168,7 @@ static int cmd_token(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    sg_json_memory_init(); /* before any thread: cJSON's hooks are process-wide */
     if (argc < 2) return usage(stderr);
     const char *cmd = argv[1];
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

@@ -194,7 +194,7 @@ static void run_case(const test_file *f, sg_policy *p, const sg_site *site, cons
             goto report;
         }
     }
-    int prc = sg_mcp_parse(c->body, strlen(c->body), NULL, &body);
+    int prc = sg_mcp_parse(c->body, strlen(c->body), NULL, NULL, &body);
     if (prc != 0) {
         sg_buf_printf(&diag, "#   the gateway would answer 400: %s\n#   message:  %s\n",
                       body.error_message, c->body);

@@ -468,9 +468,9 @@ static void count_decision(const worker *w, const sg_mcp_body *body, sg_outcome 
  * headers agree with it. Fills *body (freed by the caller either way).
  * Returns 0, or -1 when *out is the 400 answer. */
 static int check_post_body(const sg_gateway *gw, const sg_gateway_request *req, const char *version,
-                           sg_mcp_body *body, sg_gateway_reply *out)
+                           sg_arena *scratch, sg_mcp_body *body, sg_gateway_reply *out)
 {
-    int rc = sg_mcp_parse(req->body, req->body_len, &gw->mcp_limits, body);
+    int rc = sg_mcp_parse(req->body, req->body_len, &gw->mcp_limits, scratch, body);
     if (rc != 0) {
         const sg_mcp_msg *m = body->nmsgs == 1 && !body->is_batch ? &body->msgs[0] : NULL;
         answer(out, 400, m ? m->id_raw : NULL, m ? m->id_len : 0, rc, body->error_message);
@@ -553,8 +553,8 @@ static sg_gateway_action handle_post(worker *w, const sg_gateway *gw, const sg_g
         return answer(out, 400, NULL, 0, SG_JSONRPC_INVALID_REQUEST,
                       "Invalid Request: unsupported MCP-Protocol-Version");
 
-    sg_mcp_body body;
-    if (check_post_body(gw, req, version, &body, out) != 0) {
+    sg_mcp_body body; /* in the request's arena, tree and all: no malloc */
+    if (check_post_body(gw, req, version, &w->arena, &body, out) != 0) {
         sg_mcp_body_free(&body);
         return SG_GATEWAY_ANSWER;
     }

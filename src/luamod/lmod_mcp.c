@@ -108,7 +108,7 @@ static sg_mcp_body *parse_arg(lua_State *L, int arg, int limits_arg, int *rc)
         lim.max_batch = (unsigned)limit_field(L, limits_arg, "max_batch", SG_MCP_MAX_BATCH_CAP);
     }
     sg_mcp_body *b = new_body(L);
-    *rc = sg_mcp_parse(text, len, &lim, b);
+    *rc = sg_mcp_parse(text, len, &lim, NULL, b);
     return b;
 }
 

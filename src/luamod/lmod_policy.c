@@ -429,7 +429,7 @@ static int l_policy_evaluate(lua_State *L)
     /* From here C resources are held: build the answer in C, then push. */
     sg_mcp_body body;
     memset(&body, 0, sizeof body);
-    int prc = body_text ? sg_mcp_parse(body_text, strlen(body_text), NULL, &body) : -1;
+    int prc = body_text ? sg_mcp_parse(body_text, strlen(body_text), NULL, NULL, &body) : -1;
     sg_arena arena;
     sg_arena_init(&arena, 4096);
     sg_decision d;

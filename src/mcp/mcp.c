@@ -257,10 +257,12 @@ static int scan_error_code(sg_json_errkind kind)
     }
 }
 
-int sg_mcp_parse(const char *body, size_t len, const sg_mcp_limits *lim, sg_mcp_body *out)
+int sg_mcp_parse(const char *body, size_t len, const sg_mcp_limits *lim, sg_arena *scratch,
+                 sg_mcp_body *out)
 {
     memset(out, 0, sizeof *out);
     sg_arena_init(&out->arena, 1024);
+    out->mem = scratch ? scratch : &out->arena;
     sg_mcp_limits l = effective_limits(lim);
 
     if (!body) len = 0;
@@ -295,7 +297,13 @@ int sg_mcp_parse(const char *body, size_t len, const sg_mcp_limits *lim, sg_mcp_
     }
 
     const char *end = NULL;
+    /* Only a small body's tree goes to the caller's arena: a reset keeps
+     * the arena's first block only, but until then a worker would hold a
+     * large body's tree (tens of bytes per value, megabytes for a body at
+     * the size limit) after its request is over. */
+    out->tree_in_mem = len <= SG_MCP_ARENA_TREE_MAX_BODY && sg_json_arena_begin(scratch);
     out->root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (out->tree_in_mem) sg_json_arena_end();
     if (out->root && end) {
         while (end < body + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
             end++;
@@ -314,7 +322,7 @@ int sg_mcp_parse(const char *body, size_t len, const sg_mcp_limits *lim, sg_mcp_
         rc = body_fail(out, SG_JSONRPC_INTERNAL_ERROR, "Internal error", "batch size disagrees");
         goto done;
     }
-    out->msgs = sg_arena_alloc(&out->arena, n * sizeof *out->msgs);
+    out->msgs = sg_arena_alloc(out->mem, n * sizeof *out->msgs);
     if (!out->msgs) {
         rc = body_fail(out, SG_JSONRPC_INTERNAL_ERROR, "Internal error", "out of memory");
         goto done;
@@ -322,7 +330,7 @@ int sg_mcp_parse(const char *body, size_t len, const sg_mcp_limits *lim, sg_mcp_
     out->nmsgs = n;
     const cJSON *item = out->is_batch ? out->root->child : out->root;
     for (size_t i = 0; i < n && item; i++, item = item->next) {
-        int code = classify(&out->msgs[i], item, body, scan.id_spans[i], &out->arena);
+        int code = classify(&out->msgs[i], item, body, scan.id_spans[i], out->mem);
         if (code != 0 && !out->is_batch) {
             out->error_code = code;
             memcpy(out->error_message, out->msgs[i].error_message, SG_MCP_MESSAGE_LEN);
@@ -337,7 +345,7 @@ done:
 
 void sg_mcp_body_free(sg_mcp_body *body)
 {
-    cJSON_Delete(body->root);
+    if (!body->tree_in_mem) cJSON_Delete(body->root);
     sg_arena_free(&body->arena);
     memset(body, 0, sizeof *body);
 }

@@ -73,9 +73,13 @@ typedef enum sg_mcp_kind {
 } sg_mcp_kind;
 
 #define SG_MCP_MESSAGE_LEN 192
+/* Largest body whose cJSON tree sg_mcp_parse builds in the caller's arena
+ * (a tree takes up to about 36 bytes per byte of body: "[0,0,...]"). */
+#define SG_MCP_ARENA_TREE_MAX_BODY 4096
 
 /* One message. Every pointer points into the owning sg_mcp_body (its cJSON
- * tree or its arena) and lives until sg_mcp_body_free. */
+ * tree or its arena) and lives until sg_mcp_body_free (or, for a body
+ * parsed in a caller's arena, until that arena is reset). */
 typedef struct sg_mcp_msg {
     sg_mcp_kind kind;
     const cJSON *json;  /* the message object; NULL when not an object */
@@ -101,7 +105,9 @@ typedef struct sg_mcp_body {
     sg_mcp_msg *msgs;
     int error_code; /* 0, or the JSON-RPC code of the whole-body failure */
     char error_message[SG_MCP_MESSAGE_LEN];
-    sg_arena arena; /* messages and id copies */
+    sg_arena arena;  /* its own, when the caller gave none */
+    sg_arena *mem;   /* where the messages, id copies (and maybe the tree) are */
+    int tree_in_mem; /* the cJSON tree is in *mem too: nothing of it to free */
 } sg_mcp_body;
 
 /* Parses body[0..len) into *out (which needs no initialisation). lim may be
@@ -114,11 +120,18 @@ typedef struct sg_mcp_body {
  * out->error_message set ("Parse error: ... at byte 17"). When a single
  * (non-batch) message is invalid, out->nmsgs is 1 and msgs[0] carries the
  * id to answer with, if one could be recovered. Always release *out with
- * sg_mcp_body_free, whatever the return value. */
-int sg_mcp_parse(const char *body, size_t len, const sg_mcp_limits *lim, sg_mcp_body *out);
+ * sg_mcp_body_free, whatever the return value. scratch may be NULL; else
+ * the messages, the id copies and, for a body of at most
+ * SG_MCP_ARENA_TREE_MAX_BODY bytes, the cJSON tree (sg_json_arena_begin) are
+ * allocated from it, and stay valid until it is reset, which must not
+ * happen before sg_mcp_body_free: the gateway passes its per-request arena
+ * and so builds a usual body without a single malloc. */
+int sg_mcp_parse(const char *body, size_t len, const sg_mcp_limits *lim, sg_arena *scratch,
+                 sg_mcp_body *out);
 
 /* Releases everything *body owns and empties it; safe on an emptied or
- * failed body. Can't fail. */
+ * failed body. What it took from a caller's arena stays there. Can't
+ * fail. */
 void sg_mcp_body_free(sg_mcp_body *body);
 
 /* Appends a complete JSON-RPC error response to out:

@@ -15,6 +15,17 @@
 
 #define VALUE_MAX 512
 
+/* 1 for the bytes a quoted parameter keeps as they are: printable ASCII
+ * but the quote and the backslash. */
+static int plain_byte(unsigned char c)
+{
+    return c >= 0x20 && c <= 0x7E && c != '"' && c != '\\';
+}
+
+/* , name="value": the value cut at VALUE_MAX bytes, a quote written as ',
+ * a backslash as / and any other byte a quoted-string may not hold as ?,
+ * so the header can never be split or its quoting escaped. Plain runs are
+ * appended whole: a denied request formats five of these. */
 static void put_param(sg_buf *out, int *first, const char *name, const char *value)
 {
     if (!value || !*value) return;
@@ -22,16 +33,18 @@ static void put_param(sg_buf *out, int *first, const char *name, const char *val
     *first = 0;
     sg_buf_puts(out, name);
     sg_buf_puts(out, "=\"");
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)value; *p && n < VALUE_MAX; p++, n++) {
-        unsigned char c = *p;
-        if (c == '"')
-            c = '\'';
-        else if (c == '\\')
-            c = '/';
-        else if (c < 0x20 || c > 0x7E)
-            c = '?';
-        sg_buf_putc(out, (char)c);
+    const unsigned char *p = (const unsigned char *)value;
+    size_t left = strnlen(value, VALUE_MAX);
+    while (left > 0) {
+        size_t run = 0;
+        while (run < left && plain_byte(p[run]))
+            run++;
+        sg_buf_append(out, p, run);
+        if (run == left) break;
+        unsigned char c = p[run];
+        sg_buf_putc(out, c == '"' ? '\'' : c == '\\' ? '/' : '?');
+        p += run + 1;
+        left -= run + 1;
     }
     sg_buf_putc(out, '"');
 }

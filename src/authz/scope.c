@@ -499,7 +499,9 @@ static void describe_simplified(const sg_universe *u, const sg_req *r, const cha
         sg_buf_puts(out, "Denied by policy");
         break;
     case SG_REQ_SCOPE:
-        sg_buf_printf(out, "Scope %s is required", sg_universe_name(u, r->scope));
+        sg_buf_puts(out, "Scope ");
+        sg_buf_puts(out, sg_universe_name(u, r->scope));
+        sg_buf_puts(out, " is required");
         break;
     case SG_REQ_ALL:
     case SG_REQ_ANY:

@@ -358,7 +358,10 @@ void sg_mcp_error_render(sg_buf *out, const char *id_raw, size_t id_len, int cod
         sg_buf_append(out, id_raw, id_len);
     else
         sg_buf_puts(out, "null");
-    sg_buf_printf(out, ",\"error\":{\"code\":%d,\"message\":", code);
+    sg_buf_puts(out, ",\"error\":{\"code\":"); /* by pieces: every refusal renders one */
+    if (code < 0) sg_buf_putc(out, '-');
+    sg_buf_put_uint(out, code < 0 ? 0ull - (unsigned long long)code : (unsigned long long)code);
+    sg_buf_puts(out, ",\"message\":");
     if (!message) message = code_prefix(code);
     sg_json_append_string(out, message, strlen(message));
     if (cJSON_IsObject(data)) {

@@ -291,4 +291,18 @@ describe("decisions and challenges", function()
     local long = core.challenge { error_description = ("x"):rep(5000) }
     assert.equal(#'Bearer error_description=""' + 512, #long)
   end)
+
+  it("writes every byte of a quoted value as the rule says, up to the 512th", function()
+    for b = 1, 255 do
+      local want = (b == 34 and "'") or (b == 92 and "/") or ((b < 32 or b > 126) and "?")
+                   or string.char(b)
+      assert.equal('Bearer realm="a' .. want .. 'b"', core.challenge { realm = "a" .. string.char(b) .. "b" },
+                   "byte " .. b)
+    end
+    -- runs and replacements meeting the cut
+    local v = ("x"):rep(510) .. '"\\' .. "yz"
+    assert.equal('Bearer realm="' .. ("x"):rep(510) .. "'/" .. '"', core.challenge { realm = v })
+    v = ("x"):rep(511) .. '"y'
+    assert.equal('Bearer realm="' .. ("x"):rep(511) .. "'" .. '"', core.challenge { realm = v })
+  end)
 end)

@@ -104,7 +104,7 @@ static int count_header(const header_list *l, const char *name)
 {
     int n = 0;
     for (size_t i = 0; i < l->n; i++)
-        if (strcasecmp(l->items[i].name, name) == 0) n++;
+        if (sg_header_name_is(l->items[i].name, name)) n++;
     return n;
 }
 
@@ -186,7 +186,7 @@ static enum MHD_Result check_origin(void *cls, enum MHD_ValueKind kind, const ch
 {
     (void)kind;
     origin_check *oc = cls;
-    if (strcasecmp(key, "Origin") == 0 && !origin_allowed(oc->h, value ? value : "")) oc->bad = 1;
+    if (sg_header_name_is(key, "Origin") && !origin_allowed(oc->h, value ? value : "")) oc->bad = 1;
     return MHD_YES;
 }
 

@@ -142,7 +142,7 @@ void proxy_retire(sg_proxy_lane *p, sg_transfer *t)
 int sg_proxy_header_is_forwarded(const char *name)
 {
     for (size_t i = 0; i < SG_ARRAY_LEN(forwarded_request_headers); i++)
-        if (strcasecmp(name, forwarded_request_headers[i]) == 0) return 1;
+        if (sg_header_name_is(name, forwarded_request_headers[i])) return 1;
     return 0;
 }
 
@@ -173,8 +173,8 @@ int proxy_upstream_headers(const sg_proxy_request *req, sg_buf *b)
         const sg_header *hd = &req->headers[i];
         if (!hd->name || !hd->value || !sg_proxy_header_is_forwarded(hd->name)) continue;
         if (!header_value_safe(hd->value)) continue;
-        if (strcasecmp(hd->name, "Accept") == 0) seen |= PROXY_SENT_ACCEPT;
-        if (strcasecmp(hd->name, "Content-Type") == 0) seen |= PROXY_SENT_CTYPE;
+        if (sg_header_name_is(hd->name, "Accept")) seen |= PROXY_SENT_ACCEPT;
+        if (sg_header_name_is(hd->name, "Content-Type")) seen |= PROXY_SENT_CTYPE;
         put_header(b, hd->name, hd->value);
     }
     for (size_t i = 0; i < req->nextra; i++)

@@ -632,6 +632,15 @@ describe("token verification", function()
       local h, p, sig = K.split(tok)
       assert.equal("bad_signature", select(2, v:verify_cached(h .. "." .. p .. "." .. sig:sub(1, -3) .. "AA", NOW)))
       assert.equal(1, v:cache_stats().hits)
+      -- nor the same end (the part the cache hashes) after other bytes,
+      -- of the same length or not
+      local other = K.b64url(claims { sub = "mallory", client_id = "app" })
+      assert.is_nil((v:verify_cached(h .. "." .. other .. "." .. sig, NOW)))
+      assert.is_nil((v:verify_cached("x" .. tok:sub(2), NOW)))
+      assert.is_nil((v:verify_cached("e" .. tok, NOW)))
+      assert.equal(1, v:cache_stats().hits)
+      assert.same(a, assert(v:verify_cached(tok, NOW + 6)))
+      assert.equal(2, v:cache_stats().hits)
     end)
 
     it("re-verifies a cached token at its exp (and refuses it after the leeway)", function()

@@ -257,6 +257,25 @@ static int scan_error_code(sg_json_errkind kind)
     }
 }
 
+/* cJSON's tree of the whole body into out->root: in scratch (see
+ * sg_mcp_parse) or on the heap. Returns 0, or -1 when cJSON refused it or
+ * stopped before the body's end (out->root may then be set: it is freed
+ * with the body). Only a small body's tree goes to the caller's arena: a
+ * reset keeps the arena's first block only, but until then a worker would
+ * hold a large body's tree (tens of bytes per value, megabytes for a body
+ * at the size limit) after its request is over. */
+static int parse_tree(sg_mcp_body *out, const char *body, size_t len, sg_arena *scratch)
+{
+    const char *end = NULL;
+    out->tree_in_mem = len <= SG_MCP_ARENA_TREE_MAX_BODY && sg_json_arena_begin(scratch);
+    out->root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (out->tree_in_mem) sg_json_arena_end();
+    if (!out->root || !end) return -1;
+    while (end < body + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        end++;
+    return end == body + len ? 0 : -1;
+}
+
 int sg_mcp_parse(const char *body, size_t len, const sg_mcp_limits *lim, sg_arena *scratch,
                  sg_mcp_body *out)
 {
@@ -296,19 +315,7 @@ int sg_mcp_parse(const char *body, size_t len, const sg_mcp_limits *lim, sg_aren
         goto done;
     }
 
-    const char *end = NULL;
-    /* Only a small body's tree goes to the caller's arena: a reset keeps
-     * the arena's first block only, but until then a worker would hold a
-     * large body's tree (tens of bytes per value, megabytes for a body at
-     * the size limit) after its request is over. */
-    out->tree_in_mem = len <= SG_MCP_ARENA_TREE_MAX_BODY && sg_json_arena_begin(scratch);
-    out->root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-    if (out->tree_in_mem) sg_json_arena_end();
-    if (out->root && end) {
-        while (end < body + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
-            end++;
-    }
-    if (!out->root || end != body + len) {
+    if (parse_tree(out, body, len, scratch) != 0) {
         /* The scan accepted it, so this is cJSON running out of memory or a
          * disagreement between the two parsers: fail closed either way. */
         rc = body_fail(out, SG_JSONRPC_PARSE_ERROR, "Parse error",

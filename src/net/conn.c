@@ -8,7 +8,7 @@
  * swept every 250 ms; idle connections closed).
  * Memory: an idle keep-alive connection must cost little (MCP clients hold
  * theirs for hours), but libmicrohttpd zeroes its whole per-connection pool
- * (--max-header, 32 KiB) after every request, which makes all of it
+ * (--max-header, 24 KiB) after every request, which makes all of it
  * resident. The same sweep gives the pool's all-zero pages of a connection
  * idle for a whole sweep back to the kernel (they read back as zeros, so
  * nothing changes for libmicrohttpd), and trims the heap after a burst of

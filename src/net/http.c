@@ -484,11 +484,12 @@ static sg_http *http_new(const sg_http_config *cfg, char *err, size_t errlen)
     h->cfg = *cfg;
     sg_http_limits *l = &h->cfg.limits;
     if (!l->max_body) l->max_body = SG_HTTP_DEFAULT_MAX_BODY;
-    /* libmicrohttpd zeroes it per request: keep it small. Above 32 KiB it
-     * maps each connection's pool on pages of its own (below, it takes it
-     * from the heap): then every page of an idle pool can be given back
-     * (the memory sweep, conn.c) and a closed connection's pool leaves at
-     * once. */
+    /* libmicrohttpd zeroes the whole pool at every request's end, and the
+     * unused half of its read buffer when that shrinks: 1.5 times the pool
+     * per request, most of it cache misses. 24 KiB holds a 16 KiB token and
+     * 4 KiB of other headers; a 36 KiB pool (which libmicrohttpd maps on
+     * pages of its own, above 32 KiB) cost the allowed path 5% of its
+     * throughput for 4 KiB less per idle connection (docs/decisions.md). */
     if (!l->max_header) l->max_header = SG_HTTP_DEFAULT_MAX_HEADER;
     if (!l->max_connections) l->max_connections = SG_HTTP_DEFAULT_MAX_CONNECTIONS;
     if (!l->timeout_s) l->timeout_s = SG_HTTP_DEFAULT_TIMEOUT_S;

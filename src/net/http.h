@@ -25,7 +25,7 @@
 /* What a zero limit (and a NULL mcp_path) means; `scopegate serve`'s
  * defaults (src/cli/defaults.h) are these. */
 #define SG_HTTP_DEFAULT_MAX_BODY         (1024u * 1024) /* 1 MiB */
-#define SG_HTTP_DEFAULT_MAX_HEADER       (36u * 1024)   /* 36 KiB: see http.c */
+#define SG_HTTP_DEFAULT_MAX_HEADER       (24u * 1024)   /* 24 KiB: see http.c */
 #define SG_HTTP_DEFAULT_MAX_CONNECTIONS  1000u
 #define SG_HTTP_DEFAULT_TIMEOUT_S        30u
 #define SG_HTTP_DEFAULT_HEADER_TIMEOUT_S 5u
@@ -34,7 +34,7 @@
 
 typedef struct sg_http_limits {
     size_t max_body;           /* request body bytes: 413 beyond [1 MiB] */
-    size_t max_header;         /* per-connection memory; headers beyond: 431 [36 KiB] */
+    size_t max_header;         /* per-connection memory; headers beyond: 431 [24 KiB] */
     unsigned max_connections;  /* concurrent connections: 503 beyond [1000] */
     unsigned timeout_s;        /* idle connection / slow upload: closed or 408 [30] */
     unsigned header_timeout_s; /* a request head must be complete this soon: 408 [5] */

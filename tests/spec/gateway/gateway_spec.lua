@@ -175,6 +175,20 @@ describe("scopegate serve", function()
       assert.are.equal(413, r.status)
     end)
 
+    -- The default --max-header (libmicrohttpd's per-connection pool) must
+    -- hold the largest token the verifier takes (16 KiB) with the other
+    -- headers a client sends.
+    it("takes a token of the largest size allowed, with 3 KiB of other headers", function()
+      local pad, tok = 11900, nil
+      repeat
+        tok = mint("echo:read", string.format(',"pad":"%s"', string.rep("p", pad)))
+        pad = pad - 50
+      until #tok <= 16384
+      assert(#tok > 16384 - 100, "token of " .. #tok .. " bytes")
+      local r = post(call(95, "echo"), tok, { "X-Filler: " .. string.rep("f", 3 * 1024) })
+      assert.are.equal(200, r.status, r.body)
+    end)
+
     it("refuses oversized headers with 431", function()
       local r = http { method = "POST", body = "{}",
                        headers = { "Content-Type: application/json",

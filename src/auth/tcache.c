@@ -3,8 +3,8 @@
  * A hit is the same bytes as a token verified before and not yet at its
  * exp: a keyed hash of the token's end (SipHash-2-4, a random key per
  * cache) finds the entry and the whole token is compared. Bounded, CLOCK
- * eviction; refusals are not cached. Each cache also holds its worker's reused OpenSSL contexts
- * (token_jws.c), which every miss verifies with. */
+ * eviction; refusals are not cached. Each cache also holds its worker's
+ * reused OpenSSL contexts (token_jws.c), which every miss verifies with. */
 #include "auth/token_impl.h"
 #include "base/metrics.h"
 

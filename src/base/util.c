@@ -125,6 +125,19 @@ char *sg_buf_steal(sg_buf *b)
 
 /* ---- sg_arena -------------------------------------------------------------- */
 
+/* Under AddressSanitizer, memory the arena has not handed out since its
+ * last reset is poisoned: a pointer kept past sg_arena_reset (a request's
+ * scratch, its body's cJSON tree) is reported at its first use, as a heap
+ * block used after free would be. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define ARENA_POISON(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
+#define ARENA_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define ARENA_POISON(p, n)   ((void)(p), (void)(n))
+#define ARENA_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 struct sg_arena_block {
     sg_arena_block *next;
     size_t size, used;
@@ -149,9 +162,11 @@ void *sg_arena_alloc(sg_arena *a, size_t n)
         b->used = 0;
         b->next = a->head;
         a->head = b;
+        ARENA_POISON(b->mem, size);
     }
     void *p = (char *)b->mem + b->used;
     b->used += n;
+    ARENA_UNPOISON(p, n);
     return p;
 }
 
@@ -170,11 +185,15 @@ void sg_arena_reset(sg_arena *a)
     sg_arena_block *b = a->head;
     while (b && b->next) {
         sg_arena_block *next = b->next;
+        ARENA_UNPOISON(b->mem, b->size);
         free(b);
         b = next;
     }
     a->head = b;
-    if (b) b->used = 0;
+    if (b) {
+        b->used = 0;
+        ARENA_POISON(b->mem, b->size);
+    }
 }
 
 void sg_arena_free(sg_arena *a)
@@ -182,6 +201,7 @@ void sg_arena_free(sg_arena *a)
     sg_arena_block *b = a->head;
     while (b) {
         sg_arena_block *next = b->next;
+        ARENA_UNPOISON(b->mem, b->size);
         free(b);
         b = next;
     }

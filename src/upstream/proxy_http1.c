@@ -14,7 +14,13 @@
  * putting it back when the next one starts cost two epoll_ctl calls per
  * forwarded request (of nine system calls in all), and a readable idle
  * connection is one the upstream closed (or spoke on unasked), which is
- * then closed at once instead of being found dead by the next request.
+ * then closed at once instead of being found dead by the next request, or
+ * worse, reused: bytes an upstream sends between requests would be read
+ * as the answer to the next request sent on the connection, which may be
+ * another caller's. (What arrived before the loop's last epoll_wait is
+ * always seen first: the loop hands the lane its events before it starts
+ * requests. Bytes arriving after that, within one round of the loop,
+ * before a request takes the connection, are not.)
  * https:// upstreams go through proxy_curl.c. */
 #include "upstream/proxy_impl.h"
 

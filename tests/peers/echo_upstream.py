@@ -40,6 +40,7 @@ import argparse
 import json
 import socket
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -62,7 +63,7 @@ LISTS = {
 }
 
 MODES = {"sse", "slow", "die", "die_mid_stream", "garbage", "big", "status", "close_after",
-         "add_tool", "empty"}
+         "add_tool", "empty", "speak_after"}
 ADDED_TOOLS = []  # tools/list's second page: what add_tool added
 
 
@@ -258,6 +259,27 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "close_after":  # answer, then drop the kept-alive connection unannounced
             self._send_json(200, response(first))
             self.close_connection = True
+            return
+        if mode == "speak_after":
+            # Answer, then, 100 ms later and unasked, write a whole second
+            # answer on the kept-alive connection: a gateway that reused it
+            # would hand that to the next request sent on it.
+            self._send_json(200, response(first))
+            late = {"jsonrpc": "2.0", "id": args.get("next_id"),
+                    "result": {"content": [{"type": "text", "text": "UNASKED"}]}}
+            data = json.dumps(late).encode()
+            raw = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+            wfile = self.wfile
+
+            def speak():
+                time.sleep(0.1)
+                try:
+                    wfile.write(raw)
+                    wfile.flush()
+                except OSError:
+                    pass
+            threading.Thread(target=speak, daemon=True).start()
             return
         extra = {}
         if method == "initialize":

@@ -24,7 +24,7 @@ return {
   tools = {
     echo = "echo:read", sse = "echo:read", slow = "echo:read", die = "echo:read",
     die_mid_stream = "echo:read", garbage = "echo:read", big = "echo:read", close_after = "echo:read",
-    empty = "echo:read",
+    empty = "echo:read", speak_after = "echo:read",
     write = "echo:write",
     both = { all_of = { "echo:read", "echo:write" } },
     ping = "public",
@@ -489,6 +489,22 @@ describe("scopegate serve", function()
       local used = cpu_ticks() - before
       assert(used < 30, "an idle gateway used " .. used .. " ticks of CPU in 1 s")
       assert.are.equal(200, post(call(92, "echo"), mint("echo:read")).status)
+    end)
+
+    -- Bytes on a connection between requests answer nothing the gateway
+    -- asked: reused, the connection would hand them to the next request
+    -- sent on it (another caller's, perhaps) as its answer.
+    it("never reuses a pooled connection the upstream spoke on unasked", function()
+      local tok = mint("echo:read")
+      for i = 1, 3 do
+        local r = post(call(100 + i, "speak_after", '{"next_id":' .. (110 + i) .. '}'), tok)
+        assert.are.equal(200, r.status)
+        sleep(0.3)
+        r = post(call(110 + i, "echo"), tok)
+        assert.are.equal(200, r.status, r.body)
+        assert.is_nil(r.body:find("UNASKED", 1, true), r.body)
+        assert.truthy(r.body:find('"echo"', 1, true), r.body)
+      end
     end)
 
     it("answers 504 with the request id when the upstream is slow", function()

@@ -98,6 +98,18 @@ describe("nginx in front of scopegate (examples/nginx)", function()
     assert.is_nil(body:lower():find("authorization", 1, true), body)
   end)
 
+  it("passes a token of the largest size the gateway takes (16 KiB)", function()
+    local pad, tok = 11900, nil
+    repeat
+      tok = assert(core.mint { alg = "RS256", key_file = key.priv_file, claims = keys.json {
+        sub = "s", aud = PUBLIC, scope = "r", exp = os.time() + 600, pad = string.rep("p", pad) } })
+      pad = pad - 50
+    until #tok <= 16384
+    assert(#tok > 16384 - 100, "token of " .. #tok .. " bytes")
+    local status, _, body = call("echo", tok)
+    assert.are.equal(200, status, body)
+  end)
+
   it("streams server-sent events through", function()
     local status, h, body = call("sse", token(), ',"arguments":{"pause":0.2}')
     assert.are.equal(200, status, body)

@@ -36,7 +36,9 @@ const seenTokens = [];
 function startAs(kid) {
     return startPeer(path.join(peersDir, 'oidc_server.mjs'), [
         '--port', String(asPort), '--audience', RESOURCE, '--scopes', `${READ} ${WRITE}`,
-        '--kid', kid, '--secret', SECRET, '--short-ttl', '2'
+        // One argument: a random base64url secret starts with '-' one time in
+        // 64, and parseArgs then takes it for an option.
+        '--kid', kid, `--secret=${SECRET}`, '--short-ttl', '2'
     ]);
 }
 

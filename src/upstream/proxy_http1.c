@@ -144,8 +144,10 @@ done:
     return rc;
 }
 
-/* Watches the connection for events (0: not at all). Returns 0, or -1
- * when the epoll set refused it (then what was watched before stays). */
+/* Watches the connection for events; 0 takes it out of the epoll set
+ * (which cannot fail: a connection the set refuses to remove is not in
+ * it). Returns 0, or -1 when the epoll set refused the events (then what
+ * was watched before stays). */
 static int http1_watch(sg_proxy_lane *p, http1_transfer *t, uint32_t events)
 {
     if (t->events == events) return 0;
@@ -153,7 +155,8 @@ static int http1_watch(sg_proxy_lane *p, http1_transfer *t, uint32_t events)
     memset(&ev, 0, sizeof ev);
     ev.events = events;
     ev.data.u64 = SG_PROXY_EPOLL_TAG | (uint64_t)(uint32_t)t->fd;
-    if (epoll_ctl(p->epfd, t->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, t->fd, &ev) != 0) return -1;
+    int op = !events ? EPOLL_CTL_DEL : t->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(p->epfd, op, t->fd, &ev) != 0 && events) return -1;
     t->events = events;
     return 0;
 }
@@ -167,7 +170,7 @@ static void http1_close(sg_proxy_lane *p, http1_transfer *t, int reuse)
     if (reuse && hl->nidle < IDLE_MAX && http1_watch(p, t, EPOLLIN) == 0) {
         hl->idle[hl->nidle++] = t->fd;
     } else {
-        if (t->events) epoll_ctl(p->epfd, EPOLL_CTL_DEL, t->fd, NULL);
+        http1_watch(p, t, 0);
         close(t->fd);
     }
     t->events = 0;
@@ -347,10 +350,7 @@ static void http1_read(sg_proxy_lane *p, http1_transfer *t)
         }
         return;
     }
-    if (t->up_paused && t->events) { /* no reading (nor wake-ups) until the client drains */
-        epoll_ctl(p->epfd, EPOLL_CTL_DEL, t->fd, NULL);
-        t->events = 0;
-    }
+    if (t->up_paused) http1_watch(p, t, 0); /* no reading (nor wake-ups) until the client drains */
 }
 
 static void http1_conn_event(sg_proxy_lane *p, http1_transfer *t, uint32_t events)

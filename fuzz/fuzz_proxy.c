@@ -140,6 +140,7 @@ static void pump(long max_ms)
     struct epoll_event evs[16];
     long timeout = sg_proxy_lane_timeout_ms(lane);
     if (timeout < 0 || timeout > max_ms) timeout = max_ms;
+    sg_proxy_lane_flush(lane);
     int n = epoll_wait(epfd, evs, 16, (int)timeout);
     for (int i = 0; i < n; i++)
         if (evs[i].data.u64 & SG_PROXY_EPOLL_TAG)

@@ -141,6 +141,7 @@ static void *worker_main(void *arg)
         if (draining && !resumed && (atomic_load(&h->forwarded) <= 0 || now >= drain_deadline))
             break;
         conn_sweep(w, now);
+        sg_proxy_lane_flush(w->lane); /* the requests this round decided, in one burst */
         int n = epoll_wait(w->epfd, evs, (int)SG_ARRAY_LEN(evs),
                            loop_timeout_ms(w, now, resumed, draining));
         for (int i = 0; i < n; i++) {

@@ -383,6 +383,11 @@ void sg_proxy_lane_run(sg_proxy_lane *p)
     }
 }
 
+void sg_proxy_lane_flush(sg_proxy_lane *p)
+{
+    if (p->transport->flush) p->transport->flush(p);
+}
+
 void sg_proxy_lane_shutdown(sg_proxy_lane *p)
 {
     p->stopping = 1;

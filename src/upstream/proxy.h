@@ -75,6 +75,11 @@ void sg_proxy_lane_event(sg_proxy_lane *l, uint64_t tagged, uint32_t events);
  * unpauses, and every 250 ms response deadlines and parked clients that
  * hung up. Call after each epoll round. Can't fail. */
 void sg_proxy_lane_run(sg_proxy_lane *l);
+/* Writes the requests started since the last call: a transport may hold
+ * them until then (proxy_http1.c does), so that one write burst per round
+ * wakes the upstream once. Call on the lane's thread before every epoll
+ * wait; a request started and never flushed is never sent. Can't fail. */
+void sg_proxy_lane_flush(sg_proxy_lane *l);
 /* Fails every live transfer with SG_PROXY_ESHUTDOWN (resuming its parked
  * consumer); later sg_proxy_start calls on the lane return NULL. */
 void sg_proxy_lane_shutdown(sg_proxy_lane *l);

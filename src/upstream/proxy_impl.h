@@ -111,6 +111,8 @@ struct upstream_transport {
     long (*timeout_ms)(sg_proxy_lane *l);
     /* The transport's timers and completed transfers; may be NULL. */
     void (*run)(sg_proxy_lane *l);
+    /* Writes the requests started since the last call; may be NULL. */
+    void (*flush)(sg_proxy_lane *l);
     /* The consumer drained t's buffer: take the upstream's bytes again. */
     void (*unpause)(sg_proxy_lane *l, sg_transfer *t);
     /* t leaves the lane (finished, cancelled or timed out): unregister it,

@@ -507,6 +507,47 @@ describe("scopegate serve", function()
       end
     end)
 
+    -- A worker writes the requests it decided in one round of its loop
+    -- together, at the round's end (proxy_http1.c's write queue). Many
+    -- clients at once put many requests in one queue: every one must be
+    -- written, on its own connection, and answered with its own id.
+    it("forwards every request of a burst from many clients, each to its own answer", function()
+      local script = dir .. "/burst.py"
+      keys.write(script, [[
+import socket, sys, threading
+host, port = sys.argv[1].rsplit(":", 1)
+token, clients, each = sys.argv[2], 24, 10
+ok, bad = [], []
+def client(c):
+    s = socket.create_connection((host, int(port)), timeout=10)
+    f = s.makefile("rb")
+    for k in range(each):
+        rid = c * 1000 + k
+        body = ('{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"echo"}}' % rid).encode()
+        s.sendall(b"POST /mcp HTTP/1.1\r\nHost: " + sys.argv[1].encode() +
+                  b"\r\nContent-Type: application/json\r\n"
+                  b"Accept: application/json, text/event-stream\r\nAuthorization: Bearer " +
+                  token.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        status, length = f.readline(), 0
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b""): break
+            if line.lower().startswith(b"content-length:"): length = int(line.split(b":")[1])
+        answer = f.read(length)
+        good = b" 200 " in status and (b'"id": %d,' % rid in answer or b'"id":%d,' % rid in answer)
+        (ok if good else bad).append(rid)
+threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("ok", len(ok), "bad", len(bad))
+]])
+      local p = io.popen(CLEAN .. "timeout 30 python3 " .. q(script) .. " " .. q(gw) .. " " ..
+                         q(mint("echo:read")) .. " 2>&1")
+      local out = p:read("a")
+      p:close()
+      assert.are.equal("ok 240 bad 0\n", out)
+    end)
+
     it("answers 504 with the request id when the upstream is slow", function()
       local r = post(call(23, "slow", '{"seconds":4}'), mint("echo:read"))
       assert.are.equal(504, r.status)

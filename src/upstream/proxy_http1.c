@@ -29,9 +29,9 @@
  * upstream that had gone idle meanwhile, and on a virtual machine a
  * wake-up of an idle CPU costs microseconds: with a new token on every
  * request (an RSA verify between two writes) the queue made the gateway
- * 17% faster, and 2% on the cached path (docs/decisions.md). A request
- * waits at most for the rest of its round, which decides what is already
- * read.
+ * 17% faster, and 2% on the cached path without the audit log
+ * (docs/decisions.md). A request waits at most for the rest of its round,
+ * which decides what is already read.
  * https:// upstreams go through proxy_curl.c. */
 #include "upstream/proxy_impl.h"
 

@@ -20,7 +20,7 @@
  * another caller's. (What arrived before the loop's last epoll_wait is
  * always seen first: the loop hands the lane its events before it starts
  * requests. Bytes arriving after that, within one round of the loop,
- * before a request takes the connection, are not.)
+ * before the round's requests are written, are not.)
  * A request on a connection that is ready is not written at once: it waits
  * in the lane's write queue until the worker's loop has decided everything
  * its last epoll round brought, and sg_proxy_lane_flush writes the queue

@@ -172,6 +172,20 @@ function M.raw_token(header_json, payload_json, sig)
   return M.b64url(header_json) .. "." .. M.b64url(payload_json) .. "." .. M.b64url(sig or "")
 end
 
+-- The largest token a verifier takes by default (16 KiB), within 100 bytes
+-- of it: mint(pad) mints a token whose claims carry a "pad" string of that
+-- many bytes; the pad shrinks until the token fits.
+M.MAX_TOKEN = 16384
+function M.largest_token(mint)
+  local pad, tok = 11900, nil
+  repeat
+    tok = mint(string.rep("p", pad))
+    pad = pad - 50
+  until #tok <= M.MAX_TOKEN
+  assert(#tok > M.MAX_TOKEN - 100, "token of " .. #tok .. " bytes")
+  return tok
+end
+
 -- Splits a compact token into its three segments.
 function M.split(tok)
   return tok:match("^([^.]*)%.([^.]*)%.([^.]*)$")

@@ -178,15 +178,12 @@ const unsigned char sg_json_plain[256] = {
 
 size_t sg_json_plain_words(const unsigned char *p, size_t i, size_t len)
 {
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
     while (i + 8 <= len) {
-        uint64_t w, q, b;
+        uint64_t w;
         memcpy(&w, p + i, 8);
-        q = w ^ 0x2222222222222222ull; /* a zero byte where w has '"' */
-        b = w ^ 0x5C5C5C5C5C5C5C5Cull; /* ... where w has a backslash */
-        uint64_t special = (w & highs) | ((w - 0x20 * ones) & ~w & highs) |
-                           ((q - ones) & ~q & highs) | ((b - ones) & ~b & highs);
-        if (special) break; /* the bytes below find which */
+        /* Bytes of 0x80 and above are not plain either: UTF-8 is checked. */
+        if ((w & 0x8080808080808080ull) | sg_json_word_stops(w))
+            break; /* the bytes below find which */
         i += 8;
     }
     while (i < len && sg_json_plain[p[i]])

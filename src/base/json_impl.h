@@ -2,16 +2,31 @@
  *
  * json.c (the strict pre-scan and the string writer) and jsonanswer.c (the
  * one-pass answer reader of the audit log) both skip the run of bytes a
- * JSON string holds as they are; one table and one loop do it for both.
- * Private to src/base. */
+ * JSON string holds as they are; one word test finds where such a run ends
+ * for both (the pre-scan also stops at bytes of 0x80 and above, whose UTF-8
+ * it checks; the answer reader passes them). Private to src/base. */
 #ifndef SG_JSON_IMPL_H
 #define SG_JSON_IMPL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* 1 for the bytes a JSON string holds as they are: printable ASCII but '"'
  * and '\\'. */
 extern const unsigned char sg_json_plain[256];
+
+/* The bytes of the eight-byte word w (loaded from memory as it is) that
+ * end a string's run in either reader: a quote, a backslash or a control
+ * character, as the high bit of each such byte. Only the lowest flagged
+ * byte is sure (a borrow may flag bytes above a true one): it is the one
+ * the readers look for. Can't fail. */
+static inline uint64_t sg_json_word_stops(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t q = w ^ 0x2222222222222222ull; /* a zero byte where w has '"' */
+    uint64_t b = w ^ 0x5C5C5C5C5C5C5C5Cull; /* ... where w has a backslash */
+    return ((w - 0x20 * ones) & ~w & highs) | ((q - ones) & ~q & highs) | ((b - ones) & ~b & highs);
+}
 
 /* Past the run of such bytes from p[i], eight at a time: the long runs of
  * sg_json_plain_run. Can't fail. */

@@ -435,11 +435,12 @@ static int outcome_label(sg_outcome outcome)
     }
 }
 
-/* scopegate_decisions_total for one decided body. Labels are bounded: the
- * method is one MCP defines (else "other"; "batch" for a batch), the tool
- * a name the policy in force has a rule for (else "other"), so clients
- * cannot mint series. */
-static void count_decision(const worker *w, const sg_mcp_body *body, sg_outcome outcome)
+/* scopegate_decisions_total for one decided body (each: its messages'
+ * decisions). Labels are bounded: the method is one MCP defines (else
+ * "other"; "batch" for a batch), the tool a name the policy in force has a
+ * rule for (else "other"), so clients cannot mint series. */
+static void count_decision(const sg_mcp_body *body, const sg_policy_decision *each,
+                           sg_outcome outcome)
 {
     if (!sg_metrics_enabled()) return;
     int o = outcome_label(outcome);
@@ -450,12 +451,8 @@ static void count_decision(const worker *w, const sg_mcp_body *body, sg_outcome 
     const sg_mcp_msg *m = &body->msgs[0];
     const char *method = sg_metrics_method_label(m->kind == SG_MCP_RESPONSE ? NULL : m->method);
     const char *tool = "";
-    if (m->method && strcmp(m->method, "tools/call") == 0) {
-        int dynamic = 0;
-        tool = m->name && (sg_policy_tool_requirement(w->policy, m->name, &dynamic) || dynamic)
-                   ? m->name
-                   : "other";
-    }
+    if (m->method && strcmp(m->method, "tools/call") == 0)
+        tool = m->name && each && each[0].named ? m->name : "other";
     sg_metric_decision(method, tool, o);
 }
 
@@ -573,7 +570,7 @@ static sg_gateway_action handle_post(worker *w, const sg_gateway *gw, const sg_g
     }
     sg_header *hdrs;
     size_t nhdrs;
-    sg_policy_decision *each = NULL; /* per message, for the audit log */
+    sg_policy_decision *each = NULL; /* per message, for the audit log and the metrics */
     sg_bridge_caller caller = {.token = token,
                                .token_error = token_error,
                                .protocol_version = version,
@@ -583,13 +580,14 @@ static sg_gateway_action handle_post(worker *w, const sg_gateway *gw, const sg_g
     if (have_caller) {
         caller.headers = hdrs;
         caller.nheaders = nhdrs;
-        if (gw->audit && (each = sg_arena_alloc(&w->arena, body.nmsgs * sizeof *each)))
+        if ((gw->audit || sg_metrics_enabled()) &&
+            (each = sg_arena_alloc(&w->arena, body.nmsgs * sizeof *each)))
             memset(each, 0, body.nmsgs * sizeof *each);
         sg_bridge_decide(w->policy, &body, &caller, &w->site, &w->arena, each, &w->decision);
     } else {
         sg_decide(&w->site, &sg_req_deny, token, token_error, &w->decision);
     }
-    count_decision(w, &body, w->decision.outcome);
+    count_decision(&body, each, w->decision.outcome);
     sg_gateway_action result = plan_decided(w, gw, req, &body, token, version, out);
     if (gw->audit)
         gw_audit_begin(gw, w, req, &body, each, token, have_caller ? &caller : NULL, out);

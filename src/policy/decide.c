@@ -28,9 +28,11 @@ static int is_builtin(const char *method)
 }
 
 /* Which rule decides this message; NULL means a built-in. A named tool,
- * prompt or resource that no rule names goes to `default`, in either phase. */
-static const rule *select_rule(const sg_policy *p, const sg_policy_input *in)
+ * prompt or resource that no rule names goes to `default`, in either phase.
+ * *named is set to 1 when the rule is the entry for the message's name. */
+static const rule *select_rule(const sg_policy *p, const sg_policy_input *in, int *named)
 {
+    *named = 0;
     const char *m = in->method ? in->method : "";
     int list = in->phase == SG_PHASE_LIST;
     int tools = strcmp(m, "tools/call") == 0 || (list && strcmp(m, "tools/list") == 0);
@@ -44,6 +46,7 @@ static const rule *select_rule(const sg_policy *p, const sg_policy_input *in)
         const rule *r = tools     ? policy_map_get(&p->maps[T_TOOLS], in->name, len)
                         : prompts ? policy_map_get(&p->maps[T_PROMPTS], in->name, len)
                                   : policy_find_resource(p, in->name);
+        *named = r != NULL;
         return r ? r : &p->default_rule;
     }
     const rule *r = policy_map_get(&p->maps[T_METHODS], m, strlen(m));
@@ -209,6 +212,7 @@ static int normalize_resource_name(const sg_policy *p, const sg_policy_input *in
     out->line = 0;
     out->audit = NULL;
     out->naudit = 0;
+    out->named = 0;
     out->error = rc == 0 ? "policy error (out of memory)" : NULL;
     return rc == 0 ? -1 : 1;
 }
@@ -224,7 +228,7 @@ int sg_policy_decide(sg_policy *p, const sg_policy_input *in, sg_arena *a, sg_po
         normal.name = name;
         in = &normal;
     }
-    const rule *r = select_rule(p, in);
+    const rule *r = select_rule(p, in, &out->named);
     out->file = p->path;
     out->error = NULL;
     out->audit = r ? r->audit : NULL;

@@ -68,6 +68,9 @@ typedef struct sg_policy_decision {
      * the audit log records; owned by the policy. NULL and 0 when none. */
     const char *const *audit;
     int naudit;
+    /* 1 when the rule is the tools, prompts or resources entry for the
+     * message's name (not the default rule, a method rule or a built-in). */
+    int named;
 } sg_policy_decision;
 
 /* Loads and compiles the policy at path. limits may be NULL (defaults).

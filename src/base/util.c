@@ -66,20 +66,39 @@ void sg_buf_append_grow(sg_buf *b, const void *p, size_t n)
     b->data[b->len] = '\0';
 }
 
+/* "00" to "99": two digits per division. */
+static const char two_digits[] = "0001020304050607080910111213141516171819"
+                                 "2021222324252627282930313233343536373839"
+                                 "4041424344454647484950515253545556575859"
+                                 "6061626364656667686970717273747576777879"
+                                 "8081828384858687888990919293949596979899";
+
 size_t sg_format_uint(char out[SG_UINT_DIGITS], unsigned long long v)
 {
-    char digits[SG_UINT_DIGITS];
-    size_t at = sizeof digits;
-    do {
-        digits[--at] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    memcpy(out, digits + at, sizeof digits - at);
-    return sizeof digits - at;
+    size_t n = 1;
+    for (unsigned long long t = v; t >= 10; t /= 10)
+        n++;
+    char *p = out + n;
+    while (v >= 100) {
+        unsigned r = (unsigned)(v % 100);
+        v /= 100;
+        p -= 2;
+        memcpy(p, two_digits + 2 * r, 2);
+    }
+    if (v >= 10)
+        memcpy(p - 2, two_digits + 2 * v, 2);
+    else
+        p[-1] = (char)('0' + v);
+    return n;
 }
 
 void sg_buf_put_uint(sg_buf *b, unsigned long long v)
 {
+    if (b->cap - b->len > SG_UINT_DIGITS && !b->oom) { /* in place, with room for the NUL */
+        b->len += sg_format_uint(b->data + b->len, v);
+        b->data[b->len] = '\0';
+        return;
+    }
     char digits[SG_UINT_DIGITS];
     sg_buf_append(b, digits, sg_format_uint(digits, v));
 }

@@ -31,6 +31,8 @@
 /* Bytes a record usually takes (allocated at once for each message). */
 #define AUDIT_RECORD_GUESS 640
 
+/* A literal: one copy of a length known when compiling. */
+#define J_LIT(b, text) sg_buf_append((b), text, sizeof(text) - 1)
 /* ,"key": for a literal key: one copy of a length known when compiling. */
 #define J_KEY(b, key) sg_buf_append((b), ",\"" key "\":", sizeof(",\"" key "\":") - 1)
 
@@ -140,12 +142,11 @@ static const cJSON *argument_at(const cJSON *arguments, const char *path)
 }
 
 /* RFC 3339 UTC with milliseconds, quoted: "2026-12-04T16:10:00.123Z" (26
- * bytes and the NUL), of mono_ns, a sg_now_mono_ns() time (0: now). Every
- * record has one, so nothing is read from the clocks per record: the
- * offset of the wall clock from the monotonic one is taken once a second
- * per thread, and the text up to the seconds is made again only when the
- * second changes. */
-static void j_time(char out[32], uint64_t mono_ns)
+ * bytes and the NUL; the length is returned: 4 for null), of mono_ns, a sg_now_mono_ns() time (0:
+ * now). Every record has one, so nothing is read from the clocks per record: the offset of the wall
+ * clock from the monotonic one is taken once a second per thread, and the text up to the seconds is
+ * made again only when the second changes. */
+static size_t j_time(char out[32], uint64_t mono_ns)
 {
     static _Thread_local uint64_t offset_taken = UINT64_MAX; /* in this monotonic second */
     static _Thread_local int64_t offset_ns;
@@ -167,7 +168,7 @@ static void j_time(char out[32], uint64_t mono_ns)
         cached[0] = '"';
         if (strftime(cached + 1, sizeof cached - 1, "%Y-%m-%dT%H:%M:%S", &tm) != 19) {
             memcpy(out, "null", 5);
-            return;
+            return 4;
         }
         cached_sec = sec;
     }
@@ -178,6 +179,7 @@ static void j_time(char out[32], uint64_t mono_ns)
     out[22] = (char)('0' + ms / 10 % 10);
     out[23] = (char)('0' + ms % 10);
     memcpy(out + 24, "Z\"", 3);
+    return 26;
 }
 
 /* A client's X-Request-Id is kept only when it is 1 to SG_GATEWAY_REQUEST_ID_MAX
@@ -260,21 +262,30 @@ static void audit_caller(sg_buf *b, const audit_who_cache *who, const sg_gateway
     j_plain(b, hash); /* hex digits */
 }
 
+/* What every record of one request starts with: its time and its id,
+ * each with its length. */
+typedef struct audit_stamp {
+    char time[32]; /* j_time */
+    size_t time_len;
+    const char *rid; /* request_id(): [A-Za-z0-9._:-] only */
+    size_t rid_len;
+} audit_stamp;
+
 /* {"type":..,"time":..,"request_id":..,"client":.. */
-static void audit_head(sg_buf *b, const char *type, const char *time_json, const char *rid,
-                       const sg_gateway_request *req)
+static void audit_head(sg_buf *b, int shadow, const audit_stamp *st, const sg_gateway_request *req)
 {
-    sg_buf_puts(b, "{\"type\":\"");
-    sg_buf_puts(b, type);
-    sg_buf_puts(b, "\",\"time\":");
-    sg_buf_puts(b, time_json);
-    J_KEY(b, "request_id"); /* request_id(): [A-Za-z0-9._:-] only */
-    j_plain(b, rid);
-    J_KEY(b, "client"); /* a numeric address the HTTP layer formatted */
+    if (shadow)
+        J_LIT(b, "{\"type\":\"shadow\",\"time\":");
+    else
+        J_LIT(b, "{\"type\":\"decision\",\"time\":");
+    sg_buf_append(b, st->time, st->time_len);
+    J_LIT(b, ",\"request_id\":\"");
+    sg_buf_append(b, st->rid, st->rid_len);
+    J_LIT(b, "\",\"client\":"); /* a numeric address the HTTP layer formatted */
     if (req->client_addr)
         j_plain(b, req->client_addr);
     else
-        sg_buf_puts(b, "null");
+        J_LIT(b, "null");
 }
 
 static void audit_message(sg_buf *b, const sg_mcp_body *body, size_t i)
@@ -369,20 +380,40 @@ static int middle_key_is(const sg_buf *key, const char *const s[MIDDLE_STRINGS])
     return at == key->len;
 }
 
+/* A requirement the middle may keep, as a number (the policy in force is
+ * part of the middle's key, and with it the scopes' names): 0 for none,
+ * 1 + kind for a literal one, 64 + the scope's id for one scope; -1 for
+ * all_of and any_of, which are made every time. */
+static long required_key(const sg_policy_decision *d)
+{
+    if (!d || !d->req) return 0;
+    switch (d->req->kind) {
+    case SG_REQ_SCOPE:
+        return 64 + (long)d->req->scope;
+    case SG_REQ_ALL:
+    case SG_REQ_ANY:
+        return -1;
+    default:
+        return 1 + (long)d->req->kind;
+    }
+}
+
 /* The middle of a decision record for one message outside a batch, from
- * ,"http_method" to the rule's line: kept while the next message repeats
- * the caller, the rule, the policy, the decision and the strings of the
- * key (the usual case: a client calling the same tool again). */
-static void audit_middle(sg_buf *b, worker *w, const audit_who_cache *who,
+ * ,"http_method" to the granted scopes: kept while the next message repeats
+ * the caller, the rule, its requirement, the policy, the decision and the
+ * strings of the key (the usual case: a client calling the same tool
+ * again). */
+static void audit_middle(sg_buf *b, worker *w, const sg_universe *u, const audit_who_cache *who,
                          const sg_gateway_request *req, const sg_mcp_msg *m, const char *decision,
                          const sg_policy_decision *d)
 {
     const audit_rule_cache *rule = rule_part(w, d);
     audit_middle_cache *c = &w->audit_middle;
     const char *const s[MIDDLE_STRINGS] = {req->method, m ? m->method : NULL, m ? m->name : NULL};
+    long required = required_key(d);
     if (!c->valid || !who->valid || !rule->valid || c->who_serial != who->serial ||
         c->rule_serial != rule->serial || c->seen != w->seen || c->decision != decision ||
-        !middle_key_is(&c->key, s)) {
+        c->required != required || !middle_key_is(&c->key, s)) {
         sg_buf_reset(&c->key);
         sg_buf_reset(&c->text);
         audit_caller(&c->text, who, req, sg_policy_hash(w->policy));
@@ -390,6 +421,10 @@ static void audit_middle(sg_buf *b, worker *w, const audit_who_cache *who,
         J_FIELD(&c->text, "name", s[2]);
         J_FIELD(&c->text, "decision", decision);
         append_part(&c->text, &rule->text);
+        if (required >= 0) {
+            audit_required(&c->text, u, d);
+            append_part(&c->text, &who->granted);
+        }
         sg_buf_putc(&c->key, (char)middle_present(s));
         for (int i = 0; i < MIDDLE_STRINGS; i++)
             if (s[i]) sg_buf_append(&c->key, s[i], strlen(s[i]) + 1);
@@ -397,9 +432,14 @@ static void audit_middle(sg_buf *b, worker *w, const audit_who_cache *who,
         c->rule_serial = rule->serial;
         c->seen = w->seen;
         c->decision = decision;
+        c->required = required;
         c->valid = who->valid && rule->valid && sg_buf_ok(&c->key) && sg_buf_ok(&c->text);
     }
     append_part(b, &c->text);
+    if (required < 0) {
+        audit_required(b, u, d);
+        append_part(b, &who->granted);
+    }
 }
 
 /* What one message's requirement means for this caller on its own. */
@@ -428,7 +468,7 @@ static const char *decision_name(const sg_gateway_reply *out, const sg_decision 
  * live answer was decided before this runs and is never touched. */
 static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_request *req,
                          const sg_mcp_body *body, const sg_bridge_caller *caller,
-                         const sg_policy_decision *live, const char *time_json, const char *rid)
+                         const sg_policy_decision *live, const audit_stamp *st)
 {
     sg_policy_decision *cand = sg_arena_alloc(&w->arena, body->nmsgs * sizeof *cand);
     if (!cand) return;
@@ -458,7 +498,7 @@ static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_reque
             continue;
         sg_audit_count_shadow(gw->audit);
         sg_buf_reset(b);
-        audit_head(b, "shadow", time_json, rid, req);
+        audit_head(b, 1, st, req);
         audit_caller(b, who_part(w, caller->token), req, sg_policy_hash(w->policy));
         audit_message(b, body, i);
         sg_buf_puts(b, ",\"shadow\":{\"policy\":");
@@ -478,19 +518,22 @@ static void audit_shadow(const sg_gateway *gw, worker *w, const sg_gateway_reque
 
 /* The request's id, into out->request_id: the client's X-Request-Id when it
  * is valid and not a piece of its credential, else a generated one (unique
- * per process); a forwarded request carries it upstream as X-Request-Id. */
-static void request_id(const sg_gateway *gw, worker *w, const sg_gateway_request *req,
-                       sg_gateway_reply *out)
+ * per process); a forwarded request carries it upstream as X-Request-Id.
+ * Returns its length. */
+static size_t request_id(const sg_gateway *gw, worker *w, const sg_gateway_request *req,
+                         sg_gateway_reply *out)
 {
     char *rid = out->request_id;
+    size_t n;
     const char *client_rid = gw_header_get(req, "X-Request-Id");
     const char *authz = client_rid ? gw_header_get(req, "Authorization") : NULL;
     /* A client that puts (a piece of) its token there gets a generated id:
      * no byte of a credential is ever written to the audit log. */
     if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid))) {
-        memcpy(rid, client_rid, strlen(client_rid) + 1); /* valid: at most the maximum */
+        n = strlen(client_rid); /* valid: at most the maximum */
+        memcpy(rid, client_rid, n + 1);
     } else { /* boot id (16 hex digits), worker, sequence: fits */
-        size_t n = strlen(gw->boot_id);
+        n = strlen(gw->boot_id);
         memcpy(rid, gw->boot_id, n);
         rid[n++] = '-';
         n += sg_format_uint(rid + n, w->index);
@@ -503,6 +546,7 @@ static void request_id(const sg_gateway *gw, worker *w, const sg_gateway_request
         out->identity[out->nidentity].value = rid; /* not owned: sg_gateway_reply_free knows */
         out->nidentity++;
     }
+    return n;
 }
 
 /* Formats the records of a decided request into out (completed later by
@@ -514,10 +558,10 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
                     const sg_mcp_body *body, const sg_policy_decision *each, const sg_token *token,
                     const sg_bridge_caller *caller, sg_gateway_reply *out)
 {
-    request_id(gw, w, req, out);
-    const char *rid = out->request_id;
-    char time_json[32];
-    j_time(time_json, req->received_ns);
+    audit_stamp st;
+    st.rid_len = request_id(gw, w, req, out);
+    st.rid = out->request_id;
+    st.time_len = j_time(st.time, req->received_ns);
 
     const sg_universe *u = sg_policy_universe(w->policy);
     const char *decision = decision_name(out, &w->decision);
@@ -541,7 +585,7 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
          * the last record ends the buffer and is completed in place. */
         if (m && m->kind == SG_MCP_REQUEST && m->id_raw) sg_buf_append(b, m->id_raw, m->id_len);
         sg_buf_putc(b, '\0');
-        audit_head(b, "decision", time_json, rid, req);
+        audit_head(b, 0, &st, req);
         const sg_policy_decision *rd = d && d->rule ? d : NULL;
         if (body && body->is_batch) {
             audit_caller(b, who, req, sg_policy_hash(w->policy));
@@ -552,11 +596,10 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
                         element_outcome(d->req, token, caller ? caller->token_error : NULL,
                                         &effective));
             audit_rule(b, w, u, rd);
+            append_part(b, &who->granted);
         } else {
-            audit_middle(b, w, who, req, m, decision, rd);
-            audit_required(b, u, rd);
+            audit_middle(b, w, u, who, req, m, decision, rd);
         }
-        append_part(b, &who->granted);
         if ((out->status == 401 || out->status == 403) && decision[0] != 'd') {
             J_KEY(b, "step_up");
             j_scopeset(b, u, &w->decision.scope);
@@ -580,7 +623,7 @@ void gw_audit_begin(const sg_gateway *gw, worker *w, const sg_gateway_request *r
     }
     out->naudit = n;
     if (caller && body && each && w->shadow_policy)
-        audit_shadow(gw, w, req, body, caller, each, time_json, rid);
+        audit_shadow(gw, w, req, body, caller, each, &st);
 }
 
 /* One message of the upstream's answer: its id's raw text and outcome. */
@@ -691,7 +734,7 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
     if (!base && o->upstream_status &&
         (msgs = r->naudit <= SG_ARRAY_LEN(quick) ? quick : calloc(r->naudit, sizeof *msgs))) {
         const char *ct = o->content_type ? o->content_type : "";
-        if (strncasecmp(ct, "text/event-stream", 17) == 0) {
+        if ((ct[0] | 0x20) == 't' && strncasecmp(ct, "text/event-stream", 17) == 0) {
             size_t pos = 0;
             while (sg_sse_read(o->body, o->body_len, &pos, &ev) > 0)
                 if (ev.has_data && ev.data.len)

@@ -49,18 +49,22 @@ typedef struct audit_rule_cache {
     int line;
     sg_buf text; /* ,"rule":..,"rule_file":..,"rule_line":.. */
 } audit_rule_cache;
-/* The middle of a decision record, from ,"http_method" to the rule's line:
- * made from the two parts above (by their serials), the policy in force
- * (by the worker's generation), the decision (a static string) and the
- * strings in key, and kept while the next message repeats all of them. */
+/* The middle of a decision record, from ,"http_method" to the rule's line,
+ * and on to the granted scopes when the requirement is a plain one: made
+ * from the two parts above (by their serials), the policy in force (by the
+ * worker's generation), the decision (a static string), the requirement
+ * (by required_key) and the strings in key, and kept while the next message
+ * repeats all of them. */
 typedef struct audit_middle_cache {
     int valid;
     unsigned long who_serial, rule_serial, seen;
     const char *decision;
+    long required; /* required_key of the requirement; -1: not in text */
     /* A byte saying which of the HTTP method, method and name there are,
      * then each that is, with its NUL. */
     sg_buf key;
-    sg_buf text; /* ,"http_method":..<who>,"policy":..,"method":..,"name":..,"decision":..<rule> */
+    sg_buf text; /* ,"http_method":..<who>,"policy":..,"method":..,"name":..,"decision":..<rule>
+                    [,"required":..,"granted":..] */
 } audit_middle_cache;
 
 /* Record buffers of finished requests, kept for the next ones: a request

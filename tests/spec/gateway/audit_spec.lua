@@ -22,6 +22,13 @@ return {
     plain = "echo:read",
     status = "echo:read",
     write = "echo:write",
+    -- One rule, a requirement per request: a kept record part must not
+    -- lend one call's requirement to the next.
+    flip = function(req)
+      if req.phase == "call" and req.arguments and req.arguments.w then return "echo:write" end
+      return "echo:read"
+    end,
+    either = { any_of = { "echo:read", "echo:write" } },
   },
   default = "deny",
 }
@@ -271,6 +278,7 @@ describe("a worker's kept record parts", function()
       " --policy " .. q(dir .. "/kept.lua") .. " --public-key " .. q(key.pub_file) ..
       " --key-alg ES256 --issuer " .. q(ISS) .. " --audit-log " .. q(file) .. " --threads 1", err)
     local alice, bob = mint("echo:read"), mint("echo:read", "bob")
+    local both = mint("echo:read echo:write", "bob")
     local ping = '{"jsonrpc":"2.0","id":2,"method":"ping"}'
     local steps = {
       { call("echo"), alice, 200, { sub = '"alice"', name = '"echo"', rule = '"tools.echo"', rule_line = "5", decision = '"allow"' } },
@@ -284,6 +292,16 @@ describe("a worker's kept record parts", function()
       { call("nosuch1"), bob, 403, { sub = '"bob"', name = '"nosuch1"', rule = '"default"', decision = '"deny"' } },
       { call("nosuch2"), bob, 403, { sub = '"bob"', name = '"nosuch2"', rule = '"default"', decision = '"deny"' } },
       { call("echo"), bob, 200, { sub = '"bob"', name = '"echo"', decision = '"allow"', rule_line = "5" } },
+      -- The same rule and decision, another requirement; then the same
+      -- requirement for another caller with other scopes.
+      { call("flip", '{"w":false}'), both, 200, { name = '"flip"', required = '"echo:read"' } },
+      { call("flip", '{"w":true}'), both, 200, { name = '"flip"', required = '"echo:write"' } },
+      { call("flip", '{"w":false}'), both, 200, { name = '"flip"', required = '"echo:read"' } },
+      { call("either"), both, 200, { required = '{"any_of":["echo:read","echo:write"]}', granted = '["echo:read","echo:write"]' } },
+      { call("either"), both, 200, { required = '{"any_of":["echo:read","echo:write"]}', granted = '["echo:read","echo:write"]' } },
+      { call("either"), bob, 200, { required = '{"any_of":["echo:read","echo:write"]}', granted = '["echo:read"]' } },
+      { call("flip", '{"w":false}'), bob, 200, { required = '"echo:read"', granted = '["echo:read"]' } },
+      { call("flip", '{"w":false}'), both, 200, { required = '"echo:read"', granted = '["echo:read","echo:write"]' } },
     }
     for i, st in ipairs(steps) do
       assert.are.equal(st[3], post(st[1], { token = st[2], gw = addr }).status, "step " .. i)

@@ -142,10 +142,11 @@ static const cJSON *argument_at(const cJSON *arguments, const char *path)
 }
 
 /* RFC 3339 UTC with milliseconds, quoted: "2026-12-04T16:10:00.123Z" (26
- * bytes and the NUL; the length is returned: 4 for null), of mono_ns, a sg_now_mono_ns() time (0:
- * now). Every record has one, so nothing is read from the clocks per record: the offset of the wall
- * clock from the monotonic one is taken once a second per thread, and the text up to the seconds is
- * made again only when the second changes. */
+ * bytes and the NUL), of mono_ns, a sg_now_mono_ns() time (0: now);
+ * returns the length (4 for null). Every record has one, so nothing is
+ * read from the clocks per record: the offset of the wall clock from the
+ * monotonic one is taken once a second per thread, and the text up to the
+ * seconds is made again only when the second changes. */
 static size_t j_time(char out[32], uint64_t mono_ns)
 {
     static _Thread_local uint64_t offset_taken = UINT64_MAX; /* in this monotonic second */

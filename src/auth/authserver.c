@@ -30,7 +30,7 @@
 #define MAX_ANSWER_BYTES   (64 * 1024)  /* an introspection answer */
 #define MAX_METADATA_BYTES (256 * 1024) /* a discovery document */
 #define MAX_SECRET_BYTES   4096
-#define FAILED_TTL_S       2 /* a failed call is remembered 1 to 2 s (whole seconds) */
+#define FAILED_TTL_S       2 /* a failed call is remembered 2 s */
 /* Tickets are remembered in a ring: one more call than fits in it can't be
  * in flight (sg_introspector_new caps concurrency + queue below half). */
 #define TICKET_RING 8192
@@ -270,7 +270,7 @@ typedef struct answer {
     int kind;             /* ANSWER_*; the slot is free when `used` is 0 */
     int used, referenced; /* referenced: the CLOCK bit */
     sg_token_err refusal; /* ANSWER_REFUSED */
-    int64_t until;        /* wall-clock second from which it is no longer used */
+    int64_t until;        /* wall-clock millisecond from which it is no longer used */
     held_token *held;     /* ANSWER_ACTIVE */
     int32_t next;
 } answer;
@@ -401,25 +401,27 @@ static void warn_limited(sg_introspector *in, const char *why)
 }
 
 /* Stores what the call said about j's token (kind, refusal) in the shared
- * cache for as long as it is believed; token (an active answer's) is kept
- * there or freed. */
+ * cache for as long as it is believed, from now_ms (wall clock, in
+ * milliseconds: a deadline in whole seconds would cut a one-second TTL to
+ * anything between nothing and a second); token (an active answer's) is
+ * kept there or freed. */
 static void store_answer(sg_introspector *in, const job *j, int kind, sg_token_err refusal,
-                         sg_token *token, int64_t now)
+                         sg_token *token, int64_t now_ms)
 {
     held_token *held = NULL;
-    int64_t until = now + (kind == ANSWER_ACTIVE    ? (int64_t)in->cache_ttl_s
-                           : kind == ANSWER_REFUSED ? (int64_t)in->negative_ttl_s
-                                                    : FAILED_TTL_S);
+    int64_t until = now_ms + 1000 * (kind == ANSWER_ACTIVE    ? (int64_t)in->cache_ttl_s
+                                     : kind == ANSWER_REFUSED ? (int64_t)in->negative_ttl_s
+                                                              : FAILED_TTL_S);
     if (kind == ANSWER_ACTIVE) {
-        if (token->exp < until) until = token->exp; /* never believed past exp */
+        if (token->exp * 1000 < until) until = token->exp * 1000; /* never believed past exp */
         /* Inside the leeway after exp the token still passes, but only the
          * request that asked sees it (cached one second). */
-        if (until <= now) until = now + 1;
+        if (until <= now_ms) until = now_ms + 1000;
         held = malloc(sizeof *held);
         if (!held) {
             sg_token_free(token);
             kind = ANSWER_FAILED;
-            until = now + FAILED_TTL_S;
+            until = now_ms + 1000 * FAILED_TTL_S;
         } else {
             atomic_init(&held->refs, 1);
             held->token = token;
@@ -492,7 +494,7 @@ static void call_and_store(sg_introspector *in, job *j)
         atomic_fetch_add(&in->failures, 1);
         warn_limited(in, why);
     }
-    store_answer(in, j, kind, refusal, token, now);
+    store_answer(in, j, kind, refusal, token, sg_now_unix_ms());
 }
 
 static void *introspection_main(void *arg)
@@ -693,7 +695,7 @@ static uint64_t call_in_flight(const sg_introspector *in, const unsigned char ke
     return 0;
 }
 
-sg_token_err sg_introspect_token(sg_introspector *in, const char *token, size_t len, int64_t now,
+sg_token_err sg_introspect_token(sg_introspector *in, const char *token, size_t len, int64_t now_ms,
                                  int may_ask, uint64_t *ticket, sg_introspect_hold *hold,
                                  const sg_token **out)
 {
@@ -705,7 +707,7 @@ sg_token_err sg_introspect_token(sg_introspector *in, const char *token, size_t 
     uint64_t h = bucket_hash(in, key);
     pthread_mutex_lock(&in->mu);
     int32_t i = answer_find(in, key, h);
-    if (i != NIL && now >= in->slots[i].until) {
+    if (i != NIL && now_ms >= in->slots[i].until) {
         answer_remove(in, i);
         i = NIL;
     }

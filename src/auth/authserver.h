@@ -129,13 +129,13 @@ void sg_introspect_release(sg_introspect_hold *h);
  *   a refusal (SG_TOKEN_INACTIVE, SG_TOKEN_EXPIRED, SG_TOKEN_AUD_WRONG...):
  *       a cached answer that did not pass;
  *   SG_TOKEN_UNAVAILABLE: the authorization server could not be asked or
- *       did not answer usefully (cached 1 to 2 s), the queue is full, or
+ *       did not answer usefully (cached 2 s), the queue is full, or
  *       may_ask is 0 and nothing is cached;
  *   SG_TOKEN_PENDING with a nonzero *ticket (only when may_ask): a call is
  *       queued or running for this token; ask again once
  *       sg_introspect_done(in, *ticket) is 1.
- * Thread-safe. */
-sg_token_err sg_introspect_token(sg_introspector *in, const char *token, size_t len, int64_t now,
+ * now_ms is the wall clock in milliseconds (sg_now_unix_ms). Thread-safe. */
+sg_token_err sg_introspect_token(sg_introspector *in, const char *token, size_t len, int64_t now_ms,
                                  int may_ask, uint64_t *ticket, sg_introspect_hold *hold,
                                  const sg_token **out);
 /* 1 once the call with this ticket has finished (well or not). One atomic

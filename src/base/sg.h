@@ -104,6 +104,7 @@ void sg_arena_free(sg_arena *a);
 
 /* ---- time ----------------------------------------------------------------- */
 int64_t sg_now_unix(void);     /* wall clock, seconds since the epoch */
+int64_t sg_now_unix_ms(void);  /* wall clock, milliseconds since the epoch */
 uint64_t sg_now_mono_ns(void); /* monotonic clock, nanoseconds */
 
 /* ---- threads ---------------------------------------------------------------

@@ -236,6 +236,13 @@ int64_t sg_now_unix(void)
     return (int64_t)ts.tv_sec;
 }
 
+int64_t sg_now_unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 uint64_t sg_now_mono_ns(void)
 {
     struct timespec ts;

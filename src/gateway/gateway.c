@@ -299,7 +299,7 @@ uint64_t gw_authenticate(worker *w, const char *authz, const sg_token **token,
     sg_introspector *in = w->gw->introspector;
     sg_introspect_release(&w->introspected); /* the previous request's answer */
     if (in && len <= sg_verifier_max_token_bytes(w->gw->verifier) && !sg_token_is_jws(t, len)) {
-        e = sg_introspect_token(in, t, len, sg_now_unix(), kw == SG_KID_DEFER, &ticket,
+        e = sg_introspect_token(in, t, len, sg_now_unix_ms(), kw == SG_KID_DEFER, &ticket,
                                 &w->introspected, token);
         if (e == SG_TOKEN_PENDING) return ticket | INTROSPECTION_TICKET;
         if (e == SG_TOKEN_UNAVAILABLE) *unavailable = 1;

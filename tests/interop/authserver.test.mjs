@@ -158,6 +158,20 @@ test('opaque tokens: active passes (scope from the answer), garbage is 401, one 
     assert.equal(after.introspection - before.introspection, 2);
 });
 
+test('an active answer is believed for its whole --introspection-cache-ttl, not to the end of a clock second', async () => {
+    // Asked again 0.6 s into a 1 s TTL, four times: a cache that rounds its
+    // deadline down to a whole second forgets 60% of such answers early.
+    for (let i = 0; i < 4; i++) {
+        const t = await token('opaque-client', READ);
+        const before = await asStats();
+        assert.equal((await call(main, t)).status, 200);
+        await new Promise(r => setTimeout(r, 600));
+        assert.equal((await call(main, t)).status, 200);
+        const after = await asStats();
+        assert.equal(after.introspection - before.introspection, 1, `token ${i}: introspected again within its TTL`);
+    }
+});
+
 test('client_secret_post authenticates the introspection client too', async () => {
     const gw = await startGateway({
         upstream: journal.url,

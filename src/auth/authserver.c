@@ -413,7 +413,9 @@ static void store_answer(sg_introspector *in, const job *j, int kind, sg_token_e
                                      : kind == ANSWER_REFUSED ? (int64_t)in->negative_ttl_s
                                                               : FAILED_TTL_S);
     if (kind == ANSWER_ACTIVE) {
-        if (token->exp * 1000 < until) until = token->exp * 1000; /* never believed past exp */
+        /* Never believed past exp (compared in seconds first: exp may be
+         * as large as a token cares to say, and exp * 1000 would overflow). */
+        if (token->exp >= 0 && token->exp <= until / 1000) until = token->exp * 1000;
         /* Inside the leeway after exp the token still passes, but only the
          * request that asked sees it (cached one second). */
         if (until <= now_ms) until = now_ms + 1000;

@@ -457,7 +457,6 @@ static void call_and_store(sg_introspector *in, job *j)
     int kind = ANSWER_FAILED;
     sg_token_err refusal = SG_TOKEN_UNAVAILABLE;
     sg_token *token = NULL;
-    int64_t now = sg_now_unix();
     if (sg_buf_ok(&form) && form.len) {
         sg_as_request r = {in->url, form.data, in->authorization, in->timeout_ms, MAX_ANSWER_BYTES};
         if (sg_as_fetch(&r, &body, &status, why, sizeof why) != 0) {
@@ -465,7 +464,7 @@ static void call_and_store(sg_introspector *in, job *j)
         } else if (status != 200) {
             snprintf(why, sizeof why, "the endpoint answered HTTP status %ld", status);
         } else {
-            now = sg_now_unix();
+            int64_t now = sg_now_unix();
             sg_token_err e = sg_token_from_introspection(in->v, body.data ? body.data : "",
                                                          body.len, now, &token);
             /* The token is shared by every worker: its claims tree (built

@@ -2,13 +2,13 @@
 --
 -- The real binary with one worker (--threads 1) verifies tokens against a
 -- JWKS URL served by tests/peers/jwks_server.py, which is made slow (each
--- answer waits 2 s). A token with a kid the gateway has not seen arrives on
+-- answer waits 1 s). A token with a kid the gateway has not seen arrives on
 -- that worker in the middle of a stream of requests with a cached, valid
 -- token (tests/peers/latency_probe.py). The stream must keep its latency
 -- while the unknown-kid request waits, suspended, for the one refetch, then
 -- succeeds when the refetch brings its key and fails 401 when it does not.
--- Before, the refetch ran on the worker: every request on it waited ~2 s.
--- A request that blocked on the refetch would wait its whole DELAY (2 s);
+-- Before, the refetch ran on the worker: every request on it waited ~1 s.
+-- A request that blocked on the refetch would wait its whole DELAY (1 s);
 -- quiet, the cached stream's p99 is 2-5 ms, but on a shared machine running
 -- other builds it has reached 60 ms: the bound says "never blocked", not
 -- "fast".
@@ -21,8 +21,8 @@ local q, CLEAN = keys.q, keys.CLEAN
 local SCOPEGATE = procs.SCOPEGATE
 local ISS = "https://auth.example.com"
 local AUD = "https://echo.example.com/mcp"
-local DELAY = 2 -- seconds the slow JWKS endpoint takes per answer
-local REFETCH = 8 -- --jwks-refetch: at most one unknown-kid refetch this often
+local DELAY = 1 -- seconds the slow JWKS endpoint takes per answer
+local REFETCH = 4 -- --jwks-refetch: at most one unknown-kid refetch this often
 
 local POLICY = [[
 return {

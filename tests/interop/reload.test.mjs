@@ -4,10 +4,11 @@
 // docs/policy.md "Hot reload") is that a valid edit takes effect within a second, at a request
 // boundary, with no failed request, and that an invalid edit never takes effect. This drives a
 // steady stream of tools/call requests (>= 500 per second, over keep-alive connections) to the
-// journal example server through scopegate while the test rewrites the policy 50 times,
-// alternating valid versions (that flip `list_entries` between allowed and 403) with invalid ones
-// (syntax error, error inside a rule, undeclared scope returned by a rule, `require` of a missing
-// module). Every response is checked against the valid version in force when it was sent.
+// journal example server through scopegate while the test rewrites the policy 16 times (every
+// kind of edit twice; SG_RELOAD_WRITES=50 makes a longer soak of it), alternating valid
+// versions (that flip `list_entries` between allowed and 403) with invalid ones (syntax error,
+// error inside a rule, undeclared scope returned by a rule, `require` of a missing module).
+// Every response is checked against the valid version in force when it was sent.
 //
 // Three ways to deliver the edits: an editor's write-to-temp-and-rename, the Kubernetes
 // ConfigMap volume (the policy reached through `..data`, a symlink swapped by rename), and
@@ -21,7 +22,7 @@ import { startJournal, startGateway, stopAll, tempDir } from './lib.mjs';
 
 const RESOURCE = 'https://journal.example.com/mcp';
 const SCOPE = 'journal:entries:read';
-const WRITES = 50;
+const WRITES = Number(process.env.SG_RELOAD_WRITES ?? 16);
 const CONNECTIONS = 8;
 const TAKE_EFFECT_MS = 1000;
 

@@ -9,6 +9,17 @@ SG_BUILD_DEBS=(build-essential pkg-config cmake liblua5.4-dev lua5.4 libmicrohtt
 # sanitizer and libFuzzer runtimes, and llvm-symbolizer for readable reports.
 SG_FUZZ_DEBS=(clang libclang-rt-dev llvm)
 
+# sg_system_path -- the system's directories first on PATH, in Debian's
+# order, so that the tools these commands install from Debian (python3 with
+# python3-yaml, lua5.4, curl, openssl) are the ones that run, and not a
+# version manager's shims that come earlier: a pyenv shim costs a quarter of
+# a second per python3 start, and the test suite starts Python hundreds of
+# times.
+sg_system_path() {
+    PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+    export PATH
+}
+
 # sg_install_debs PKG... -- apt-get installs the packages that are missing.
 sg_install_debs() {
     local missing=() p

@@ -152,8 +152,9 @@ return p
     assert.matches("too much work for a policy", err)
     -- What tells a working byte budget from none on any machine: no attack
     -- ran into its 50 ms time budget, and no honest request's p99 came near
-    -- it. The 5 ms figure is a speed target of a quiet machine: printed
-    -- above, not asserted (a shared machine measured 6.9 to 19.7 ms).
+    -- it. The 5 ms figure is a speed target: printed above, and measured
+    -- with its verdict by bench/run, where nothing runs beside it (a shared
+    -- machine running the suite measured 6.9 to 19.7 ms here).
     assert.is_nil(err:find("time budget exceeded", 1, true), "an attack ran into its time budget")
     if not sanitized then
       assert.is_true(best < CEILING_MS, "honest p99 under attack (ceiling " .. CEILING_MS .. " ms): " ..

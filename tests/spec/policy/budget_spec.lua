@@ -78,17 +78,13 @@ return p
     }
   end
 
+  -- One run of tests/peers/latency_probe.py with the attack
+  -- tests/peers/cwork_probe.py describes (bench/run sends the same).
   local function probe(token, attackers)
-    local long = ("a"):rep(60000)
-    local attacks = {}
-    for _, tool in ipairs { "rep", "gsub", "format", "concat", "upper", "load", "utf8", "tostring" } do
-      attacks[#attacks + 1] = request(token, tool, { s = long, n = 100000, width = 64 })
-    end
-    local host, port = gw:match("^(.-):(%d+)$")
+    keys.write(dir .. "/probe.tok", token)
     local cfg = dir .. "/probe.json"
-    keys.write(cfg, keys.json {
-      host = host, port = tonumber(port), path = "/mcp", attackers = attackers, duration = 2,
-      interval = 0.005, warmup = 0.3, honest = request(token, "ok", { note = "hello" }), attacks = attacks })
+    keys.write(cfg, keys.run("python3 tests/peers/cwork_probe.py " .. q(gw) .. " " ..
+                             q(dir .. "/probe.tok") .. " " .. attackers))
     local p = io.popen(CLEAN .. "python3 tests/peers/latency_probe.py " .. q(cfg))
     local out = p:read("a")
     p:close()

@@ -75,6 +75,21 @@ static const char two_digits[] = "0001020304050607080910111213141516171819"
 
 size_t sg_format_uint(char out[SG_UINT_DIGITS], unsigned long long v)
 {
+    /* Most numbers the request path writes are statuses, lines, worker
+     * indexes: at most three digits, written without a loop. */
+    if (v < 10) {
+        out[0] = (char)('0' + v);
+        return 1;
+    }
+    if (v < 100) {
+        memcpy(out, two_digits + 2 * v, 2);
+        return 2;
+    }
+    if (v < 1000) {
+        out[0] = (char)('0' + v / 100);
+        memcpy(out + 1, two_digits + 2 * (v % 100), 2);
+        return 3;
+    }
     size_t n = 1;
     for (unsigned long long t = v; t >= 10; t /= 10)
         n++;

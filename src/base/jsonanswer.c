@@ -108,8 +108,15 @@ typedef struct reader {
  * wherever it is met). */
 HOT char next(reader *r)
 {
-    r->i = skip_space(r->p, r->len, r->i);
-    return r->i < r->len ? r->p[r->i] : 0;
+    for (size_t i = r->i; i < r->len; i++) { /* one bounds check per byte looked at */
+        unsigned char c = (unsigned char)r->p[i];
+        if (!(byte_class[c] & SPACE)) {
+            r->i = i;
+            return (char)c;
+        }
+    }
+    r->i = r->len;
+    return 0;
 }
 
 /* Past a member name at r->i (a string, then a colon); *escaped tells

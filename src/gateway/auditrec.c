@@ -304,39 +304,35 @@ static void audit_message(sg_buf *b, const sg_mcp_body *body, size_t i)
 }
 
 /* The rule of a decision: its name, file and line escaped once and kept
- * while the next decision names the same rule (compared by content: a
- * reload may put another rule where the last one was, and a built-in
- * rule's name is made per request). Returns the worker's cache, made for
- * this rule. */
+ * while the next decision names the same rule. A rule with a line is the
+ * policy's own: its name and file live as long as the policy does, so
+ * while the worker keeps the same generation the pointers say which rule
+ * it is (a reload may put another rule at the same address, but it comes
+ * with a new generation). A built-in rule (no line) is made per request
+ * and never kept. Returns the worker's cache, made for this rule. */
 static const audit_rule_cache *rule_part(worker *w, const sg_policy_decision *d)
 {
     const char *rule = d && d->rule ? d->rule : NULL;
     const char *file = d && d->line > 0 ? d->file : NULL;
-    int line = d && d->line > 0 ? d->line : 0;
+    int line = file ? d->line : 0;
     audit_rule_cache *c = &w->audit_rule;
-    size_t rlen = rule ? strlen(rule) : 0, flen = file ? strlen(file) : 0;
-    int hit = c->valid && rule && file && c->line == line && c->key.len == rlen + 1 + flen &&
-              memcmp(c->key.data, rule, rlen + 1) == 0 &&
-              memcmp(c->key.data + rlen + 1, file, flen) == 0;
-    if (!hit) {
-        sg_buf_reset(&c->key);
-        sg_buf_reset(&c->text);
-        J_FIELD(&c->text, "rule", rule);
-        J_FIELD(&c->text, "rule_file", file);
-        J_KEY(&c->text, "rule_line");
-        if (line > 0)
-            sg_buf_put_uint(&c->text, (unsigned)line);
-        else
-            sg_buf_puts(&c->text, "null");
-        c->line = line;
-        c->valid = rule && file;
-        if (c->valid) { /* "rule\0file": the key */
-            sg_buf_append(&c->key, rule, rlen + 1);
-            sg_buf_append(&c->key, file, flen);
-        }
-        c->valid = c->valid && sg_buf_ok(&c->key) && sg_buf_ok(&c->text);
-        c->serial++;
-    }
+    if (c->valid && rule && file && c->rule == rule && c->file == file && c->line == line &&
+        c->seen == w->seen)
+        return c;
+    sg_buf_reset(&c->text);
+    J_FIELD(&c->text, "rule", rule);
+    J_FIELD(&c->text, "rule_file", file);
+    J_KEY(&c->text, "rule_line");
+    if (line > 0)
+        sg_buf_put_uint(&c->text, (unsigned)line);
+    else
+        sg_buf_puts(&c->text, "null");
+    c->rule = rule;
+    c->file = file;
+    c->line = line;
+    c->seen = w->seen;
+    c->valid = rule && file && sg_buf_ok(&c->text);
+    c->serial++;
     return c;
 }
 
@@ -356,29 +352,16 @@ static void audit_rule(sg_buf *b, worker *w, const sg_universe *u, const sg_poli
 }
 
 /* The strings of a middle's key: the HTTP method, the message's method and
- * name (NULL for none). The key is a byte saying which are there, then
- * each that is, with its NUL. */
-enum { MIDDLE_STRINGS = 3 };
+ * name (NULL for none), kept in its key buffer with their NULs. */
+enum { MIDDLE_STRINGS = AUDIT_MIDDLE_STRINGS, MIDDLE_ABSENT = (size_t)-1 };
 
-static unsigned char middle_present(const char *const s[MIDDLE_STRINGS])
+static int middle_key_is(const audit_middle_cache *c, const char *const s[MIDDLE_STRINGS])
 {
-    unsigned char present = 0;
-    for (int i = 0; i < MIDDLE_STRINGS; i++)
-        present |= (unsigned char)(s[i] ? 1u << i : 0);
-    return present;
-}
-
-static int middle_key_is(const sg_buf *key, const char *const s[MIDDLE_STRINGS])
-{
-    if (key->len < 1 || (unsigned char)key->data[0] != middle_present(s)) return 0;
-    size_t at = 1;
     for (int i = 0; i < MIDDLE_STRINGS; i++) {
-        if (!s[i]) continue;
-        size_t n = strlen(s[i]) + 1;
-        if (key->len - at < n || memcmp(key->data + at, s[i], n) != 0) return 0;
-        at += n;
+        if (!s[i] != (c->at[i] == MIDDLE_ABSENT)) return 0;
+        if (s[i] && strcmp(c->key.data + c->at[i], s[i]) != 0) return 0;
     }
-    return at == key->len;
+    return 1;
 }
 
 /* A requirement the middle may keep, as a number (the policy in force is
@@ -414,7 +397,7 @@ static void audit_middle(sg_buf *b, worker *w, const sg_universe *u, const audit
     long required = required_key(d);
     if (!c->valid || !who->valid || !rule->valid || c->who_serial != who->serial ||
         c->rule_serial != rule->serial || c->seen != w->seen || c->decision != decision ||
-        c->required != required || !middle_key_is(&c->key, s)) {
+        c->required != required || !middle_key_is(c, s)) {
         sg_buf_reset(&c->key);
         sg_buf_reset(&c->text);
         audit_caller(&c->text, who, req, sg_policy_hash(w->policy));
@@ -426,9 +409,10 @@ static void audit_middle(sg_buf *b, worker *w, const sg_universe *u, const audit
             audit_required(&c->text, u, d);
             append_part(&c->text, &who->granted);
         }
-        sg_buf_putc(&c->key, (char)middle_present(s));
-        for (int i = 0; i < MIDDLE_STRINGS; i++)
+        for (int i = 0; i < MIDDLE_STRINGS; i++) {
+            c->at[i] = s[i] ? c->key.len : MIDDLE_ABSENT;
             if (s[i]) sg_buf_append(&c->key, s[i], strlen(s[i]) + 1);
+        }
         c->who_serial = who->serial;
         c->rule_serial = rule->serial;
         c->seen = w->seen;
@@ -533,12 +517,19 @@ static size_t request_id(const sg_gateway *gw, worker *w, const sg_gateway_reque
     if (client_rid && request_id_valid(client_rid) && !(authz && strstr(authz, client_rid))) {
         n = strlen(client_rid); /* valid: at most the maximum */
         memcpy(rid, client_rid, n + 1);
-    } else { /* boot id (16 hex digits), worker, sequence: fits */
-        n = strlen(gw->boot_id);
-        memcpy(rid, gw->boot_id, n);
-        rid[n++] = '-';
-        n += sg_format_uint(rid + n, w->index);
-        rid[n++] = '-';
+    } else {                            /* boot id (16 hex digits), worker, sequence: fits */
+        if (!w->audit_rid_prefix_len) { /* "<boot id>-<worker>-", made once */
+            char *q = w->audit_rid_prefix;
+            size_t boot = strlen(gw->boot_id);
+            memcpy(q, gw->boot_id, boot);
+            q += boot;
+            *q++ = '-';
+            q += sg_format_uint(q, w->index);
+            *q++ = '-';
+            w->audit_rid_prefix_len = (size_t)(q - w->audit_rid_prefix);
+        }
+        n = w->audit_rid_prefix_len;
+        memcpy(rid, w->audit_rid_prefix, n);
         n += sg_format_uint(rid + n, ++w->audit_seq);
         rid[n] = '\0';
     }
@@ -677,31 +668,55 @@ static void classify_json(const char *json, size_t len, answer_msg *msgs, size_t
     sg_json_scan_free(&scan);
 }
 
+/* ,"status":..,"upstream":{"status":..,"outcome":..} (or null: not
+ * forwarded),"latency_ms": -- the end of a record before its latency,
+ * made for one HTTP status, upstream status and outcome (one of the
+ * gateway's own words, copied) and kept while the next record repeats
+ * them (most answers are 200 and "ok"). Returns the worker's cache. */
+static const audit_tail_cache *tail_part(worker *w, const sg_gateway_outcome *o,
+                                         const char *outcome)
+{
+    audit_tail_cache *c = &w->audit_tail;
+    if (c->valid && c->status == o->status && c->upstream_status == o->upstream_status &&
+        c->forwarded == (outcome != NULL) && (!outcome || strcmp(c->outcome, outcome) == 0))
+        return c;
+    sg_buf *b = &c->text;
+    sg_buf_reset(b);
+    J_KEY(b, "status");
+    if (o->status > 0)
+        sg_buf_put_uint(b, (unsigned)o->status);
+    else
+        sg_buf_puts(b, "null");
+    J_KEY(b, "upstream");
+    if (outcome) {
+        sg_buf_puts(b, "{\"status\":");
+        if (o->upstream_status > 0)
+            sg_buf_put_uint(b, (unsigned)o->upstream_status);
+        else
+            sg_buf_puts(b, "null");
+        sg_buf_puts(b, ",\"outcome\":");
+        j_plain(b, outcome);
+        sg_buf_putc(b, '}');
+    } else {
+        sg_buf_puts(b, "null");
+    }
+    sg_buf_puts(b, ",\"latency_ms\":");
+    size_t n = outcome ? strlen(outcome) : 0;
+    c->status = o->status;
+    c->upstream_status = o->upstream_status;
+    c->forwarded = outcome != NULL;
+    c->valid = n < sizeof c->outcome && sg_buf_ok(b); /* else made again next time */
+    if (c->valid && outcome) memcpy(c->outcome, outcome, n + 1);
+    return c;
+}
+
 /* Completes a record: the HTTP status, the upstream's status and outcome
  * (outcome NULL: not forwarded), the latency (us: microseconds), the
  * closing brace. */
-static void audit_outcome(sg_buf *line, const sg_gateway_outcome *o, const char *outcome,
+static void audit_outcome(sg_buf *line, worker *w, const sg_gateway_outcome *o, const char *outcome,
                           unsigned long long us)
 {
-    J_KEY(line, "status");
-    if (o->status > 0)
-        sg_buf_put_uint(line, (unsigned)o->status);
-    else
-        sg_buf_puts(line, "null");
-    J_KEY(line, "upstream");
-    if (outcome) {
-        sg_buf_puts(line, "{\"status\":");
-        if (o->upstream_status > 0)
-            sg_buf_put_uint(line, (unsigned)o->upstream_status);
-        else
-            sg_buf_puts(line, "null");
-        sg_buf_puts(line, ",\"outcome\":");
-        j_plain(line, outcome); /* one of the gateway's own words */
-        sg_buf_putc(line, '}');
-    } else {
-        sg_buf_puts(line, "null");
-    }
-    sg_buf_puts(line, ",\"latency_ms\":");
+    append_part(line, &tail_part(w, o, outcome)->text);
     sg_buf_put_uint(line, us / 1000);
     char frac[5] = {'.', (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10),
                     (char)('0' + us % 10), '}'};
@@ -728,7 +743,6 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
     const char *base = o->upstream_outcome;
     answer_msg *msgs = NULL;
     size_t nmsgs = 0;
-    sg_sse_event ev = SG_SSE_EVENT_INIT;
     if (!base && o->upstream_status >= 400) base = "http_error";
     if (!base && !o->body) base = "streamed";
     answer_msg quick[8];
@@ -736,10 +750,12 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
         (msgs = r->naudit <= SG_ARRAY_LEN(quick) ? quick : calloc(r->naudit, sizeof *msgs))) {
         const char *ct = o->content_type ? o->content_type : "";
         if ((ct[0] | 0x20) == 't' && strncasecmp(ct, "text/event-stream", 17) == 0) {
+            sg_sse_event ev = SG_SSE_EVENT_INIT;
             size_t pos = 0;
             while (sg_sse_read(o->body, o->body_len, &pos, &ev) > 0)
                 if (ev.has_data && ev.data.len)
                     classify_json(ev.data.data, ev.data.len, msgs, &nmsgs, r->naudit);
+            sg_sse_event_free(&ev);
         } else {
             classify_json(o->body, o->body_len, msgs, &nmsgs, r->naudit);
         }
@@ -777,11 +793,10 @@ void sg_gateway_audit_finish(sg_gateway *gw, sg_gateway_reply *r, const sg_gatew
         } else {
             r->audit.len = rec + rec_len; /* the last record: its NUL goes */
         }
-        audit_outcome(line, o, outcome, us);
+        audit_outcome(line, r->audit_worker, o, outcome, us);
         sg_audit_submit(gw->audit, sg_buf_ok(line) ? line->data + from : NULL, line->len - from);
     }
-    sg_buf_free(&copy);
-    sg_sse_event_free(&ev);
+    if (copy.data) sg_buf_free(&copy);
     if (msgs != quick) free(msgs);
     r->naudit = 0;
     give_back(r);

@@ -201,10 +201,10 @@ void sg_gateway_free(sg_gateway *gw)
         sg_buf_free(&w->audit_who.key);
         sg_buf_free(&w->audit_who.who);
         sg_buf_free(&w->audit_who.granted);
-        sg_buf_free(&w->audit_rule.key);
         sg_buf_free(&w->audit_rule.text);
         sg_buf_free(&w->audit_middle.key);
         sg_buf_free(&w->audit_middle.text);
+        sg_buf_free(&w->audit_tail.text);
         for (unsigned k = 0; k < w->audit_spares.n; k++)
             sg_buf_free(&w->audit_spares.bufs[k]);
         sg_catalog_release(w->tools);

@@ -43,11 +43,12 @@ typedef struct audit_who_cache {
     sg_buf who, granted;  /* ,"sub":..,"client_id":..,"iss":..  and  ,"granted":[..] */
 } audit_who_cache;
 typedef struct audit_rule_cache {
-    int valid;            /* text is that of the rule in key */
-    unsigned long serial; /* counts the times text was made */
-    sg_buf key;           /* rule NUL file */
+    int valid;               /* text is that of the policy rule below */
+    unsigned long serial;    /* counts the times text was made */
+    const char *rule, *file; /* the policy's strings (see rule_part) */
     int line;
-    sg_buf text; /* ,"rule":..,"rule_file":..,"rule_line":.. */
+    unsigned long seen; /* the worker's generation when text was made */
+    sg_buf text;        /* ,"rule":..,"rule_file":..,"rule_line":.. */
 } audit_rule_cache;
 /* The middle of a decision record, from ,"http_method" to the rule's line,
  * and on to the granted scopes when the requirement is a plain one: made
@@ -55,17 +56,29 @@ typedef struct audit_rule_cache {
  * worker's generation), the decision (a static string), the requirement
  * (by required_key) and the strings in key, and kept while the next message
  * repeats all of them. */
+#define AUDIT_MIDDLE_STRINGS 3
 typedef struct audit_middle_cache {
     int valid;
     unsigned long who_serial, rule_serial, seen;
     const char *decision;
     long required; /* required_key of the requirement; -1: not in text */
-    /* A byte saying which of the HTTP method, method and name there are,
-     * then each that is, with its NUL. */
+    /* The HTTP method, the message's method and its name, each with its
+     * NUL, at at[0..2] ((size_t)-1: absent). */
     sg_buf key;
+    size_t at[AUDIT_MIDDLE_STRINGS];
     sg_buf text; /* ,"http_method":..<who>,"policy":..,"method":..,"name":..,"decision":..<rule>
                     [,"required":..,"granted":..] */
 } audit_middle_cache;
+
+/* The end of a record before its latency (see tail_part), kept for one
+ * HTTP status, upstream status and outcome. */
+typedef struct audit_tail_cache {
+    int valid;
+    int status, upstream_status;
+    int forwarded;    /* outcome holds the upstream's outcome; else "upstream":null */
+    char outcome[32]; /* a copy: the word need not outlive the record */
+    sg_buf text;
+} audit_tail_cache;
 
 /* Record buffers of finished requests, kept for the next ones: a request
  * holds its records from its decision until the upstream answers, so a
@@ -97,11 +110,14 @@ struct sg_gateway_worker {
     policy_gen *shadow_gen;      /* the shadow policy (a reference), or NULL */
     sg_policy *shadow_policy;    /* shadow_gen->policies[index] */
     unsigned long audit_seq;     /* generated request ids: this worker's counter */
+    char audit_rid_prefix[40];   /* "<boot id>-<worker index>-" once made */
+    size_t audit_rid_prefix_len; /* 0 until made */
     const sg_token *audit_token; /* GET/DELETE: the caller, for the record */
     sg_buf audit_scratch;        /* shadow records are formatted here */
     audit_who_cache audit_who;
     audit_rule_cache audit_rule;
     audit_middle_cache audit_middle;
+    audit_tail_cache audit_tail;
     audit_spares audit_spares;
 };
 

@@ -189,11 +189,15 @@ static const struct {
 
 const char *sg_metrics_method_label(const char *method)
 {
+    static _Thread_local size_t last; /* a worker mostly sees the same method again */
     if (!method) return "response";
+    if (strcmp(method, mcp_methods[last].name) == 0) return mcp_methods[last].name;
     size_t n = strlen(method);
     for (size_t i = 0; i < SG_ARRAY_LEN(mcp_methods); i++)
-        if (mcp_methods[i].len == n && memcmp(method, mcp_methods[i].name, n) == 0)
+        if (mcp_methods[i].len == n && memcmp(method, mcp_methods[i].name, n) == 0) {
+            last = i;
             return mcp_methods[i].name;
+        }
     return "other";
 }
 

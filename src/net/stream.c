@@ -322,9 +322,9 @@ enum MHD_Result http_forward(exchange *ex, const char *method, const header_list
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(ex->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     int fd = ci ? ci->connect_fd : -1;
-    if (sg_metrics_enabled()) ex->upstream_started_ns = sg_now_mono_ns();
     ex->xfer = sg_proxy_start(ex->worker->lane, &preq, &ops, fd);
     if (!ex->xfer) return queue_upstream_error(ex, SG_PROXY_ESHUTDOWN);
+    ex->upstream_started_ns = sg_transfer_started_ns(ex->xfer);
     atomic_fetch_add(&ex->h->forwarded, 1);
     ex->phase = PHASE_HEAD;
     return http_advance_head(ex);

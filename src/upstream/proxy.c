@@ -474,7 +474,8 @@ sg_transfer *sg_proxy_start(sg_proxy_lane *p, const sg_proxy_request *req,
     t->client_fd = client_fd;
     t->ops = *ops;
     t->want = SG_WANT_HEAD;
-    t->head_deadline_ns = sg_now_mono_ns() + (uint64_t)p->response_ms * 1000000u;
+    t->started_ns = sg_now_mono_ns();
+    t->head_deadline_ns = t->started_ns + (uint64_t)p->response_ms * 1000000u;
     if (p->transport->start(p, t, req) != 0) {
         transfer_free(t);
         return NULL;
@@ -560,6 +561,11 @@ char *sg_transfer_take_body(sg_transfer *t, size_t *len)
 sg_proxy_error sg_transfer_error(sg_transfer *t)
 {
     return t->done ? t->error : SG_PROXY_OK;
+}
+
+uint64_t sg_transfer_started_ns(const sg_transfer *t)
+{
+    return t->started_ns;
 }
 
 void sg_transfer_release(sg_transfer *t)

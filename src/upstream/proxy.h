@@ -180,6 +180,11 @@ int sg_transfer_park(sg_transfer *t, int want);
  * Can't fail. */
 sg_proxy_error sg_transfer_error(sg_transfer *t);
 
+/* When sg_proxy_start made the transfer (sg_now_mono_ns()): the start of
+ * the upstream's latency, read once for the deadline and the metrics.
+ * Can't fail. */
+uint64_t sg_transfer_started_ns(const sg_transfer *t);
+
 /* When the transfer is complete and succeeded, hands its whole buffered
  * body (malloc'd, free() it; *len bytes) to the caller; else NULL. Nothing
  * is left to sg_transfer_read afterwards. */

@@ -33,7 +33,8 @@ typedef struct upstream_transport upstream_transport;
  * transport's own transfer struct starts with it (transfer_size). */
 struct sg_transfer {
     sg_proxy_lane *lane;
-    int refs; /* consumer + lane (+ attention list) */
+    int refs;            /* consumer + lane (+ attention list) */
+    uint64_t started_ns; /* sg_now_mono_ns() when sg_proxy_start made it */
     uint64_t head_deadline_ns;
     uint64_t connect_deadline_ns; /* a connect the transport waits for itself; 0: none */
     sg_transfer *next, *prev;     /* the lane's active list */

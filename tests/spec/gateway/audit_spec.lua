@@ -214,7 +214,19 @@ describe("the audit log", function()
     assert.are.equal(200, post(raw('{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":' ..
                                    '"text","text":"{\\"isError\\":true}","isError":true}]}}'),
                                { token = read }).status)
-    local l = wait_lines(before + 6)
+    -- Long strings are read sixteen or eight bytes at a time: a tool error
+    -- after a long text is still seen, and a raw control character deep in
+    -- one leaves the answer unreadable (no answer to account for).
+    local text = string.rep("All work and no play. ", 4)
+    assert.are.equal(200, post(raw('{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":' ..
+                                   '"text","text":"' .. text .. '"}],"isError":true}}'),
+                               { token = read }).status)
+    assert.are.equal(200, post(raw('{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":' ..
+                                   '"text","text":"' .. text .. '\t' .. text .. '"}]}}'),
+                               { token = read }).status)
+    local l = wait_lines(before + 8)
+    assert.are.equal('{"status":200,"outcome":"tool_error"}', field(l[before + 7], "upstream"))
+    assert.are.equal('{"status":200,"outcome":"no_answer"}', field(l[before + 8], "upstream"))
     assert.are.equal("503", field(l[before + 1], "status"))
     assert.are.equal('{"status":503,"outcome":"http_error"}', field(l[before + 1], "upstream"))
     assert.are.equal('{"status":200,"outcome":"jsonrpc_error"}', field(l[before + 2], "upstream"))

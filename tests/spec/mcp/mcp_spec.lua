@@ -213,6 +213,29 @@ describe("mcp_parse: malformed JSON is a parse error with a byte offset", functi
     end)
   end
 
+  -- A long string is scanned sixteen bytes at a time (SSE2 on x86-64) and
+  -- eight at a time before its end: each kind of stop is found at every
+  -- offset of a block, after plain runs of every length up to 40 bytes.
+  it("finds each stop at every offset of a long string", function()
+    local stops = {
+      { "\t", "control character U+0009" }, { "\1", "control character U+0001" },
+      { "\31", "control character U+001F" }, { "\xFF", "invalid UTF-8" },
+      { "\xC0\xAF", "invalid UTF-8" },
+    }
+    for k = 0, 40 do
+      local run = ("x"):rep(k)
+      for _, c in ipairs(stops) do
+        local body = '{"a":"' .. run .. c[1] .. ("y"):rep(40) .. '"}'
+        assert.same({ PARSE, "Parse error: " .. c[2] .. " in a string at byte " .. (6 + k) },
+          { fails(body) }, ("%q"):format(body))
+      end
+      -- Plain bytes of every kind, and escapes, around the blocks' edges.
+      local text = run .. "\x7f~ \xC3\xA9\xE2\x82\xAC" .. ("z"):rep(k)
+      assert.equal(text, single(req(',"id":1,"method":"' .. text .. '"')).method)
+      assert.equal(run .. '"' .. run, single(req(',"id":1,"method":"' .. run .. '\\"' .. run .. '"')).method)
+    end
+  end)
+
   it("accepts every legal escape and the edges of UTF-8", function()
     local m = single(req [[,"id":1,"method":"tools/call","params":{"name":"\"\\\/\b\f\n\r\t\u0001\uffff\udbff\udfff","arguments":{"e":"\u007f\u0080\u07ff\u0800"}}]])
     assert.equal('"\\/\b\f\n\r\t\1\xEF\xBF\xBF\xF4\x8F\xBF\xBF', m.name)

@@ -369,7 +369,8 @@ static void audit_rule(sg_buf *b, worker *w, const sg_universe *u, const sg_poli
 
 /* The strings of a middle's key: the HTTP method, the message's method and
  * name (NULL for none), kept in its key buffer with their NULs. */
-enum { MIDDLE_STRINGS = AUDIT_MIDDLE_STRINGS, MIDDLE_ABSENT = (size_t)-1 };
+enum { MIDDLE_STRINGS = AUDIT_MIDDLE_STRINGS };
+#define MIDDLE_ABSENT ((size_t)-1) /* at[i] of a string that is not there */
 
 static int middle_key_is(const audit_middle_cache *c, const char *const s[MIDDLE_STRINGS])
 {

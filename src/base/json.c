@@ -178,13 +178,7 @@ const unsigned char sg_json_plain[256] = {
 
 size_t sg_json_plain_words(const unsigned char *p, size_t i, size_t len)
 {
-#if defined(__SSE2__)
-    while (i + 16 <= len) { /* bytes of 0x80 and above stop too: UTF-8 is checked */
-        unsigned stops = sg_json_block_stops(p + i, 1);
-        if (stops) return i + (unsigned)__builtin_ctz(stops);
-        i += 16;
-    }
-#endif
+    if (sg_json_block_run(p, &i, len, 1)) return i; /* 0x80 and above stop: UTF-8 is checked */
     while (i + 8 <= len) {
         uint64_t w;
         memcpy(&w, p + i, 8);

@@ -30,26 +30,13 @@ static const unsigned char byte_class[256] =
         ['+'] = SCALAR,         ['.'] = SCALAR,         ['E'] = SCALAR,
 };
 
-HOT size_t skip_space(const char *p, size_t len, size_t i)
-{
-    while (i < len && (byte_class[(unsigned char)p[i]] & SPACE))
-        i++;
-    return i;
-}
-
 /* The first byte from p[i] that ends a string's plain run (a STOP byte),
  * or len. Sixteen bytes at a time (SSE2) or eight (a word) while that many
  * are left: every key and most values of an answer end within the first
  * block, and a long text goes three times as fast as by words. */
 HOT size_t string_stop(const unsigned char *p, size_t i, size_t len)
 {
-#if defined(__SSE2__)
-    while (i + 16 <= len) {
-        unsigned stops = sg_json_block_stops(p + i, 0);
-        if (stops) return i + (unsigned)__builtin_ctz(stops);
-        i += 16;
-    }
-#endif
+    if (sg_json_block_run(p, &i, len, 0)) return i;
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     while (i + 8 <= len) {
         uint64_t w;
@@ -270,5 +257,6 @@ long sg_json_read_answer(const char *p, size_t len, sg_json_answer *out, size_t 
     } else {
         return -1; /* a scalar at the top, or nothing: not an answer */
     }
-    return skip_space(p, len, r.i) == len ? n : -1; /* nothing but whitespace after it */
+    next(&r);                   /* to the first byte that is not whitespace, or the end */
+    return r.i == len ? n : -1; /* nothing but whitespace after it */
 }

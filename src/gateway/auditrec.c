@@ -282,16 +282,19 @@ static void audit_head(sg_buf *b, int shadow, const audit_stamp *st, const sg_ga
 {
     static const char decision[] = "{\"type\":\"decision\",\"time\":";
     static const char shadow_type[] = "{\"type\":\"shadow\",\"time\":";
+    static const char rid_key[] = ",\"request_id\":\"", client_key[] = "\",\"client\":";
     /* A numeric address the HTTP layer formatted, or null. */
     size_t client_len = req->client_addr ? strlen(req->client_addr) : 0;
-    if (sg_buf_reserve(b, sizeof decision + st->time_len + st->rid_len + client_len + 32) != 0)
-        return;
+    /* Each sizeof counts a NUL: room for the two quotes or "null". */
+    size_t most = sizeof decision + st->time_len + sizeof rid_key + st->rid_len +
+                  sizeof client_key + client_len + sizeof "null";
+    if (sg_buf_reserve(b, most) != 0) return;
     char *q = b->data + b->len;
     q = shadow ? PUT_LIT(q, shadow_type) : PUT_LIT(q, decision);
     q = PUT(q, st->time, st->time_len);
-    q = PUT_LIT(q, ",\"request_id\":\"");
+    q = PUT_LIT(q, rid_key);
     q = PUT(q, st->rid, st->rid_len);
-    q = PUT_LIT(q, "\",\"client\":");
+    q = PUT_LIT(q, client_key);
     if (req->client_addr) {
         *q++ = '"';
         q = PUT(q, req->client_addr, client_len);
@@ -332,8 +335,8 @@ static const audit_rule_cache *rule_part(worker *w, const sg_policy_decision *d)
     const char *file = d && d->line > 0 ? d->file : NULL;
     int line = file ? d->line : 0;
     audit_rule_cache *c = &w->audit_rule;
-    if (c->valid && rule && file && c->rule == rule && c->file == file && c->line == line &&
-        c->seen == w->seen)
+    /* valid: c->rule and c->file are set, so equal pointers are not NULL */
+    if (c->valid && c->rule == rule && c->file == file && c->line == line && c->seen == w->seen)
         return c;
     sg_buf_reset(&c->text);
     J_FIELD(&c->text, "rule", rule);

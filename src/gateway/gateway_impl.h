@@ -35,7 +35,8 @@ struct sg_policy_gen {
 typedef struct sg_policy_gen policy_gen;
 
 /* auditrec.c: the parts of a record most requests repeat, escaped once and
- * kept per worker with the content they were made from (the key). */
+ * kept per worker with what they were made from (a key of content, or for
+ * a policy's rule its pointers and the generation). */
 typedef struct audit_who_cache {
     int valid;            /* the parts below are those of the payload in key */
     unsigned long serial; /* counts the times the parts were made */
